@@ -1,0 +1,1 @@
+//! Emulated devices. Each sits on a [`crate::bus::Bus`].
