@@ -1,1 +1,3 @@
 //! Emulated devices. Each sits on a [`crate::bus::Bus`].
+
+pub mod virtio;
