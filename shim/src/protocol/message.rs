@@ -1,0 +1,630 @@
+//! Message types of both directions and their cap checks.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    MAX_ARGS, MAX_ARG_BYTES, MAX_CAPABILITIES, MAX_CHUNK_BYTES, MAX_DIM, MAX_EXPORTS,
+    MAX_EXPORT_BYTES, MAX_FRAME_PIXEL_BYTES, MAX_MIME_BYTES, MAX_NAME_BYTES, MAX_PAGES,
+    MAX_TASK_INPUT, MAX_TASK_PIXEL_BYTES, MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES,
+    MAX_VERSION_BYTES,
+};
+
+/// A decoded message broke one of the protocol's caps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// A string or byte field is longer than its cap.
+    #[error("{field} is {len} bytes, more than the cap of {max}")]
+    TooLong {
+        /// Field name.
+        field: &'static str,
+        /// Actual length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// A count or size is above its cap.
+    #[error("{field} is {value}, more than the cap of {max}")]
+    OutOfRange {
+        /// Field name.
+        field: &'static str,
+        /// Actual value.
+        value: u64,
+        /// Cap.
+        max: u64,
+    },
+    /// A field that must be positive is zero.
+    #[error("{field} must not be zero")]
+    Zero {
+        /// Field name.
+        field: &'static str,
+    },
+    /// A damage rectangle reaches outside its page.
+    #[error("rect {rect:?} lies outside the {width}x{height} page")]
+    RectOutsidePage {
+        /// The rectangle.
+        rect: Rect,
+        /// Page width.
+        width: u32,
+        /// Page height.
+        height: u32,
+    },
+    /// A frame's pixel buffer does not match its rectangle.
+    #[error("frame carries {got} pixel bytes, its rect needs {expected}")]
+    PixelLength {
+        /// w * h * 4.
+        expected: u64,
+        /// pixels.len().
+        got: usize,
+    },
+    /// A file name is empty, `.`/`..`, or holds `/` or NUL.
+    #[error("name {0:?} is not a plain file name")]
+    BadName(String),
+}
+
+/// Shared behaviour of the two directions' message types.
+pub trait WireMessage: Serialize + DeserializeOwned + std::fmt::Debug {
+    /// Checks every cap. Called by the decoder on every message received and
+    /// by the encoder on every message sent.
+    fn validate(&self) -> Result<(), MessageError>;
+}
+
+/// Identifies a task within one VM's life.
+pub type TaskId = u64;
+/// Identifies one exported file within a task.
+pub type ExportId = u32;
+
+/// Guest to host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMessage {
+    /// The guest is up and waits for a task: the template snapshot point.
+    Ready(Ready),
+    /// The task header was accepted; its input may follow.
+    Accepted {
+        /// Task.
+        task: TaskId,
+    },
+    /// Number of pages of the rendered document (1 for an image or a terminal).
+    PageInfo {
+        /// Task.
+        task: TaskId,
+        /// Page count.
+        count: u32,
+    },
+    /// Pixels of one damaged rectangle of one page.
+    Frame(Frame),
+    /// A file the guest offers for export.
+    ExportOffer(ExportOffer),
+    /// A piece of an export, in answer to `FetchExport`.
+    ExportChunk {
+        /// Export.
+        id: ExportId,
+        /// Offset of `data` in the file.
+        offset: u64,
+        /// Bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// All chunks of an export were sent.
+    ExportEnd {
+        /// Export.
+        id: ExportId,
+    },
+    /// The program of a `RunProgram` task ended.
+    ProgramExited {
+        /// Exit code, if it exited.
+        code: Option<i32>,
+        /// Signal number, if a signal killed it.
+        signal: Option<i32>,
+    },
+    /// Rendering of the task finished. The guest still serves input events
+    /// (page changes re-send pages, resize re-lays out) and exports until `Shutdown`.
+    Done {
+        /// Task.
+        task: TaskId,
+        /// Outcome.
+        status: TaskStatus,
+    },
+    /// A diagnostic line.
+    Log {
+        /// Severity.
+        level: LogLevel,
+        /// Text.
+        text: String,
+    },
+}
+
+/// First message of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Version of the shim binary.
+    pub shim_version: String,
+    /// Task kinds and renderers this guest can serve.
+    pub capabilities: Vec<Capability>,
+}
+
+/// What a guest can render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Capability {
+    /// PDF through poppler.
+    Pdf,
+    /// PNG, JPEG, GIF, WebP.
+    Image,
+    /// Plain text and source code.
+    Text,
+    /// HTML as a static page without scripts.
+    Html,
+    /// A program on a pty, rendered as a terminal.
+    Terminal,
+}
+
+/// Outcome of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Rendered.
+    Ok,
+    /// The input could not be rendered; the reason is for logs, not for parsing.
+    Failed(String),
+    /// The time limit ran out.
+    TimedOut,
+}
+
+/// Severity of a `Log` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Debug detail.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something went wrong but the task goes on.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// A rectangle in page pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rect {
+    /// Left.
+    pub x: u32,
+    /// Top.
+    pub y: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+}
+
+/// Layout of `Frame::pixels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PixelFormat {
+    /// 4 bytes per pixel, R G B A, rows top to bottom, no padding.
+    Rgba8,
+}
+
+/// Damaged pixels of one page.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Page index, from 0.
+    pub page: u32,
+    /// Page width.
+    pub width: u32,
+    /// Page height.
+    pub height: u32,
+    /// Damaged rectangle, inside the page.
+    pub rect: Rect,
+    /// Pixel layout.
+    pub format: PixelFormat,
+    /// `rect.w * rect.h * 4` bytes.
+    #[serde(with = "serde_bytes")]
+    pub pixels: Vec<u8>,
+}
+
+impl std::fmt::Debug for Frame {
+    // Pixels would flood logs; show their size only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("page", &self.page)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("rect", &self.rect)
+            .field("format", &self.format)
+            .field("pixels_len", &self.pixels.len())
+            .finish()
+    }
+}
+
+/// A file the guest offers for export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportOffer {
+    /// Export id, below `MAX_EXPORTS`.
+    pub id: ExportId,
+    /// Plain file name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content.
+    pub sha256: [u8; 32],
+    /// MIME type as guessed by the guest (informative only).
+    pub mime: String,
+}
+
+/// Host to guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    /// The one task of this VM. Its input follows in `TaskData` chunks.
+    Task(Task),
+    /// A piece of the task input, in order.
+    TaskData {
+        /// Offset of `data` in the input.
+        offset: u64,
+        /// Bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A user input event.
+    Input(InputEvent),
+    /// Asks for the content of an offered export.
+    FetchExport {
+        /// Export.
+        id: ExportId,
+    },
+    /// Stop: the guest powers off.
+    Shutdown,
+}
+
+/// A task header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Task id, echoed in replies.
+    pub id: TaskId,
+    /// What to render.
+    pub kind: TaskKind,
+    /// Limits the guest enforces.
+    pub limits: Limits,
+}
+
+impl Task {
+    /// Bytes of input that follow in `TaskData`.
+    pub fn input_size(&self) -> u64 {
+        match &self.kind {
+            TaskKind::OpenFile { size, .. } | TaskKind::RunProgram { size, .. } => *size,
+            TaskKind::OpenUri { .. } => 0,
+        }
+    }
+}
+
+/// What a task renders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// A file; the renderer is chosen from its content, then name and hint.
+    OpenFile {
+        /// Plain file name (for the type guess and exports).
+        name: String,
+        /// MIME type the host believes it has.
+        mime_hint: Option<String>,
+        /// Input size in bytes.
+        size: u64,
+    },
+    /// A link, fetched by the guest through the host's egress tunnel.
+    OpenUri {
+        /// The URI.
+        uri: String,
+    },
+    /// An untrusted program, run on a pty.
+    RunProgram {
+        /// Executable size in bytes.
+        size: u64,
+        /// Arguments after argv\[0\].
+        args: Vec<String>,
+    },
+}
+
+/// Limits of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wall-clock limit for rendering, or for the program's run.
+    pub time_limit_ms: u32,
+    /// Largest page width to render.
+    pub max_width: u32,
+    /// Largest page height to render.
+    pub max_height: u32,
+    /// Most pages to render.
+    pub max_pages: u32,
+    /// Most pixel bytes to send in all.
+    pub max_pixel_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            time_limit_ms: 30_000,
+            max_width: 2048,
+            max_height: 4096,
+            max_pages: 500,
+            max_pixel_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// A user input event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputEvent {
+    /// A key press.
+    Key(KeyEvent),
+    /// Typed or pasted text (terminal).
+    Text(String),
+    /// Scroll by lines (terminal scrolls keys; documents ignore it, the viewer scrolls).
+    Scroll {
+        /// Horizontal lines.
+        dx: i32,
+        /// Vertical lines, positive is down.
+        dy: i32,
+    },
+    /// Show this page: the guest (re-)sends it.
+    PageChange {
+        /// Page index, from 0.
+        page: u32,
+    },
+    /// The viewport changed size, in pixels: the terminal changes its grid,
+    /// text re-wraps.
+    Resize {
+        /// Width.
+        width: u32,
+        /// Height.
+        height: u32,
+    },
+}
+
+/// A key press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEvent {
+    /// Key.
+    pub key: Key,
+    /// Held modifiers.
+    pub modifiers: Modifiers,
+}
+
+/// Held modifier keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Modifiers {
+    /// Control.
+    pub ctrl: bool,
+    /// Alt.
+    pub alt: bool,
+    /// Shift.
+    pub shift: bool,
+}
+
+/// A key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Key {
+    /// A character key.
+    Char(char),
+    /// Enter.
+    Enter,
+    /// Tab.
+    Tab,
+    /// Backspace.
+    Backspace,
+    /// Escape.
+    Escape,
+    /// Arrow up.
+    Up,
+    /// Arrow down.
+    Down,
+    /// Arrow left.
+    Left,
+    /// Arrow right.
+    Right,
+    /// Home.
+    Home,
+    /// End.
+    End,
+    /// Page up.
+    PageUp,
+    /// Page down.
+    PageDown,
+    /// Insert.
+    Insert,
+    /// Delete.
+    Delete,
+    /// Function key 1 to 12.
+    F(u8),
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), MessageError> {
+    if len > max {
+        return Err(MessageError::TooLong { field, len, max });
+    }
+    Ok(())
+}
+
+fn check_range(field: &'static str, value: u64, max: u64) -> Result<(), MessageError> {
+    if value > max {
+        return Err(MessageError::OutOfRange { field, value, max });
+    }
+    Ok(())
+}
+
+fn check_dim(field: &'static str, value: u32) -> Result<(), MessageError> {
+    if value == 0 {
+        return Err(MessageError::Zero { field });
+    }
+    check_range(field, value.into(), MAX_DIM.into())
+}
+
+/// Checks that `name` is a plain file name of at most `MAX_NAME_BYTES`.
+pub(crate) fn check_name(name: &str) -> Result<(), MessageError> {
+    check_len("name", name.len(), MAX_NAME_BYTES)?;
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(MessageError::BadName(name.to_owned()));
+    }
+    Ok(())
+}
+
+fn check_chunk(offset: u64, data: &[u8], max_total: u64) -> Result<(), MessageError> {
+    check_len("chunk", data.len(), MAX_CHUNK_BYTES)?;
+    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    let end = offset.saturating_add(len);
+    check_range("chunk end", end, max_total)
+}
+
+impl Frame {
+    /// Checks dimensions, that the rect lies inside the page and that the
+    /// pixel buffer has exactly `w * h * 4` bytes.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_range("page", self.page.into(), MAX_PAGES.into())?;
+        check_dim("width", self.width)?;
+        check_dim("height", self.height)?;
+        check_dim("rect.w", self.rect.w)?;
+        check_dim("rect.h", self.rect.h)?;
+        let inside = self
+            .rect
+            .x
+            .checked_add(self.rect.w)
+            .is_some_and(|r| r <= self.width)
+            && self
+                .rect
+                .y
+                .checked_add(self.rect.h)
+                .is_some_and(|b| b <= self.height);
+        if !inside {
+            return Err(MessageError::RectOutsidePage {
+                rect: self.rect,
+                width: self.width,
+                height: self.height,
+            });
+        }
+        // Both factors are <= MAX_DIM, so this cannot overflow u64.
+        let expected = u64::from(self.rect.w) * u64::from(self.rect.h) * 4;
+        if u64::try_from(self.pixels.len()).ok() != Some(expected) {
+            return Err(MessageError::PixelLength {
+                expected,
+                got: self.pixels.len(),
+            });
+        }
+        check_len("pixels", self.pixels.len(), MAX_FRAME_PIXEL_BYTES)
+    }
+}
+
+impl Limits {
+    /// Checks every limit against the protocol caps.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        if self.time_limit_ms == 0 {
+            return Err(MessageError::Zero {
+                field: "time_limit_ms",
+            });
+        }
+        check_range(
+            "time_limit_ms",
+            self.time_limit_ms.into(),
+            MAX_TIME_LIMIT_MS.into(),
+        )?;
+        check_dim("max_width", self.max_width)?;
+        check_dim("max_height", self.max_height)?;
+        if self.max_pages == 0 {
+            return Err(MessageError::Zero { field: "max_pages" });
+        }
+        check_range("max_pages", self.max_pages.into(), MAX_PAGES.into())?;
+        check_range(
+            "max_pixel_bytes",
+            self.max_pixel_bytes,
+            MAX_TASK_PIXEL_BYTES,
+        )
+    }
+}
+
+impl WireMessage for GuestMessage {
+    fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            GuestMessage::Ready(ready) => {
+                check_len("shim_version", ready.shim_version.len(), MAX_VERSION_BYTES)?;
+                check_len("capabilities", ready.capabilities.len(), MAX_CAPABILITIES)
+            }
+            GuestMessage::Accepted { .. } | GuestMessage::ProgramExited { .. } => Ok(()),
+            GuestMessage::PageInfo { count, .. } => {
+                check_range("page count", (*count).into(), MAX_PAGES.into())
+            }
+            GuestMessage::Frame(frame) => frame.validate(),
+            GuestMessage::ExportOffer(offer) => {
+                check_range("export id", offer.id.into(), (MAX_EXPORTS - 1).into())?;
+                check_name(&offer.name)?;
+                check_range("export size", offer.size, MAX_EXPORT_BYTES)?;
+                check_len("mime", offer.mime.len(), MAX_MIME_BYTES)
+            }
+            GuestMessage::ExportChunk { id, offset, data } => {
+                check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())?;
+                check_chunk(*offset, data, MAX_EXPORT_BYTES)
+            }
+            GuestMessage::ExportEnd { id } => {
+                check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())
+            }
+            GuestMessage::Done { status, .. } => match status {
+                TaskStatus::Failed(reason) => check_len("reason", reason.len(), MAX_TEXT_BYTES),
+                TaskStatus::Ok | TaskStatus::TimedOut => Ok(()),
+            },
+            GuestMessage::Log { text, .. } => check_len("log", text.len(), MAX_TEXT_BYTES),
+        }
+    }
+}
+
+impl WireMessage for HostMessage {
+    fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            HostMessage::Task(task) => {
+                task.limits.validate()?;
+                match &task.kind {
+                    TaskKind::OpenFile {
+                        name,
+                        mime_hint,
+                        size,
+                    } => {
+                        check_name(name)?;
+                        if let Some(mime) = mime_hint {
+                            check_len("mime_hint", mime.len(), MAX_MIME_BYTES)?;
+                        }
+                        check_range("input size", *size, MAX_TASK_INPUT)
+                    }
+                    TaskKind::OpenUri { uri } => check_len("uri", uri.len(), MAX_URI_BYTES),
+                    TaskKind::RunProgram { size, args } => {
+                        check_range("input size", *size, MAX_TASK_INPUT)?;
+                        if *size == 0 {
+                            return Err(MessageError::Zero {
+                                field: "program size",
+                            });
+                        }
+                        check_len("args", args.len(), MAX_ARGS)?;
+                        for arg in args {
+                            check_len("arg", arg.len(), MAX_ARG_BYTES)?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            HostMessage::TaskData { offset, data } => check_chunk(*offset, data, MAX_TASK_INPUT),
+            HostMessage::Input(event) => match event {
+                InputEvent::Text(text) => check_len("text", text.len(), MAX_TEXT_BYTES),
+                InputEvent::PageChange { page } => {
+                    check_range("page", (*page).into(), MAX_PAGES.into())
+                }
+                InputEvent::Resize { width, height } => {
+                    check_dim("width", *width)?;
+                    check_dim("height", *height)
+                }
+                InputEvent::Key(KeyEvent { key: Key::F(n), .. }) if !(1..=12).contains(n) => {
+                    Err(MessageError::OutOfRange {
+                        field: "function key",
+                        value: (*n).into(),
+                        max: 12,
+                    })
+                }
+                InputEvent::Key(_) | InputEvent::Scroll { .. } => Ok(()),
+            },
+            HostMessage::FetchExport { id } => {
+                check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())
+            }
+            HostMessage::Shutdown => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,355 @@
+use std::io::Cursor;
+
+use super::*;
+
+fn sample_frame() -> Frame {
+    Frame {
+        page: 2,
+        width: 10,
+        height: 8,
+        rect: Rect {
+            x: 3,
+            y: 4,
+            w: 2,
+            h: 3,
+        },
+        format: PixelFormat::Rgba8,
+        pixels: (0..24).collect(),
+    }
+}
+
+fn sample_task() -> Task {
+    Task {
+        id: 7,
+        kind: TaskKind::OpenFile {
+            name: "report.pdf".into(),
+            mime_hint: Some("application/pdf".into()),
+            size: 1234,
+        },
+        limits: Limits::default(),
+    }
+}
+
+fn all_guest_messages() -> Vec<GuestMessage> {
+    vec![
+        GuestMessage::Ready(Ready {
+            shim_version: "0.1.0".into(),
+            capabilities: vec![Capability::Pdf, Capability::Terminal],
+        }),
+        GuestMessage::Accepted { task: 7 },
+        GuestMessage::PageInfo { task: 7, count: 3 },
+        GuestMessage::Frame(sample_frame()),
+        GuestMessage::ExportOffer(ExportOffer {
+            id: 0,
+            name: "page-1.png".into(),
+            size: 99,
+            sha256: [0xab; 32],
+            mime: "image/png".into(),
+        }),
+        GuestMessage::ExportChunk {
+            id: 0,
+            offset: 0,
+            data: vec![1, 2, 3],
+        },
+        GuestMessage::ExportEnd { id: 0 },
+        GuestMessage::ProgramExited {
+            code: Some(0),
+            signal: None,
+        },
+        GuestMessage::Done {
+            task: 7,
+            status: TaskStatus::Failed("bad xref".into()),
+        },
+        GuestMessage::Log {
+            level: LogLevel::Info,
+            text: "hello".into(),
+        },
+    ]
+}
+
+fn all_host_messages() -> Vec<HostMessage> {
+    vec![
+        HostMessage::Task(sample_task()),
+        HostMessage::Task(Task {
+            id: 8,
+            kind: TaskKind::RunProgram {
+                size: 10,
+                args: vec!["-v".into()],
+            },
+            limits: Limits::default(),
+        }),
+        HostMessage::Task(Task {
+            id: 9,
+            kind: TaskKind::OpenUri {
+                uri: "https://example.org/".into(),
+            },
+            limits: Limits::default(),
+        }),
+        HostMessage::TaskData {
+            offset: 0,
+            data: vec![9; 100],
+        },
+        HostMessage::Input(InputEvent::Key(KeyEvent {
+            key: Key::Char('q'),
+            modifiers: Modifiers {
+                ctrl: true,
+                ..Modifiers::default()
+            },
+        })),
+        HostMessage::Input(InputEvent::Text("ls\n".into())),
+        HostMessage::Input(InputEvent::Scroll { dx: 0, dy: -3 }),
+        HostMessage::Input(InputEvent::PageChange { page: 1 }),
+        HostMessage::Input(InputEvent::Resize {
+            width: 800,
+            height: 600,
+        }),
+        HostMessage::FetchExport { id: 0 },
+        HostMessage::Shutdown,
+    ]
+}
+
+#[test]
+fn every_message_round_trips_through_a_stream() {
+    // Arrange
+    let guest = all_guest_messages();
+    let host = all_host_messages();
+    let mut gw = FrameWriter::new(Vec::new());
+    let mut hw = FrameWriter::new(Vec::new());
+
+    // Act
+    for m in &guest {
+        gw.send(m).unwrap();
+    }
+    for m in &host {
+        hw.send(m).unwrap();
+    }
+    let mut gr = FrameReader::<_, GuestMessage>::new(Cursor::new(gw.into_inner()));
+    let mut hr = FrameReader::<_, HostMessage>::new(Cursor::new(hw.into_inner()));
+    let guest_back: Vec<_> = std::iter::from_fn(|| gr.recv().unwrap()).collect();
+    let host_back: Vec<_> = std::iter::from_fn(|| hr.recv().unwrap()).collect();
+
+    // Assert
+    assert_eq!(guest_back, guest);
+    assert_eq!(host_back, host);
+}
+
+#[test]
+fn frame_prefix_is_little_endian_payload_length_and_payload_starts_with_version() {
+    let frame = encode_frame(&HostMessage::Shutdown).unwrap();
+
+    let len = u32::from_le_bytes(frame[..4].try_into().unwrap());
+
+    assert_eq!(usize::try_from(len).unwrap(), frame.len() - 4);
+    assert_eq!(&frame[4..6], &PROTOCOL_VERSION.to_le_bytes());
+}
+
+#[test]
+fn other_protocol_version_is_refused_before_decoding() {
+    let mut payload = encode_payload(&HostMessage::Shutdown).unwrap();
+    payload[0] = 99;
+
+    let err = decode_payload::<HostMessage>(&payload).unwrap_err();
+
+    assert!(matches!(err, CodecError::UnsupportedVersion { got: 99 }));
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_without_reading_the_body() {
+    let mut bytes = (MAX_FRAME_BYTES + 1).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[0; 16]);
+    let mut reader = FrameReader::<_, HostMessage>::new(Cursor::new(bytes));
+
+    let err = reader.recv().unwrap_err();
+
+    assert!(matches!(err, FramingError::FrameTooLarge(n) if n == MAX_FRAME_BYTES + 1));
+    assert_eq!(reader.buffer_capacity(), 0);
+}
+
+#[test]
+fn announced_large_frame_that_ends_early_allocates_only_what_arrived() {
+    // A peer that claims the maximum and sends 10 bytes must not make us
+    // reserve 32 MiB.
+    let mut bytes = MAX_FRAME_BYTES.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[1; 10]);
+    let mut reader = FrameReader::<_, HostMessage>::new(Cursor::new(bytes));
+
+    let err = reader.recv().unwrap_err();
+
+    assert!(matches!(
+        err,
+        FramingError::Truncated { got: 10, expected } if expected == max_len()
+    ));
+    assert!(
+        reader.buffer_capacity() < 64 * 1024,
+        "{}",
+        reader.buffer_capacity()
+    );
+}
+
+fn max_len() -> usize {
+    usize::try_from(MAX_FRAME_BYTES).unwrap()
+}
+
+#[test]
+fn clean_close_between_frames_is_none_and_inside_prefix_is_truncated() {
+    let mut empty = FrameReader::<_, HostMessage>::new(Cursor::new(Vec::new()));
+    let mut half = FrameReader::<_, HostMessage>::new(Cursor::new(vec![5, 0]));
+
+    assert!(empty.recv().unwrap().is_none());
+    assert!(matches!(
+        half.recv().unwrap_err(),
+        FramingError::Truncated {
+            got: 2,
+            expected: 4
+        }
+    ));
+}
+
+#[test]
+fn frame_whose_rect_leaves_the_page_is_refused_on_both_sides() {
+    let mut frame = sample_frame();
+    frame.rect.x = 9; // 9 + 2 > width 10
+    let msg = GuestMessage::Frame(frame);
+
+    let send_err = encode_frame(&msg).unwrap_err();
+    // Bypass the sender's check to see that the receiver checks too.
+    let mut payload = PROTOCOL_VERSION.to_le_bytes().to_vec();
+    payload.extend(postcard::to_allocvec(&msg).unwrap());
+    let recv_err = decode_payload::<GuestMessage>(&payload).unwrap_err();
+
+    assert!(matches!(
+        send_err,
+        CodecError::Invalid(MessageError::RectOutsidePage { .. })
+    ));
+    assert!(matches!(
+        recv_err,
+        CodecError::Invalid(MessageError::RectOutsidePage { .. })
+    ));
+}
+
+#[test]
+fn frame_with_wrong_pixel_count_is_refused() {
+    let mut frame = sample_frame();
+    frame.pixels.pop();
+
+    let err = frame.validate().unwrap_err();
+
+    assert_eq!(
+        err,
+        MessageError::PixelLength {
+            expected: 24,
+            got: 23
+        }
+    );
+}
+
+#[test]
+fn rect_overflowing_u32_is_outside_not_a_panic() {
+    let mut frame = sample_frame();
+    frame.rect.x = u32::MAX;
+
+    assert!(matches!(
+        frame.validate(),
+        Err(MessageError::RectOutsidePage { .. })
+    ));
+}
+
+#[test]
+fn dimensions_above_max_dim_are_refused() {
+    let mut frame = sample_frame();
+    frame.width = MAX_DIM + 1;
+
+    assert!(matches!(
+        frame.validate(),
+        Err(MessageError::OutOfRange { field: "width", .. })
+    ));
+}
+
+#[test]
+fn path_like_names_are_refused() {
+    for bad in ["", ".", "..", "a/b", "../etc/passwd", "x\0y"] {
+        let mut task = sample_task();
+        task.kind = TaskKind::OpenFile {
+            name: bad.into(),
+            mime_hint: None,
+            size: 1,
+        };
+
+        let err = HostMessage::Task(task).validate().unwrap_err();
+
+        assert!(matches!(err, MessageError::BadName(_)), "{bad:?}");
+    }
+}
+
+#[test]
+fn task_input_above_cap_is_refused() {
+    let mut task = sample_task();
+    task.kind = TaskKind::OpenFile {
+        name: "a".into(),
+        mime_hint: None,
+        size: MAX_TASK_INPUT + 1,
+    };
+
+    assert!(HostMessage::Task(task).validate().is_err());
+}
+
+#[test]
+fn chunk_reaching_past_task_input_cap_is_refused() {
+    let msg = HostMessage::TaskData {
+        offset: MAX_TASK_INPUT,
+        data: vec![0],
+    };
+
+    assert!(matches!(
+        msg.validate(),
+        Err(MessageError::OutOfRange {
+            field: "chunk end",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn trailing_bytes_after_message_are_refused() {
+    let mut payload = encode_payload(&HostMessage::Shutdown).unwrap();
+    payload.push(0);
+
+    assert!(matches!(
+        decode_payload::<HostMessage>(&payload),
+        Err(CodecError::TrailingBytes(1))
+    ));
+}
+
+#[test]
+fn pixel_budget_refuses_the_frame_that_would_overspend() {
+    let mut budget = PixelBudget::new(50);
+
+    budget.charge_frame(&sample_frame()).unwrap(); // 24
+    budget.charge_frame(&sample_frame()).unwrap(); // 48
+    let err = budget.charge_frame(&sample_frame()).unwrap_err();
+
+    assert_eq!(budget.used(), 48);
+    assert!(matches!(err, BudgetError::Exhausted { wanted: 24, .. }));
+}
+
+#[test]
+fn largest_allowed_frame_fits_the_frame_cap() {
+    // 2048 x 2048 x 4 = 16 MiB, the pixel cap: must still encode.
+    let frame = Frame {
+        page: 0,
+        width: 2048,
+        height: 2048,
+        rect: Rect {
+            x: 0,
+            y: 0,
+            w: 2048,
+            h: 2048,
+        },
+        format: PixelFormat::Rgba8,
+        pixels: vec![0; MAX_FRAME_PIXEL_BYTES],
+    };
+
+    let bytes = encode_frame(&GuestMessage::Frame(frame)).unwrap();
+
+    assert!(bytes.len() <= max_len() + 4);
+}
