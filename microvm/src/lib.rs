@@ -3,5 +3,15 @@
 //! All of the project's `unsafe` lives in this crate, and all KVM ioctls go
 //! through [`kvm`].
 
+pub mod arch;
+pub mod boot;
 pub mod bus;
 pub mod devices;
+pub mod kvm;
+pub mod lifecycle;
+pub mod memory;
+pub mod probe;
+pub mod resident;
+pub mod test_guests;
+pub mod vcpu;
+pub mod vmm;

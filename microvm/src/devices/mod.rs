@@ -1,3 +1,5 @@
 //! Emulated devices. Each sits on a [`crate::bus::Bus`].
 
-pub mod virtio;
+pub mod debug_exit;
+pub mod i8042;
+pub mod serial;

@@ -1,0 +1,155 @@
+//! The 8250 UART at COM1 (vm-superio), with its output sent to a sink.
+
+use std::fs::File;
+use std::io::{self, LineWriter, Write};
+use std::sync::{Arc, Mutex};
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Captured output beyond this is dropped: a guest cannot grow the VMM.
+pub const CAPTURE_LIMIT: usize = 4 << 20;
+
+/// Where guest serial output goes.
+#[derive(Debug)]
+pub enum SerialSink {
+    /// Line-buffered to this process's stdout.
+    Stdout(LineWriter<io::Stdout>),
+    File(LineWriter<File>),
+    /// Kept in memory (tests), up to [`CAPTURE_LIMIT`] bytes.
+    Capture(Arc<Mutex<Vec<u8>>>),
+    Discard,
+}
+
+impl SerialSink {
+    pub fn stdout() -> Self {
+        Self::Stdout(LineWriter::new(io::stdout()))
+    }
+
+    pub fn file(f: File) -> Self {
+        Self::File(LineWriter::new(f))
+    }
+}
+
+impl Write for SerialSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Stdout(w) => w.write(buf),
+            Self::File(w) => w.write(buf),
+            Self::Capture(v) => {
+                let mut v = v.lock().unwrap_or_else(|e| e.into_inner());
+                let room = CAPTURE_LIMIT.saturating_sub(v.len());
+                v.extend_from_slice(&buf[..buf.len().min(room)]);
+                Ok(buf.len())
+            }
+            Self::Discard => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stdout(w) => w.flush(),
+            Self::File(w) => w.flush(),
+            Self::Capture(_) | Self::Discard => Ok(()),
+        }
+    }
+}
+
+/// The UART's interrupt line: an eventfd registered as an irqfd.
+#[derive(Debug)]
+pub struct IrqLine(pub EventFd);
+
+impl Trigger for IrqLine {
+    type E = io::Error;
+
+    fn trigger(&self) -> io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+pub struct SerialDevice {
+    serial: Serial<IrqLine, vm_superio::serial::NoEvents, SerialSink>,
+}
+
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice").finish_non_exhaustive()
+    }
+}
+
+impl SerialDevice {
+    pub fn new(irq: EventFd, sink: SerialSink) -> Self {
+        Self {
+            serial: Serial::new(IrqLine(irq), sink),
+        }
+    }
+
+    pub fn flush(&mut self) {
+        // Nothing useful can be done if the sink is gone (a closed pipe).
+        let _ = self.serial.writer_mut().flush();
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (u8::try_from(offset), data.len()) {
+            (Ok(o), 1) => data[0] = self.serial.read(o),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Ok(o), [value]) = (u8::try_from(offset), data) {
+            // A failed write means the sink is gone; the guest must not notice.
+            let _ = self.serial.write(o, *value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_written_to_thr_reach_the_sink() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut dev = SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialSink::Capture(buf.clone()),
+        );
+
+        for b in b"hi\n" {
+            dev.write(0, &[*b]);
+        }
+
+        assert_eq!(&*buf.lock().unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn wide_accesses_are_ignored_and_read_as_all_ones() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut dev = SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialSink::Capture(buf.clone()),
+        );
+        let mut data = [0u8; 2];
+
+        dev.write(0, b"ab");
+        dev.read(0, &mut data);
+
+        assert!(buf.lock().unwrap().is_empty());
+        assert_eq!(data, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn capture_stops_at_its_limit() {
+        let buf = Arc::new(Mutex::new(vec![0u8; CAPTURE_LIMIT - 1]));
+        let mut sink = SerialSink::Capture(buf.clone());
+
+        sink.write_all(b"xyz").unwrap();
+
+        assert_eq!(buf.lock().unwrap().len(), CAPTURE_LIMIT);
+    }
+}

@@ -1,0 +1,312 @@
+//! The one module that issues KVM ioctls.
+//!
+//! Everything else in the crate talks to [`Hypervisor`], [`VmHandle`] and
+//! [`VcpuHandle`], and gets KVM exits as the crate's own [`Exit`] type.
+
+use kvm_bindings::{
+    kvm_fpu, kvm_lapic_state, kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Where the in-kernel irqchip needs its private pages (below the 4 GiB MMIO
+/// gap's end, out of RAM).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error("cannot open /dev/kvm")]
+    Open(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0} is not the supported 12")]
+    ApiVersion(i32),
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    #[error("KVM ioctl {op} failed")]
+    Ioctl {
+        op: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl<T>(op: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, KvmError> {
+    r.map_err(|source| KvmError::Ioctl { op, source })
+}
+
+/// An open `/dev/kvm`.
+#[derive(Debug)]
+pub struct Hypervisor {
+    kvm: Kvm,
+}
+
+impl Hypervisor {
+    pub fn open() -> Result<Self, KvmError> {
+        let kvm = Kvm::new().map_err(KvmError::Open)?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(KvmError::ApiVersion(version));
+        }
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCap(name));
+            }
+        }
+        Ok(Self { kvm })
+    }
+
+    /// The CPUID leaves KVM can present to a guest on this host.
+    pub fn supported_cpuid(&self) -> Result<CpuId, KvmError> {
+        ioctl(
+            "KVM_GET_SUPPORTED_CPUID",
+            self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES),
+        )
+    }
+
+    /// The MSR indices that KVM saves and restores for a vCPU.
+    pub fn msr_index_list(&self) -> Result<Vec<u32>, KvmError> {
+        let list = ioctl("KVM_GET_MSR_INDEX_LIST", self.kvm.get_msr_index_list())?;
+        Ok(list.as_slice().to_vec())
+    }
+
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+
+    pub fn create_vm(&self) -> Result<VmHandle, KvmError> {
+        let fd = ioctl("KVM_CREATE_VM", self.kvm.create_vm())?;
+        Ok(VmHandle { fd, slots: 0 })
+    }
+}
+
+/// One KVM VM.
+#[derive(Debug)]
+pub struct VmHandle {
+    fd: VmFd,
+    slots: u32,
+}
+
+impl VmHandle {
+    /// Registers every region of `mem` as a KVM memory slot.
+    ///
+    /// The caller keeps `mem` alive for as long as the VM exists: KVM holds
+    /// raw pointers into the mappings.
+    pub fn map_memory(&mut self, mem: &GuestMemoryMmap) -> Result<(), KvmError> {
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| KvmError::MissingCap("host mapping of guest region"))?;
+            let slot = kvm_userspace_memory_region {
+                slot: self.slots,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: `host` is the start of a live mapping of `memory_size`
+            // bytes owned by `mem`, which the caller keeps alive for the VM's
+            // lifetime, and slots never overlap because regions never do.
+            ioctl("KVM_SET_USER_MEMORY_REGION", unsafe {
+                self.fd.set_user_memory_region(slot)
+            })?;
+            self.slots += 1;
+        }
+        Ok(())
+    }
+
+    /// Creates the in-kernel PIC, IOAPIC, LAPICs and PIT.
+    pub fn create_irqchip(&self) -> Result<(), KvmError> {
+        ioctl("KVM_SET_TSS_ADDR", self.fd.set_tss_address(TSS_ADDRESS))?;
+        ioctl("KVM_CREATE_IRQCHIP", self.fd.create_irq_chip())?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        ioctl("KVM_CREATE_PIT2", self.fd.create_pit2(pit))
+    }
+
+    /// Makes a write to `evt` raise `gsi` in the in-kernel irqchip.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        ioctl("KVM_IRQFD", self.fd.register_irqfd(evt, gsi))
+    }
+
+    /// Makes a 4-byte guest write of `datamatch` to MMIO `addr` signal `evt`
+    /// inside KVM, without an exit to this process.
+    pub fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), KvmError> {
+        ioctl(
+            "KVM_IOEVENTFD",
+            self.fd
+                .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch),
+        )
+    }
+
+    pub fn create_vcpu(&self, id: u8) -> Result<VcpuHandle, KvmError> {
+        let fd = ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))?;
+        Ok(VcpuHandle { fd, id })
+    }
+}
+
+/// Guest port and MMIO accesses, answered while the exit data is still in
+/// `kvm_run`.
+pub trait IoHandler {
+    fn pio_read(&self, port: u16, data: &mut [u8]);
+    fn pio_write(&self, port: u16, data: &[u8]);
+    fn mmio_read(&self, addr: u64, data: &mut [u8]);
+    fn mmio_write(&self, addr: u64, data: &[u8]);
+}
+
+/// Why `KVM_RUN` returned, in the crate's own terms.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// A port or MMIO access, already answered by the [`IoHandler`].
+    Io,
+    Hlt,
+    /// The guest triple-faulted (or asked for a shutdown KVM cannot model).
+    Shutdown,
+    /// KVM's instruction emulator or exit handling gave up.
+    InternalError {
+        suberror: u32,
+        data: Vec<u64>,
+    },
+    FailEntry {
+        reason: u64,
+    },
+    SystemEvent {
+        kind: u32,
+    },
+    /// `KVM_RUN` was interrupted by a signal; nothing happened in the guest.
+    Interrupted,
+    Other(String),
+}
+
+/// One vCPU.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    fd: VcpuFd,
+    id: u8,
+}
+
+impl VcpuHandle {
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), KvmError> {
+        ioctl("KVM_SET_CPUID2", self.fd.set_cpuid2(cpuid))
+    }
+
+    pub fn set_msrs(&self, msrs: &Msrs) -> Result<(), KvmError> {
+        let written = ioctl("KVM_SET_MSRS", self.fd.set_msrs(msrs))?;
+        if written != msrs.as_slice().len() {
+            return Err(KvmError::MissingCap(
+                "every boot MSR (KVM_SET_MSRS was short)",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn regs(&self) -> Result<kvm_regs, KvmError> {
+        ioctl("KVM_GET_REGS", self.fd.get_regs())
+    }
+
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_REGS", self.fd.set_regs(regs))
+    }
+
+    pub fn sregs(&self) -> Result<kvm_sregs, KvmError> {
+        ioctl("KVM_GET_SREGS", self.fd.get_sregs())
+    }
+
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_SREGS", self.fd.set_sregs(sregs))
+    }
+
+    pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), KvmError> {
+        ioctl("KVM_SET_FPU", self.fd.set_fpu(fpu))
+    }
+
+    pub fn lapic(&self) -> Result<kvm_lapic_state, KvmError> {
+        ioctl("KVM_GET_LAPIC", self.fd.get_lapic())
+    }
+
+    pub fn set_lapic(&self, lapic: &kvm_lapic_state) -> Result<(), KvmError> {
+        ioctl("KVM_SET_LAPIC", self.fd.set_lapic(lapic))
+    }
+
+    /// Guest-physical address of guest-virtual `gva` under the vCPU's
+    /// current paging mode, if KVM can translate it.
+    pub fn translate(&self, gva: u64) -> Option<u64> {
+        let t = self.fd.translate_gva(gva).ok()?;
+        (t.valid != 0).then_some(t.physical_address)
+    }
+
+    /// Runs the vCPU until the next exit that needs this process.
+    pub fn run(&mut self, io: &dyn IoHandler) -> Result<Exit, KvmError> {
+        let exit = match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                io.pio_read(port, data);
+                Exit::Io
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                io.pio_write(port, data);
+                Exit::Io
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                io.mmio_read(addr, data);
+                Exit::Io
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                io.mmio_write(addr, data);
+                Exit::Io
+            }
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => Exit::FailEntry { reason },
+            Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::InternalError) => Exit::InternalError {
+                suberror: 0,
+                data: Vec::new(),
+            },
+            Ok(other) => Exit::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(source) => {
+                return Err(KvmError::Ioctl {
+                    op: "KVM_RUN",
+                    source,
+                })
+            }
+        };
+        if let Exit::InternalError { .. } = exit {
+            return Ok(self.internal_error());
+        }
+        Ok(exit)
+    }
+
+    fn internal_error(&mut self) -> Exit {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union, since
+        // the last exit_reason was KVM_EXIT_INTERNAL_ERROR.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = usize::try_from(internal.ndata)
+            .unwrap_or(0)
+            .min(internal.data.len());
+        Exit::InternalError {
+            suberror: internal.suberror,
+            data: internal.data[..n].to_vec(),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! What this host's KVM can run, found by booting small test guests.
+//!
+//! Each check is a real guest run on this VMM; a "no" carries the guest's
+//! own failure (KVM exit, RIP and instruction bytes), not a guess from CPUID.
+
+use std::time::Duration;
+
+use crate::devices::serial::SerialSink;
+use crate::lifecycle::GuestExit;
+use crate::test_guests;
+use crate::vmm::{Vm, VmConfig, VmError};
+
+/// A guest that cannot finish its few instructions in this time is stuck.
+const CHECK_LIMIT: Duration = Duration::from_secs(5);
+
+/// One capability check.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub ok: bool,
+    /// Why not, when `ok` is false; the guest's output when true.
+    pub detail: String,
+}
+
+/// The answer to "what can this host run?".
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub kvm: Result<(), String>,
+    pub checks: Vec<Check>,
+    pub integer_guests: bool,
+    pub full_linux_guests: bool,
+}
+
+impl Report {
+    /// Why full Linux guests cannot run, in one line; `None` if they can.
+    pub fn full_linux_reason(&self) -> Option<String> {
+        if let Err(e) = &self.kvm {
+            return Some(format!("KVM unavailable: {e}"));
+        }
+        let failed: Vec<_> = self
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        (!failed.is_empty()).then(|| failed.join("; "))
+    }
+}
+
+const CHECKS: &[(&str, &str, &str)] = &[
+    ("integer", "hello", "64-bit ring-0 integer code, port I/O"),
+    (
+        "sse",
+        "probe_sse",
+        "SSE instructions (every Linux user space)",
+    ),
+    (
+        "xsave",
+        "probe_xsave",
+        "XSAVE/XRSTOR (Linux's FPU context switch)",
+    ),
+    (
+        "usermode-syscall",
+        "probe_usermode",
+        "IRETQ to ring 3 and SYSCALL back",
+    ),
+];
+
+/// Runs every check. Never fails: a broken host is a report, not an error.
+pub fn run() -> Report {
+    if let Err(e) = crate::kvm::Hypervisor::open() {
+        return Report {
+            kvm: Err(error_chain(&e)),
+            checks: Vec::new(),
+            integer_guests: false,
+            full_linux_guests: false,
+        };
+    }
+    let checks: Vec<Check> = CHECKS
+        .iter()
+        .map(|(name, guest, what)| check(name, guest, what))
+        .collect();
+    let integer_guests = checks.first().is_some_and(|c| c.ok);
+    let full_linux_guests = checks.iter().all(|c| c.ok);
+    Report {
+        kvm: Ok(()),
+        checks,
+        integer_guests,
+        full_linux_guests,
+    }
+}
+
+fn check(name: &'static str, guest: &str, what: &'static str) -> Check {
+    let (ok, detail) = match boot_guest(guest) {
+        Ok((GuestExit::DebugExit(0), out)) => (true, out.trim().to_string()),
+        Ok((exit, out)) => (false, format!("guest ended with {exit:?}: {}", out.trim())),
+        Err(e) => (false, error_chain(&e)),
+    };
+    Check {
+        name,
+        what,
+        ok,
+        detail,
+    }
+}
+
+fn boot_guest(name: &str) -> Result<(GuestExit, String), VmError> {
+    let image = test_guests::image(name)
+        .ok_or_else(|| VmError::Boot(crate::boot::BootError::NotAKernel(name.into())))?;
+    let file =
+        crate::memory::sealed_file("vitrine-probe-guest", image).map_err(VmError::EventFd)?;
+    let mut config = VmConfig::new(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&file)
+    ));
+    config.mem_mib = 16;
+    config.time_limit = Some(CHECK_LIMIT);
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut vm = Vm::new(config, SerialSink::Capture(out.clone()))?;
+    vm.boot()?;
+    let exit = vm.run()?;
+    let text = String::from_utf8_lossy(&out.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    drop(file);
+    Ok((exit, text))
+}
+
+/// An error and its causes, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,54 @@
+//! The integer-only test guests assembled by `build.rs` from `guests/*.S`.
+//!
+//! They are part of the library, not only of the tests, because
+//! `vitrine-vmm probe` boots them to learn what this host's KVM can run.
+
+use std::path::PathBuf;
+
+include!(concat!(env!("VITRINE_GUEST_DIR"), "/table.rs"));
+
+/// The ELF image of test guest `name`, if it exists.
+pub fn image(name: &str) -> Option<&'static [u8]> {
+    ALL.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Path of test guest `name` in the build tree (for QEMU, benchmarks and
+/// tests on the machine that built it).
+pub fn path(name: &str) -> PathBuf {
+    PathBuf::from(env!("VITRINE_GUEST_DIR")).join(format!("{name}.elf"))
+}
+
+/// Where the MMIO script guest reads its table and stores its results.
+pub mod mmio_script {
+    pub const TABLE: u64 = 0x20_0000;
+    pub const RESULTS: u64 = 0x28_0000;
+
+    /// One step of the script.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Step {
+        Write { width: u32, addr: u64, value: u64 },
+        Expect { width: u32, addr: u64, value: u64 },
+        Store { width: u32, addr: u64 },
+        PollUntil { width: u32, addr: u64, value: u64 },
+    }
+
+    /// The table as the guest reads it: 24-byte little-endian entries,
+    /// ended by an all-zero one.
+    pub fn encode(steps: &[Step]) -> Vec<u8> {
+        let mut out = Vec::with_capacity((steps.len() + 1) * 24);
+        for s in steps {
+            let (op, width, addr, value) = match *s {
+                Step::Write { width, addr, value } => (1u32, width, addr, value),
+                Step::Expect { width, addr, value } => (2, width, addr, value),
+                Step::Store { width, addr } => (3, width, addr, 0),
+                Step::PollUntil { width, addr, value } => (4, width, addr, value),
+            };
+            out.extend_from_slice(&op.to_le_bytes());
+            out.extend_from_slice(&width.to_le_bytes());
+            out.extend_from_slice(&addr.to_le_bytes());
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&[0; 24]);
+        out
+    }
+}
