@@ -6,8 +6,9 @@
 
 /// Global descriptor table for the boot vCPU state.
 pub const GDT_START: u64 = 0x500;
-/// Empty interrupt descriptor table (limit 0): nothing runs before the guest sets its own.
-pub const IDT_START: u64 = 0x520;
+/// Boot interrupt descriptor table, right after the five GDT entries; it
+/// stays empty: nothing runs before the guest installs its own.
+pub const IDT_START: u64 = 0x540;
 /// PVH `hvm_start_info`.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH module list (the initramfs).

@@ -228,6 +228,13 @@ mod tests {
     }
 
     #[test]
+    fn idt_lies_past_the_end_of_the_gdt() {
+        let gdt_end = layout::GDT_START + 8 * gdt::BOOT_GDT.len() as u64;
+
+        assert!(layout::IDT_START >= gdt_end);
+    }
+
+    #[test]
     fn gdt_in_memory_matches_the_boot_table() {
         let m = mem();
 
