@@ -211,7 +211,11 @@ fn preflight(file: &mut File, path: &Path, ram_size: u64) -> Result<Format, Boot
                 "setup header cut short".into(),
             ));
         }
-        let setup_sects = u64::from(head[0x1f1].max(4));
+        // setup_sects of 0 means 4, for the oldest kernels.
+        let setup_sects = match head[0x1f1] {
+            0 => 4,
+            n => u64::from(n),
+        };
         let setup_len = (setup_sects + 1) * 512;
         let syssize = u64::from(u32::from_le_bytes(
             head[0x1f4..0x1f8].try_into().unwrap_or_default(),
