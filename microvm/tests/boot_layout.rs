@@ -18,9 +18,14 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 const MEM_MIB: u32 = 64;
 const MEM: u64 = (MEM_MIB as u64) << 20;
 
+/// Byte `i` of a non-repeating-per-page test pattern.
+fn pattern_byte(i: usize) -> u8 {
+    u8::try_from(i % 251).unwrap()
+}
+
 fn initrd_file(len: usize) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let body: Vec<u8> = (0..len).map(pattern_byte).collect();
     f.write_all(&body).unwrap();
     f
 }
@@ -47,10 +52,16 @@ fn read_cstr(mem: &GuestMemoryMmap, addr: u64) -> String {
 fn assert_initrd_at_top_of_ram(mem: &GuestMemoryMmap, addr: u64, size: u64, kernel_end: u64) {
     assert_eq!(addr % 4096, 0, "page-aligned");
     assert!(addr >= kernel_end, "above the kernel");
-    assert!(addr + size <= MEM && MEM - (addr + size) < 4096, "at the top of RAM");
+    assert!(
+        addr + size <= MEM && MEM - (addr + size) < 4096,
+        "at the top of RAM"
+    );
     let mut got = vec![0u8; usize::try_from(size).unwrap()];
     mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
-    assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8), "initrd bytes intact");
+    assert!(
+        got.iter().enumerate().all(|(i, b)| *b == pattern_byte(i)),
+        "initrd bytes intact"
+    );
 }
 
 #[test]
@@ -76,8 +87,14 @@ fn linux_protocol_fills_boot_params_e820_cmdline_and_initrd() {
     assert_eq!({ hdr.boot_flag }, 0xaa55);
     assert_eq!(hdr.type_of_loader, 0xff);
     assert_eq!(u64::from(hdr.cmd_line_ptr), CMDLINE_START);
-    assert_eq!(hdr.cmdline_size as usize, "console=ttyS0 reboot=k quiet".len() + 1);
-    assert_eq!(read_cstr(&ram.mem, CMDLINE_START), "console=ttyS0 reboot=k quiet");
+    assert_eq!(
+        hdr.cmdline_size as usize,
+        "console=ttyS0 reboot=k quiet".len() + 1
+    );
+    assert_eq!(
+        read_cstr(&ram.mem, CMDLINE_START),
+        "console=ttyS0 reboot=k quiet"
+    );
     let (ird_addr, ird_size) = (u64::from(hdr.ramdisk_image), u64::from(hdr.ramdisk_size));
     assert_eq!(ird_size, 300_000);
     assert_eq!(Some((GuestAddress(ird_addr), ird_size)), loaded.initrd);
@@ -105,7 +122,10 @@ fn pvh_protocol_fills_start_info_memmap_and_module_list() {
 
     let loaded = boot::load(&ram.mem, ram.size, &spec).unwrap();
 
-    assert!(matches!(loaded.entry, EntryMode::Pvh { .. }), "PVH note is honoured");
+    assert!(
+        matches!(loaded.entry, EntryMode::Pvh { .. }),
+        "PVH note is honoured"
+    );
     let word = |a: u64| -> u64 { ram.mem.read_obj(GuestAddress(a)).unwrap() };
     let dword = |a: u64| -> u32 { ram.mem.read_obj(GuestAddress(a)).unwrap() };
     assert_eq!(dword(PVH_INFO_START), 0x336e_c578, "magic");
@@ -119,7 +139,11 @@ fn pvh_protocol_fills_start_info_memmap_and_module_list() {
     assert_eq!(mod_size, 8192);
     assert_initrd_at_top_of_ram(&ram.mem, mod_addr, mod_size, loaded.kernel_end);
     assert_eq!(
-        (word(PVH_MEMMAP_START), word(PVH_MEMMAP_START + 8), dword(PVH_MEMMAP_START + 16)),
+        (
+            word(PVH_MEMMAP_START),
+            word(PVH_MEMMAP_START + 8),
+            dword(PVH_MEMMAP_START + 16)
+        ),
         (0, EBDA_START, 1)
     );
     assert_eq!(
@@ -149,7 +173,7 @@ fn synthetic_bzimage(payload: &[u8]) -> tempfile::NamedTempFile {
 #[test]
 fn bzimage_loads_its_payload_at_1_mib_and_keeps_its_setup_header() {
     let ram = memory::create(MEM_MIB).unwrap();
-    let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let payload: Vec<u8> = (0..4096).map(pattern_byte).collect();
     let kernel = synthetic_bzimage(&payload);
     let spec = BootSpec {
         kernel: kernel.path(),
@@ -160,12 +184,23 @@ fn bzimage_loads_its_payload_at_1_mib_and_keeps_its_setup_header() {
 
     let loaded = boot::load(&ram.mem, ram.size, &spec).unwrap();
 
-    assert_eq!(loaded.entry, EntryMode::Linux64 { entry: HIMEM_START + 0x200 });
+    assert_eq!(
+        loaded.entry,
+        EntryMode::Linux64 {
+            entry: HIMEM_START + 0x200
+        }
+    );
     let mut got = vec![0u8; payload.len()];
-    ram.mem.read_slice(&mut got, GuestAddress(HIMEM_START)).unwrap();
+    ram.mem
+        .read_slice(&mut got, GuestAddress(HIMEM_START))
+        .unwrap();
     assert_eq!(got, payload);
     let hdr = read_boot_params(&ram.mem).hdr;
-    assert_eq!({ hdr.version }, 0x020f, "setup header copied from the image");
+    assert_eq!(
+        { hdr.version },
+        0x020f,
+        "setup header copied from the image"
+    );
     assert_eq!(hdr.type_of_loader, 0xff);
     assert_eq!((hdr.ramdisk_image, hdr.ramdisk_size), (0, 0));
 }
@@ -181,7 +216,10 @@ fn pvh_is_refused_for_a_bzimage() {
         protocol: BootProtocol::Pvh,
     };
 
-    assert!(matches!(boot::load(&ram.mem, ram.size, &spec), Err(BootError::NoPvhEntry(_))));
+    assert!(matches!(
+        boot::load(&ram.mem, ram.size, &spec),
+        Err(BootError::NoPvhEntry(_))
+    ));
 }
 
 #[test]
@@ -197,7 +235,10 @@ fn an_initrd_that_cannot_fit_above_the_kernel_is_refused() {
 
     let err = boot::load(&ram.mem, ram.size, &spec).unwrap_err();
 
-    assert!(matches!(err, BootError::InitrdTooLarge { size, .. } if size == 3 << 20), "{err}");
+    assert!(
+        matches!(err, BootError::InitrdTooLarge { size, .. } if size == 3 << 20),
+        "{err}"
+    );
 }
 
 #[test]

@@ -62,7 +62,10 @@ fn elf_with_segment(memsz: u64) -> Vec<u8> {
 fn missing_kernel_is_named() {
     let line = single_error_line(&vmm(&["run", "--kernel", "/nonexistent/vmlinux"]));
 
-    assert!(line.contains("cannot read kernel /nonexistent/vmlinux"), "{line}");
+    assert!(
+        line.contains("cannot read kernel /nonexistent/vmlinux"),
+        "{line}"
+    );
     assert!(line.contains("No such file"), "{line}");
 }
 
@@ -72,7 +75,10 @@ fn non_elf_kernel_is_refused() {
 
     let line = single_error_line(&vmm(&["run", "--kernel", f.path().to_str().unwrap()]));
 
-    assert!(line.contains("neither an x86-64 ELF (vmlinux) nor a bzImage"), "{line}");
+    assert!(
+        line.contains("neither an x86-64 ELF (vmlinux) nor a bzImage"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -120,7 +126,10 @@ fn memory_too_small_for_the_kernel_says_how_much_it_needs() {
         "16",
     ]));
 
-    assert!(line.contains("guest memory (16 MiB) is too small"), "{line}");
+    assert!(
+        line.contains("guest memory (16 MiB) is too small"),
+        "{line}"
+    );
     assert!(line.contains("it needs 41 MiB"), "{line}");
 }
 
@@ -140,7 +149,10 @@ fn command_line_over_the_linux_limit_is_refused() {
         &long,
     ]));
 
-    assert!(line.contains("command line is 3000 bytes; the limit is 2047"), "{line}");
+    assert!(
+        line.contains("command line is 3000 bytes; the limit is 2047"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -155,7 +167,10 @@ fn zero_vcpus_and_tiny_memory_are_refused() {
     let mem = single_error_line(&vmm(&["run", "--kernel", k, "--mem-mib", "1"]));
 
     assert!(vcpus.contains("0 vCPUs requested"), "{vcpus}");
-    assert!(mem.contains("guest memory of 1 MiB is outside 2..=65536 MiB"), "{mem}");
+    assert!(
+        mem.contains("guest memory of 1 MiB is outside 2..=65536 MiB"),
+        "{mem}"
+    );
 }
 
 #[test]
@@ -170,7 +185,10 @@ fn unknown_cpuid_feature_lists_the_known_ones() {
         "avx,warp-drive",
     ]));
 
-    assert!(line.contains("unknown CPUID feature 'warp-drive'"), "{line}");
+    assert!(
+        line.contains("unknown CPUID feature 'warp-drive'"),
+        "{line}"
+    );
     assert!(line.contains("known: sse3"), "{line}");
 }
 
@@ -179,8 +197,16 @@ fn guest_exit_code_becomes_the_process_exit_code() {
     if !tier::kvm_or_skip("guest_exit_code_becomes_the_process_exit_code") {
         return;
     }
-    let hello = vmm(&["run", "--kernel", test_guests::path("hello").to_str().unwrap()]);
-    let fault = vmm(&["run", "--kernel", test_guests::path("triple_fault").to_str().unwrap()]);
+    let hello = vmm(&[
+        "run",
+        "--kernel",
+        test_guests::path("hello").to_str().unwrap(),
+    ]);
+    let fault = vmm(&[
+        "run",
+        "--kernel",
+        test_guests::path("triple_fault").to_str().unwrap(),
+    ]);
     let spin = vmm(&[
         "run",
         "--kernel",
@@ -190,7 +216,10 @@ fn guest_exit_code_becomes_the_process_exit_code() {
     ]);
 
     assert_eq!(hello.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&hello.stdout), "Hello from a Vitrine test guest\n");
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout),
+        "Hello from a Vitrine test guest\n"
+    );
     assert_eq!(fault.status.code(), Some(2));
     assert!(single_error_line(&fault).contains("triple-faulted"));
     assert_eq!(spin.status.code(), Some(124));

@@ -39,7 +39,10 @@ fn hello_guest_prints_on_serial_and_exits_cleanly_via_pvh() {
     let loaded = vm.boot().unwrap();
     let exit = vm.run().unwrap();
 
-    assert!(matches!(loaded.entry, vitrine_microvm::arch::x86_64::regs::EntryMode::Pvh { .. }));
+    assert!(matches!(
+        loaded.entry,
+        vitrine_microvm::arch::x86_64::regs::EntryMode::Pvh { .. }
+    ));
     assert_eq!(exit, GuestExit::DebugExit(0));
     assert_eq!(text(&out), "Hello from a Vitrine test guest\n");
 }
@@ -54,7 +57,10 @@ fn hello_guest_also_boots_through_the_64_bit_linux_entry() {
     let loaded = vm.boot().unwrap();
     let exit = vm.run().unwrap();
 
-    assert!(matches!(loaded.entry, vitrine_microvm::arch::x86_64::regs::EntryMode::Linux64 { .. }));
+    assert!(matches!(
+        loaded.entry,
+        vitrine_microvm::arch::x86_64::regs::EntryMode::Linux64 { .. }
+    ));
     assert_eq!(exit, GuestExit::DebugExit(0));
     assert_eq!(text(&out), "Hello from a Vitrine test guest\n");
 }
@@ -87,12 +93,35 @@ fn mmio_script_guest_reaches_a_device_region_with_every_width() {
     let dev = Arc::new(Mutex::new(RecordingDevice::default()));
     vm.insert_mmio(dev.clone(), BASE, 0x1000).unwrap();
     let script = mmio_script::encode(&[
-        Step::Write { width: 4, addr: BASE + 0x10, value: 0xdead_beef },
-        Step::Write { width: 1, addr: BASE + 0x20, value: 0x7f },
-        Step::Write { width: 2, addr: BASE + 0x22, value: 0xbeef },
-        Step::Write { width: 8, addr: BASE + 0x28, value: 0x0123_4567_89ab_cdef },
-        Step::Expect { width: 4, addr: BASE + 0x40, value: 0x5649_0040 },
-        Step::Store { width: 2, addr: BASE + 0x44 },
+        Step::Write {
+            width: 4,
+            addr: BASE + 0x10,
+            value: 0xdead_beef,
+        },
+        Step::Write {
+            width: 1,
+            addr: BASE + 0x20,
+            value: 0x7f,
+        },
+        Step::Write {
+            width: 2,
+            addr: BASE + 0x22,
+            value: 0xbeef,
+        },
+        Step::Write {
+            width: 8,
+            addr: BASE + 0x28,
+            value: 0x0123_4567_89ab_cdef,
+        },
+        Step::Expect {
+            width: 4,
+            addr: BASE + 0x40,
+            value: 0x5649_0040,
+        },
+        Step::Store {
+            width: 2,
+            addr: BASE + 0x44,
+        },
     ]);
     vm.memory()
         .write_slice(&script, GuestAddress(mmio_script::TABLE))
@@ -127,9 +156,17 @@ fn mmio_script_guest_reports_a_mismatch_with_a_nonzero_exit() {
     }
     const BASE: u64 = 0xd000_0000;
     let (mut vm, out) = vm_for("mmio_script", |_| {});
-    vm.insert_mmio(Arc::new(Mutex::new(RecordingDevice::default())), BASE, 0x1000)
-        .unwrap();
-    let script = mmio_script::encode(&[Step::Expect { width: 4, addr: BASE, value: 1 }]);
+    vm.insert_mmio(
+        Arc::new(Mutex::new(RecordingDevice::default())),
+        BASE,
+        0x1000,
+    )
+    .unwrap();
+    let script = mmio_script::encode(&[Step::Expect {
+        width: 4,
+        addr: BASE,
+        value: 1,
+    }]);
     vm.memory()
         .write_slice(&script, GuestAddress(mmio_script::TABLE))
         .unwrap();
@@ -138,7 +175,11 @@ fn mmio_script_guest_reports_a_mismatch_with_a_nonzero_exit() {
     let exit = vm.run().unwrap();
 
     assert_eq!(exit, GuestExit::DebugExit(2));
-    assert!(text(&out).contains("read 0000000056490000 expected 0000000000000001"), "{}", text(&out));
+    assert!(
+        text(&out).contains("read 0000000056490000 expected 0000000000000001"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -192,7 +233,10 @@ fn endless_loop_is_stopped_by_the_time_limit() {
     let err = vm.run().unwrap_err();
 
     let took = started.elapsed();
-    assert!(matches!(err, VmError::Guest(GuestFault::TimedOut(l)) if l == limit), "{err:?}");
+    assert!(
+        matches!(err, VmError::Guest(GuestFault::TimedOut(l)) if l == limit),
+        "{err:?}"
+    );
     assert!(took >= limit, "stopped early: {took:?}");
     assert!(took < limit + Duration::from_secs(5), "stop took {took:?}");
     assert_eq!(text(&out), "spinning forever\n");
@@ -246,8 +290,17 @@ fn probe_finds_integer_guests_and_explains_every_no() {
 
     assert!(report.integer_guests, "{report:?}");
     for c in report.checks.iter().filter(|c| !c.ok) {
-        assert!(c.detail.contains("vCPU") || c.detail.contains("guest"), "{c:?}");
+        assert!(
+            c.detail.contains("vCPU") || c.detail.contains("guest"),
+            "{c:?}"
+        );
     }
-    assert_eq!(report.full_linux_guests, report.full_linux_reason().is_none());
-    eprintln!("probe on this host: full Linux guests: {:?}", report.full_linux_reason());
+    assert_eq!(
+        report.full_linux_guests,
+        report.full_linux_reason().is_none()
+    );
+    eprintln!(
+        "probe on this host: full Linux guests: {:?}",
+        report.full_linux_reason()
+    );
 }
