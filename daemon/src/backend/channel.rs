@@ -1,0 +1,172 @@
+//! The framed byte stream between the host and one guest's shim.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use vitrine_shim::protocol::{FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage};
+
+/// A message could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// No whole message arrived before the deadline. The stream may have
+    /// stopped inside a frame, so the channel is unusable afterwards.
+    #[error("no message from the guest within {0:?}")]
+    TimedOut(Duration),
+    /// The guest closed the stream between messages.
+    #[error("the guest closed the stream")]
+    Closed,
+    /// An earlier time-out or framing error left the stream mid-frame.
+    #[error("the channel broke earlier and cannot be used")]
+    Broken,
+    /// A frame was malformed, broke a cap, or the stream failed.
+    #[error("guest stream failed")]
+    Framing(#[from] FramingError),
+    /// The stream could not be set up.
+    #[error("cannot set up the guest stream")]
+    Io(#[from] io::Error),
+}
+
+/// Host side of the protocol over one stream: receives `GuestMessage`s,
+/// sends `HostMessage`s.
+#[derive(Debug)]
+pub struct GuestChannel {
+    reader: FrameReader<UnixStream, GuestMessage>,
+    writer: FrameWriter<UnixStream, HostMessage>,
+    broken: bool,
+}
+
+impl GuestChannel {
+    /// Wraps a connected stream.
+    pub fn new(stream: UnixStream) -> Result<Self, ChannelError> {
+        let write_half = stream.try_clone()?;
+        Ok(Self {
+            reader: FrameReader::new(stream),
+            writer: FrameWriter::new(write_half),
+            broken: false,
+        })
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, msg: &HostMessage) -> Result<(), ChannelError> {
+        self.writer.send(msg).map_err(|e| self.fail(e))
+    }
+
+    /// Receives the next message, waiting at most until `deadline`.
+    pub fn recv_until(&mut self, deadline: Instant) -> Result<GuestMessage, ChannelError> {
+        if self.broken {
+            return Err(ChannelError::Broken);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ChannelError::TimedOut(Duration::ZERO));
+        }
+        // The timeout bounds each read(2), and a frame takes several, so
+        // re-arm it with what is left; a slow trickle still ends at the deadline.
+        self.reader.get_ref().set_read_timeout(Some(left))?;
+        match self.reader.recv() {
+            Ok(Some(msg)) if Instant::now() <= deadline => Ok(msg),
+            Ok(Some(_)) => {
+                self.broken = true;
+                Err(ChannelError::TimedOut(left))
+            }
+            Ok(None) => Err(ChannelError::Closed),
+            Err(FramingError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.broken = true;
+                Err(ChannelError::TimedOut(left))
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<GuestMessage, ChannelError> {
+        self.recv_until(Instant::now() + timeout)
+    }
+
+    fn fail(&mut self, e: FramingError) -> ChannelError {
+        self.broken = true;
+        ChannelError::Framing(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitrine_shim::protocol::{Capability, Ready};
+
+    fn pair() -> (GuestChannel, UnixStream) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        (GuestChannel::new(host).unwrap(), guest)
+    }
+
+    #[test]
+    fn recv_returns_what_the_guest_sent() {
+        let (mut channel, guest) = pair();
+        let ready = GuestMessage::Ready(Ready {
+            shim_version: "0.1.0".into(),
+            capabilities: vec![Capability::Pdf],
+        });
+        FrameWriter::<_, GuestMessage>::new(&guest)
+            .send(&ready)
+            .unwrap();
+
+        let got = channel.recv_timeout(Duration::from_secs(5)).unwrap();
+
+        assert_eq!(got, ready);
+    }
+
+    #[test]
+    fn send_reaches_the_guest() {
+        let (mut channel, guest) = pair();
+
+        channel.send(&HostMessage::Shutdown).unwrap();
+
+        let got = FrameReader::<_, HostMessage>::new(&guest).recv().unwrap();
+        assert_eq!(got, Some(HostMessage::Shutdown));
+    }
+
+    #[test]
+    fn recv_times_out_and_then_refuses_a_half_read_stream() {
+        let (mut channel, guest) = pair();
+        // A length prefix and nothing more: the read stops mid-frame.
+        std::io::Write::write_all(&mut &guest, &100u32.to_le_bytes()).unwrap();
+
+        let first = channel.recv_timeout(Duration::from_millis(50)).unwrap_err();
+        let second = channel.recv_timeout(Duration::from_millis(50)).unwrap_err();
+
+        assert!(matches!(first, ChannelError::TimedOut(_)), "{first:?}");
+        assert!(matches!(second, ChannelError::Broken), "{second:?}");
+    }
+
+    #[test]
+    fn recv_reports_a_clean_close() {
+        let (mut channel, guest) = pair();
+        drop(guest);
+
+        let err = channel.recv_timeout(Duration::from_secs(5)).unwrap_err();
+
+        assert!(matches!(err, ChannelError::Closed), "{err:?}");
+    }
+
+    #[test]
+    fn recv_rejects_an_oversized_frame_prefix() {
+        let (mut channel, guest) = pair();
+        std::io::Write::write_all(&mut &guest, &u32::MAX.to_le_bytes()).unwrap();
+
+        let err = channel.recv_timeout(Duration::from_secs(5)).unwrap_err();
+
+        assert!(
+            matches!(
+                err,
+                ChannelError::Framing(FramingError::FrameTooLarge(u32::MAX))
+            ),
+            "{err:?}"
+        );
+    }
+}
