@@ -1,0 +1,142 @@
+//! The block device as the transport sees it.
+
+use std::fs::File;
+
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
+
+use super::event_handler::BlockHandler;
+use super::persist::BlockState;
+use super::{DEFAULT_ID, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
+use crate::devices::virtio::worker::{self, Worker};
+use crate::devices::virtio::{
+    device_type, features, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot read the size of the disk file")]
+    Metadata(#[source] std::io::Error),
+}
+
+#[derive(Debug)]
+enum DeviceState {
+    Inactive,
+    Activated(ActiveState),
+}
+
+#[derive(Debug)]
+struct ActiveState {
+    /// Stopped and joined on reset, or when dropped at teardown.
+    worker: Worker,
+}
+
+/// virtio-blk over a host file.
+#[derive(Debug)]
+pub struct BlockDevice {
+    disk: File,
+    read_only: bool,
+    capacity_sectors: u64,
+    id: [u8; 20],
+    config: [u8; 16],
+    state: DeviceState,
+    acked_features: u64,
+}
+
+impl BlockDevice {
+    /// A disk over `file`. The capacity is the file size in whole sectors;
+    /// a partial last sector is not visible to the guest.
+    pub fn new(disk: File, read_only: bool) -> Result<Self, BlockError> {
+        let len = disk.metadata().map_err(BlockError::Metadata)?.len();
+        if len % SECTOR_SIZE != 0 {
+            log::warn!("virtio-blk: disk size {len} is not whole sectors; the tail is hidden");
+        }
+        let capacity_sectors = len / SECTOR_SIZE;
+        // struct virtio_blk_config: capacity, size_max (unused), seg_max.
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&capacity_sectors.to_le_bytes());
+        config[12..].copy_from_slice(&SEG_MAX.to_le_bytes());
+        Ok(Self {
+            disk,
+            read_only,
+            capacity_sectors,
+            id: *DEFAULT_ID,
+            config,
+            state: DeviceState::Inactive,
+            acked_features: 0,
+        })
+    }
+
+    /// Sets the serial returned by GET_ID (at most 20 bytes are kept).
+    pub fn with_id(mut self, id: &[u8]) -> Self {
+        self.id = [0; 20];
+        let n = id.len().min(20);
+        self.id[..n].copy_from_slice(&id[..n]);
+        self
+    }
+
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn save_state(&self) -> BlockState {
+        BlockState {
+            read_only: self.read_only,
+            capacity_sectors: self.capacity_sectors,
+            disk_id: self.id.to_vec(),
+            acked_features: self.acked_features,
+        }
+    }
+}
+
+impl VirtioDevice for BlockDevice {
+    fn device_type(&self) -> u32 {
+        device_type::BLOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        let mode = if self.read_only {
+            1 << VIRTIO_BLK_F_RO
+        } else {
+            1 << VIRTIO_BLK_F_FLUSH
+        };
+        features::TRANSPORT | 1 << VIRTIO_BLK_F_SEG_MAX | mode
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.is_activated() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let disk = self.disk.try_clone().map_err(ActivateError::Dup)?;
+        let acked = ctx.acked_features;
+        let handler = BlockHandler::new(ctx, disk, self.read_only, self.capacity_sectors, self.id)?;
+        let worker = worker::spawn("virtio-blk", handler)?;
+        self.acked_features = acked;
+        self.state = DeviceState::Activated(ActiveState { worker });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let DeviceState::Activated(mut active) =
+            std::mem::replace(&mut self.state, DeviceState::Inactive)
+        {
+            active.worker.stop();
+        }
+        self.acked_features = 0;
+    }
+
+    fn is_activated(&self) -> bool {
+        matches!(self.state, DeviceState::Activated(_))
+    }
+}
