@@ -3,6 +3,8 @@
 //! Each check is a real guest run on this VMM; a "no" carries the guest's
 //! own failure (KVM exit, RIP and instruction bytes), not a guess from CPUID.
 
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::devices::serial::SerialSink;
@@ -95,7 +97,7 @@ fn check(name: &'static str, guest: &str, what: &'static str) -> Check {
     let (ok, detail) = match boot_guest(guest) {
         Ok((GuestExit::DebugExit(0), out)) => (true, out.trim().to_string()),
         Ok((exit, out)) => (false, format!("guest ended with {exit:?}: {}", out.trim())),
-        Err(e) => (false, error_chain(&e)),
+        Err(e) => (false, e),
     };
     Check {
         name,
@@ -105,23 +107,22 @@ fn check(name: &'static str, guest: &str, what: &'static str) -> Check {
     }
 }
 
-fn boot_guest(name: &str) -> Result<(GuestExit, String), VmError> {
-    let image = test_guests::image(name)
-        .ok_or_else(|| VmError::Boot(crate::boot::BootError::NotAKernel(name.into())))?;
-    let file =
-        crate::memory::sealed_file("vitrine-probe-guest", image).map_err(VmError::EventFd)?;
-    let mut config = VmConfig::new(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&file)
-    ));
+/// Boots built-in guest `name`; the error is the whole cause chain.
+fn boot_guest(name: &str) -> Result<(GuestExit, String), String> {
+    let image = test_guests::image(name).ok_or_else(|| format!("no built-in guest {name}"))?;
+    // The loader wants a path; an in-memory file needs no cleanup.
+    let file = crate::memory::sealed_file(name, image).map_err(|e| error_chain(&e))?;
+    let mut config = VmConfig::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
     config.mem_mib = 16;
     config.time_limit = Some(CHECK_LIMIT);
-    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut vm = Vm::new(config, SerialSink::Capture(out.clone()))?;
-    vm.boot()?;
-    let exit = vm.run()?;
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let run = || -> Result<GuestExit, VmError> {
+        let mut vm = Vm::new(config, SerialSink::Capture(out.clone()))?;
+        vm.boot()?;
+        vm.run()
+    };
+    let exit = run().map_err(|e| error_chain(&e))?;
     let text = String::from_utf8_lossy(&out.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
-    drop(file);
     Ok((exit, text))
 }
 

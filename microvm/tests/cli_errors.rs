@@ -227,6 +227,27 @@ fn guest_exit_code_becomes_the_process_exit_code() {
 }
 
 #[test]
+fn built_in_test_guests_run_by_name_and_unknown_names_are_listed() {
+    if !tier::kvm_or_skip("built_in_test_guests_run_by_name_and_unknown_names_are_listed") {
+        return;
+    }
+
+    let hello = vmm(&["run", "--test-guest", "hello"]);
+    let unknown = vmm(&["run", "--test-guest", "nope"]);
+
+    assert_eq!(hello.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout),
+        "Hello from a Vitrine test guest\n"
+    );
+    let line = single_error_line(&unknown);
+    assert!(
+        line.contains("no test guest 'nope' (there are: endless, halt, hello"),
+        "{line}"
+    );
+}
+
+#[test]
 fn probe_exits_zero_and_names_a_reason_for_each_no() {
     let out = vmm(&["probe"]);
     let text = String::from_utf8_lossy(&out.stdout);

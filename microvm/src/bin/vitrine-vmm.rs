@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use std::os::fd::AsRawFd;
 use vitrine_microvm::arch::x86_64::cpuid::CpuidMask;
 use vitrine_microvm::boot::BootProtocol;
 use vitrine_microvm::devices::serial::SerialSink;
 use vitrine_microvm::lifecycle::{GuestExit, GuestFault};
+use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
 use vitrine_microvm::resident::Resident;
+use vitrine_microvm::test_guests;
 use vitrine_microvm::vmm::{Vm, VmConfig, VmError};
 
 /// Exit status when the guest ran past --time-limit (as timeout(1) does).
@@ -40,8 +43,16 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Kernel: vmlinux ELF (with or without a PVH note) or bzImage.
+    #[arg(
+        long,
+        required_unless_present = "test_guest",
+        conflicts_with = "test_guest"
+    )]
+    kernel: Option<PathBuf>,
+    /// Boot one of the built-in integer-only test guests instead of a
+    /// kernel file (hello, mmio_script, triple_fault, endless, halt, probe_*).
     #[arg(long)]
-    kernel: PathBuf,
+    test_guest: Option<String>,
     /// Initramfs to load.
     #[arg(long)]
     initrd: Option<PathBuf>,
@@ -130,8 +141,24 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         ),
         None => SerialSink::stdout(),
     };
+    // Keeps a built-in guest's in-memory file open until the VM has loaded it.
+    let mut _guest_file = None;
+    let kernel = match (args.kernel, args.test_guest) {
+        (Some(k), _) => k,
+        (None, Some(name)) => {
+            let image = test_guests::image(&name).ok_or_else(|| {
+                let names: Vec<_> = test_guests::ALL.iter().map(|(n, _)| *n).collect();
+                anyhow::anyhow!("no test guest '{name}' (there are: {})", names.join(", "))
+            })?;
+            let f = sealed_file(&name, image)?;
+            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            _guest_file = Some(f);
+            path
+        }
+        (None, None) => anyhow::bail!("give --kernel or --test-guest"),
+    };
     let config = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
         mem_mib: args.mem_mib,

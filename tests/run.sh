@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every Vitrine test on this machine, installing what they need first.
+#
+#   tests/run.sh            packages, guest image (cached), fmt, clippy, cargo test
+#
+# Debian 12 as root (or with sudo). The guest image is cached under
+# ~/.cache/vitrine keyed by its inputs, so only the first run builds a kernel.
+# The last line printed is cargo test's own summary.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+say() { printf '[test] %s\n' "$*" >&2; }
+die() { printf '[test] error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=../shim/image/lib/apt.sh
+source "$REPO/shim/image/lib/apt.sh"
+
+started=$SECONDS
+say "Debian packages"
+# binutils assembles the KVM test guests; the image's lists cover the guest
+# build, QEMU and the OCR used by the end-to-end tests.
+ensure_packages binutils "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}"
+command -v cargo >/dev/null ||
+  die "cargo is not installed: install a Rust toolchain >= 1.85 (rustup) and run again"
+
+say "guest image (shim/image/build.sh)"
+VITRINE_IMAGE_DIR=$("$REPO/shim/image/build.sh" | tail -n 1)
+export VITRINE_IMAGE_DIR
+say "guest image: $VITRINE_IMAGE_DIR"
+
+say "what this host's KVM can run (tests skip, loudly, what it cannot)"
+cargo run --quiet --locked -p vitrine-microvm --bin vitrine-vmm -- probe >&2 ||
+  say "probe could not run; KVM-tier tests will say why they skip"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+say "cargo test (setup took $((SECONDS - started)) s)"
+cargo test --workspace --locked
