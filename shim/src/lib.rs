@@ -1,4 +1,16 @@
 //! Vitrine shim: the guest agent (PID 1 of the guest) and the host/guest
 //! protocol that the daemon shares.
+//!
+//! The protocol module is all the host needs. The rest is the guest side:
+//! `init` (PID 1 duties), `transport` (vsock, virtio-serial, Unix socket),
+//! `agent` (the session), `render` (renderers), `sandbox` (limited children),
+//! `raster` (pixels and PPM), `export` (files offered back).
 
+pub mod agent;
+pub mod export;
+pub mod init;
 pub mod protocol;
+pub mod raster;
+pub mod render;
+pub mod sandbox;
+pub mod transport;

@@ -26,10 +26,16 @@ pub use budget::{BudgetError, PixelBudget};
 pub use codec::{decode_payload, encode_frame, encode_payload, CodecError};
 pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
-    Capability, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, Key, KeyEvent, Limits,
-    LogLevel, MessageError, Modifiers, PixelFormat, Ready, Rect, Task, TaskKind, TaskStatus,
-    WireMessage,
+    Capability, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, Key, KeyEvent,
+    Limits, LogLevel, MessageError, Modifiers, PixelFormat, Ready, Rect, Task, TaskId, TaskKind,
+    TaskStatus, WireMessage,
 };
+
+/// Checks that `name` is a plain file name (no path, not `.`/`..`, no NUL)
+/// of at most `MAX_NAME_BYTES`.
+pub fn check_export_name(name: &str) -> Result<(), MessageError> {
+    message::check_name(name)
+}
 
 #[cfg(feature = "tokio")]
 pub use async_framing::{AsyncFrameReader, AsyncFrameWriter};

@@ -1,0 +1,827 @@
+//! The agent: one session with the host. Says Ready, takes one task and its
+//! input, renders it through the sandboxed renderers, streams frames, serves
+//! input events and exports, and stops on Shutdown.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use crate::export::{Exports, CHUNK};
+use crate::protocol::{
+    Capability, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage, InputEvent,
+    Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind, TaskStatus, MAX_TEXT_BYTES,
+};
+use crate::raster::Raster;
+use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
+use crate::render::{page_file, pdf, DocKind};
+use crate::sandbox::{
+    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, Supervised,
+};
+use crate::transport::Connection;
+
+/// Version reported in `Ready`.
+pub const SHIM_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Most program output processed before the task fails as a flood.
+pub const OUTPUT_FLOOD_BYTES: u64 = 16 * 1024 * 1024;
+/// Most program output read per second; the program blocks beyond it.
+pub const OUTPUT_RATE_BYTES: u64 = 8 * 1024 * 1024;
+/// Least time between two terminal frames.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(40);
+
+/// The session with the host broke.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Sending to or receiving from the host failed.
+    #[error("host link")]
+    Link(#[from] FramingError),
+    /// The task's work directory could not be made.
+    #[error("work directory")]
+    WorkDir(#[source] std::io::Error),
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where per-task work directories go (tmpfs in the guest).
+    pub work_root: PathBuf,
+    /// Uid (and gid) of sandboxed children when the agent is root.
+    pub sandbox_uid: u32,
+}
+
+enum Event {
+    Host(Result<Option<HostMessage>, FramingError>),
+    PtyOutput(Vec<u8>),
+    PtyClosed,
+}
+
+/// Why a task stopped early.
+enum Stop {
+    /// It ends with this status (Failed or TimedOut).
+    Task(TaskStatus),
+    /// The host asked to stop or went away.
+    Shutdown,
+    /// The link broke.
+    Link(AgentError),
+}
+
+impl From<AgentError> for Stop {
+    fn from(e: AgentError) -> Self {
+        Stop::Link(e)
+    }
+}
+
+impl From<FramingError> for Stop {
+    fn from(e: FramingError) -> Self {
+        Stop::Link(AgentError::Link(e))
+    }
+}
+
+fn failed(reason: impl std::fmt::Display) -> Stop {
+    let mut text = reason.to_string();
+    text.truncate(MAX_TEXT_BYTES - 4);
+    while !text.is_char_boundary(text.len()) {
+        text.pop();
+    }
+    Stop::Task(TaskStatus::Failed(text))
+}
+
+/// Full error chain as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What is being shown after the first render, for input events.
+enum View {
+    None,
+    Document(Document),
+    Terminal(Box<Terminal>),
+}
+
+struct Document {
+    kind: DocKind,
+    input: PathBuf,
+    out_dir: PathBuf,
+    pages: Vec<PathBuf>,
+    width: u32,
+    height: u32,
+    renders: u32,
+}
+
+struct Terminal {
+    screen: Screen,
+    pty: Pty,
+    keys: Option<SyncSender<Vec<u8>>>,
+}
+
+/// One session.
+pub struct Agent {
+    writer: FrameWriter<Box<dyn Write + Send>, GuestMessage>,
+    events: Receiver<Event>,
+    events_tx: SyncSender<Event>,
+    config: AgentConfig,
+    identity: Identity,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs one session on `conn` until Shutdown or the host goes away.
+pub fn serve(conn: Connection, config: AgentConfig) -> Result<(), AgentError> {
+    let (events_tx, events) = mpsc::sync_channel(256);
+    let host_tx = events_tx.clone();
+    let reader = conn.reader;
+    std::thread::spawn(move || {
+        let mut reader = FrameReader::<_, HostMessage>::new(reader);
+        loop {
+            let msg = reader.recv();
+            let end = !matches!(msg, Ok(Some(_)));
+            if host_tx.send(Event::Host(msg)).is_err() || end {
+                return;
+            }
+        }
+    });
+    let identity = Identity::for_sandbox(config.sandbox_uid);
+    let mut agent = Agent {
+        writer: FrameWriter::new(conn.writer),
+        events,
+        events_tx,
+        config,
+        identity,
+    };
+    agent.run()
+}
+
+impl Agent {
+    fn send(&mut self, msg: GuestMessage) -> Result<(), AgentError> {
+        self.writer.send(&msg)?;
+        Ok(())
+    }
+
+    fn log(&mut self, level: LogLevel, text: impl Into<String>) -> Result<(), AgentError> {
+        let mut text = text.into();
+        eprintln!("vitrine-shim: {text}");
+        text.truncate(MAX_TEXT_BYTES);
+        while !text.is_char_boundary(text.len()) {
+            text.pop();
+        }
+        self.send(GuestMessage::Log { level, text })
+    }
+
+    fn next_host(&mut self) -> Result<Option<HostMessage>, AgentError> {
+        loop {
+            match self.events.recv() {
+                Ok(Event::Host(msg)) => return Ok(msg?),
+                Ok(_) => {}
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<(), AgentError> {
+        let mut capabilities = vec![
+            Capability::Image,
+            Capability::Text,
+            Capability::Html,
+            Capability::Terminal,
+        ];
+        if pdf::available() {
+            capabilities.insert(0, Capability::Pdf);
+        }
+        self.send(GuestMessage::Ready(Ready {
+            shim_version: SHIM_VERSION.into(),
+            capabilities,
+        }))?;
+        let task = loop {
+            match self.next_host()? {
+                Some(HostMessage::Task(task)) => break task,
+                Some(HostMessage::Shutdown) | None => return Ok(()),
+                Some(other) => {
+                    self.log(LogLevel::Warn, format!("ignored before task: {other:?}"))?
+                }
+            }
+        };
+        let work = self.make_workdir(task.id)?;
+        let result = self.run_task(&task, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        result
+    }
+
+    fn make_workdir(&self, task: u64) -> Result<PathBuf, AgentError> {
+        let dir = self
+            .config
+            .work_root
+            .join(format!("vitrine-task-{task}-{}", std::process::id()));
+        let mk = |p: &Path, mode: u32, sandbox_owned: bool| -> std::io::Result<()> {
+            std::fs::create_dir_all(p)?;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+            if let (true, Identity::Uid(uid)) = (sandbox_owned, self.identity) {
+                std::os::unix::fs::chown(p, Some(uid), Some(uid))?;
+            }
+            Ok(())
+        };
+        mk(&dir, 0o711, false).map_err(AgentError::WorkDir)?;
+        for (sub, owned) in [("out", true), ("export", true), ("store", false)] {
+            mk(&dir.join(sub), 0o700, owned).map_err(AgentError::WorkDir)?;
+        }
+        Ok(dir)
+    }
+
+    fn run_task(&mut self, task: &Task, work: &Path) -> Result<(), AgentError> {
+        self.send(GuestMessage::Accepted { task: task.id })?;
+        let t_accept = Instant::now();
+        let input = work.join("input");
+        let mut budget = PixelBudget::new(task.limits.max_pixel_bytes);
+        let mut exports = Exports::default();
+        let (status, mut view) = match self.receive_input(task, &input) {
+            Ok(()) => {
+                let input_ms = t_accept.elapsed().as_millis();
+                let deadline =
+                    Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
+                let t_render = Instant::now();
+                let mut view = View::None;
+                let outcome = self.render_task(
+                    task,
+                    &input,
+                    work,
+                    deadline,
+                    &mut budget,
+                    &mut exports,
+                    &mut view,
+                );
+                self.log(
+                    LogLevel::Debug,
+                    format!(
+                        "timing input_ms={input_ms} task_ms={}",
+                        t_render.elapsed().as_millis()
+                    ),
+                )?;
+                match outcome {
+                    Ok(()) => (TaskStatus::Ok, view),
+                    Err(Stop::Task(status)) => (status, view),
+                    Err(Stop::Shutdown) => return Ok(()),
+                    Err(Stop::Link(e)) => return Err(e),
+                }
+            }
+            Err(Stop::Task(status)) => (status, View::None),
+            Err(Stop::Shutdown) => return Ok(()),
+            Err(Stop::Link(e)) => return Err(e),
+        };
+        if let TaskStatus::Failed(reason) = &status {
+            eprintln!("vitrine-shim: task failed: {reason}");
+        }
+        self.send(GuestMessage::Done {
+            task: task.id,
+            status,
+        })?;
+        self.serve_after_done(task, &mut view, &mut budget, &exports)
+    }
+
+    fn receive_input(&mut self, task: &Task, path: &Path) -> Result<(), Stop> {
+        let size = task.input_size();
+        let mut file = File::create(path).map_err(failed)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(failed)?;
+        let mut got = 0u64;
+        while got < size {
+            match self.next_host()? {
+                Some(HostMessage::TaskData { offset, data }) => {
+                    if offset != got {
+                        return Err(failed(format!(
+                            "task data at offset {offset}, expected {got}"
+                        )));
+                    }
+                    got += u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if got > size {
+                        return Err(failed("task data longer than announced"));
+                    }
+                    file.write_all(&data).map_err(failed)?;
+                }
+                Some(HostMessage::Shutdown) | None => return Err(Stop::Shutdown),
+                Some(other) => {
+                    self.log(LogLevel::Warn, format!("ignored during input: {other:?}"))?;
+                }
+            }
+        }
+        file.sync_all().map_err(failed)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn render_task(
+        &mut self,
+        task: &Task,
+        input: &Path,
+        work: &Path,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+        exports: &mut Exports,
+        view: &mut View,
+    ) -> Result<(), Stop> {
+        match &task.kind {
+            TaskKind::OpenUri { .. } => Err(failed(
+                "OpenUri needs the host egress tunnel, which this guest does not have",
+            )),
+            TaskKind::OpenFile {
+                name, mime_hint, ..
+            } => {
+                let mut head = [0u8; 1024];
+                let n = File::open(input)
+                    .and_then(|mut f| f.read(&mut head))
+                    .map_err(failed)?;
+                let kind = DocKind::detect(&head[..n], name, mime_hint.as_deref());
+                self.log(
+                    LogLevel::Info,
+                    format!("rendering {} as {}", name, kind.as_str()),
+                )?;
+                let mut doc = Document {
+                    kind,
+                    input: input.to_path_buf(),
+                    out_dir: work.join("out"),
+                    pages: Vec::new(),
+                    width: task.limits.max_width.min(900),
+                    height: task.limits.max_height.min(1100),
+                    renders: 0,
+                };
+                let result = self.render_document(&mut doc, task, deadline, budget);
+                *view = View::Document(doc);
+                result
+            }
+            TaskKind::RunProgram { args, .. } => {
+                let result = self.run_program(task, input, args, work, deadline, budget, view);
+                let store = work.join("store");
+                match exports.collect(&work.join("export"), &store) {
+                    Ok(offers) => {
+                        for offer in offers {
+                            self.send(GuestMessage::ExportOffer(offer))?;
+                        }
+                    }
+                    Err(e) => self.log(LogLevel::Warn, format!("exports: {}", chain(&e)))?,
+                }
+                result
+            }
+        }
+    }
+
+    fn send_raster(
+        &mut self,
+        page: u32,
+        raster: &Raster,
+        damage: Rect,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        for frame in raster.frames(page, damage) {
+            budget.charge_frame(&frame).map_err(failed)?;
+            self.writer.send(&GuestMessage::Frame(frame))?;
+        }
+        Ok(())
+    }
+
+    fn send_page_file(
+        &mut self,
+        page: u32,
+        path: &Path,
+        limits: &Limits,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let raster = Raster::read_ppm(path, limits.max_width, limits.max_height)
+            .map_err(|e| failed(format!("page {}: {}", page + 1, chain(&e))))?;
+        let full = Rect {
+            x: 0,
+            y: 0,
+            w: raster.width(),
+            h: raster.height(),
+        };
+        self.send_raster(page, &raster, full, budget)
+    }
+
+    fn render_document(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        doc.renders += 1;
+        let out_dir = doc.out_dir.join(format!("r{}", doc.renders));
+        std::fs::create_dir_all(&out_dir).map_err(failed)?;
+        if let Identity::Uid(uid) = self.identity {
+            std::os::unix::fs::chown(&out_dir, Some(uid), Some(uid)).map_err(failed)?;
+        }
+        let limits = ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
+        if doc.kind == DocKind::Pdf {
+            return self.render_pdf(doc, &out_dir, task, limits, deadline, budget);
+        }
+        let (w, h) = match doc.kind {
+            DocKind::Image => (task.limits.max_width, task.limits.max_height),
+            _ => (doc.width, doc.height),
+        };
+        let exe = std::env::current_exe().map_err(failed)?;
+        let args: Vec<OsString> = vec![
+            "render-worker".into(),
+            doc.kind.as_str().into(),
+            w.to_string().into(),
+            h.to_string().into(),
+            task.limits.max_pages.to_string().into(),
+            doc.input.clone().into(),
+            out_dir.clone().into(),
+        ];
+        let stderr_path = out_dir.join("worker.stderr");
+        let mut cmd = limited_command(limits, self.identity, false, &exe, &args).map_err(failed)?;
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::from(File::create(&stderr_path).map_err(failed)?));
+        let mut child = Supervised::spawn(cmd, self.identity, deadline).map_err(failed)?;
+        match child.wait().map_err(failed)? {
+            RunOutcome::TimedOut => return Err(Stop::Task(TaskStatus::TimedOut)),
+            RunOutcome::Exited(s) if !s.success() => {
+                return Err(failed(format!(
+                    "{} renderer failed ({}): {}",
+                    doc.kind.as_str(),
+                    describe(s),
+                    tail_of(&stderr_path, 400)
+                )))
+            }
+            RunOutcome::Exited(_) => {}
+        }
+        let mut pages = Vec::new();
+        let max_pages = usize::try_from(task.limits.max_pages).unwrap_or(usize::MAX);
+        while pages.len() < max_pages && page_file(&out_dir, pages.len()).is_file() {
+            pages.push(page_file(&out_dir, pages.len()));
+        }
+        if pages.is_empty() {
+            return Err(failed("renderer produced no pages"));
+        }
+        doc.pages = pages.clone();
+        self.send(GuestMessage::PageInfo {
+            task: task.id,
+            count: u32::try_from(pages.len()).unwrap_or(u32::MAX),
+        })?;
+        for (i, page) in pages.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            self.send_page_file(index, page, &task.limits, budget)?;
+        }
+        Ok(())
+    }
+
+    fn render_pdf(
+        &mut self,
+        doc: &mut Document,
+        out_dir: &Path,
+        task: &Task,
+        limits: ChildLimits,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let job = pdf::PdfJob {
+            input: doc.input.clone(),
+            out_dir: out_dir.to_path_buf(),
+            limits,
+            identity: self.identity,
+            deadline,
+            scale_to: task.limits.max_width.min(task.limits.max_height).min(1200),
+        };
+        let map = |e: pdf::PdfError| match e {
+            pdf::PdfError::TimedOut(_) => Stop::Task(TaskStatus::TimedOut),
+            other => failed(format!("pdf: {}", chain(&other))),
+        };
+        // pdfinfo and page 1 run side by side: the first frame waits for
+        // neither the page count nor the other pages.
+        let (total, first) = std::thread::scope(|scope| {
+            let info = scope.spawn(|| job.page_count());
+            let first = job.render(1, 1);
+            let total = info.join().unwrap_or(Err(pdf::PdfError::NoPageCount));
+            (total, first)
+        });
+        let total = total.map_err(map)?;
+        let first = first.map_err(map)?;
+        if total == 0 {
+            return Err(failed("pdf: document has no pages"));
+        }
+        let count = total.min(task.limits.max_pages);
+        self.send(GuestMessage::PageInfo {
+            task: task.id,
+            count,
+        })?;
+        self.send_page_file(0, &first[0], &task.limits, budget)?;
+        doc.pages = first;
+        if count > 1 {
+            let rest = job.render(2, count).map_err(map)?;
+            for (i, page) in rest.iter().enumerate() {
+                let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                self.send_page_file(index, page, &task.limits, budget)?;
+            }
+            doc.pages.extend(rest);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_program(
+        &mut self,
+        task: &Task,
+        program: &Path,
+        args: &[String],
+        work: &Path,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+        view: &mut View,
+    ) -> Result<(), Stop> {
+        let screen = Screen::new(DEFAULT_COLS, DEFAULT_ROWS).map_err(|e| failed(chain(&e)))?;
+        let mut pty =
+            Pty::open(screen.grid().cols(), screen.grid().rows()).map_err(|e| failed(chain(&e)))?;
+        self.send(GuestMessage::PageInfo {
+            task: task.id,
+            count: 1,
+        })?;
+        let full = screen.full_rect();
+        self.send_raster(0, screen.raster(), full, budget)?;
+
+        let export_dir = work.join("export");
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        let limits = ChildLimits::program(Duration::from_millis(task.limits.time_limit_ms.into()));
+        let slave = |pty: &Pty| pty.slave_stdio().map_err(failed);
+        let mut cmd =
+            limited_command(limits, self.identity, true, program, &args).map_err(failed)?;
+        cmd.current_dir(&export_dir)
+            .env("HOME", &export_dir)
+            .env("TERM", "xterm")
+            .stdin(slave(&pty)?)
+            .stdout(slave(&pty)?)
+            .stderr(slave(&pty)?);
+        let mut child = Supervised::spawn(cmd, self.identity, deadline).map_err(failed)?;
+        // Only the program may hold the slave, or the master never sees EOF.
+        pty.close_slave();
+
+        // Reader: pty output to the event loop, at a bounded rate.
+        let mut master_r = pty.master_file().map_err(failed)?;
+        let tx = self.events_tx.clone();
+        std::thread::spawn(move || pump_output(&mut master_r, &tx));
+        // Writer: keys to the program without blocking the loop.
+        let (keys_tx, keys_rx) = mpsc::sync_channel::<Vec<u8>>(64);
+        let mut master_w = pty.master_file().map_err(failed)?;
+        std::thread::spawn(move || {
+            for bytes in keys_rx {
+                if master_w.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut term = Terminal {
+            screen,
+            pty,
+            keys: Some(keys_tx),
+        };
+        let result = self.terminal_loop(&mut term, &mut child, budget);
+        child.kill();
+        // Final picture, whatever the outcome.
+        let damage = term.screen.paint();
+        for rect in damage {
+            let raster = term.screen.raster().clone();
+            self.send_raster(0, &raster, rect, budget)?;
+        }
+        term.keys = None;
+        *view = View::Terminal(Box::new(term));
+        result
+    }
+
+    fn terminal_loop(
+        &mut self,
+        term: &mut Terminal,
+        child: &mut Supervised,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let mut processed = 0u64;
+        let mut last_frame = Instant::now();
+        let mut exited: Option<(Instant, std::process::ExitStatus)> = None;
+        let mut pty_closed = false;
+        loop {
+            match self.events.recv_timeout(Duration::from_millis(10)) {
+                Ok(Event::PtyOutput(bytes)) => {
+                    processed += u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                    term.screen.feed(&bytes);
+                    if processed > OUTPUT_FLOOD_BYTES {
+                        child.kill();
+                        return Err(failed(format!(
+                            "output flood: the program wrote more than {OUTPUT_FLOOD_BYTES} bytes"
+                        )));
+                    }
+                }
+                Ok(Event::PtyClosed) => pty_closed = true,
+                Ok(Event::Host(msg)) => match msg? {
+                    Some(HostMessage::Input(event)) => self.terminal_input(term, &event, budget)?,
+                    Some(HostMessage::Shutdown) | None => return Err(Stop::Shutdown),
+                    Some(other) => {
+                        self.log(LogLevel::Warn, format!("ignored while running: {other:?}"))?;
+                    }
+                },
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Stop::Shutdown),
+            }
+            if last_frame.elapsed() >= FRAME_INTERVAL {
+                last_frame = Instant::now();
+                self.flush_screen(term, budget)?;
+            }
+            if exited.is_none() {
+                match child.poll().map_err(failed)? {
+                    Some(RunOutcome::TimedOut) => return Err(Stop::Task(TaskStatus::TimedOut)),
+                    Some(RunOutcome::Exited(status)) => exited = Some((Instant::now(), status)),
+                    None => {}
+                }
+            }
+            if let Some((at, status)) = exited {
+                // Drain what the program wrote before it ended; background
+                // children that keep the pty open get 300 ms.
+                if pty_closed || at.elapsed() > Duration::from_millis(300) {
+                    self.send(GuestMessage::ProgramExited {
+                        code: status.code(),
+                        signal: std::os::unix::process::ExitStatusExt::signal(&status),
+                    })?;
+                    self.log(
+                        LogLevel::Info,
+                        format!("program ended: {}", describe(status)),
+                    )?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn flush_screen(&mut self, term: &mut Terminal, budget: &mut PixelBudget) -> Result<(), Stop> {
+        let damage = term.screen.paint();
+        if damage.is_empty() {
+            return Ok(());
+        }
+        let raster = term.screen.raster().clone();
+        for rect in damage {
+            self.send_raster(0, &raster, rect, budget)?;
+        }
+        Ok(())
+    }
+
+    fn terminal_input(
+        &mut self,
+        term: &mut Terminal,
+        event: &InputEvent,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let bytes = match event {
+            InputEvent::Key(key) => key_bytes(key),
+            InputEvent::Text(text) => text.as_bytes().to_vec(),
+            InputEvent::Scroll { dy, .. } => {
+                let key: &[u8] = if *dy < 0 { b"\x1b[A" } else { b"\x1b[B" };
+                key.repeat(usize::try_from(dy.unsigned_abs().min(50)).unwrap_or(0))
+            }
+            InputEvent::Resize { width, height } => {
+                let (cols, rows) = term.screen.grid_size_for(*width, *height);
+                term.screen
+                    .resize(cols, rows)
+                    .map_err(|e| failed(chain(&e)))?;
+                let grid = term.screen.grid();
+                let _ = term.pty.resize(grid.cols(), grid.rows());
+                let full = term.screen.full_rect();
+                let raster = term.screen.raster().clone();
+                return self.send_raster(0, &raster, full, budget);
+            }
+            InputEvent::PageChange { .. } => {
+                let full = term.screen.full_rect();
+                let raster = term.screen.raster().clone();
+                return self.send_raster(0, &raster, full, budget);
+            }
+        };
+        if let Some(keys) = &term.keys {
+            // A full queue means the program does not read: drop the keys.
+            let _ = keys.try_send(bytes);
+        }
+        Ok(())
+    }
+
+    fn serve_after_done(
+        &mut self,
+        task: &Task,
+        view: &mut View,
+        budget: &mut PixelBudget,
+        exports: &Exports,
+    ) -> Result<(), AgentError> {
+        loop {
+            let msg = match self.next_host() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let result = match msg {
+                HostMessage::Shutdown => return Ok(()),
+                HostMessage::FetchExport { id } => self.stream_export(exports, id),
+                HostMessage::Input(event) => self.input_after_done(task, view, &event, budget),
+                other => self
+                    .log(LogLevel::Warn, format!("ignored after done: {other:?}"))
+                    .map_err(Stop::Link),
+            };
+            match result {
+                Ok(()) => {}
+                Err(Stop::Link(e)) => return Err(e),
+                Err(Stop::Shutdown) => return Ok(()),
+                Err(Stop::Task(status)) => {
+                    let text = format!("input failed: {status:?}");
+                    self.log(LogLevel::Warn, text)?;
+                }
+            }
+        }
+    }
+
+    fn input_after_done(
+        &mut self,
+        task: &Task,
+        view: &mut View,
+        event: &InputEvent,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        match (view, event) {
+            (View::Document(doc), InputEvent::PageChange { page }) => {
+                let path = usize::try_from(*page)
+                    .ok()
+                    .and_then(|p| doc.pages.get(p).cloned());
+                match path {
+                    Some(path) => self.send_page_file(*page, &path, &task.limits, budget),
+                    None => Ok(self.log(LogLevel::Warn, format!("no page {page}"))?),
+                }
+            }
+            (View::Document(doc), InputEvent::Resize { width, height })
+                if matches!(doc.kind, DocKind::Text | DocKind::Html) =>
+            {
+                doc.width = (*width).min(task.limits.max_width);
+                doc.height = (*height).min(task.limits.max_height);
+                let deadline =
+                    Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
+                self.render_document(doc, task, deadline, budget)
+            }
+            (View::Terminal(term), event) => self.terminal_input(term, event, budget),
+            _ => Ok(()),
+        }
+    }
+
+    fn stream_export(&mut self, exports: &Exports, id: u32) -> Result<(), Stop> {
+        let (mut file, size) = match exports.open(id) {
+            Ok(x) => x,
+            Err(e) => return Ok(self.log(LogLevel::Warn, chain(&e))?),
+        };
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        while offset < size {
+            let n = file.read(&mut buf).map_err(failed)?;
+            if n == 0 {
+                break;
+            }
+            self.writer.send(&GuestMessage::ExportChunk {
+                id,
+                offset,
+                data: buf[..n].to_vec(),
+            })?;
+            offset += u64::try_from(n).unwrap_or(u64::MAX);
+        }
+        self.writer.send(&GuestMessage::ExportEnd { id })?;
+        Ok(())
+    }
+}
+
+/// Reads the pty master until EOF/EIO, at most `OUTPUT_RATE_BYTES` per second.
+fn pump_output(master: &mut File, tx: &SyncSender<Event>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut window = Instant::now();
+    let mut in_window = 0u64;
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                in_window += u64::try_from(n).unwrap_or(u64::MAX);
+                if tx.send(Event::PtyOutput(buf[..n].to_vec())).is_err() {
+                    return;
+                }
+                if in_window >= OUTPUT_RATE_BYTES {
+                    let rest = Duration::from_secs(1).saturating_sub(window.elapsed());
+                    std::thread::sleep(rest);
+                }
+                if window.elapsed() >= Duration::from_secs(1) {
+                    window = Instant::now();
+                    in_window = 0;
+                }
+            }
+        }
+    }
+    let _ = tx.send(Event::PtyClosed);
+}

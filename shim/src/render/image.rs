@@ -1,0 +1,132 @@
+//! PNG, JPEG, GIF and WebP through the `image` crate, with hard limits on
+//! dimensions and allocation so that a decompression bomb fails cleanly.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, Limits};
+
+use crate::raster::{Raster, RasterError, Rgb};
+
+/// Largest decoded image side; bigger images are refused, not scaled.
+pub const MAX_DECODE_DIM: u32 = 16_384;
+/// Most bytes the decoder may allocate.
+pub const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// An image could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Not one of the four formats.
+    #[error("not a PNG, JPEG, GIF or WebP image")]
+    UnknownFormat,
+    /// The decoder refused the input or hit a limit.
+    #[error("image decoding failed")]
+    Decode(#[from] image::ImageError),
+    /// The output raster could not be made.
+    #[error("cannot make the page raster")]
+    Raster(#[from] RasterError),
+}
+
+/// Guesses the format from magic bytes, accepting only the four formats.
+pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
+    match image::guess_format(bytes).ok()? {
+        f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP) => {
+            Some(f)
+        }
+        _ => None,
+    }
+}
+
+/// Decodes `bytes` and fits the picture into `max_w` x `max_h`, compositing
+/// transparency over white.
+pub fn render(bytes: &[u8], max_w: u32, max_h: u32) -> Result<Raster, ImageError> {
+    let format = sniff(bytes).ok_or(ImageError::UnknownFormat)?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_DIM);
+    limits.max_image_height = Some(MAX_DECODE_DIM);
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(limits);
+    let decoded = reader.decode()?;
+    let fitted = if decoded.width() > max_w || decoded.height() > max_h {
+        decoded.thumbnail(max_w, max_h)
+    } else {
+        decoded
+    };
+    let rgba = fitted.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut raster = Raster::new(w, h, Rgb::WHITE)?;
+    for (x, y, p) in rgba.enumerate_pixels() {
+        raster.blend(x, y, Rgb(p[0], p[1], p[2]), Rgb::WHITE, p[3]);
+    }
+    Ok(raster)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &image::RgbaImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgba8(img.clone())
+            .to_rgb8()
+            .write_to(&mut out, format)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn png_decodes_to_its_pixels() {
+        let mut img = image::RgbaImage::from_pixel(20, 10, image::Rgba([255, 255, 255, 255]));
+        img.put_pixel(3, 4, image::Rgba([0, 0, 0, 255]));
+
+        let r = render(&encode(&img, ImageFormat::Png), 100, 100).unwrap();
+
+        assert_eq!((r.width(), r.height()), (20, 10));
+        assert_eq!(r.dark_pixels(), 1);
+    }
+
+    #[test]
+    fn big_image_is_scaled_to_fit() {
+        let img = image::RgbaImage::from_pixel(400, 200, image::Rgba([0, 0, 0, 255]));
+
+        let r = render(&encode(&img, ImageFormat::Png), 100, 100).unwrap();
+
+        assert_eq!((r.width(), r.height()), (100, 50));
+    }
+
+    #[test]
+    fn png_header_claiming_huge_size_fails_cleanly() {
+        // A valid 1x1 PNG whose IHDR says 100000 x 100000 (CRC fixed up).
+        let img = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 0, 0, 255]));
+        let mut png = encode(&img, ImageFormat::Png);
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+
+        assert!(render(&png, 100, 100).is_err());
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn random_bytes_with_png_magic_fail_cleanly() {
+        let mut junk = b"\x89PNG\r\n\x1a\n".to_vec();
+        junk.extend((0..200u8).map(|i| i.wrapping_mul(37)));
+
+        assert!(render(&junk, 100, 100).is_err());
+    }
+}
