@@ -62,7 +62,11 @@ impl<'m> TestQueue<'m> {
     /// Queue `index` of a device: rings at 64 KiB * (index + 1), buffers
     /// from 16 MiB + 12 MiB * index.
     pub fn new(mem: &'m GuestMemoryMmap, index: u64, size: u16) -> Self {
-        assert!(u64::from(size) * SLOT <= 12 << 20);
+        let data_end = (16 << 20) + (12 << 20) * index + u64::from(size) * SLOT;
+        assert!(
+            data_end <= MEM_SIZE as u64,
+            "queue buffers past guest memory"
+        );
         let base = 0x1_0000 * (index + 1);
         Self {
             mem,
