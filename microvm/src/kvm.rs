@@ -4,9 +4,14 @@
 //! [`VcpuHandle`], and gets KVM exits as the crate's own [`Exit`] type.
 
 use kvm_bindings::{
-    kvm_fpu, kvm_lapic_state, kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
-    CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_entry, kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES,
+    KVM_MAX_MSR_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
+use std::sync::Arc;
+
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -82,8 +87,14 @@ impl Hypervisor {
     }
 
     pub fn create_vm(&self) -> Result<VmHandle, KvmError> {
+        let msr_indices = self.msr_index_list()?.into();
         let fd = ioctl("KVM_CREATE_VM", self.kvm.create_vm())?;
-        Ok(VmHandle { fd, slots: 0 })
+        Ok(VmHandle {
+            fd,
+            slots: 0,
+            irqchip: false,
+            msr_indices,
+        })
     }
 }
 
@@ -92,6 +103,9 @@ impl Hypervisor {
 pub struct VmHandle {
     fd: VmFd,
     slots: u32,
+    irqchip: bool,
+    /// The MSRs KVM saves for a vCPU on this host (for snapshots).
+    msr_indices: Arc<[u32]>,
 }
 
 impl VmHandle {
@@ -123,14 +137,20 @@ impl VmHandle {
     }
 
     /// Creates the in-kernel PIC, IOAPIC, LAPICs and PIT.
-    pub fn create_irqchip(&self) -> Result<(), KvmError> {
+    pub fn create_irqchip(&mut self) -> Result<(), KvmError> {
         ioctl("KVM_SET_TSS_ADDR", self.fd.set_tss_address(TSS_ADDRESS))?;
         ioctl("KVM_CREATE_IRQCHIP", self.fd.create_irq_chip())?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        ioctl("KVM_CREATE_PIT2", self.fd.create_pit2(pit))
+        ioctl("KVM_CREATE_PIT2", self.fd.create_pit2(pit))?;
+        self.irqchip = true;
+        Ok(())
+    }
+
+    pub fn has_irqchip(&self) -> bool {
+        self.irqchip
     }
 
     /// Makes a write to `evt` raise `gsi` in the in-kernel irqchip.
@@ -153,9 +173,60 @@ impl VmHandle {
         )
     }
 
+    /// The in-kernel PIC master, PIC slave and IOAPIC, in that order.
+    pub fn irqchips(&self) -> Result<[kvm_irqchip; 3], KvmError> {
+        let mut chips = [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ]
+        .map(|chip_id| kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        });
+        for chip in &mut chips {
+            ioctl("KVM_GET_IRQCHIP", self.fd.get_irqchip(chip))?;
+        }
+        Ok(chips)
+    }
+
+    pub fn set_irqchips(&self, chips: &[kvm_irqchip; 3]) -> Result<(), KvmError> {
+        for chip in chips {
+            ioctl("KVM_SET_IRQCHIP", self.fd.set_irqchip(chip))?;
+        }
+        Ok(())
+    }
+
+    pub fn pit(&self) -> Result<kvm_pit_state2, KvmError> {
+        ioctl("KVM_GET_PIT2", self.fd.get_pit2())
+    }
+
+    pub fn set_pit(&self, pit: &kvm_pit_state2) -> Result<(), KvmError> {
+        ioctl("KVM_SET_PIT2", self.fd.set_pit2(pit))
+    }
+
+    pub fn clock(&self) -> Result<kvm_clock_data, KvmError> {
+        ioctl("KVM_GET_CLOCK", self.fd.get_clock())
+    }
+
+    pub fn set_clock(&self, clock: &kvm_clock_data) -> Result<(), KvmError> {
+        // Only the clock value is restored; flags from the source host
+        // (TSC-stable, realtime) are not inputs KVM accepts.
+        let value = kvm_clock_data {
+            clock: clock.clock,
+            ..Default::default()
+        };
+        ioctl("KVM_SET_CLOCK", self.fd.set_clock(&value))
+    }
+
     pub fn create_vcpu(&self, id: u8) -> Result<VcpuHandle, KvmError> {
         let fd = ioctl("KVM_CREATE_VCPU", self.fd.create_vcpu(u64::from(id)))?;
-        Ok(VcpuHandle { fd, id })
+        Ok(VcpuHandle {
+            fd,
+            id,
+            lapic: self.irqchip,
+            msr_indices: self.msr_indices.clone(),
+        })
     }
 }
 
@@ -197,11 +268,23 @@ pub enum Exit {
 pub struct VcpuHandle {
     fd: VcpuFd,
     id: u8,
+    lapic: bool,
+    msr_indices: Arc<[u32]>,
 }
 
 impl VcpuHandle {
     pub fn id(&self) -> u8 {
         self.id
+    }
+
+    /// Whether this vCPU has an in-kernel LAPIC.
+    pub fn has_lapic(&self) -> bool {
+        self.lapic
+    }
+
+    /// The MSRs a snapshot of this vCPU saves.
+    pub fn msr_indices(&self) -> &[u32] {
+        &self.msr_indices
     }
 
     pub fn set_cpuid(&self, cpuid: &CpuId) -> Result<(), KvmError> {
@@ -236,6 +319,126 @@ impl VcpuHandle {
 
     pub fn set_fpu(&self, fpu: &kvm_fpu) -> Result<(), KvmError> {
         ioctl("KVM_SET_FPU", self.fd.set_fpu(fpu))
+    }
+
+    pub fn cpuid(&self) -> Result<Vec<kvm_cpuid_entry2>, KvmError> {
+        let cpuid = ioctl("KVM_GET_CPUID2", self.fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES))?;
+        Ok(cpuid.as_slice().to_vec())
+    }
+
+    pub fn set_cpuid_entries(&self, entries: &[kvm_cpuid_entry2]) -> Result<(), KvmError> {
+        let cpuid = CpuId::from_entries(entries)
+            .map_err(|_| KvmError::MissingCap("room for the saved CPUID entries"))?;
+        self.set_cpuid(&cpuid)
+    }
+
+    /// Reads every MSR in `indices` that KVM can read for this vCPU. An
+    /// index KVM refuses is dropped and the rest read again, so one
+    /// host-specific MSR does not lose the others.
+    pub fn msrs(&self, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, KvmError> {
+        let mut out = Vec::with_capacity(indices.len());
+        let mut rest: Vec<u32> = indices.to_vec();
+        while !rest.is_empty() {
+            let chunk: Vec<_> = rest
+                .iter()
+                .take(KVM_MAX_MSR_ENTRIES)
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&chunk)
+                .map_err(|_| KvmError::MissingCap("room for the MSR list"))?;
+            let read = ioctl("KVM_GET_MSRS", self.fd.get_msrs(&mut msrs))?;
+            out.extend_from_slice(&msrs.as_slice()[..read]);
+            // Skip the entry KVM stopped at, if it stopped early.
+            let consumed = if read < chunk.len() { read + 1 } else { read };
+            rest.drain(..consumed);
+        }
+        Ok(out)
+    }
+
+    pub fn set_msr_entries(&self, entries: &[kvm_msr_entry]) -> Result<(), KvmError> {
+        for chunk in entries.chunks(KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk)
+                .map_err(|_| KvmError::MissingCap("room for the MSR list"))?;
+            self.set_msrs(&msrs)?;
+        }
+        Ok(())
+    }
+
+    pub fn mp_state(&self) -> Result<kvm_mp_state, KvmError> {
+        ioctl("KVM_GET_MP_STATE", self.fd.get_mp_state())
+    }
+
+    pub fn set_mp_state(&self, state: kvm_mp_state) -> Result<(), KvmError> {
+        ioctl("KVM_SET_MP_STATE", self.fd.set_mp_state(state))
+    }
+
+    pub fn xsave(&self) -> Result<kvm_xsave, KvmError> {
+        ioctl("KVM_GET_XSAVE", self.fd.get_xsave())
+    }
+
+    pub fn set_xsave(&self, xsave: &kvm_xsave) -> Result<(), KvmError> {
+        // SAFETY: `xsave` is a whole kvm_xsave read back by KVM_GET_XSAVE on
+        // a vCPU with the same CPUID (the snapshot restores CPUID first), so
+        // its size matches what KVM expects and no extra region is read.
+        ioctl("KVM_SET_XSAVE", unsafe { self.fd.set_xsave(xsave) })
+    }
+
+    pub fn xcrs(&self) -> Result<kvm_xcrs, KvmError> {
+        ioctl("KVM_GET_XCRS", self.fd.get_xcrs())
+    }
+
+    pub fn set_xcrs(&self, xcrs: &kvm_xcrs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_XCRS", self.fd.set_xcrs(xcrs))
+    }
+
+    pub fn debug_regs(&self) -> Result<kvm_debugregs, KvmError> {
+        ioctl("KVM_GET_DEBUGREGS", self.fd.get_debug_regs())
+    }
+
+    pub fn set_debug_regs(&self, regs: &kvm_debugregs) -> Result<(), KvmError> {
+        ioctl("KVM_SET_DEBUGREGS", self.fd.set_debug_regs(regs))
+    }
+
+    pub fn vcpu_events(&self) -> Result<kvm_vcpu_events, KvmError> {
+        ioctl("KVM_GET_VCPU_EVENTS", self.fd.get_vcpu_events())
+    }
+
+    pub fn set_vcpu_events(&self, events: &kvm_vcpu_events) -> Result<(), KvmError> {
+        ioctl("KVM_SET_VCPU_EVENTS", self.fd.set_vcpu_events(events))
+    }
+
+    /// Tells the guest's kvmclock that the vCPU was paused, so its
+    /// watchdogs do not fire for the time spent in a snapshot. Returns
+    /// false when the guest never set up kvmclock (KVM answers EINVAL).
+    pub fn kvmclock_ctrl(&self) -> Result<bool, KvmError> {
+        match self.fd.kvmclock_ctrl() {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::EINVAL => Ok(false),
+            Err(source) => Err(KvmError::Ioctl {
+                op: "KVM_KVMCLOCK_CTRL",
+                source,
+            }),
+        }
+    }
+
+    /// Lets KVM finish an instruction whose I/O this process answered
+    /// (an IN or MMIO read completes on the next entry) without running the
+    /// guest further, so that saved registers are past it.
+    pub fn complete_pending_io(&mut self) -> Result<(), KvmError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(source) => Err(KvmError::Ioctl {
+                op: "KVM_RUN",
+                source,
+            }),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
     }
 
     pub fn lapic(&self) -> Result<kvm_lapic_state, KvmError> {

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod probe;
 pub mod resident;
+pub mod snapshot;
 pub mod test_guests;
 pub mod vcpu;
 pub mod vmm;

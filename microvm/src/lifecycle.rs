@@ -17,6 +17,10 @@ pub enum GuestExit {
     Halted,
     /// The guest asked for power-off.
     PowerOff,
+    /// The guest wrote the ready port; vCPUs are paused, ready to snapshot.
+    Ready,
+    /// The VMM paused the guest at a deadline (`Vm::run_for`).
+    Paused,
 }
 
 /// Why a guest run ended badly. Each carries what a person needs to debug it.

@@ -52,3 +52,22 @@ pub mod mmio_script {
         out
     }
 }
+
+/// Parameters and results of the `counter` guest.
+pub mod counter {
+    pub const PARAMS: u64 = 0x20_0000;
+    pub const COUNTER: u64 = 0x30_0000;
+    pub const SEED_COPY: u64 = 0x30_0008;
+    /// What the guest writes to the UART scratch register at start.
+    pub const SCRATCH_MARK: u8 = 0xa5;
+
+    /// The parameter block: count to `limit`, say ready at `ready_at`
+    /// (`None`: never).
+    pub fn params(ready_at: Option<u64>, limit: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.extend_from_slice(b"CNTRPARM");
+        out.extend_from_slice(&ready_at.unwrap_or(u64::MAX).to_le_bytes());
+        out.extend_from_slice(&limit.to_le_bytes());
+        out
+    }
+}

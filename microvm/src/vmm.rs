@@ -1,6 +1,7 @@
-//! One microVM: builds it from a [`VmConfig`], boots it, runs it to its end.
+//! One microVM: built from a [`VmConfig`] or restored from a snapshot,
+//! run to its end or to a pause, and snapshotted when paused.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,21 +10,28 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::cpuid::{self, CpuidMask};
 use crate::arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042_COMMAND_PORT, VIRTIO_FIRST_IRQ, VIRTIO_MMIO_SLOT,
-    VIRTIO_MMIO_START,
+    COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042_COMMAND_PORT, READY_PORT, VIRTIO_FIRST_IRQ,
+    VIRTIO_MMIO_SLOT, VIRTIO_MMIO_START,
 };
 use crate::arch::x86_64::regs::{self, RegsError};
 use crate::boot::{self, BootError, BootProtocol, BootSpec, LoadedKernel};
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
-use crate::devices::serial::{SerialDevice, SerialSink};
+use crate::devices::ready::ReadyPort;
+use crate::devices::serial::{SerialDevice, SerialPersistError, SerialSink};
 use crate::kvm::{Hypervisor, KvmError, VcpuHandle, VmHandle};
-use crate::lifecycle::{GuestExit, GuestFault, Lifecycle};
+use crate::lifecycle::{GuestExit, GuestFault, Lifecycle, Outcome};
 use crate::memory::{self, GuestRam, MemoryError};
+use crate::snapshot::file::{self as snapshot_file, SnapshotFileError};
+use crate::snapshot::identity::CloneIdentity;
+use crate::snapshot::memory::{self as snapshot_memory, SnapshotMemoryError};
+use crate::snapshot::{IrqchipState, Persist, VmState, MEMORY_FILE, STATE_FILE, WORKING_SET_FILE};
 use crate::vcpu::{VcpuContext, VcpuThread};
 
 pub const MAX_VCPUS: u8 = 32;
+/// The guest's vsock CID unless told otherwise (2 is the host).
+pub const DEFAULT_GUEST_CID: u64 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -47,8 +55,22 @@ pub enum VmError {
     NotBooted,
     #[error("this VM has already run; a run is one-shot")]
     AlreadyRan,
+    #[error(
+        "only a paused VM (ready port, run_for, or restored and not yet run) can be snapshotted"
+    )]
+    NotPaused,
     #[error("a vCPU thread panicked")]
     VcpuPanicked,
+    #[error(transparent)]
+    SnapshotFile(#[from] SnapshotFileError),
+    #[error(transparent)]
+    SnapshotMemory(#[from] SnapshotMemoryError),
+    #[error("cannot restore the serial device")]
+    Serial(#[from] SerialPersistError),
+    #[error("snapshot {}: {}", .0.display(), .1)]
+    Snapshot(PathBuf, String),
+    #[error("cannot write the clone identity page")]
+    Identity(#[source] std::io::Error),
     #[error(transparent)]
     Guest(#[from] GuestFault),
 }
@@ -68,6 +90,7 @@ pub struct VmConfig {
     /// Without an in-kernel irqchip HLT exits to the VMM and ends the run;
     /// Linux guests need the irqchip.
     pub irqchip: bool,
+    pub vsock_cid: u64,
 }
 
 impl VmConfig {
@@ -82,11 +105,50 @@ impl VmConfig {
             cpuid_mask: CpuidMask::none(),
             time_limit: None,
             irqchip: true,
+            vsock_cid: DEFAULT_GUEST_CID,
         }
     }
 }
 
-/// A built VM, not yet running.
+/// How a VM is restored from a snapshot.
+#[derive(Debug)]
+pub struct RestoreOptions {
+    pub serial: SerialSink,
+    pub time_limit: Option<Duration>,
+    /// The clone's own vsock CID.
+    pub vsock_cid: u64,
+    /// Fault in the snapshot's recorded working set before running.
+    pub prefault: bool,
+}
+
+impl RestoreOptions {
+    pub fn new(serial: SerialSink) -> Self {
+        Self {
+            serial,
+            time_limit: None,
+            vsock_cid: DEFAULT_GUEST_CID,
+            prefault: false,
+        }
+    }
+}
+
+/// Where a VM is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Built,
+    Booted,
+    Restored,
+    Stopped(Option<GuestExit>),
+}
+
+/// Sizes of a written snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub state_bytes: u64,
+    pub memory_bytes: u64,
+}
+
+/// A VM.
 #[derive(Debug)]
 pub struct Vm {
     config: VmConfig,
@@ -98,9 +160,40 @@ pub struct Vm {
     serial: Arc<Mutex<SerialDevice>>,
     lifecycle: Arc<Lifecycle>,
     extra_cmdline: Vec<String>,
-    loaded: Option<LoadedKernel>,
+    phase: Phase,
+    identity: Option<CloneIdentity>,
     next_mmio_slot: u64,
     next_irq: u32,
+}
+
+/// The legacy port devices every VM has, on a fresh bus.
+fn legacy_pio_bus(lifecycle: &Arc<Lifecycle>, serial: SharedDevice) -> Result<Bus, BusError> {
+    let mut pio = Bus::new();
+    pio.insert(serial, u64::from(COM1_PORT), 8)?;
+    pio.insert(
+        Arc::new(Mutex::new(DebugExit::new(lifecycle.clone()))),
+        u64::from(DEBUG_EXIT_PORT),
+        4,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
+        u64::from(I8042_COMMAND_PORT),
+        1,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(ReadyPort::new(lifecycle.clone()))),
+        u64::from(READY_PORT),
+        1,
+    )?;
+    Ok(pio)
+}
+
+fn serial_irq(vm: &VmHandle) -> Result<EventFd, VmError> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+    if vm.has_irqchip() {
+        vm.register_irqfd(&irq, COM1_IRQ)?;
+    }
+    Ok(irq)
 }
 
 impl Vm {
@@ -129,24 +222,8 @@ impl Vm {
         }
 
         let lifecycle = Arc::new(Lifecycle::new());
-        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        if config.irqchip {
-            vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-        }
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_sink)));
-        let mut pio = Bus::new();
-        pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
-        pio.insert(
-            Arc::new(Mutex::new(DebugExit::new(lifecycle.clone()))),
-            u64::from(DEBUG_EXIT_PORT),
-            4,
-        )?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
-            u64::from(I8042_COMMAND_PORT),
-            1,
-        )?;
-
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq(&vm)?, serial_sink)));
+        let pio = legacy_pio_bus(&lifecycle, serial.clone())?;
         Ok(Self {
             config,
             vm,
@@ -157,7 +234,81 @@ impl Vm {
             serial,
             lifecycle,
             extra_cmdline: Vec::new(),
-            loaded: None,
+            phase: Phase::Built,
+            identity: None,
+            next_mmio_slot: 0,
+            next_irq: VIRTIO_FIRST_IRQ,
+        })
+    }
+
+    /// Restores a VM from the snapshot directory `dir`, with a fresh
+    /// identity: a new generation, `options.vsock_cid` and a new seed.
+    pub fn restore(dir: &Path, options: RestoreOptions) -> Result<Self, VmError> {
+        let state = snapshot_file::read(&dir.join(STATE_FILE))?;
+        let bad = |what: &str| VmError::Snapshot(dir.to_path_buf(), what.to_string());
+        let vcpu_count = u8::try_from(state.vcpus.len())
+            .ok()
+            .filter(|n| (1..=MAX_VCPUS).contains(n))
+            .ok_or_else(|| bad("vCPU count out of range"))?;
+        let mem_mib =
+            u32::try_from(state.mem_size >> 20).map_err(|_| bad("memory size out of range"))?;
+
+        let hv = Hypervisor::open()?;
+        let mut vm = hv.create_vm()?;
+        let (mem, file) = snapshot_memory::map_private(&dir.join(MEMORY_FILE), state.mem_size)?;
+        vm.map_memory(&mem)?;
+        if let Some(irq) = &state.irqchip {
+            vm.create_irqchip()?;
+            vm.set_pit(&irq.pit)?;
+            vm.set_irqchips(&irq.chips)?;
+        }
+        vm.set_clock(&state.clock)?;
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for s in &state.vcpus {
+            vcpus.push(VcpuHandle::restore(&vm, s)?);
+        }
+
+        let lifecycle = Arc::new(Lifecycle::new());
+        let serial = SerialDevice::restore((serial_irq(&vm)?, options.serial), &state.serial)?;
+        let serial = Arc::new(Mutex::new(serial));
+        let pio = legacy_pio_bus(&lifecycle, serial.clone())?;
+
+        let identity = CloneIdentity::fresh(state.generation + 1, options.vsock_cid)
+            .map_err(VmError::Identity)?;
+        identity
+            .write(&mem)
+            .map_err(|e| VmError::Identity(std::io::Error::other(e)))?;
+        if options.prefault {
+            if let Ok(set) = snapshot_memory::read_working_set(&dir.join(WORKING_SET_FILE)) {
+                snapshot_memory::prefault(&mem, &set);
+            }
+        }
+        for v in &vcpus {
+            v.kvmclock_ctrl()?;
+        }
+
+        let mut config = VmConfig::new(dir.join(STATE_FILE));
+        config.mem_mib = mem_mib;
+        config.vcpus = vcpu_count;
+        config.irqchip = state.irqchip.is_some();
+        config.time_limit = options.time_limit;
+        config.vsock_cid = options.vsock_cid;
+        Ok(Self {
+            config,
+            vm,
+            ram: GuestRam {
+                mem,
+                file,
+                size: state.mem_size,
+            },
+            vcpus,
+            pio,
+            mmio: Bus::new(),
+            serial,
+            lifecycle,
+            extra_cmdline: Vec::new(),
+            phase: Phase::Restored,
+            identity: Some(identity),
             next_mmio_slot: 0,
             next_irq: VIRTIO_FIRST_IRQ,
         })
@@ -181,6 +332,11 @@ impl Vm {
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// The identity this VM was given (at boot or restore).
+    pub fn identity(&self) -> Option<&CloneIdentity> {
+        self.identity.as_ref()
     }
 
     /// Puts `device` on the MMIO bus at a fixed address (test devices).
@@ -208,8 +364,12 @@ impl Vm {
         self.extra_cmdline.push(arg.into());
     }
 
-    /// Loads the kernel and sets the boot vCPU's registers.
+    /// Loads the kernel, writes the first identity page and sets the boot
+    /// vCPU's registers.
     pub fn boot(&mut self) -> Result<LoadedKernel, VmError> {
+        if self.phase != Phase::Built {
+            return Err(VmError::AlreadyRan);
+        }
         let mut cmdline = self.config.cmdline.clone();
         for extra in &self.extra_cmdline {
             if !cmdline.is_empty() {
@@ -224,24 +384,43 @@ impl Vm {
             protocol: self.config.boot,
         };
         let loaded = boot::load(&self.ram.mem, self.ram.size, &spec)?;
+        let identity = CloneIdentity::fresh(0, self.config.vsock_cid).map_err(VmError::Identity)?;
+        identity
+            .write(&self.ram.mem)
+            .map_err(|e| VmError::Identity(std::io::Error::other(e)))?;
+        self.identity = Some(identity);
         regs::setup_boot_vcpu(
             &self.vcpus[0],
             &self.ram.mem,
             loaded.entry,
             self.config.irqchip,
         )?;
-        self.loaded = Some(loaded);
+        self.phase = Phase::Booted;
         Ok(loaded)
     }
 
-    /// Runs the guest until it ends or the time limit passes, then stops
-    /// every vCPU. The stopped VM (memory, vCPU state) stays inspectable.
+    /// Runs the guest until it ends, pauses at the ready port, or the time
+    /// limit passes (an error), then stops every vCPU. The stopped VM
+    /// (memory, vCPU state) stays inspectable.
     pub fn run(&mut self) -> Result<GuestExit, VmError> {
-        if self.loaded.is_none() {
-            return Err(VmError::NotBooted);
-        }
-        if self.lifecycle.should_stop() {
-            return Err(VmError::AlreadyRan);
+        let deadline = self.config.time_limit.map(|d| {
+            let limit = Err(GuestFault::TimedOut(d));
+            (Instant::now() + d, limit)
+        });
+        self.run_until(deadline)
+    }
+
+    /// Runs the guest for at most `duration`, then pauses it
+    /// ([`GuestExit::Paused`]) so it can be snapshotted mid-run.
+    pub fn run_for(&mut self, duration: Duration) -> Result<GuestExit, VmError> {
+        self.run_until(Some((Instant::now() + duration, Ok(GuestExit::Paused))))
+    }
+
+    fn run_until(&mut self, deadline: Option<(Instant, Outcome)>) -> Result<GuestExit, VmError> {
+        match self.phase {
+            Phase::Booted | Phase::Restored => {}
+            Phase::Built => return Err(VmError::NotBooted),
+            Phase::Stopped(_) => return Err(VmError::AlreadyRan),
         }
         let ctx = VcpuContext {
             pio: self.pio.clone(),
@@ -249,7 +428,6 @@ impl Vm {
             mem: self.ram.mem.clone(),
             lifecycle: self.lifecycle.clone(),
         };
-        let deadline = self.config.time_limit.map(|d| Instant::now() + d);
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
         for vcpu in self.vcpus.drain(..) {
@@ -262,11 +440,14 @@ impl Vm {
                 }
             }
         }
-        let outcome = self.lifecycle.wait(deadline).unwrap_or_else(|| {
-            let limit = self.config.time_limit.unwrap_or_default();
-            self.lifecycle.finish(Err(GuestFault::TimedOut(limit)));
-            Err(GuestFault::TimedOut(limit))
-        });
+        let outcome = match deadline {
+            None => self.lifecycle.wait(None),
+            Some((at, on_deadline)) => self.lifecycle.wait(Some(at)).or_else(|| {
+                self.lifecycle.finish(on_deadline);
+                self.lifecycle.wait(None)
+            }),
+        }
+        .unwrap_or(Ok(GuestExit::PowerOff));
         let spawned = threads.len();
         self.vcpus
             .extend(threads.into_iter().filter_map(VcpuThread::stop_and_join));
@@ -274,6 +455,7 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush();
+        self.phase = Phase::Stopped(outcome.as_ref().ok().copied());
         if let Some(e) = spawn_error {
             return Err(VmError::Spawn(e));
         }
@@ -281,5 +463,64 @@ impl Vm {
             return Err(VmError::VcpuPanicked);
         }
         Ok(outcome?)
+    }
+
+    /// Writes a paused VM to the snapshot directory `dir` (created if
+    /// needed): `state` and a sparse `mem`. A restored VM that has not run
+    /// yet counts as paused.
+    pub fn snapshot(&mut self, dir: &Path) -> Result<SnapshotInfo, VmError> {
+        if !matches!(
+            self.phase,
+            Phase::Restored | Phase::Stopped(Some(GuestExit::Ready | GuestExit::Paused))
+        ) {
+            return Err(VmError::NotPaused);
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| VmError::Snapshot(dir.to_path_buf(), e.to_string()))?;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &mut self.vcpus {
+            v.complete_pending_io()?;
+        }
+        for v in &self.vcpus {
+            vcpus.push(v.save()?);
+        }
+        let irqchip = if self.vm.has_irqchip() {
+            Some(IrqchipState {
+                chips: self.vm.irqchips()?,
+                pit: self.vm.pit()?,
+            })
+        } else {
+            None
+        };
+        let serial = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save()?;
+        let state = VmState {
+            mem_size: self.ram.size,
+            irqchip,
+            clock: self.vm.clock()?,
+            vcpus,
+            serial,
+            generation: self.identity.map_or(0, |i| i.generation),
+        };
+        let memory_bytes = snapshot_memory::save(&self.ram.mem, &dir.join(MEMORY_FILE))?;
+        let state_path = dir.join(STATE_FILE);
+        snapshot_file::write(&state_path, &state)?;
+        let state_bytes = std::fs::metadata(&state_path).map_or(0, |m| m.len());
+        Ok(SnapshotInfo {
+            state_bytes,
+            memory_bytes,
+        })
+    }
+
+    /// Records the pages this VM's guest touched into the snapshot at
+    /// `dir`, for later restores with `prefault`.
+    pub fn record_working_set(&self, dir: &Path) -> Result<usize, VmError> {
+        let set = snapshot_memory::working_set(&self.ram.mem)?;
+        snapshot_memory::write_working_set(&dir.join(WORKING_SET_FILE), &set)
+            .map_err(|e| VmError::Snapshot(dir.to_path_buf(), e.to_string()))?;
+        Ok(set.len())
     }
 }

@@ -1,11 +1,14 @@
-//! `vitrine-vmm`: run one microVM, or tell what this host's KVM can run.
+//! `vitrine-vmm`: run one microVM, snapshot it at its ready point, restore
+//! clones from a snapshot, or tell what this host's KVM can run.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
-use std::os::fd::AsRawFd;
 use vitrine_microvm::arch::x86_64::cpuid::CpuidMask;
 use vitrine_microvm::boot::BootProtocol;
 use vitrine_microvm::devices::serial::SerialSink;
@@ -14,7 +17,7 @@ use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
 use vitrine_microvm::resident::Resident;
 use vitrine_microvm::test_guests;
-use vitrine_microvm::vmm::{Vm, VmConfig, VmError};
+use vitrine_microvm::vmm::{RestoreOptions, Vm, VmConfig, VmError, DEFAULT_GUEST_CID};
 
 /// Exit status when the guest ran past --time-limit (as timeout(1) does).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -31,7 +34,42 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a kernel and run it until it stops.
-    Run(RunArgs),
+    Run {
+        #[command(flatten)]
+        boot: BootArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Boot a kernel, run it until it writes the ready port (or
+    /// --pause-after), and save a snapshot of it to --out.
+    Snapshot {
+        #[command(flatten)]
+        boot: BootArgs,
+        /// Snapshot directory to write (state, mem).
+        #[arg(long)]
+        out: PathBuf,
+        /// Pause after this many seconds instead of waiting for ready.
+        #[arg(long)]
+        pause_after: Option<f64>,
+    },
+    /// Restore a clone from a snapshot and run it until it stops.
+    Restore {
+        /// Snapshot directory written by `snapshot`.
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// The clone's vsock CID.
+        #[arg(long, default_value_t = DEFAULT_GUEST_CID)]
+        cid: u64,
+        /// Fault in the snapshot's recorded working set first.
+        #[arg(long)]
+        prefault: bool,
+        /// After the run, record the pages this clone touched into the
+        /// snapshot's working set (for later --prefault).
+        #[arg(long)]
+        record_working_set: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Say what this host's KVM can run, and why not. Exits 0 either way.
     Probe {
         /// Print the report as JSON.
@@ -41,7 +79,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct RunArgs {
+struct BootArgs {
     /// Kernel: vmlinux ELF (with or without a PVH note) or bzImage.
     #[arg(
         long,
@@ -50,7 +88,7 @@ struct RunArgs {
     )]
     kernel: Option<PathBuf>,
     /// Boot one of the built-in integer-only test guests instead of a
-    /// kernel file (hello, mmio_script, triple_fault, endless, halt, probe_*).
+    /// kernel file (hello, counter, mmio_script, triple_fault, ...).
     #[arg(long)]
     test_guest: Option<String>,
     /// Initramfs to load.
@@ -72,15 +110,22 @@ struct RunArgs {
     /// this project's nested-KVM hosts need).
     #[arg(long, default_value = "")]
     cpuid_mask: String,
+    /// Run without the in-kernel irqchip, so HLT ends the run.
+    #[arg(long)]
+    no_irqchip: bool,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = DEFAULT_GUEST_CID)]
+    cid: u64,
+}
+
+#[derive(clap::Args)]
+struct OutputArgs {
     /// Stop the guest after this many seconds (exit status 124).
     #[arg(long)]
     time_limit: Option<f64>,
     /// Write guest serial output here instead of stdout.
     #[arg(long)]
     serial_log: Option<PathBuf>,
-    /// Run without the in-kernel irqchip, so HLT ends the run.
-    #[arg(long)]
-    no_irqchip: bool,
     /// Print resident memory and timing to stderr at exit.
     #[arg(long)]
     stats: bool,
@@ -88,16 +133,27 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Probe { json } => probe_command(json),
-        Command::Run(args) => match run_command(args) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("vitrine-vmm: error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-    }
+    let started = Instant::now();
+    let result = match cli.command {
+        Command::Probe { json } => return probe_command(json),
+        Command::Run { boot, out } => run_command(boot, out, started),
+        Command::Snapshot {
+            boot,
+            out,
+            pause_after,
+        } => snapshot_command(boot, out, pause_after),
+        Command::Restore {
+            snapshot,
+            cid,
+            prefault,
+            record_working_set,
+            out,
+        } => restore_command(snapshot, cid, prefault, record_working_set, out, started),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("vitrine-vmm: error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn probe_command(json: bool) -> ExitCode {
@@ -126,36 +182,41 @@ fn probe_command(json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let mask: CpuidMask = args.cpuid_mask.parse()?;
-    let time_limit = match args.time_limit {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => anyhow::bail!("--time-limit must be a positive number of seconds, not {s}"),
-        None => None,
-    };
-    let sink = match &args.serial_log {
+fn seconds(flag: &str, value: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match value {
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => bail!("{flag} must be a positive number of seconds, not {s}"),
+        None => Ok(None),
+    }
+}
+
+fn serial_sink(out: &OutputArgs) -> anyhow::Result<SerialSink> {
+    Ok(match &out.serial_log {
         Some(p) => SerialSink::file(
-            std::fs::File::create(p)
-                .map_err(|e| anyhow::anyhow!("cannot create serial log {}: {e}", p.display()))?,
+            File::create(p).with_context(|| format!("cannot create serial log {}", p.display()))?,
         ),
         None => SerialSink::stdout(),
-    };
-    // Keeps a built-in guest's in-memory file open until the VM has loaded it.
-    let mut _guest_file = None;
-    let kernel = match (args.kernel, args.test_guest) {
-        (Some(k), _) => k,
+    })
+}
+
+/// A VM config from the boot arguments. The returned file, if any, holds a
+/// built-in guest and must stay open until the VM has booted.
+fn vm_config(args: BootArgs) -> anyhow::Result<(VmConfig, Option<File>)> {
+    let mask: CpuidMask = args.cpuid_mask.parse()?;
+    let (kernel, file) = match (args.kernel, args.test_guest) {
+        (Some(k), _) => (k, None),
         (None, Some(name)) => {
             let image = test_guests::image(&name).ok_or_else(|| {
                 let names: Vec<_> = test_guests::ALL.iter().map(|(n, _)| *n).collect();
-                anyhow::anyhow!("no test guest '{name}' (there are: {})", names.join(", "))
+                anyhow!("no test guest '{name}' (there are: {})", names.join(", "))
             })?;
             let f = sealed_file(&name, image)?;
-            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-            _guest_file = Some(f);
-            path
+            (
+                PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())),
+                Some(f),
+            )
         }
-        (None, None) => anyhow::bail!("give --kernel or --test-guest"),
+        (None, None) => bail!("give --kernel or --test-guest"),
     };
     let config = VmConfig {
         kernel,
@@ -165,13 +226,80 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         vcpus: args.vcpus,
         boot: args.boot,
         cpuid_mask: mask,
-        time_limit,
+        time_limit: None,
         irqchip: !args.no_irqchip,
+        vsock_cid: args.cid,
     };
-    let mut vm = Vm::new(config, sink).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    vm.boot().map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    Ok((config, file))
+}
+
+fn vm_err(e: VmError) -> anyhow::Error {
+    anyhow!(error_chain(&e))
+}
+
+fn run_command(boot: BootArgs, out: OutputArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    let (mut config, _guest_file) = vm_config(boot)?;
+    config.time_limit = seconds("--time-limit", out.time_limit)?;
+    let mut vm = Vm::new(config, serial_sink(&out)?).map_err(vm_err)?;
+    vm.boot().map_err(vm_err)?;
     let result = vm.run();
-    if args.stats {
+    finish(result, out.stats, started)
+}
+
+fn restore_command(
+    snapshot: PathBuf,
+    cid: u64,
+    prefault: bool,
+    record_working_set: bool,
+    out: OutputArgs,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let mut options = RestoreOptions::new(serial_sink(&out)?);
+    options.time_limit = seconds("--time-limit", out.time_limit)?;
+    options.vsock_cid = cid;
+    options.prefault = prefault;
+    let mut vm = Vm::restore(&snapshot, options).map_err(vm_err)?;
+    let result = vm.run();
+    if record_working_set {
+        let ranges = vm.record_working_set(&snapshot).map_err(vm_err)?;
+        eprintln!("vitrine-vmm: recorded a working set of {ranges} page ranges");
+    }
+    finish(result, out.stats, started)
+}
+
+fn snapshot_command(
+    boot: BootArgs,
+    out: PathBuf,
+    pause_after: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let pause_after = seconds("--pause-after", pause_after)?;
+    let (config, _guest_file) = vm_config(boot)?;
+    let mut vm = Vm::new(config, SerialSink::stdout()).map_err(vm_err)?;
+    vm.boot().map_err(vm_err)?;
+    let exit = match pause_after {
+        Some(d) => vm.run_for(d),
+        None => vm.run(),
+    }
+    .map_err(vm_err)?;
+    if !matches!(exit, GuestExit::Ready | GuestExit::Paused) {
+        bail!("guest ended ({exit:?}) before it reached its ready point; nothing to snapshot");
+    }
+    let info = vm.snapshot(&out).map_err(vm_err)?;
+    eprintln!(
+        "vitrine-vmm: snapshot written to {}: state {} bytes, memory {} MiB (sparse)",
+        out.display(),
+        info.state_bytes,
+        info.memory_bytes >> 20
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finish(
+    result: Result<GuestExit, VmError>,
+    stats: bool,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    if stats {
         // Read while guest RAM is still mapped, so it shows as shmem.
         let r = Resident::read().unwrap_or_default();
         eprintln!(
@@ -183,7 +311,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(match result {
         Ok(GuestExit::DebugExit(code)) => ExitCode::from(code),
-        Ok(GuestExit::Reset | GuestExit::PowerOff | GuestExit::Halted) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::SUCCESS,
         Err(VmError::Guest(fault @ GuestFault::TimedOut(_))) => {
             eprintln!("vitrine-vmm: error: {fault}");
             ExitCode::from(EXIT_TIMED_OUT)
@@ -192,6 +320,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("vitrine-vmm: error: {fault}");
             ExitCode::from(EXIT_GUEST_FAULT)
         }
-        Err(e) => anyhow::bail!(error_chain(&e)),
+        Err(e) => bail!(error_chain(&e)),
     })
 }

@@ -2,5 +2,6 @@
 
 pub mod debug_exit;
 pub mod i8042;
+pub mod ready;
 pub mod serial;
 pub mod virtio;

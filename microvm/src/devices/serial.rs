@@ -4,10 +4,12 @@ use std::fs::File;
 use std::io::{self, LineWriter, Write};
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::snapshot::Persist;
 
 /// Captured output beyond this is dropped: a guest cannot grow the VMM.
 pub const CAPTURE_LIMIT: usize = 4 << 20;
@@ -99,6 +101,72 @@ impl SerialDevice {
     }
 }
 
+/// The UART registers and receive FIFO (vm-superio's `SerialState`, which
+/// has no serde).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialPersistError {
+    #[error("saved UART receive FIFO is larger than the device's")]
+    FifoOverflow,
+}
+
+impl<'a> Persist<'a> for SerialDevice {
+    type State = SerialState;
+    /// The new interrupt line and output sink.
+    type ConstructorArgs = (EventFd, SerialSink);
+    type Error = SerialPersistError;
+
+    fn save(&self) -> Result<SerialState, SerialPersistError> {
+        let s = self.serial.state();
+        Ok(SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        })
+    }
+
+    fn restore(
+        (irq, sink): (EventFd, SerialSink),
+        state: &SerialState,
+    ) -> Result<Self, SerialPersistError> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(&s, IrqLine(irq), vm_superio::serial::NoEvents, sink)
+            .map_err(|_| SerialPersistError::FifoOverflow)?;
+        Ok(Self { serial })
+    }
+}
+
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match (u8::try_from(offset), data.len()) {
@@ -148,6 +216,44 @@ mod tests {
 
         assert!(buf.lock().unwrap().is_empty());
         assert_eq!(data, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn serial_state_round_trips_with_registers_and_fifo() {
+        let mut dev = SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialSink::Discard,
+        );
+        dev.write(7, &[0x5a]); // scratch
+        dev.write(3, &[0x03]); // LCR: 8 bits
+        let saved = dev.save().unwrap();
+
+        let mut restored = SerialDevice::restore(
+            (
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                SerialSink::Discard,
+            ),
+            &saved,
+        )
+        .unwrap();
+        let mut scratch = [0u8];
+        restored.read(7, &mut scratch);
+
+        assert_eq!(scratch, [0x5a]);
+        assert_eq!(restored.save().unwrap(), saved);
+        assert_eq!(saved.line_control, 0x03);
+    }
+
+    #[test]
+    fn a_saved_fifo_larger_than_the_device_is_refused() {
+        let state = SerialState {
+            in_buffer: vec![0; 1000],
+            ..Default::default()
+        };
+
+        let r = SerialDevice::restore((EventFd::new(0).unwrap(), SerialSink::Discard), &state);
+
+        assert!(matches!(r, Err(SerialPersistError::FifoOverflow)));
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub const GDT_START: u64 = 0x500;
 /// Boot interrupt descriptor table, right after the five GDT entries; it
 /// stays empty: nothing runs before the guest installs its own.
 pub const IDT_START: u64 = 0x540;
+/// The clone identity page (snapshot::identity), in free low memory.
+pub const IDENTITY_PAGE: u64 = 0x5000;
 /// PVH `hvm_start_info`.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// PVH module list (the initramfs).
@@ -42,6 +44,8 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 /// QEMU's isa-debug-exit convention (iobase=0xf4) used by the test guests.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// The guest writes here when it is ready to be snapshotted.
+pub const READY_PORT: u16 = 0x0520;
 /// i8042 command port: 0xfe written here resets the machine.
 pub const I8042_COMMAND_PORT: u16 = 0x64;
 /// First GSI handed to virtio devices (0-4 are legacy ISA).
