@@ -242,7 +242,7 @@ fn built_in_test_guests_run_by_name_and_unknown_names_are_listed() {
     );
     let line = single_error_line(&unknown);
     assert!(
-        line.contains("no test guest 'nope' (there are: endless, halt, hello"),
+        line.contains("no test guest 'nope' (there are: counter, endless, halt, hello"),
         "{line}"
     );
 }
