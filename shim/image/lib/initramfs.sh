@@ -114,15 +114,17 @@ initramfs_entries() {
   printf 'text /etc/hostname 0644 vitrine\\n\n'
 } 
 
-# initramfs_key ENTRIES: sha256 over the entry list, the content of every
-# file it names, the tool and this recipe.
+# initramfs_key ENTRIES: sha256 over the entry list, with each file's host
+# path replaced by the hash of its content (where the shim was built does not
+# matter, what it is does), the tool and this recipe.
 initramfs_key() {
   local entries=$1
   {
     sha256sum <"$IMAGE_DIR/lib/initramfs.sh"
     printf 'tool %s\n' "$(package_version "$KERNEL_SOURCE_PACKAGE")"
-    cat "$entries"
-    awk '$1 == "file" { print $3 }' "$entries" | xargs -d '\n' sha256sum
+    awk '$1 != "file"' "$entries"
+    paste -d' ' <(awk '$1 == "file" { print $1, $2, $4 }' "$entries") \
+      <(awk '$1 == "file" { print $3 }' "$entries" | xargs -d '\n' sha256sum | cut -c1-64)
   } | sha256sum | cut -c1-64
 }
 
