@@ -1,5 +1,6 @@
 //! The framed byte stream between the host and one guest's shim.
 
+use std::cell::Cell;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -31,9 +32,33 @@ pub enum ChannelError {
 /// sends `HostMessage`s.
 #[derive(Debug)]
 pub struct GuestChannel {
-    reader: FrameReader<UnixStream, GuestMessage>,
+    reader: FrameReader<DeadlineStream, GuestMessage>,
     writer: FrameWriter<UnixStream, HostMessage>,
     broken: bool,
+}
+
+/// The read half, whose every read(2) waits at most until the deadline of
+/// the current `recv_until`: a guest that trickles a frame byte by byte
+/// cannot stretch the wait.
+#[derive(Debug)]
+struct DeadlineStream {
+    stream: UnixStream,
+    // Set through FrameReader::get_ref, which is all the reader exposes.
+    deadline: Cell<Instant>,
+}
+
+impl io::Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
+            .get()
+            .saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
 }
 
 impl GuestChannel {
@@ -41,7 +66,10 @@ impl GuestChannel {
     pub fn new(stream: UnixStream) -> Result<Self, ChannelError> {
         let write_half = stream.try_clone()?;
         Ok(Self {
-            reader: FrameReader::new(stream),
+            reader: FrameReader::new(DeadlineStream {
+                stream,
+                deadline: Cell::new(Instant::now()),
+            }),
             writer: FrameWriter::new(write_half),
             broken: false,
         })
@@ -57,19 +85,10 @@ impl GuestChannel {
         if self.broken {
             return Err(ChannelError::Broken);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ChannelError::TimedOut(Duration::ZERO));
-        }
-        // The timeout bounds each read(2), and a frame takes several, so
-        // re-arm it with what is left; a slow trickle still ends at the deadline.
-        self.reader.get_ref().set_read_timeout(Some(left))?;
+        let waited = deadline.saturating_duration_since(Instant::now());
+        self.reader.get_ref().deadline.set(deadline);
         match self.reader.recv() {
-            Ok(Some(msg)) if Instant::now() <= deadline => Ok(msg),
-            Ok(Some(_)) => {
-                self.broken = true;
-                Err(ChannelError::TimedOut(left))
-            }
+            Ok(Some(msg)) => Ok(msg),
             Ok(None) => Err(ChannelError::Closed),
             Err(FramingError::Io(e))
                 if matches!(
@@ -78,7 +97,7 @@ impl GuestChannel {
                 ) =>
             {
                 self.broken = true;
-                Err(ChannelError::TimedOut(left))
+                Err(ChannelError::TimedOut(waited))
             }
             Err(e) => Err(self.fail(e)),
         }
@@ -142,6 +161,37 @@ mod tests {
 
         assert!(matches!(first, ChannelError::TimedOut(_)), "{first:?}");
         assert!(matches!(second, ChannelError::Broken), "{second:?}");
+    }
+
+    #[test]
+    fn recv_ends_at_the_deadline_however_slowly_the_guest_trickles() {
+        let (mut channel, guest) = pair();
+        // The guest sends one byte of a 100-byte frame every 20 ms, for longer
+        // than the 200 ms the host waits.
+        let trickle = std::thread::spawn(move || {
+            let mut guest = guest;
+            std::io::Write::write_all(&mut guest, &100u32.to_le_bytes()).unwrap();
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(20));
+                if std::io::Write::write_all(&mut guest, &[0]).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+
+        let err = channel
+            .recv_timeout(Duration::from_millis(200))
+            .unwrap_err();
+
+        assert!(matches!(err, ChannelError::TimedOut(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(channel);
+        trickle.join().unwrap();
     }
 
     #[test]

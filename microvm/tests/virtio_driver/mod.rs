@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod fuzz_case;
+
 use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

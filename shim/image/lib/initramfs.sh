@@ -104,21 +104,27 @@ initramfs_entries() {
   local f
   for f in "${FONT_FILES[@]}"; do printf 'file %s/%s %s/%s 0644\n' "$FONT_DIR" "$f" "$FONT_DIR" "$f"; done
   printf 'file /etc/fonts/fonts.conf /etc/fonts/fonts.conf 0644\n'
-  for f in /etc/fonts/conf.d/*.conf; do printf 'file %s %s 0644\n' "$f" "$f"; done
+  # Only the configuration of the packages the image takes fonts from: a
+  # host's other font packages must not change the image.
+  while read -r f; do
+    [[ -e $f ]] && printf 'file %s %s 0644\n' "$f" "$f"
+  done < <(dpkg -L fontconfig-config fonts-dejavu-core | grep -E '^/etc/fonts/conf\.d/.+\.conf$' | LC_ALL=C sort -u)
   printf 'text /etc/passwd 0644 root:x:0:0:root:/root:/bin/sh\\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\\n\n'
   printf 'text /etc/group 0644 root:x:0:\\nnogroup:x:65534:\\n\n'
   printf 'text /etc/hostname 0644 vitrine\\n\n'
 } 
 
-# initramfs_key ENTRIES: sha256 over the entry list, the content of every
-# file it names, the tool and this recipe.
+# initramfs_key ENTRIES: sha256 over the entry list, with each file's host
+# path replaced by the hash of its content (where the shim was built does not
+# matter, what it is does), the tool and this recipe.
 initramfs_key() {
   local entries=$1
   {
     sha256sum <"$IMAGE_DIR/lib/initramfs.sh"
     printf 'tool %s\n' "$(package_version "$KERNEL_SOURCE_PACKAGE")"
-    cat "$entries"
-    awk '$1 == "file" { print $3 }' "$entries" | xargs -d '\n' sha256sum
+    awk '$1 != "file"' "$entries"
+    paste -d' ' <(awk '$1 == "file" { print $1, $2, $4 }' "$entries") \
+      <(awk '$1 == "file" { print $3 }' "$entries" | xargs -d '\n' sha256sum | cut -c1-64)
   } | sha256sum | cut -c1-64
 }
 

@@ -1,0 +1,150 @@
+//! Time from task submission to first frame for a PDF under the QEMU
+//! backend (TCG), split into boot, transfer in, render and first frame, with
+//! the host's own `pdftoppm` on the same document as the floor.
+//!
+//! `cargo bench -p vitrine-tests --bench first_frame`; `VITRINE_BENCH_RUNS`
+//! sets the number of runs (default 5).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use vitrine_daemon::backend::qemu::QemuBackend;
+use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
+use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
+use vitrine_tests::fixtures;
+use vitrine_tests::guest_image;
+use vitrine_tests::task_run::{run_task, TaskInput, TaskRun};
+
+/// Width the guest renders PDF pages to (the shim's cap), used for the floor too.
+const SCALE_TO: u32 = 1200;
+
+struct Sample {
+    boot: Duration,
+    transfer_in: Duration,
+    render: Duration,
+    first_frame: Duration,
+    total: Duration,
+}
+
+/// Guest-side input time from the shim's `timing input_ms=N` log line.
+fn guest_input_ms(run: &TaskRun) -> Option<Duration> {
+    run.logs.iter().find_map(|line| {
+        let rest = &line[line.find("input_ms=")? + "input_ms=".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok().map(Duration::from_millis)
+    })
+}
+
+fn guest_sample(config: &VmConfig, pdf: &[u8]) -> anyhow::Result<Sample> {
+    let started = Instant::now();
+    let mut vm = QemuBackend::new().start(config)?;
+    let boot = vm.boot_time();
+    let mut channel = vm.take_channel()?;
+    let input = TaskInput::file(
+        "bench.pdf",
+        "application/pdf",
+        pdf.to_vec(),
+        Limits::default(),
+    );
+    let run = run_task(
+        &mut channel,
+        1,
+        &input,
+        Instant::now() + Duration::from_secs(120),
+    )?;
+    let total = started.elapsed();
+    let _ = channel.send(&HostMessage::Shutdown);
+    drop(vm);
+    anyhow::ensure!(
+        run.status == Some(TaskStatus::Ok),
+        "task ended {:?}",
+        run.status
+    );
+    let first_frame = run.times.first_frame.context("no frame")?;
+    // Transfer in: until the guest holds the whole input (its own count,
+    // after Accepted), else until the host wrote it.
+    let transfer_in = match (run.times.accepted, guest_input_ms(&run)) {
+        (Some(accepted), Some(input)) => accepted + input,
+        _ => run.times.input_sent.unwrap_or_default(),
+    };
+    Ok(Sample {
+        boot,
+        transfer_in,
+        render: first_frame.saturating_sub(transfer_in),
+        first_frame,
+        total: boot + first_frame.min(total),
+    })
+}
+
+fn host_pdftoppm(pdf: &[u8]) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("bench.pdf");
+    std::fs::write(&input, pdf)?;
+    let started = Instant::now();
+    let out = Command::new("pdftoppm")
+        .args(["-f", "1", "-l", "1", "-scale-to", &SCALE_TO.to_string()])
+        .arg(&input)
+        .arg(dir.path().join("page"))
+        .output()
+        .context("run pdftoppm (apt-get install poppler-utils)")?;
+    let took = started.elapsed();
+    anyhow::ensure!(out.status.success(), "pdftoppm failed");
+    Ok(took)
+}
+
+fn stats(mut values: Vec<Duration>) -> (Duration, Duration, Duration) {
+    values.sort();
+    let mid = values.len() / 2;
+    (values[0], values[mid], values[values.len() - 1])
+}
+
+fn row(name: &str, values: Vec<Duration>) {
+    let (min, median, max) = stats(values);
+    println!(
+        "| {name:<34} | {:>9.1} | {:>9.1} | {:>9.1} |",
+        min.as_secs_f64() * 1e3,
+        median.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    let Some(dir) = guest_image::require("first_frame benchmark") else {
+        return Ok(());
+    };
+    let runs: usize = std::env::var("VITRINE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let config = VmConfig::new(GuestImage::from_dir(&dir)?);
+    let pdf = fixtures::pdf_with_pages(&["Vitrine benchmark", "Second page", "Third page"]);
+
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        samples.push(guest_sample(&config, &pdf)?);
+    }
+    let floor = (0..runs)
+        .map(|_| host_pdftoppm(&pdf))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    println!(
+        "first frame of a 3-page PDF ({} bytes), {runs} runs, QEMU TCG, image {}",
+        pdf.len(),
+        dir.display()
+    );
+    println!(
+        "| {:<34} | {:>9} | {:>9} | {:>9} |",
+        "step (ms)", "min", "median", "max"
+    );
+    println!("|{:-<36}|{:-<11}|{:-<11}|{:-<11}|", "", "", "", "");
+    let col = |f: fn(&Sample) -> Duration| samples.iter().map(f).collect::<Vec<_>>();
+    row("boot to Ready", col(|s| s.boot));
+    row("transfer in", col(|s| s.transfer_in));
+    row("render (input held -> first frame)", col(|s| s.render));
+    row("submission -> first frame", col(|s| s.first_frame));
+    row("start VM -> first frame", col(|s| s.total));
+    row("host pdftoppm page 1 (floor)", floor);
+    Ok(())
+}
