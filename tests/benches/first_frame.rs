@@ -5,16 +5,16 @@
 //! `cargo bench -p vitrine-tests --bench first_frame`; `VITRINE_BENCH_RUNS`
 //! sets the number of runs (default 5).
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use vitrine_daemon::backend::qemu::QemuBackend;
-use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
-use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
+use vitrine_shim::protocol::{Limits, TaskStatus};
 use vitrine_tests::fixtures;
+use vitrine_tests::fresh_guest::run_in_fresh_guest;
 use vitrine_tests::guest_image;
-use vitrine_tests::task_run::{run_task, TaskInput, TaskRun};
+use vitrine_tests::task_run::{TaskInput, TaskRun};
 
 /// Width the guest renders PDF pages to (the shim's cap), used for the floor too.
 const SCALE_TO: u32 = 1200;
@@ -36,26 +36,16 @@ fn guest_input_ms(run: &TaskRun) -> Option<Duration> {
     })
 }
 
-fn guest_sample(config: &VmConfig, pdf: &[u8]) -> anyhow::Result<Sample> {
-    let started = Instant::now();
-    let mut vm = QemuBackend::new().start(config)?;
-    let boot = vm.boot_time();
-    let mut channel = vm.take_channel()?;
+fn guest_sample(image_dir: &Path, pdf: &[u8]) -> anyhow::Result<Sample> {
     let input = TaskInput::file(
         "bench.pdf",
         "application/pdf",
         pdf.to_vec(),
         Limits::default(),
     );
-    let run = run_task(
-        &mut channel,
-        1,
-        &input,
-        Instant::now() + Duration::from_secs(120),
-    )?;
-    let total = started.elapsed();
-    let _ = channel.send(&HostMessage::Shutdown);
-    drop(vm);
+    // No wait after Shutdown: the VM's end is not part of the measurement.
+    let done = run_in_fresh_guest(image_dir, &input, Duration::ZERO)?;
+    let run = done.task;
     anyhow::ensure!(
         run.status == Some(TaskStatus::Ok),
         "task ended {:?}",
@@ -69,11 +59,11 @@ fn guest_sample(config: &VmConfig, pdf: &[u8]) -> anyhow::Result<Sample> {
         _ => run.times.input_sent.unwrap_or_default(),
     };
     Ok(Sample {
-        boot,
+        boot: done.boot,
         transfer_in,
         render: first_frame.saturating_sub(transfer_in),
         first_frame,
-        total: boot + first_frame.min(total),
+        total: done.boot + first_frame,
     })
 }
 
@@ -118,12 +108,11 @@ fn main() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(1);
-    let config = VmConfig::new(GuestImage::from_dir(&dir)?);
     let pdf = fixtures::pdf_with_pages(&["Vitrine benchmark", "Second page", "Third page"]);
 
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
-        samples.push(guest_sample(&config, &pdf)?);
+        samples.push(guest_sample(&dir, &pdf)?);
     }
     let floor = (0..runs)
         .map(|_| host_pdftoppm(&pdf))

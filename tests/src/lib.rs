@@ -6,6 +6,7 @@
 //! real guest image under QEMU (TCG).
 
 pub mod fixtures;
+pub mod fresh_guest;
 pub mod guest_image;
 pub mod ocr;
 pub mod page_image;

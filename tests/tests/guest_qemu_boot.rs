@@ -1,17 +1,13 @@
 //! The guest image boots under QEMU (TCG), its shim says Ready over the
 //! virtio-serial port, and the VM leaves nothing behind.
 
-use std::path::Path;
 use std::time::Duration;
 
 use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig, VmExit};
 use vitrine_shim::protocol::HostMessage;
+use vitrine_tests::fresh_guest::process_exists;
 use vitrine_tests::guest_image;
-
-fn process_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
 
 #[test]
 fn guest_boots_to_ready_and_powers_off_on_shutdown() -> anyhow::Result<()> {

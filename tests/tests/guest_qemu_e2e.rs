@@ -7,20 +7,16 @@
 //! Set `VITRINE_E2E_OUT=DIR` to keep the PNG files.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context};
-use vitrine_daemon::backend::qemu::QemuBackend;
-use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
-use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
+use anyhow::{bail, ensure};
+use vitrine_shim::protocol::{Limits, TaskStatus};
 use vitrine_tests::fixtures;
+use vitrine_tests::fresh_guest;
 use vitrine_tests::guest_image;
 use vitrine_tests::ocr;
 use vitrine_tests::page_image::PageImage;
-use vitrine_tests::task_run::{run_task, TaskInput, TaskRun};
-
-/// Time the host waits for `Done` beyond the task's own limit (TCG is slow).
-const DONE_MARGIN: Duration = Duration::from_secs(45);
+use vitrine_tests::task_run::{TaskInput, TaskRun};
 
 /// Where a test's PNG files go: `$VITRINE_E2E_OUT/<test>` or a temp dir.
 struct OutDir {
@@ -43,35 +39,22 @@ impl OutDir {
     }
 }
 
-/// Boots a fresh guest, runs one task in it, shuts it down and checks that
-/// QEMU is gone. `None` when the image is not built (skip line printed).
+/// Runs `input` in a fresh guest; `None` when the image is not built (skip
+/// line printed). QEMU being gone afterwards is checked by `run_in_fresh_guest`.
 fn run_in_fresh_guest(test: &str, input: &TaskInput) -> anyhow::Result<Option<TaskRun>> {
     let Some(dir) = guest_image::require(test) else {
         return Ok(None);
     };
-    let config = VmConfig::new(GuestImage::from_dir(&dir)?);
-    let mut vm = QemuBackend::new().start(&config)?;
-    let mut channel = vm.take_channel()?;
-    let deadline =
-        Instant::now() + Duration::from_millis(input.limits.time_limit_ms.into()) + DONE_MARGIN;
-    let result = run_task(&mut channel, 1, input, deadline);
-    let _ = channel.send(&HostMessage::Shutdown);
-    let exit = vm.wait_or_kill(Duration::from_secs(10))?;
-    let serial = vm.serial_log();
-    let pid = vm.pid();
-    drop(vm);
-    ensure!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "qemu pid {pid} outlived its VM"
-    );
-    let run =
-        result.with_context(|| format!("task failed to complete\n--- serial ---\n{serial}"))?;
+    let done = fresh_guest::run_in_fresh_guest(&dir, input, Duration::from_secs(10))?;
+    let run = done.task;
     eprintln!(
-        "{test}: status {:?}, {} page(s), {} frame(s), times {:?}, vm {exit:?}",
+        "{test}: status {:?}, {} page(s), {} frame(s), boot {:?}, times {:?}, vm {:?}",
         run.status,
         run.page_count.unwrap_or(0),
         run.frames,
-        run.times
+        done.boot,
+        run.times,
+        done.exit
     );
     Ok(Some(run))
 }
