@@ -167,3 +167,16 @@ fn a_stalled_writer_never_blocks_decisions_and_counts_what_it_drops() {
         "every decision is either logged or counted"
     );
 }
+
+#[test]
+fn a_symlink_in_place_of_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    let path = dir.path().join("audit.jsonl");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+
+    let err = AuditLog::open(AuditConfig::new(&path)).unwrap_err();
+
+    assert!(err.to_string().contains("cannot open audit log"), "{err}");
+    assert!(!target.exists());
+}

@@ -534,3 +534,16 @@ fn long_policies_decide_the_same_as_a_rule_by_rule_scan() {
         );
     }
 }
+
+#[test]
+fn explanation_text_never_carries_terminal_escapes_from_file_names() {
+    let policy = with_profiles(
+        "[[rule]]\naction = \"open-file\"\nextension = \"pdf\"\ndecision = \"deny\"\n",
+    );
+    let req = open_file("text/plain", "/t/\u{1b}[2Jevil.txt", LOCAL);
+
+    let text = policy.explain(&req).to_string();
+
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(text.contains("\u{fffd}[2jevil.txt"), "{text}");
+}
