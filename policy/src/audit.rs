@@ -238,11 +238,14 @@ impl Writer {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    // Paths and URIs in the log are private: owner-only.
+    // Paths and URIs in the log are private: owner-only. A symlink planted
+    // where the log should be is refused rather than followed.
+    let nofollow = i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0);
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(nofollow)
         .open(path)
 }
 

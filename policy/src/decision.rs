@@ -1,6 +1,7 @@
 //! What the evaluator answers: a verdict, the profile, the policy version,
 //! and which rule decided; plus, on request, the full explanation.
 
+use crate::diagnostics::printable;
 use crate::policy::PolicyVersion;
 use crate::profile::Profile;
 use crate::request::Request;
@@ -202,6 +203,18 @@ impl Explanation {
 
 impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // File names and URIs come from outside: never let them reach the
+        // terminal raw.
+        let text = self.render().map_err(|_| fmt::Error)?;
+        f.write_str(&printable(&text))
+    }
+}
+
+impl Explanation {
+    fn render(&self) -> Result<String, fmt::Error> {
+        use fmt::Write as _;
+        let mut out = String::new();
+        let f = &mut out;
         let d = &self.decision;
         writeln!(f, "decision: {}", d.verdict)?;
         writeln!(f, "by:       {}", d.matched)?;
@@ -233,7 +246,7 @@ impl fmt::Display for Explanation {
             writeln!(f, "\nrules, in order (first match wins):")?;
             // Rules for other actions are noise here; count them instead.
             let mut other_actions = 0usize;
-            let flush = |f: &mut fmt::Formatter<'_>, n: &mut usize| -> fmt::Result {
+            let flush = |f: &mut String, n: &mut usize| -> fmt::Result {
                 if *n > 0 {
                     writeln!(f, "   ({n} rule(s) for other actions)")?;
                     *n = 0;
@@ -271,6 +284,6 @@ impl fmt::Display for Explanation {
                 writeln!(f, "  {k:<20} {v}")?;
             }
         }
-        Ok(())
+        Ok(out)
     }
 }

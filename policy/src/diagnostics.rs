@@ -163,10 +163,16 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.location, self.severity, self.message)?;
+        let location = printable(&self.location.to_string()).into_owned();
+        write!(
+            f,
+            "{location}: {}: {}",
+            self.severity,
+            printable(&self.message)
+        )?;
         if let (Some((text, col, width)), Some(line)) = (&self.snippet, self.location.line) {
             let gutter = line.to_string().len();
-            let text = text.replace('\t', " ");
+            let text = printable(&text.replace('\t', " ")).into_owned();
             let pad = " ".repeat(col.saturating_sub(1));
             write!(
                 f,
@@ -177,7 +183,7 @@ impl fmt::Display for Diagnostic {
             )?;
         }
         if let Some(hint) = &self.hint {
-            write!(f, "\n  = hint: {hint}")?;
+            write!(f, "\n  = hint: {}", printable(hint))?;
         }
         Ok(())
     }
@@ -250,6 +256,26 @@ impl<'a> IntoIterator for &'a Diagnostics {
     }
 }
 
+/// `text` with control characters replaced, so that a hostile file name or
+/// policy line cannot drive the admin's terminal. Column positions are
+/// kept: each character stays one character.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        text.chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' {
+                    '\u{fffd}'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// The candidate closest to `word` by edit distance, if it is close
 /// enough to be a likely typo.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
@@ -296,6 +322,15 @@ mod tests {
         assert!(text.contains("2 | memroy = 2"));
         assert!(text.contains("^^^^^^"));
         assert!(text.ends_with("= hint: did you mean `memory`?"));
+    }
+
+    #[test]
+    fn rendering_neutralises_terminal_escapes() {
+        let f = SourceFile::new("p/a.toml", "name = \"\u{1b}[31mred\"\n");
+        let d = Diagnostic::at(Severity::Error, &f, 7..20, "bad \u{1b}[2J name".into());
+        let text = d.to_string();
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("bad \u{fffd}[2J name"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod audit;
 pub mod decision;
 pub mod diagnostics;
 pub mod diff;
+mod index;
 mod parse;
 pub mod pattern;
 pub mod policy;

@@ -7,16 +7,20 @@
 
 use crate::decision::{Decision, Explanation, MatchedBy, RuleTrace, Verdict};
 use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics, Severity, SourceFile};
+use crate::index::DecisionIndex;
 use crate::parse::{self, ParsedFile};
 use crate::profile::{self, Profile};
 use crate::request::{Action, Request};
-use crate::rule::{PathCandidate, Rule, RuleDecision};
+use crate::rule::{PathMatcher, Rule, RuleDecision};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Rules per action tested one by one before the decision index is used.
+const LINEAR_SCAN: usize = 8;
 
 /// Where the system policy lives.
 pub const SYSTEM_POLICY_DIR: &str = "/etc/vitrine/policy.d";
@@ -88,6 +92,10 @@ struct Inner {
     profiles: Vec<Arc<Profile>>,
     strict: Arc<Profile>,
     rules: Vec<Rule>,
+    /// Rule positions per action (open-file, open-uri, run-program), for
+    /// the short linear scan that precedes the index.
+    by_action: [Vec<u32>; 3],
+    index: DecisionIndex,
     version: PolicyVersion,
     warnings: Diagnostics,
     fail_closed: Option<FailClosed>,
@@ -126,7 +134,11 @@ pub fn read_dir_sources(dir: &Path) -> Result<Vec<SourceFile>, Diagnostics> {
     if let Some(d) = writable_by_others(dir, &meta) {
         diags.push(d);
     }
-    let entries = std::fs::read_dir(dir)
+    // Resolve a symlinked directory once, so that the listing and every
+    // file come from the same version even if `apply` swaps the link.
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| fail(format!("cannot resolve policy directory: {e}"), None))?;
+    let entries = std::fs::read_dir(&real)
         .map_err(|e| fail(format!("cannot list policy directory: {e}"), None))?;
     let mut names = Vec::new();
     for entry in entries {
@@ -149,7 +161,7 @@ pub fn read_dir_sources(dir: &Path) -> Result<Vec<SourceFile>, Diagnostics> {
     }
     let mut files = Vec::with_capacity(names.len());
     for name in names {
-        match read_source(&dir.join(&name)) {
+        match read_source_from(&real.join(&name), &dir.join(&name)) {
             Ok(f) => files.push(f),
             Err(d) => diags.push(*d),
         }
@@ -163,7 +175,12 @@ pub fn read_dir_sources(dir: &Path) -> Result<Vec<SourceFile>, Diagnostics> {
 
 /// Read one policy file, refusing what cannot be a trustworthy policy.
 pub fn read_source(path: &Path) -> Result<SourceFile, Box<Diagnostic>> {
-    let err = |msg: String| Box::new(Diagnostic::whole(Severity::Error, path, msg));
+    read_source_from(path, path)
+}
+
+/// Read `path`, naming it `shown` in the result and in messages.
+fn read_source_from(path: &Path, shown: &Path) -> Result<SourceFile, Box<Diagnostic>> {
+    let err = |msg: String| Box::new(Diagnostic::whole(Severity::Error, shown, msg));
     let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(err("is not a regular file".into()));
@@ -174,7 +191,7 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Box<Diagnostic>> {
             meta.len()
         )));
     }
-    if let Some(d) = writable_by_others(path, &meta) {
+    if let Some(d) = writable_by_others(shown, &meta) {
         return Err(Box::new(d));
     }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
@@ -184,7 +201,7 @@ pub fn read_source(path: &Path) -> Result<SourceFile, Box<Diagnostic>> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    Ok(SourceFile::new(path, text))
+    Ok(SourceFile::new(shown, text))
 }
 
 fn writable_by_others(path: &Path, meta: &std::fs::Metadata) -> Option<Diagnostic> {
@@ -243,6 +260,8 @@ impl PolicySet {
                 profiles: vec![strict.clone()],
                 strict,
                 rules: Vec::new(),
+                by_action: Default::default(),
+                index: DecisionIndex::build(&[]),
                 version: PolicyVersion::FAIL_CLOSED,
                 warnings: Diagnostics::default(),
                 fail_closed: Some(FailClosed {
@@ -400,6 +419,14 @@ impl PolicySet {
             return Err(diags);
         }
         let version = PolicyVersion::of(&files);
+        let by_action = Action::ALL.map(|a| {
+            (0u32..)
+                .zip(&rules)
+                .filter(|(_, r)| r.actions & a.bit() != 0)
+                .map(|(i, _)| i)
+                .collect()
+        });
+        let index = DecisionIndex::build(&rules);
         Ok(PolicySet {
             inner: Arc::new(Inner {
                 dir,
@@ -407,6 +434,8 @@ impl PolicySet {
                 profiles,
                 strict,
                 rules,
+                by_action,
+                index,
                 version,
                 warnings: diags,
                 fail_closed: None,
@@ -426,10 +455,32 @@ impl PolicySet {
                 },
             );
         }
-        let mut path = PathCandidate::new(req);
-        for rule in &inner.rules {
-            if rule.check(req, &mut path).is_ok() {
-                return self.decision(self.verdict(rule), MatchedBy::Rule(rule.source.clone()));
+        let mut paths = PathMatcher::new(req);
+        let slot = Action::ALL
+            .iter()
+            .position(|a| *a == req.action())
+            .unwrap_or(0);
+        let mine = &inner.by_action[slot];
+        // The first few rules for this action are cheaper to test one by
+        // one than to look up; a hit there is the common case.
+        for &i in mine.iter().take(LINEAR_SCAN) {
+            if let Some(rule) = inner.rules.get(i as usize) {
+                if rule.check(req, &mut paths).is_ok() {
+                    return self.matched(rule);
+                }
+            }
+        }
+        if let Some(&next) = mine.get(LINEAR_SCAN) {
+            let cands = inner.index.candidates(req, paths.candidate());
+            let mut from = next as usize;
+            while let Some(i) = cands.first_from(from) {
+                // Confirm with the plain check: the index only narrows.
+                if let Some(rule) = inner.rules.get(i) {
+                    if rule.check(req, &mut paths).is_ok() {
+                        return self.matched(rule);
+                    }
+                }
+                from = i + 1;
             }
         }
         self.decision(Verdict::Sandbox(inner.strict.clone()), MatchedBy::Default)
@@ -441,9 +492,9 @@ impl PolicySet {
         let decision = self.evaluate(req);
         let mut trace = Vec::new();
         if self.inner.fail_closed.is_none() {
-            let mut path = PathCandidate::new(req);
+            let mut paths = PathMatcher::new(req);
             for rule in &self.inner.rules {
-                match rule.check(req, &mut path) {
+                match rule.check(req, &mut paths) {
                     Ok(()) => {
                         trace.push(RuleTrace::matched(rule));
                         break;
@@ -453,6 +504,10 @@ impl PolicySet {
             }
         }
         Explanation::new(decision, req, trace)
+    }
+
+    fn matched(&self, rule: &Rule) -> Decision {
+        self.decision(self.verdict(rule), MatchedBy::Rule(rule.source.clone()))
     }
 
     fn verdict(&self, rule: &Rule) -> Verdict {

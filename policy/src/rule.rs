@@ -93,21 +93,23 @@ pub struct Rule {
     pub(crate) profile: Option<usize>,
 }
 
-/// The glob candidate for the request path, built on first use.
-pub(crate) struct PathCandidate<'a> {
+/// A request's path, matched against a rule's globs on demand; the glob
+/// candidate is built once per request.
+pub(crate) struct PathMatcher<'a> {
     path: Option<&'a str>,
     candidate: Option<Candidate<'a>>,
 }
 
-impl<'a> PathCandidate<'a> {
+impl<'a> PathMatcher<'a> {
     pub(crate) fn new(req: &'a Request) -> Self {
-        PathCandidate {
+        PathMatcher {
             path: req.path.as_deref(),
             candidate: None,
         }
     }
 
-    fn get(&mut self) -> Option<&Candidate<'a>> {
+    /// The glob candidate, or `None` when the request has no path.
+    pub(crate) fn candidate(&mut self) -> Option<&Candidate<'a>> {
         let path = self.path?;
         Some(self.candidate.get_or_insert_with(|| Candidate::new(path)))
     }
@@ -121,11 +123,7 @@ impl Rule {
     }
 
     /// `Ok` when the rule matches, else the first condition that did not.
-    pub(crate) fn check(
-        &self,
-        req: &Request,
-        path: &mut PathCandidate<'_>,
-    ) -> Result<(), Mismatch> {
+    pub(crate) fn check(&self, req: &Request, paths: &mut PathMatcher<'_>) -> Result<(), Mismatch> {
         if self.actions & req.action.bit() == 0 {
             return Err(Mismatch::Action);
         }
@@ -162,8 +160,7 @@ impl Rule {
             }
         }
         if let Some(globs) = &self.path {
-            let candidate = path.get().ok_or(Mismatch::Path)?;
-            if !globs.matches(candidate) {
+            if !globs.matches(paths.candidate().ok_or(Mismatch::Path)?) {
                 return Err(Mismatch::Path);
             }
         }

@@ -486,3 +486,64 @@ fn inline_rule_arrays_are_accepted() {
         "inline"
     );
 }
+
+#[test]
+fn long_policies_decide_the_same_as_a_rule_by_rule_scan() {
+    // Past the first few rules evaluation switches to the index; `explain`
+    // always walks rule by rule. They must agree everywhere.
+    let mut text = String::from("[profile.document]\n");
+    for i in 0..60 {
+        text.push_str(&match i % 4 {
+            0 => format!("[[rule]]\nname = \"ext{i}\"\naction = \"open-file\"\nextension = \"e{i}\"\ndecision = \"deny\"\n"),
+            1 => format!("[[rule]]\nname = \"path{i}\"\naction = \"open-file\"\nmime = \"text/*\"\npath = \"/home/*/p{i}/**\"\ndecision = \"host\"\n"),
+            2 => format!("[[rule]]\nname = \"host{i}\"\naction = \"open-uri\"\nhost = \"*.h{i}.org\"\nsandbox = \"document\"\n"),
+            _ => format!("[[rule]]\nname = \"mime{i}\"\naction = [\"open-file\", \"run-program\"]\nmime = \"application/x-m{i}\"\norigin = \"quarantined\"\ndecision = \"deny\"\n"),
+        });
+    }
+    let policy = load(&[("50-many.toml", &text)]);
+    let cases = [
+        (open_file("text/plain", "/t/a.e0", LOCAL), "ext0"),
+        (open_file("text/plain", "/t/a.e56", LOCAL), "ext56"),
+        (
+            open_file("text/markdown", "/home/ann/p41/notes.md", LOCAL),
+            "path41",
+        ),
+        (open_uri("https://www.h58.org/"), "host58"),
+        (
+            run_program("application/x-m59", "/t/x", QUARANTINED),
+            "mime59",
+        ),
+        (run_program("application/x-m59", "/t/x", LOCAL), "default"),
+        (
+            open_file("application/pdf", "/home/ann/p41/x.pdf", LOCAL),
+            "default",
+        ),
+    ];
+    for (req, want) in cases {
+        assert_eq!(decided_by(&policy, &req), want, "{req:?}");
+        let explained = policy.explain(&req);
+        let linear = explained
+            .trace
+            .last()
+            .filter(|t| t.matched)
+            .map(|t| t.rule.index);
+        assert_eq!(
+            policy.evaluate(&req).rule().map(|r| r.index),
+            linear,
+            "{req:?}"
+        );
+    }
+}
+
+#[test]
+fn explanation_text_never_carries_terminal_escapes_from_file_names() {
+    let policy = with_profiles(
+        "[[rule]]\naction = \"open-file\"\nextension = \"pdf\"\ndecision = \"deny\"\n",
+    );
+    let req = open_file("text/plain", "/t/\u{1b}[2Jevil.txt", LOCAL);
+
+    let text = policy.explain(&req).to_string();
+
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(text.contains("\u{fffd}[2jevil.txt"), "{text}");
+}

@@ -10,6 +10,7 @@
 # Environment:
 #   VITRINE_CACHE      cache root (default ~/.cache/vitrine)
 #   VITRINE_SHIM_BIN   use this file as /init instead of building vitrine-shim
+#   VITRINE_CACHE_KEEP how many images, initramfs and kernels (per variant) to keep (default 4)
 #   CARGO_TARGET_DIR   where cargo puts the shim build (default <repo>/target)
 #
 # Outputs are keyed by the sha256 of their inputs; a build whose key exists is
@@ -34,6 +35,8 @@ source "$IMAGE_DIR/lib/kernel.sh"
 source "$IMAGE_DIR/lib/initramfs.sh"
 # shellcheck source=lib/manifest.sh
 source "$IMAGE_DIR/lib/manifest.sh"
+# shellcheck source=lib/cache.sh
+source "$IMAGE_DIR/lib/cache.sh"
 
 VARIANT=guest
 PRINT_ONLY=0
@@ -44,7 +47,7 @@ while (( $# > 0 )); do
     --kernel-only) KERNEL_ONLY=1 ;;
     --variant) shift; VARIANT=${1:?--variant needs a name} ;;
     --variant=*) VARIANT=${1#--variant=} ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
   shift
@@ -61,6 +64,10 @@ fi
 build_kernel "$VARIANT"
 if [[ $KERNEL_ONLY == 1 ]]; then
   [[ -f $KERNEL_OUT/vmlinux ]] || { say "kernel ($VARIANT) not built yet: run $0 --kernel-only"; exit 3; }
+  if [[ $PRINT_ONLY == 0 ]]; then
+    mark_used "$KERNEL_OUT"
+    prune_cache "kernel-$VARIANT-"
+  fi
   printf '%s\n' "$KERNEL_OUT"
   exit 0
 fi
@@ -75,5 +82,11 @@ elif [[ $PRINT_ONLY == 1 ]]; then
 else
   assemble_image "$image_out"
   say "image: built at $image_out ($((SECONDS - started)) s)"
+fi
+if [[ $PRINT_ONLY == 0 ]]; then
+  mark_used "$KERNEL_OUT" "$INITRD_OUT" "$image_out"
+  prune_cache "kernel-$VARIANT-"
+  prune_cache initrd-
+  prune_cache "image-$VARIANT-"
 fi
 printf '%s\n' "$image_out"

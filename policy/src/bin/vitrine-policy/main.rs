@@ -45,7 +45,8 @@ enum Cmd {
     Validate { path: PathBuf },
     /// Say what the policy would decide, and why, without running anything.
     Explain(ExplainArgs),
-    /// Show the effective changes from the active policy to a staged one.
+    /// Show the effective changes from the active policy to a staged one
+    /// (exit 0: none, 1: some).
     Diff { staged: PathBuf },
     /// Validate a staged directory and install it atomically.
     Apply { staged: PathBuf },
@@ -196,15 +197,32 @@ fn list(cli: &Cli) -> Result<ExitCode> {
         );
     }
     println!("\nrules (first match wins):");
+    let wheres: Vec<String> = policy
+        .rules()
+        .iter()
+        .map(|r| format!("{}:{}", r.source.file, r.source.line))
+        .collect();
+    let ww = wheres
+        .iter()
+        .map(String::len)
+        .chain([16])
+        .max()
+        .unwrap_or(16);
+    let nw = policy
+        .rules()
+        .iter()
+        .filter_map(|r| r.source.name.as_ref().map(String::len))
+        .chain([4])
+        .max()
+        .unwrap_or(4);
     println!(
-        "  {:>4}  {:<28} {:<18} {:<22} {:<20} match",
+        "  {:>4}  {:<ww$}  {:<nw$}  {:<21}  {:<20}  match",
         "#", "where", "name", "action", "decision"
     );
-    for r in policy.rules() {
+    for (r, at) in policy.rules().iter().zip(&wheres) {
         println!(
-            "  {:>4}  {:<28} {:<18} {:<22} {:<20} {}",
+            "  {:>4}  {at:<ww$}  {:<nw$}  {:<21}  {:<20}  {}",
             r.source.index,
-            format!("{}:{}", r.source.file, r.source.line),
             r.source.name.as_deref().unwrap_or("-"),
             r.actions_text(),
             r.decision.to_string(),
@@ -212,8 +230,8 @@ fn list(cli: &Cli) -> Result<ExitCode> {
         );
     }
     println!(
-        "  {:>4}  {:<28} {:<18} {:<22} {:<20} (nothing else matched)",
-        "-", "built-in default", "-", "*", "sandbox(strict)"
+        "  {:>4}  {:<ww$}  {:<nw$}  {:<21}  {:<20}  (nothing else matched)",
+        "-", "built-in default", "-", "any", "sandbox(strict)"
     );
     for a in policy.actions_without_rules() {
         println!("\nnote: no rule mentions {a}; every {a} request gets sandbox(strict)");
