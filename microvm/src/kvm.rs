@@ -190,6 +190,17 @@ impl VmHandle {
         Ok(chips)
     }
 
+    /// The interrupt request registers of the in-kernel PIC pair: which
+    /// legacy lines (0-7 master, 8-15 slave) have a pending edge.
+    pub fn pic_irr(&self) -> Result<(u8, u8), KvmError> {
+        let [master, slave, _] = self.irqchips()?;
+        // SAFETY: KVM filled `chip` according to `chip_id`, and chips 0 and
+        // 1 are PIC_MASTER and PIC_SLAVE, so the `pic` member is the valid
+        // one; kvm_pic_state is plain bytes, valid for any contents.
+        let (m, s) = unsafe { (master.chip.pic.irr, slave.chip.pic.irr) };
+        Ok((m, s))
+    }
+
     pub fn set_irqchips(&self, chips: &[kvm_irqchip; 3]) -> Result<(), KvmError> {
         for chip in chips {
             ioctl("KVM_SET_IRQCHIP", self.fd.set_irqchip(chip))?;

@@ -20,6 +20,8 @@ use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
 use crate::devices::ready::ReadyPort;
 use crate::devices::serial::{SerialDevice, SerialPersistError, SerialSink};
+use crate::devices::virtio::mmio::{MmioError, MMIO_SIZE, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::{MmioTransport, VirtioDevice};
 use crate::kvm::{Hypervisor, KvmError, VcpuHandle, VmHandle};
 use crate::lifecycle::{GuestExit, GuestFault, Lifecycle, Outcome};
 use crate::memory::{self, GuestRam, MemoryError};
@@ -71,8 +73,20 @@ pub enum VmError {
     Snapshot(PathBuf, String),
     #[error("cannot write the clone identity page")]
     Identity(#[source] std::io::Error),
+    #[error("cannot attach a virtio device")]
+    Virtio(#[from] MmioError),
+    #[error("devices are attached before boot, so the kernel command line lists them")]
+    DeviceAfterBoot,
     #[error(transparent)]
     Guest(#[from] GuestFault),
+}
+
+/// A virtio device attached to a VM.
+#[derive(Debug, Clone)]
+pub struct VirtioSlot {
+    pub base: u64,
+    pub irq: u32,
+    pub transport: Arc<Mutex<MmioTransport>>,
 }
 
 /// Everything needed to build a VM.
@@ -357,6 +371,36 @@ impl Vm {
         self.next_mmio_slot += 1;
         self.next_irq += 1;
         (base, irq)
+    }
+
+    /// Attaches a virtio-mmio device: its registers on the MMIO bus, its
+    /// interrupt as an irqfd on the next GSI, each queue's notify register
+    /// as an ioeventfd (so a notify never leaves KVM), and its
+    /// `virtio_mmio.device=` entry on the kernel command line.
+    pub fn add_virtio_device(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<VirtioSlot, VmError> {
+        if self.phase != Phase::Built {
+            return Err(VmError::DeviceAfterBoot);
+        }
+        let transport = MmioTransport::new(self.ram.mem.clone(), device)?;
+        let (base, irq) = self.allocate_virtio_slot();
+        if self.vm.has_irqchip() {
+            self.vm.register_irqfd(transport.interrupt_evt(), irq)?;
+        }
+        for (queue, evt) in (0u32..).zip(transport.queue_evts()) {
+            self.vm
+                .register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, queue)?;
+        }
+        self.push_cmdline(transport.cmdline_entry(base, irq));
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio.insert(transport.clone(), base, MMIO_SIZE)?;
+        Ok(VirtioSlot {
+            base,
+            irq,
+            transport,
+        })
     }
 
     /// Appends to the kernel command line (before [`Vm::boot`]).
