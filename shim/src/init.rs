@@ -154,9 +154,13 @@ fn reap_until(agent: u32) {
     }
 }
 
+/// Ends the VM. A reboot, not a power-off: the guest kernel has no ACPI,
+/// so power-off only halts the CPU, while a reboot (`reboot=t` in the
+/// image's command line) reaches the VMM, which ends the VM on reset (QEMU
+/// with `-no-reboot`, vitrine-vmm always).
 fn power_off() -> ! {
     nix::unistd::sync();
-    let _ = reboot(RebootMode::RB_POWER_OFF);
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
     // Should not get here; PID 1 must not exit.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
