@@ -679,6 +679,11 @@ impl VsockMuxer {
             if conn.registered.is_some() {
                 let _ = reg.remove(conn.fd());
             }
+            if conn.in_data_ready {
+                // A later connection may reuse the key; it must not inherit
+                // a place in the queue.
+                self.data_ready.retain(|k| *k != key);
+            }
             self.conn_ids.remove(&conn.id);
         }
     }
