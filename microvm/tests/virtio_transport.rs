@@ -311,3 +311,23 @@ fn cmdline_entry_names_size_base_and_irq() {
         "virtio_mmio.device=4K@0xd0000000:5"
     );
 }
+
+#[test]
+fn transport_state_round_trips_through_serde() {
+    let mem = guest_memory();
+    let mut d = Driver::new(&mem, rng());
+    let q = TestQueue::new(&mem, 0, 16);
+    d.start(&[&q]);
+    d.transport.notify_config_change();
+
+    let state = d.transport.save_state();
+    let json = serde_json::to_string(&state).unwrap();
+
+    assert_eq!(
+        serde_json::from_str::<vitrine_microvm::devices::virtio::mmio::MmioState>(&json).unwrap(),
+        state
+    );
+    assert_eq!(state.config_generation, 1);
+    assert_eq!(state.queues[0].size, 16);
+    assert!(state.queues[0].ready);
+}
