@@ -547,6 +547,14 @@ impl VsockMuxer {
             match conn.stream.read(&mut scratch[..max as usize]) {
                 Ok(0) => {
                     conn.host_eof = true;
+                    if !conn.host_hup && peer_hung_up(&conn.stream) {
+                        // Closed, not just half-closed: say both at once
+                        // rather than SEND now and RCV when EPOLLHUP comes.
+                        let _ = reg.remove(conn.fd());
+                        conn.registered = None;
+                        conn.host_hup = true;
+                        conn.discard_to_host();
+                    }
                     let mut flags = SHUTDOWN_SEND;
                     if conn.host_hup {
                         flags |= SHUTDOWN_RCV;
@@ -739,6 +747,20 @@ fn write_packet(writer: &mut Writer, hdr: &PacketHeader, payload: &[u8]) -> RxPa
     RxPacket::Written(u32::try_from(writer.bytes_written()).unwrap_or(0))
 }
 
+/// Whether the other end of a stream closed entirely (POLLHUP), as
+/// opposed to shutting down only its write side.
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for an fd this stream owns, the
+    // count is 1, and a zero timeout never blocks.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLHUP != 0
+}
+
 /// `CONNECT <port>` (the newline already stripped).
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let line = std::str::from_utf8(line).ok()?;
@@ -824,6 +846,18 @@ mod tests {
             port_path(Path::new("/run/v.sock"), 52),
             PathBuf::from("/run/v.sock_52")
         );
+    }
+
+    #[test]
+    fn hang_up_is_told_apart_from_half_close() {
+        let (a, b) = UnixStream::pair().unwrap();
+
+        b.shutdown(Shutdown::Write).unwrap();
+        let after_half_close = peer_hung_up(&a);
+        drop(b);
+
+        assert!(!after_half_close);
+        assert!(peer_hung_up(&a));
     }
 
     #[test]
