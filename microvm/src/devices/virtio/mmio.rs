@@ -65,6 +65,14 @@ pub enum MmioError {
     EventFd(#[source] std::io::Error),
     #[error("cannot create the interrupt")]
     Interrupt(#[from] InterruptError),
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    #[error("queue {0} layout is invalid")]
+    QueueLayout(usize, #[source] virtio_queue::Error),
+    #[error("queue {0} rings are outside guest memory")]
+    QueueNotInMemory(usize),
+    #[error("device failed to activate")]
+    Activate(#[source] ActivateError),
 }
 
 /// The driver-written registers of one queue.
@@ -445,17 +453,17 @@ impl MmioTransport {
         }
     }
 
-    fn activate(&mut self) -> Result<(), TransportActivateError> {
+    fn activate(&mut self) -> Result<(), MmioError> {
         let event_idx = self.acked_features & RING_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, (regs, &max)) in self.queues.iter().zip(&self.queue_max).enumerate() {
             if !regs.ready {
-                return Err(TransportActivateError::QueueNotReady(i));
+                return Err(MmioError::QueueNotReady(i));
             }
-            let queue = build_queue(regs, max, event_idx)
-                .map_err(|e| TransportActivateError::Queue(i, e))?;
+            let queue =
+                build_queue(regs, max, event_idx).map_err(|e| MmioError::QueueLayout(i, e))?;
             if !queue.is_valid(&self.mem) {
-                return Err(TransportActivateError::QueueNotInMemory(i));
+                return Err(MmioError::QueueNotInMemory(i));
             }
             queues.push(queue);
         }
@@ -464,7 +472,7 @@ impl MmioTransport {
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TransportActivateError::Device(ActivateError::Dup(e)))?;
+            .map_err(|e| MmioError::Activate(ActivateError::Dup(e)))?;
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,
@@ -474,7 +482,7 @@ impl MmioTransport {
         };
         lock(&self.device)
             .activate(ctx)
-            .map_err(TransportActivateError::Device)
+            .map_err(MmioError::Activate)
     }
 
     fn reset(&mut self) {
@@ -490,18 +498,6 @@ impl MmioTransport {
             let _ = evt.read();
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum TransportActivateError {
-    #[error("queue {0} is not ready")]
-    QueueNotReady(usize),
-    #[error("queue {0} layout is invalid")]
-    Queue(usize, #[source] virtio_queue::Error),
-    #[error("queue {0} rings are outside guest memory")]
-    QueueNotInMemory(usize),
-    #[error(transparent)]
-    Device(ActivateError),
 }
 
 fn build_queue(
