@@ -173,6 +173,10 @@ fn probe_command(json: bool) -> ExitCode {
         let verdict = if c.ok { "yes" } else { "no" };
         println!("  {:<17} {verdict:<3}  {} — {}", c.name, c.what, c.detail);
     }
+    if let Some(c) = &report.cpuid_masking {
+        let verdict = if c.ok { "yes" } else { "no" };
+        println!("  {:<17} {verdict:<3}  {} — {}", c.name, c.what, c.detail);
+    }
     let yes_no = |b| if b { "yes" } else { "no" };
     println!("integer-only guests: {}", yes_no(report.integer_guests));
     match report.full_linux_reason() {
