@@ -1,3 +1,10 @@
-//! daemon
+//! The host side of Vitrine: backends that start guest VMs, the task runner
+//! that drives one task over the protocol, the pages that come back, and the
+//! open-file job that the `vitrine` CLI (and later the daemon) runs.
 
 pub mod backend;
+pub mod fresh_guest;
+pub mod image_cache;
+pub mod open_file;
+pub mod pages;
+pub mod task;

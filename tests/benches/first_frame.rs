@@ -10,11 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use vitrine_daemon::backend::qemu::QemuBackend;
+use vitrine_daemon::backend::{GuestImage, VmConfig};
+use vitrine_daemon::fresh_guest::{run_in_fresh_guest, GuestDeadlines};
+use vitrine_daemon::task::TaskInput;
 use vitrine_shim::protocol::{Limits, TaskStatus};
 use vitrine_tests::fixtures;
-use vitrine_tests::fresh_guest::run_in_fresh_guest;
 use vitrine_tests::guest_image;
-use vitrine_tests::task_run::{TaskInput, TaskRun};
 
 /// Width the guest renders PDF pages to (the shim's cap), used for the floor too.
 const SCALE_TO: u32 = 1200;
@@ -27,15 +29,6 @@ struct Sample {
     total: Duration,
 }
 
-/// Guest-side input time from the shim's `timing input_ms=N` log line.
-fn guest_input_ms(run: &TaskRun) -> Option<Duration> {
-    run.logs.iter().find_map(|line| {
-        let rest = &line[line.find("input_ms=")? + "input_ms=".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok().map(Duration::from_millis)
-    })
-}
-
 fn guest_sample(image_dir: &Path, pdf: &[u8]) -> anyhow::Result<Sample> {
     let input = TaskInput::file(
         "bench.pdf",
@@ -43,8 +36,14 @@ fn guest_sample(image_dir: &Path, pdf: &[u8]) -> anyhow::Result<Sample> {
         pdf.to_vec(),
         Limits::default(),
     );
+    let config = VmConfig::new(GuestImage::from_dir(image_dir)?);
     // No wait after Shutdown: the VM's end is not part of the measurement.
-    let done = run_in_fresh_guest(image_dir, &input, Duration::ZERO)?;
+    let done = run_in_fresh_guest(
+        &QemuBackend::new(),
+        &config,
+        &input,
+        GuestDeadlines::after_shutdown(Duration::ZERO),
+    )?;
     let run = done.task;
     anyhow::ensure!(
         run.status == Some(TaskStatus::Ok),
@@ -54,10 +53,7 @@ fn guest_sample(image_dir: &Path, pdf: &[u8]) -> anyhow::Result<Sample> {
     let first_frame = run.times.first_frame.context("no frame")?;
     // Transfer in: until the guest holds the whole input (its own count,
     // after Accepted), else until the host wrote it.
-    let transfer_in = match (run.times.accepted, guest_input_ms(&run)) {
-        (Some(accepted), Some(input)) => accepted + input,
-        _ => run.times.input_sent.unwrap_or_default(),
-    };
+    let transfer_in = run.transfer_in().unwrap_or_default();
     Ok(Sample {
         boot: done.boot,
         transfer_in,

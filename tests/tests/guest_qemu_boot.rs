@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig, VmExit};
+use vitrine_daemon::fresh_guest::process_exists;
 use vitrine_shim::protocol::HostMessage;
-use vitrine_tests::fresh_guest::process_exists;
 use vitrine_tests::guest_image;
 
 #[test]

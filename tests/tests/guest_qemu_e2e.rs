@@ -10,13 +10,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure};
+use vitrine_daemon::backend::qemu::QemuBackend;
+use vitrine_daemon::backend::{GuestImage, VmConfig};
+use vitrine_daemon::fresh_guest::{self, GuestDeadlines};
+use vitrine_daemon::pages::{self, PageImage};
+use vitrine_daemon::task::{TaskInput, TaskRun};
 use vitrine_shim::protocol::{Limits, TaskStatus};
 use vitrine_tests::fixtures;
-use vitrine_tests::fresh_guest;
 use vitrine_tests::guest_image;
 use vitrine_tests::ocr;
-use vitrine_tests::page_image::PageImage;
-use vitrine_tests::task_run::{TaskInput, TaskRun};
 
 /// Where a test's PNG files go: `$VITRINE_E2E_OUT/<test>` or a temp dir.
 struct OutDir {
@@ -45,7 +47,13 @@ fn run_in_fresh_guest(test: &str, input: &TaskInput) -> anyhow::Result<Option<Ta
     let Some(dir) = guest_image::require(test) else {
         return Ok(None);
     };
-    let done = fresh_guest::run_in_fresh_guest(&dir, input, Duration::from_secs(10))?;
+    let config = VmConfig::new(GuestImage::from_dir(&dir)?);
+    let done = fresh_guest::run_in_fresh_guest(
+        &QemuBackend::new(),
+        &config,
+        input,
+        GuestDeadlines::after_shutdown(Duration::from_secs(10)),
+    )?;
     let run = done.task;
     eprintln!(
         "{test}: status {:?}, {} page(s), {} frame(s), boot {:?}, times {:?}, vm {:?}",
@@ -66,20 +74,17 @@ fn limits(time_limit_ms: u32) -> Limits {
     }
 }
 
-/// Writes every page as PNG, reads it back, and checks that the file holds
-/// the same pixels.
-fn write_pages(run: &TaskRun, out: &Path, stem: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for (index, page) in &run.pages {
-        let path = out.join(format!("{stem}-page{}.png", index + 1));
-        page.write_png(&path)?;
-        let back = PageImage::read_png(&path)?;
+/// Writes every page as PNG (as `vitrine open` does), reads it back, and
+/// checks that the file holds the same pixels.
+fn write_pages(run: &TaskRun, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let files = pages::write_pages(&run.pages, out)?;
+    for (path, page) in files.iter().zip(run.pages.values()) {
+        let back = PageImage::read_png(path)?;
         ensure!(
             back == *page,
             "{} does not hold the page's pixels",
             path.display()
         );
-        files.push(path);
     }
     Ok(files)
 }
@@ -129,7 +134,7 @@ fn pdf_arrives_as_its_pages_with_readable_text() -> anyhow::Result<()> {
         );
         assert!(page.ink_fraction() > 0.01, "page {index} is blank");
     }
-    write_pages(&run, &out.path, "report")?;
+    write_pages(&run, &out.path)?;
     if let Some(text) = ocr_text(test, &run.pages[&0], 1, &out.path)? {
         assert!(text.contains("VITRINE PAGE ONE"), "OCR: {text}");
     }
@@ -172,7 +177,7 @@ fn png_arrives_with_its_shape_and_colors() -> anyhow::Result<()> {
         "{:?}",
         page.pixel(page.width * 3 / 4, mid)
     );
-    write_pages(&run, &out.path, "photo")?;
+    write_pages(&run, &out.path)?;
     assert!(run.unexpected.is_empty(), "{:?}", run.unexpected);
     Ok(())
 }
@@ -197,7 +202,7 @@ fn text_file_arrives_as_readable_glyphs() -> anyhow::Result<()> {
     assert!(run.page_count >= Some(1));
     let page = &run.pages[&0];
     assert!(page.ink_fraction() > 0.002, "text page is blank");
-    write_pages(&run, &out.path, "notes")?;
+    write_pages(&run, &out.path)?;
     if let Some(read) = ocr_text(test, page, 2, &out.path)? {
         assert!(read.contains("QUICK BROWN FOX"), "OCR: {read}");
     }
@@ -220,7 +225,7 @@ fn static_program_output_shows_in_the_terminal_frame() -> anyhow::Result<()> {
     assert_eq!(run.page_count, Some(1));
     let terminal = &run.pages[&0];
     assert!(terminal.ink_fraction() > 0.001, "terminal frame is blank");
-    write_pages(&run, &out.path, "terminal")?;
+    write_pages(&run, &out.path)?;
     if let Some(read) = ocr_text(test, terminal, 3, &out.path)? {
         assert!(read.contains("VITRINE TERMINAL WORKS"), "OCR: {read}");
         assert!(read.contains("42"), "OCR: {read}");

@@ -1,15 +1,17 @@
-//! Pages put together from the frames a guest sends, and the checks the
-//! tests make on them: not blank, colours, PNG files written and read back.
+//! Pages of RGBA pixels put together from the frames a guest sends, and the
+//! PNG files they are written to: the only thing of a document that reaches
+//! the host's disk.
 
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufWriter};
-use std::path::Path;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use vitrine_shim::protocol::{Frame, PixelFormat};
 
 /// A page could not be built, written or read.
 #[derive(Debug, thiserror::Error)]
-pub enum PageImageError {
+pub enum PagesError {
     /// A frame's size disagrees with the page it claims.
     #[error("frame for a {got_w}x{got_h} page does not fit the {w}x{h} page")]
     SizeMismatch {
@@ -31,9 +33,15 @@ pub enum PageImageError {
     /// The PNG is not 8-bit RGBA.
     #[error("PNG is {0:?}, not 8-bit RGBA")]
     NotRgba8(png::ColorType),
-    /// The file could not be opened.
-    #[error("PNG file I/O failed")]
-    Io(#[from] io::Error),
+    /// A PNG file could not be written or read.
+    #[error("PNG file {path}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// One page of RGBA pixels.
@@ -48,6 +56,7 @@ pub struct PageImage {
 }
 
 impl std::fmt::Debug for PageImage {
+    // Pixels would flood logs; show the size only.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PageImage({}x{})", self.width, self.height)
     }
@@ -56,6 +65,11 @@ impl std::fmt::Debug for PageImage {
 fn index(width: u32, x: u32, y: u32) -> usize {
     let i = (u64::from(y) * u64::from(width) + u64::from(x)) * 4;
     usize::try_from(i).unwrap_or(usize::MAX)
+}
+
+/// Bytes of a `width` x `height` RGBA page.
+pub fn page_bytes(width: u32, height: u32) -> u64 {
+    u64::from(width) * u64::from(height) * 4
 }
 
 impl PageImage {
@@ -78,10 +92,10 @@ impl PageImage {
     }
 
     /// Copies a frame's damage rectangle into the page (the protocol
-    /// already checked that it lies inside).
-    pub fn apply(&mut self, frame: &Frame) -> Result<(), PageImageError> {
+    /// decoder already checked that it lies inside the frame's page).
+    pub fn apply(&mut self, frame: &Frame) -> Result<(), PagesError> {
         if (frame.width, frame.height) != (self.width, self.height) {
-            return Err(PageImageError::SizeMismatch {
+            return Err(PagesError::SizeMismatch {
                 w: self.width,
                 h: self.height,
                 got_w: frame.width,
@@ -150,46 +164,50 @@ impl PageImage {
         ratio(usize::try_from(sum).unwrap_or(usize::MAX), total)
     }
 
-    /// A grey page, dark text on light ground (inverted if the page is
-    /// mostly dark), scaled up `factor` times: what OCR reads best.
-    pub fn for_ocr(&self, factor: u32) -> Self {
-        let factor = factor.max(1);
-        let invert = self.mean_luminance() < 128.0;
-        let mut out = Self::new(self.width * factor, self.height * factor);
-        for y in 0..out.height {
-            for x in 0..out.width {
-                let src = index(self.width, x / factor, y / factor);
-                let mut l = luminance(&self.rgba[src..src + 4]);
-                if invert {
-                    l = 255 - l;
-                }
-                let dst = index(out.width, x, y);
-                out.rgba[dst..dst + 4].copy_from_slice(&[l, l, l, 255]);
-            }
+    /// Writes the page as an 8-bit RGBA PNG, mode 0600. The file appears
+    /// whole or not at all (a temporary file in the same directory is
+    /// renamed over `path`), and an existing `path`, even a symlink, is
+    /// replaced, never followed.
+    pub fn write_png(&self, path: &Path) -> Result<(), PagesError> {
+        let io_err = |source| PagesError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let mut temp = tempfile::Builder::new()
+            .prefix(".vitrine-page-")
+            .suffix(".png.part")
+            .tempfile_in(dir)
+            .map_err(io_err)?;
+        {
+            let mut out = BufWriter::new(temp.as_file_mut());
+            let mut encoder = png::Encoder::new(&mut out, self.width, self.height);
+            encoder.set_color(png::ColorType::Rgba);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header()?;
+            writer.write_image_data(&self.rgba)?;
+            writer.finish()?;
+            out.flush().map_err(io_err)?;
         }
-        out
-    }
-
-    /// Writes the page as an 8-bit RGBA PNG.
-    pub fn write_png(&self, path: &Path) -> Result<(), PageImageError> {
-        let file = BufWriter::new(File::create(path)?);
-        let mut encoder = png::Encoder::new(file, self.width, self.height);
-        encoder.set_color(png::ColorType::Rgba);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&self.rgba)?;
-        writer.finish()?;
+        temp.persist(path).map_err(|e| io_err(e.error))?;
         Ok(())
     }
 
     /// Reads an 8-bit RGBA PNG.
-    pub fn read_png(path: &Path) -> Result<Self, PageImageError> {
-        let decoder = png::Decoder::new(File::open(path)?);
+    pub fn read_png(path: &Path) -> Result<Self, PagesError> {
+        let file = File::open(path).map_err(|source| PagesError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let decoder = png::Decoder::new(io::BufReader::new(file));
         let mut reader = decoder.read_info()?;
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf)?;
         if info.color_type != png::ColorType::Rgba || info.bit_depth != png::BitDepth::Eight {
-            return Err(PageImageError::NotRgba8(info.color_type));
+            return Err(PagesError::NotRgba8(info.color_type));
         }
         buf.truncate(info.buffer_size());
         Ok(Self {
@@ -200,7 +218,28 @@ impl PageImage {
     }
 }
 
-fn luminance(px: &[u8]) -> u8 {
+/// File name of page `index` (from 0): `page-1.png` for the first page.
+pub fn page_file_name(index: u32) -> String {
+    format!("page-{}.png", u64::from(index) + 1)
+}
+
+/// Writes every page into `dir` as `page-N.png` (N from 1, in page order)
+/// and returns the paths written.
+pub fn write_pages(
+    pages: &BTreeMap<u32, PageImage>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, PagesError> {
+    pages
+        .iter()
+        .map(|(&index, page)| {
+            let path = dir.join(page_file_name(index));
+            page.write_png(&path).map(|()| path)
+        })
+        .collect()
+}
+
+/// Luminance (0..=255) of an RGBA pixel, ITU-R BT.601 weights.
+pub fn luminance(px: &[u8]) -> u8 {
     let l = (299 * u32::from(px[0]) + 587 * u32::from(px[1]) + 114 * u32::from(px[2])) / 1000;
     u8::try_from(l).unwrap_or(u8::MAX)
 }
@@ -214,6 +253,7 @@ fn ratio(part: usize, total: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use vitrine_shim::protocol::Rect;
 
     fn frame(x: u32, y: u32, w: u32, h: u32, color: [u8; 4]) -> Frame {
@@ -247,7 +287,7 @@ mod tests {
 
         let err = page.apply(&frame(0, 0, 1, 1, [0; 4])).unwrap_err();
 
-        assert!(matches!(err, PageImageError::SizeMismatch { .. }));
+        assert!(matches!(err, PagesError::SizeMismatch { .. }));
     }
 
     #[test]
@@ -264,16 +304,50 @@ mod tests {
     }
 
     #[test]
-    fn for_ocr_makes_light_text_on_dark_ground_dark_on_light() {
-        let mut page = PageImage::new(4, 3);
-        page.apply(&frame(0, 0, 4, 3, [0, 0, 0, 255])).unwrap();
-        page.apply(&frame(0, 0, 1, 1, [255, 255, 255, 255]))
-            .unwrap();
+    fn write_pages_names_pages_from_one_and_leaves_no_part_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages: BTreeMap<u32, PageImage> =
+            [(0, PageImage::new(2, 2)), (1, PageImage::new(3, 1))].into();
 
-        let ocr = page.for_ocr(2);
+        let written = write_pages(&pages, dir.path()).unwrap();
 
-        assert_eq!((ocr.width, ocr.height), (8, 6));
-        assert_eq!(ocr.pixel(0, 0), [0, 0, 0, 255]);
-        assert_eq!(ocr.pixel(7, 5), [255, 255, 255, 255]);
+        assert_eq!(
+            written,
+            [dir.path().join("page-1.png"), dir.path().join("page-2.png")]
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["page-1.png", "page-2.png"]);
+        assert_eq!(PageImage::read_png(&written[1]).unwrap().width, 3);
+    }
+
+    #[test]
+    fn write_png_replaces_a_symlink_instead_of_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let path = dir.path().join("page-1.png");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+        PageImage::new(2, 2).write_png(&path).unwrap();
+
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "page readable by others: {mode:o}");
+    }
+
+    #[test]
+    fn read_png_names_the_missing_file() {
+        let err = PageImage::read_png(Path::new("/nonexistent/page-1.png")).unwrap_err();
+
+        assert!(matches!(err, PagesError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("/nonexistent/page-1.png"), "{err}");
     }
 }

@@ -1,0 +1,523 @@
+//! Drives one task over a guest channel: send the task and its input,
+//! collect the page count, the frames (as pages) and the final status, and
+//! time each step.
+//!
+//! The guest is not trusted. Beyond the protocol's own caps (checked by the
+//! decoder), every frame must fit the limits the task was sent with: its page
+//! size, its page index and the task's pixel budget, and the pages the host
+//! holds in memory are charged against the same budget. A guest that breaks
+//! one ends its task with an error; it cannot make the host allocate more.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use vitrine_shim::protocol::{
+    BudgetError, Frame, GuestMessage, HostMessage, Limits, PixelBudget, Task, TaskKind, TaskStatus,
+    MAX_CHUNK_BYTES, MAX_TASK_INPUT,
+};
+
+use crate::backend::{ChannelError, GuestChannel};
+use crate::pages::{page_bytes, PageImage, PagesError};
+
+/// Size of the input chunks sent (1 MiB; the protocol allows up to 4 MiB).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+const _: () = assert!(CHUNK_BYTES <= MAX_CHUNK_BYTES);
+
+/// A task could not be driven to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The input is larger than the protocol carries.
+    #[error("input is {0} bytes, more than the {MAX_TASK_INPUT} a task may carry")]
+    InputTooLarge(u64),
+    /// The channel failed (time-out, closed stream, bad frame).
+    #[error("guest channel failed after {after:?} (messages so far: {seen})")]
+    Channel {
+        /// Why.
+        #[source]
+        source: ChannelError,
+        /// Time since the task was sent.
+        after: Duration,
+        /// Short list of what arrived.
+        seen: String,
+    },
+    /// A frame did not fit the page it named.
+    #[error("frame does not fit its page")]
+    Page(#[from] PagesError),
+    /// The guest spoke about another task.
+    #[error("guest answered for task {got}, the task is {want}")]
+    WrongTask {
+        /// Task id sent.
+        want: u64,
+        /// Task id received.
+        got: u64,
+    },
+    /// A frame's page is larger than the task's limits allow.
+    #[error(
+        "guest sent a {width}x{height} page; the task allows at most {max_width}x{max_height}"
+    )]
+    PageTooLarge {
+        /// Page width.
+        width: u32,
+        /// Page height.
+        height: u32,
+        /// Limit.
+        max_width: u32,
+        /// Limit.
+        max_height: u32,
+    },
+    /// A frame names a page past the page count or the task's page limit.
+    #[error("guest sent page index {page}; the task has {pages} page(s)")]
+    PageOutOfRange {
+        /// Page index, from 0.
+        page: u32,
+        /// Pages allowed (announced count, capped by the limit).
+        pages: u32,
+    },
+    /// The guest sent more pixels, or made the host hold more pages, than
+    /// the task's budget.
+    #[error("guest overspent the task's pixel budget")]
+    Budget(#[from] BudgetError),
+}
+
+/// Time of each step, from the moment the task header was sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskTimes {
+    /// The guest accepted the header.
+    pub accepted: Option<Duration>,
+    /// The last input chunk was written.
+    pub input_sent: Option<Duration>,
+    /// The page count arrived.
+    pub page_info: Option<Duration>,
+    /// The first frame arrived.
+    pub first_frame: Option<Duration>,
+    /// `Done` arrived.
+    pub done: Option<Duration>,
+}
+
+/// Everything a task sent back.
+#[derive(Debug, Default)]
+pub struct TaskRun {
+    /// Page count, if the guest sent one.
+    pub page_count: Option<u32>,
+    /// Pages put together from frames, by index.
+    pub pages: BTreeMap<u32, PageImage>,
+    /// Frames received.
+    pub frames: usize,
+    /// Pixel bytes received.
+    pub pixel_bytes: u64,
+    /// Final status, if `Done` arrived.
+    pub status: Option<TaskStatus>,
+    /// Exit code and signal of a program task.
+    pub program_exit: Option<(Option<i32>, Option<i32>)>,
+    /// Log lines of the guest.
+    pub logs: Vec<String>,
+    /// Messages outside a task's flow (an export offer, a second Ready):
+    /// what a check that "only frames and a status come back" looks at.
+    pub unexpected: Vec<String>,
+    /// Step timings.
+    pub times: TaskTimes,
+}
+
+impl TaskRun {
+    /// How long the guest took to read the whole input after `Accepted`, from
+    /// the shim's `timing input_ms=N` log line.
+    pub fn guest_input_time(&self) -> Option<Duration> {
+        self.logs.iter().find_map(|line| {
+            let rest = &line[line.find("input_ms=")? + "input_ms=".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok().map(Duration::from_millis)
+        })
+    }
+
+    /// Time from sending the task until the guest held the whole input (its
+    /// own count after `Accepted`), else until the host wrote it.
+    pub fn transfer_in(&self) -> Option<Duration> {
+        match (self.times.accepted, self.guest_input_time()) {
+            (Some(accepted), Some(input)) => Some(accepted + input),
+            _ => self.times.input_sent,
+        }
+    }
+}
+
+/// One task to send: header kind, its input bytes and limits.
+#[derive(Debug, Clone)]
+pub struct TaskInput {
+    /// Task kind (its `size` must match `data`).
+    pub kind: TaskKind,
+    /// Input bytes.
+    pub data: Vec<u8>,
+    /// Limits the guest enforces, and the host checks.
+    pub limits: Limits,
+}
+
+impl TaskInput {
+    /// A file to open.
+    pub fn file(name: &str, mime: &str, data: Vec<u8>, limits: Limits) -> Self {
+        Self {
+            kind: TaskKind::OpenFile {
+                name: name.to_owned(),
+                mime_hint: Some(mime.to_owned()),
+                size: u64::try_from(data.len()).unwrap_or(u64::MAX),
+            },
+            data,
+            limits,
+        }
+    }
+
+    /// A program to run on a terminal.
+    pub fn program(data: Vec<u8>, limits: Limits) -> Self {
+        Self {
+            kind: TaskKind::RunProgram {
+                size: u64::try_from(data.len()).unwrap_or(u64::MAX),
+                args: Vec::new(),
+            },
+            data,
+            limits,
+        }
+    }
+}
+
+/// The host's checks on what one task sends back.
+struct Bounds {
+    limits: Limits,
+    /// Pixel bytes received.
+    pixels: PixelBudget,
+    /// Bytes of the pages held in memory.
+    held: PixelBudget,
+}
+
+impl Bounds {
+    fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            pixels: PixelBudget::new(limits.max_pixel_bytes),
+            held: PixelBudget::new(limits.max_pixel_bytes),
+        }
+    }
+
+    fn check_frame(&mut self, frame: &Frame, page_count: Option<u32>) -> Result<(), TaskError> {
+        let l = &self.limits;
+        if frame.width > l.max_width || frame.height > l.max_height {
+            return Err(TaskError::PageTooLarge {
+                width: frame.width,
+                height: frame.height,
+                max_width: l.max_width,
+                max_height: l.max_height,
+            });
+        }
+        let pages = page_count.unwrap_or(u32::MAX).min(l.max_pages);
+        if frame.page >= pages {
+            return Err(TaskError::PageOutOfRange {
+                page: frame.page,
+                pages,
+            });
+        }
+        self.pixels.charge_frame(frame)?;
+        Ok(())
+    }
+
+    /// Charges a page about to be allocated.
+    fn hold_page(&mut self, width: u32, height: u32) -> Result<(), TaskError> {
+        Ok(self.held.charge(page_bytes(width, height))?)
+    }
+}
+
+/// Sends task `id` and its input, then collects replies until `Done` or
+/// `deadline`. Input is sent right after the header; the guest reads it
+/// after `Accepted`.
+pub fn run_task(
+    channel: &mut GuestChannel,
+    id: u64,
+    input: &TaskInput,
+    deadline: Instant,
+) -> Result<TaskRun, TaskError> {
+    let size = u64::try_from(input.data.len()).unwrap_or(u64::MAX);
+    if size > MAX_TASK_INPUT {
+        return Err(TaskError::InputTooLarge(size));
+    }
+    let sent = Instant::now();
+    let mut run = TaskRun::default();
+    let mut bounds = Bounds::new(input.limits);
+    let mut seen: Vec<String> = Vec::new();
+    let fail = |source, seen: &[String]| TaskError::Channel {
+        source,
+        after: sent.elapsed(),
+        seen: summary(seen),
+    };
+
+    channel
+        .send(&HostMessage::Task(Task {
+            id,
+            kind: input.kind.clone(),
+            limits: input.limits,
+        }))
+        .map_err(|e| fail(e, &seen))?;
+    let mut offset = 0u64;
+    for chunk in input.data.chunks(CHUNK_BYTES) {
+        channel
+            .send(&HostMessage::TaskData {
+                offset,
+                data: chunk.to_vec(),
+            })
+            .map_err(|e| fail(e, &seen))?;
+        offset += u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+    }
+    run.times.input_sent = Some(sent.elapsed());
+
+    loop {
+        let msg = channel.recv_until(deadline).map_err(|e| fail(e, &seen))?;
+        let at = Some(sent.elapsed());
+        match msg {
+            GuestMessage::Accepted { task } => {
+                check_task(id, task)?;
+                run.times.accepted = at;
+                seen.push("Accepted".into());
+            }
+            GuestMessage::PageInfo { task, count } => {
+                check_task(id, task)?;
+                run.page_count = Some(count);
+                run.times.page_info = run.times.page_info.or(at);
+                seen.push(format!("PageInfo({count})"));
+            }
+            GuestMessage::Frame(frame) => {
+                bounds.check_frame(&frame, run.page_count)?;
+                run.times.first_frame = run.times.first_frame.or(at);
+                run.frames += 1;
+                run.pixel_bytes += u64::try_from(frame.pixels.len()).unwrap_or(u64::MAX);
+                let fits = run
+                    .pages
+                    .get(&frame.page)
+                    .is_some_and(|p| (p.width, p.height) == (frame.width, frame.height));
+                if !fits {
+                    // A new page, or one laid out again (resize): start it afresh.
+                    bounds.hold_page(frame.width, frame.height)?;
+                    run.pages
+                        .insert(frame.page, PageImage::new(frame.width, frame.height));
+                }
+                if let Some(page) = run.pages.get_mut(&frame.page) {
+                    page.apply(&frame)?;
+                }
+                if seen.last().is_none_or(|s| !s.starts_with("Frame")) {
+                    seen.push(format!("Frame(page {})", frame.page));
+                }
+            }
+            GuestMessage::ProgramExited { code, signal } => {
+                run.program_exit = Some((code, signal));
+                seen.push(format!("ProgramExited({code:?}, {signal:?})"));
+            }
+            GuestMessage::Done { task, status } => {
+                check_task(id, task)?;
+                run.times.done = at;
+                run.status = Some(status);
+                return Ok(run);
+            }
+            GuestMessage::Log { level, text } => {
+                run.logs.push(format!("{level:?}: {text}"));
+            }
+            other => {
+                let text = format!("{other:?}");
+                seen.push(text.clone());
+                run.unexpected.push(text);
+            }
+        }
+    }
+}
+
+fn check_task(want: u64, got: u64) -> Result<(), TaskError> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(TaskError::WrongTask { want, got })
+    }
+}
+
+fn summary(seen: &[String]) -> String {
+    if seen.is_empty() {
+        "none".to_owned()
+    } else {
+        seen.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A scripted guest on the other end of a Unix socket pair: the real
+    //! channel and framing, the guest's messages written by the test.
+
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+    use vitrine_shim::protocol::{FrameReader, FrameWriter, LogLevel, PixelFormat, Rect};
+
+    fn limits() -> Limits {
+        Limits {
+            time_limit_ms: 5_000,
+            max_width: 8,
+            max_height: 8,
+            max_pages: 3,
+            max_pixel_bytes: 1024,
+        }
+    }
+
+    fn frame(page: u32, width: u32, height: u32) -> GuestMessage {
+        let (w, h) = (width.min(2), height.min(2));
+        GuestMessage::Frame(Frame {
+            page,
+            width,
+            height,
+            rect: Rect { x: 0, y: 0, w, h },
+            format: PixelFormat::Rgba8,
+            pixels: [200, 10, 10, 255].repeat(usize::try_from(w * h).unwrap()),
+        })
+    }
+
+    /// Runs task 7 against a guest that reads the task and its input, then
+    /// sends `script`.
+    fn run_against(input: TaskInput, script: Vec<GuestMessage>) -> Result<TaskRun, TaskError> {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let expect_chunks = input.data.len().div_ceil(CHUNK_BYTES);
+        let guest = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut got = Vec::new();
+            for _ in 0..=expect_chunks {
+                got.push(reader.recv().unwrap().unwrap());
+            }
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            for msg in script {
+                // The host may stop reading early (that is the point of
+                // some tests); a closed socket is fine then.
+                if writer.send(&msg).is_err() {
+                    break;
+                }
+            }
+            got
+        });
+        let result = run_task(
+            &mut channel,
+            7,
+            &input,
+            Instant::now() + Duration::from_secs(5),
+        );
+        drop(channel);
+        let got = guest.join().unwrap();
+        assert!(matches!(&got[0], HostMessage::Task(t) if t.id == 7));
+        result
+    }
+
+    fn pdf_input() -> TaskInput {
+        TaskInput::file("a.pdf", "application/pdf", b"%PDF-1.4".to_vec(), limits())
+    }
+
+    #[test]
+    fn run_task_collects_pages_status_and_the_guest_input_time() {
+        let script = vec![
+            GuestMessage::Accepted { task: 7 },
+            GuestMessage::Log {
+                level: LogLevel::Info,
+                text: "timing input_ms=12 bytes=8".into(),
+            },
+            GuestMessage::PageInfo { task: 7, count: 2 },
+            frame(0, 4, 4),
+            frame(1, 4, 4),
+            GuestMessage::Done {
+                task: 7,
+                status: TaskStatus::Ok,
+            },
+        ];
+
+        let run = run_against(pdf_input(), script).unwrap();
+
+        assert_eq!(run.status, Some(TaskStatus::Ok));
+        assert_eq!(run.page_count, Some(2));
+        assert_eq!(run.pages.keys().copied().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(run.pages[&1].pixel(1, 1), [200, 10, 10, 255]);
+        assert_eq!(run.frames, 2);
+        assert_eq!(run.pixel_bytes, 32);
+        assert_eq!(run.guest_input_time(), Some(Duration::from_millis(12)));
+        assert!(run.transfer_in().unwrap() >= Duration::from_millis(12));
+        assert!(run.times.first_frame.is_some());
+    }
+
+    #[test]
+    fn run_task_ends_on_a_page_larger_than_the_limits() {
+        let script = vec![GuestMessage::Accepted { task: 7 }, frame(0, 9, 4)];
+
+        let err = run_against(pdf_input(), script).unwrap_err();
+
+        assert!(
+            matches!(err, TaskError::PageTooLarge { width: 9, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn run_task_ends_on_a_page_past_the_announced_count() {
+        let script = vec![GuestMessage::PageInfo { task: 7, count: 1 }, frame(1, 4, 4)];
+
+        let err = run_against(pdf_input(), script).unwrap_err();
+
+        assert!(
+            matches!(err, TaskError::PageOutOfRange { page: 1, pages: 1 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn run_task_ends_when_pages_held_would_overspend_the_budget() {
+        // Frames cost 16 bytes each, but every page the host allocates is
+        // charged whole: 3 x 256 + 224 fits the 1024 bytes, re-laying out
+        // page 0 once more does not.
+        let script = vec![
+            frame(0, 8, 8),
+            frame(1, 8, 8),
+            frame(2, 8, 8),
+            frame(0, 8, 7),
+            frame(0, 8, 8),
+        ];
+
+        let err = run_against(pdf_input(), script).unwrap_err();
+
+        assert!(matches!(err, TaskError::Budget(_)), "{err:?}");
+    }
+
+    #[test]
+    fn run_task_refuses_to_answer_for_another_task() {
+        let script = vec![GuestMessage::Accepted { task: 8 }];
+
+        let err = run_against(pdf_input(), script).unwrap_err();
+
+        assert!(
+            matches!(err, TaskError::WrongTask { want: 7, got: 8 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn run_task_keeps_messages_outside_the_flow_as_unexpected() {
+        let script = vec![
+            GuestMessage::ExportEnd { id: 1 },
+            GuestMessage::Done {
+                task: 7,
+                status: TaskStatus::Failed("no".into()),
+            },
+        ];
+
+        let run = run_against(pdf_input(), script).unwrap();
+
+        assert_eq!(run.unexpected.len(), 1, "{:?}", run.unexpected);
+        assert_eq!(run.status, Some(TaskStatus::Failed("no".into())));
+    }
+
+    #[test]
+    fn run_task_names_what_arrived_when_the_guest_hangs_up() {
+        let script = vec![GuestMessage::Accepted { task: 7 }];
+
+        let err = run_against(pdf_input(), script).unwrap_err();
+
+        assert!(
+            matches!(&err, TaskError::Channel { seen, source: ChannelError::Closed, .. } if seen == "Accepted"),
+            "{err:?}"
+        );
+    }
+}

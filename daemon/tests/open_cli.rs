@@ -1,0 +1,246 @@
+//! The `vitrine open` binary with the shipped example policy: a PDF is
+//! rendered in a fresh guest under the real QEMU backend (TCG) and comes
+//! back as PNG pages; a disk image is refused with its rule named; a
+//! system document is left to the host; a missing policy fails closed.
+//!
+//! The guest test needs the image that `shim/image/build.sh` builds; without
+//! it, it prints a SKIPPED line and passes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use vitrine_daemon::fresh_guest::qemu_installed;
+use vitrine_daemon::image_cache::{self, ImageCacheError};
+use vitrine_daemon::pages::PageImage;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn example_policy() -> PathBuf {
+    repo().join("policy/examples/policy.d")
+}
+
+/// A line the test harness shows even for a passing test (it captures
+/// `eprintln!`, not direct writes to the stderr handle).
+fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The guest image, or `None` after a loud SKIPPED line.
+fn image_or_skip(test: &str) -> Option<PathBuf> {
+    if !qemu_installed() {
+        loud(&format!(
+            "SKIPPED {test}: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+        ));
+        return None;
+    }
+    match image_cache::locate(None) {
+        Ok(dir) => Some(dir),
+        // The message names the build command (`BUILD_COMMAND`).
+        Err(e @ ImageCacheError::NotBuilt(_)) => {
+            loud(&format!("SKIPPED {test}: {e}"));
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+fn vitrine(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vitrine"))
+        .arg("open")
+        .args(args)
+        .env_remove("VITRINE_POLICY_DIR")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn pdf_fixture_comes_back_as_three_png_pages_from_a_fresh_guest() {
+    let test = "pdf_fixture_comes_back_as_three_png_pages_from_a_fresh_guest";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let pages = out_dir.path().join("pages");
+    let pdf = repo().join("shim/fixtures/three-pages.pdf");
+
+    let out = vitrine(&[
+        "--policy-dir".as_ref(),
+        example_policy().as_os_str(),
+        "--image-dir".as_ref(),
+        image.as_os_str(),
+        "--png".as_ref(),
+        pages.as_os_str(),
+        pdf.as_os_str(),
+    ]);
+
+    let report = text(&out);
+    loud(&format!("{test}:\n{report}"));
+    assert!(out.status.success(), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("decision  sandbox(document), by rule `pdf` (50-documents.toml:"),
+        "{report}"
+    );
+    assert!(stdout.contains("timings   boot to Ready"), "{report}");
+    assert_eq!(
+        file_names(&pages),
+        ["page-1.png", "page-2.png", "page-3.png"]
+    );
+    let mut inks = Vec::new();
+    for n in 1..=3 {
+        let page = PageImage::read_png(&pages.join(format!("page-{n}.png"))).unwrap();
+        // The document profile allows 1920x1200 and the guest renders the
+        // long side of a page to at most 1200: A4 portrait is 848x1200.
+        assert_eq!(page.height, 1200, "page {n}: {page:?}");
+        assert!((847..=849).contains(&page.width), "page {n}: {page:?}");
+        assert_eq!(page.dominant_color(), [255, 255, 255, 255], "page {n}");
+        assert!(page.ink_fraction() > 0.01, "page {n} is blank");
+        inks.push(page.ink_fraction());
+    }
+    // Each page's box is wider than the one before: three different pages.
+    assert!(inks[0] < inks[1] && inks[1] < inks[2], "{inks:?}");
+}
+
+#[test]
+fn disk_image_is_refused_with_its_rule_named_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_name = dir.path().join("backup.iso");
+    std::fs::write(&by_name, b"just text in a file named like a disk image\n").unwrap();
+    let mut iso = vec![0u8; 0x8800];
+    iso[0x8001..0x8006].copy_from_slice(b"CD001");
+    let by_content = dir.path().join("holiday-photos.bin");
+    std::fs::write(&by_content, &iso).unwrap();
+    let pages = dir.path().join("pages");
+
+    for (file, rule) in [
+        (&by_name, "disk-images-by-name"),
+        (&by_content, "disk-images-by-content"),
+    ] {
+        let out = vitrine(&[
+            "--policy-dir".as_ref(),
+            example_policy().as_os_str(),
+            "--png".as_ref(),
+            pages.as_os_str(),
+            file.as_os_str(),
+        ]);
+
+        let report = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{report}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("refused"), "{report}");
+        assert!(
+            stderr.contains(&format!("rule `{rule}` (50-documents.toml:")),
+            "{report}"
+        );
+        assert!(!pages.exists(), "{report}");
+    }
+}
+
+#[test]
+fn system_document_is_left_to_the_host_without_pages() {
+    let test = "system_document_is_left_to_the_host_without_pages";
+    let doc = Path::new("/usr/share/common-licenses/Apache-2.0");
+    if !doc.is_file() {
+        loud(&format!(
+            "SKIPPED {test}: {} is missing (Debian's base-files ships it)",
+            doc.display()
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("pages");
+
+    let out = vitrine(&[
+        "--policy-dir".as_ref(),
+        example_policy().as_os_str(),
+        "--png".as_ref(),
+        pages.as_os_str(),
+        doc.as_os_str(),
+    ]);
+
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("decision  host, by rule `system-docs`"),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("would open normally on the host"),
+        "{report}"
+    );
+    assert!(!pages.exists(), "{report}");
+}
+
+#[test]
+fn missing_policy_fails_closed_to_the_strict_sandbox_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    // Denied by name under the example policy; failing closed sandboxes it.
+    let file = dir.path().join("backup.iso");
+    std::fs::write(&file, b"text\n").unwrap();
+    let missing = dir.path().join("no-policy.d");
+    let no_image = dir.path().join("no-image");
+
+    let out = vitrine(&[
+        "--policy-dir".as_ref(),
+        missing.as_os_str(),
+        // Stop before a VM starts: the decision is what is checked.
+        "--image-dir".as_ref(),
+        no_image.as_os_str(),
+        file.as_os_str(),
+    ]);
+
+    let report = text(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAILING CLOSED"), "{report}");
+    assert!(
+        stdout.contains("decision  sandbox(strict), by FAIL-CLOSED"),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(stderr.contains("holds no vmlinux"), "{report}");
+}
+
+#[test]
+fn directory_is_refused_before_the_policy_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = vitrine(&[
+        "--policy-dir".as_ref(),
+        example_policy().as_os_str(),
+        dir.path().as_os_str(),
+    ]);
+
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a regular file"),
+        "{report}"
+    );
+    assert!(out.stdout.is_empty(), "{report}");
+}
