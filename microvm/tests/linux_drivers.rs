@@ -82,6 +82,21 @@ fn used_idx(vm: &Vm, slot: &VirtioSlot, q: usize) -> u16 {
     vm.memory().read_obj(GuestAddress(used + 2)).unwrap_or(0)
 }
 
+/// The `len` of every used element of queue `q`, read from guest memory.
+fn used_lengths(vm: &Vm, slot: &VirtioSlot, q: usize) -> Vec<u32> {
+    let state = slot.transport.lock().unwrap().save_state();
+    let regs = &state.queues[q];
+    let size = u64::from(regs.size.max(1));
+    let idx = u64::from(used_idx(vm, slot, q));
+    (0..idx.min(size))
+        .map(|i| {
+            vm.memory()
+                .read_obj(GuestAddress(regs.used_ring + 4 + 8 * i + 4))
+                .unwrap_or(u32::MAX)
+        })
+        .collect()
+}
+
 /// Connects to guest port `port` through the hybrid vsock socket and
 /// returns what the host saw: Ok(true) for an OK, Ok(false) for a refusal.
 fn connect_once(uds: &Path, port: u32) -> std::io::Result<bool> {
@@ -210,6 +225,13 @@ fn linux_virtio_drivers_probe_and_use_the_devices_in_kernel_mode() {
     assert!(
         used_idx(&vm, &blk, 0) > 0,
         "virtio-blk used ring never advanced"
+    );
+    // virtio 1.2 2.7.8: used len is the bytes written into the chain: the
+    // read data (whole sectors here) plus the one status byte.
+    let lens = used_lengths(&vm, &blk, 0);
+    assert!(
+        lens.iter().all(|&l| l >= 1 && (l - 1) % 512 == 0),
+        "virtio-blk used lengths are not data + status byte: {lens:?}"
     );
     assert!(
         used_idx(&vm, &rng, 0) > 0,
