@@ -17,9 +17,10 @@ source "$REPO/shim/image/lib/apt.sh"
 
 started=$SECONDS
 say "Debian packages"
-# binutils assembles the KVM test guests; the image's lists cover the guest
-# build, QEMU and the OCR used by the end-to-end tests.
-ensure_packages binutils "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}"
+# binutils assembles the KVM test guests; squashfs-tools makes the root disk
+# of the kernel-mode driver test; the image's lists cover the guest build,
+# QEMU and the OCR used by the end-to-end tests.
+ensure_packages binutils squashfs-tools "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}"
 command -v cargo >/dev/null ||
   die "cargo is not installed: install a Rust toolchain >= 1.85 (rustup) and run again"
 
@@ -27,6 +28,11 @@ say "guest image (shim/image/build.sh)"
 VITRINE_IMAGE_DIR=$("$REPO/shim/image/build.sh" | tail -n 1)
 export VITRINE_IMAGE_DIR
 say "guest image: $VITRINE_IMAGE_DIR"
+
+say "test kernel for the kernel-mode driver test (variant nested-kvm, cached)"
+kernel_dir=$("$REPO/shim/image/build.sh" --kernel-only --variant nested-kvm | tail -n 1)
+export VITRINE_TEST_KERNEL=$kernel_dir/vmlinux
+say "test kernel: $VITRINE_TEST_KERNEL"
 
 say "what this host's KVM can run (tests skip, loudly, what it cannot)"
 cargo run --quiet --locked -p vitrine-microvm --bin vitrine-vmm -- probe >&2 ||

@@ -244,3 +244,34 @@ fn directory_is_refused_before_the_policy_is_asked() {
     );
     assert!(out.stdout.is_empty(), "{report}");
 }
+
+#[test]
+fn hostile_file_name_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    // An escape sequence (clear screen, set title) and a fake second line.
+    let file = dir
+        .path()
+        .join("x\u{1b}[2J\u{1b}]0;owned\u{7}\ndecision  host.iso");
+    std::fs::write(&file, b"text\n").unwrap();
+
+    let out = vitrine(&[
+        "--policy-dir".as_ref(),
+        example_policy().as_os_str(),
+        file.as_os_str(),
+    ]);
+
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+    assert!(!all.contains(&0x1b), "{report}");
+    assert!(!all.contains(&0x07), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.lines().any(|l| l.starts_with("decision  host")),
+        "{report}"
+    );
+    assert!(
+        stdout.contains("decision  deny, by rule `disk-images-by-name`"),
+        "{report}"
+    );
+}

@@ -17,6 +17,7 @@ use vitrine_daemon::image_cache;
 use vitrine_daemon::open_file::{self, Subject};
 use vitrine_daemon::pages;
 use vitrine_daemon::task::TaskInput;
+use vitrine_policy::diagnostics::printable;
 use vitrine_policy::profile::format_duration;
 use vitrine_policy::{PolicySet, Profile, Verdict, SYSTEM_POLICY_DIR};
 use vitrine_shim::protocol::TaskStatus;
@@ -111,10 +112,18 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vitrine: error: {e:#}");
+            // Errors can quote the guest (its console, its failure reason)
+            // and hostile file names: keep their control characters out.
+            eprintln!("vitrine: error: {}", printable(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A path on one line of terminal output: control characters (a hostile
+/// file name's escape sequences or newlines) are shown as U+FFFD.
+fn shown(path: &Path) -> String {
+    printable(&path.to_string_lossy()).replace('\n', "\u{fffd}")
 }
 
 fn ms(d: Duration) -> String {
@@ -135,24 +144,24 @@ fn open(args: &OpenArgs) -> Result<ExitCode> {
 
     println!(
         "file      {} ({} bytes)",
-        subject.path.display(),
+        shown(&subject.path),
         subject.data.len()
     );
     println!("type      {} (sniffed from the content)", subject.mime);
     println!("origin    {}", subject.origin_text());
     println!(
         "policy    {}, version {}",
-        args.policy_dir.display(),
+        shown(&args.policy_dir),
         policy.version().short()
     );
-    println!("decision  {}, by {}", decision.verdict, decision.matched);
+    let matched = printable(&decision.matched.to_string()).replace('\n', " ");
+    println!("decision  {}, by {matched}", decision.verdict);
 
     match &decision.verdict {
         Verdict::Deny => {
             eprintln!(
-                "vitrine: refused: the policy denies opening {} ({}); nothing was opened",
-                subject.given.display(),
-                decision.matched
+                "vitrine: refused: the policy denies opening {} ({matched}); nothing was opened",
+                shown(&subject.given),
             );
             Ok(ExitCode::FAILURE)
         }
@@ -177,8 +186,9 @@ fn load_policy(dir: &Path) -> PolicySet {
     if let Some(diags) = problems {
         eprintln!(
             "vitrine: WARNING: FAILING CLOSED: the policy in {} does not load; every file is \
-             sandboxed with the built-in `strict` profile until it is fixed:\n{diags}",
-            dir.display()
+             sandboxed with the built-in `strict` profile until it is fixed:\n{}",
+            shown(dir),
+            printable(&diags.to_string())
         );
     }
     policy
@@ -208,10 +218,10 @@ fn sandbox(args: &OpenArgs, subject: Subject, profile: &Profile, started: Instan
             Accel::Tcg => "tcg",
             Accel::Kvm => "kvm",
         },
-        image_dir.display()
+        shown(&image_dir)
     );
 
-    let name = subject.given.display().to_string();
+    let name = shown(&subject.given);
     let input = TaskInput::file(&subject.guest_name, subject.mime, subject.data, limits);
     let deadlines = GuestDeadlines {
         lifetime: Some(profile.time_limit),
@@ -233,7 +243,9 @@ fn sandbox(args: &OpenArgs, subject: Subject, profile: &Profile, started: Instan
         bail!("the guest rendered {name} but sent no page");
     }
     for text in &run.unexpected {
-        eprintln!("vitrine: ignored a message outside the task's flow: {text}");
+        // Debug text of a guest message: escaped, but possibly long.
+        let head: String = text.chars().take(200).collect();
+        eprintln!("vitrine: ignored a message outside the task's flow: {head}");
     }
 
     let out = output_dir(args.png.as_deref())?;
@@ -242,12 +254,15 @@ fn sandbox(args: &OpenArgs, subject: Subject, profile: &Profile, started: Instan
     let announced = run.page_count.unwrap_or(0);
     let count = files.len();
     if usize::try_from(announced).is_ok_and(|a| a > count) {
-        println!("pages     {count} of {announced} (the rest past the task's page limit), written to {}:", out.display());
+        println!(
+            "pages     {count} of {announced} (the rest are past the page limit), written to {}:",
+            shown(&out)
+        );
     } else {
-        println!("pages     {count}, written to {}:", out.display());
+        println!("pages     {count}, written to {}:", shown(&out));
     }
     for (path, page) in files.iter().zip(run.pages.values()) {
-        println!("  {}  {}x{}", path.display(), page.width, page.height);
+        println!("  {}  {}x{}", shown(path), page.width, page.height);
     }
     let first_frame = run.times.first_frame.unwrap_or_default();
     println!(
