@@ -4,13 +4,16 @@
  *
  * Table at 2 MiB, 24-byte entries: u32 op, u32 width (1/2/4/8), u64 addr,
  * u64 value. Ops: 0 end, 1 write, 2 read and expect value, 3 read and store
- * the result at 2.5 MiB + 8*step, 4 poll until read == value.
+ * the result at 2.5 MiB + 8*step, 4 poll until read == value, 5 write the
+ * ready port (the VMM pauses there, e.g. for a snapshot; width, addr and
+ * value are ignored) and go on with the next step when resumed.
  * Exit codes: 0 all steps done, 2 mismatch, 3 poll gave up, 4 bad op.
  */
         .include "pvh.inc"
         .set TABLE, 0x200000
         .set RESULTS, 0x280000
         .set POLL_LIMIT, 50000000
+        .set READY_PORT, 0x520
 
 main:
         movq $TABLE, %rbx
@@ -30,6 +33,8 @@ next:
         je op_store
         cmpl $4, %eax
         je op_poll
+        cmpl $5, %eax
+        je op_ready
         leaq bad_op_msg(%rip), %rsi
         call puts
         movl $4, %eax
@@ -57,6 +62,10 @@ op_poll:
         call puts
         movl $3, %eax
         ret
+op_ready:
+        movw $READY_PORT, %dx
+        outb %al, %dx
+        jmp advance
 advance:
         addq $24, %rbx
         incl %r12d

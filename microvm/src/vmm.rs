@@ -1,6 +1,8 @@
 //! One microVM: built from a [`VmConfig`] or restored from a snapshot,
 //! run to its end or to a pause, and snapshotted when paused.
 
+use std::collections::HashSet;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,8 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::x86_64::cpuid::{self, CpuidMask};
 use crate::arch::x86_64::layout::{
-    COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042_COMMAND_PORT, READY_PORT, VIRTIO_FIRST_IRQ,
-    VIRTIO_MMIO_SLOT, VIRTIO_MMIO_START,
+    COM1_IRQ, COM1_PORT, DEBUG_EXIT_PORT, I8042_COMMAND_PORT, MMIO_GAP_END, READY_PORT,
+    VIRTIO_FIRST_IRQ, VIRTIO_MMIO_SLOT, VIRTIO_MMIO_START,
 };
 use crate::arch::x86_64::regs::{self, RegsError};
 use crate::boot::{self, BootError, BootProtocol, BootSpec, LoadedKernel};
@@ -20,20 +22,27 @@ use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
 use crate::devices::ready::ReadyPort;
 use crate::devices::serial::{SerialDevice, SerialPersistError, SerialSink};
-use crate::devices::virtio::mmio::{MmioError, MMIO_SIZE, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::{MmioTransport, VirtioDevice};
+use crate::devices::virtio::block::{BlockConstructorArgs, BlockDevice, BlockError};
+use crate::devices::virtio::mmio::{MmioConstructorArgs, MmioError, MMIO_SIZE, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::rng::{RngConstructorArgs, RngDevice};
+use crate::devices::virtio::vsock::{VsockConstructorArgs, VsockDevice, VsockError};
+use crate::devices::virtio::{MmioTransport, VirtioDevice, VirtioDeviceState};
 use crate::kvm::{Hypervisor, KvmError, VcpuHandle, VmHandle};
 use crate::lifecycle::{GuestExit, GuestFault, Lifecycle, Outcome};
 use crate::memory::{self, GuestRam, MemoryError};
 use crate::snapshot::file::{self as snapshot_file, SnapshotFileError};
 use crate::snapshot::identity::CloneIdentity;
 use crate::snapshot::memory::{self as snapshot_memory, SnapshotMemoryError};
-use crate::snapshot::{IrqchipState, Persist, VmState, MEMORY_FILE, STATE_FILE, WORKING_SET_FILE};
+use crate::snapshot::{
+    IrqchipState, Persist, VirtioSlotState, VmState, MEMORY_FILE, STATE_FILE, WORKING_SET_FILE,
+};
 use crate::vcpu::{VcpuContext, VcpuThread};
 
 pub const MAX_VCPUS: u8 = 32;
 /// The guest's vsock CID unless told otherwise (2 is the host).
 pub const DEFAULT_GUEST_CID: u64 = 3;
+/// Highest GSI a virtio device may use: the IOAPIC's last pin.
+const MAX_VIRTIO_GSI: u32 = 23;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -77,6 +86,21 @@ pub enum VmError {
     Virtio(#[from] MmioError),
     #[error("devices are attached before boot, so the kernel command line lists them")]
     DeviceAfterBoot,
+    #[error("the snapshot has a {kind} device; the restore options must give {need}")]
+    RestoreArgMissing {
+        kind: &'static str,
+        need: &'static str,
+    },
+    #[error("the restore options give {given} disks; the snapshot has {expected} block devices")]
+    DiskCount { expected: usize, given: usize },
+    #[error("the snapshot has {0} vsock devices; a VM has at most one")]
+    VsockCount(usize),
+    #[error("the snapshot places a virtio device at {base:#x} on GSI {gsi}, outside the virtio-mmio slots and lines or on one already used")]
+    VirtioPlacement { base: u64, gsi: u32 },
+    #[error("cannot restore the virtio-blk device")]
+    Block(#[from] BlockError),
+    #[error("cannot restore the virtio-vsock device")]
+    Vsock(#[from] VsockError),
     #[error(transparent)]
     Guest(#[from] GuestFault),
 }
@@ -124,13 +148,29 @@ impl VmConfig {
     }
 }
 
+/// The backing file of a restored block device.
+#[derive(Debug)]
+pub struct DiskBacking {
+    /// The disk image the template had, reopened: same size.
+    pub file: File,
+    /// Must match how the template's disk was attached.
+    pub read_only: bool,
+}
+
 /// How a VM is restored from a snapshot.
 #[derive(Debug)]
 pub struct RestoreOptions {
     pub serial: SerialSink,
     pub time_limit: Option<Duration>,
-    /// The clone's own vsock CID.
+    /// The clone's own vsock CID: in the identity page and, if the
+    /// snapshot has a vsock device, in its config space.
     pub vsock_cid: u64,
+    /// The clone's own vsock host socket path (it must not exist yet);
+    /// required when the snapshot has a vsock device.
+    pub vsock_uds: Option<PathBuf>,
+    /// One backing file per block device in the snapshot, in the order
+    /// the devices were attached.
+    pub disks: Vec<DiskBacking>,
     /// Fault in the snapshot's recorded working set before running.
     pub prefault: bool,
 }
@@ -141,6 +181,8 @@ impl RestoreOptions {
             serial,
             time_limit: None,
             vsock_cid: DEFAULT_GUEST_CID,
+            vsock_uds: None,
+            disks: Vec::new(),
             prefault: false,
         }
     }
@@ -176,6 +218,7 @@ pub struct Vm {
     extra_cmdline: Vec<String>,
     phase: Phase,
     identity: Option<CloneIdentity>,
+    virtio: Vec<VirtioSlot>,
     next_mmio_slot: u64,
     next_irq: u32,
 }
@@ -250,6 +293,7 @@ impl Vm {
             extra_cmdline: Vec::new(),
             phase: Phase::Built,
             identity: None,
+            virtio: Vec::new(),
             next_mmio_slot: 0,
             next_irq: VIRTIO_FIRST_IRQ,
         })
@@ -257,6 +301,8 @@ impl Vm {
 
     /// Restores a VM from the snapshot directory `dir`, with a fresh
     /// identity: a new generation, `options.vsock_cid` and a new seed.
+    /// Virtio devices come back at their slots with the host resources in
+    /// `options`, active ones serving from their saved queue positions.
     pub fn restore(dir: &Path, options: RestoreOptions) -> Result<Self, VmError> {
         let state = snapshot_file::read(&dir.join(STATE_FILE))?;
         let bad = |what: &str| VmError::Snapshot(dir.to_path_buf(), what.to_string());
@@ -286,6 +332,25 @@ impl Vm {
         let serial = SerialDevice::restore((serial_irq(&vm)?, options.serial), &state.serial)?;
         let serial = Arc::new(Mutex::new(serial));
         let pio = legacy_pio_bus(&lifecycle, serial.clone())?;
+        let mut mmio = Bus::new();
+        let hosts = VirtioHosts {
+            vsock_cid: options.vsock_cid,
+            vsock_uds: options.vsock_uds,
+            disks: options.disks,
+        };
+        let virtio = restore_virtio(&vm, &mem, &mut mmio, &state.virtio, hosts)?;
+        let next_mmio_slot = state
+            .virtio
+            .iter()
+            .map(|v| (v.mmio_base - VIRTIO_MMIO_START) / VIRTIO_MMIO_SLOT + 1)
+            .max()
+            .unwrap_or(0);
+        let next_irq = state
+            .virtio
+            .iter()
+            .map(|v| v.gsi + 1)
+            .max()
+            .unwrap_or(VIRTIO_FIRST_IRQ);
 
         let identity = CloneIdentity::fresh(state.generation + 1, options.vsock_cid)
             .map_err(VmError::Identity)?;
@@ -317,14 +382,15 @@ impl Vm {
             },
             vcpus,
             pio,
-            mmio: Bus::new(),
+            mmio,
             serial,
             lifecycle,
             extra_cmdline: Vec::new(),
             phase: Phase::Restored,
             identity: Some(identity),
-            next_mmio_slot: 0,
-            next_irq: VIRTIO_FIRST_IRQ,
+            virtio,
+            next_mmio_slot,
+            next_irq,
         })
     }
 
@@ -351,6 +417,11 @@ impl Vm {
     /// The identity this VM was given (at boot or restore).
     pub fn identity(&self) -> Option<&CloneIdentity> {
         self.identity.as_ref()
+    }
+
+    /// The attached virtio devices, in the order they were attached.
+    pub fn virtio_devices(&self) -> &[VirtioSlot] {
+        &self.virtio
     }
 
     /// Puts `device` on the MMIO bus at a fixed address (test devices).
@@ -396,11 +467,13 @@ impl Vm {
         self.push_cmdline(transport.cmdline_entry(base, irq));
         let transport = Arc::new(Mutex::new(transport));
         self.mmio.insert(transport.clone(), base, MMIO_SIZE)?;
-        Ok(VirtioSlot {
+        let slot = VirtioSlot {
             base,
             irq,
             transport,
-        })
+        };
+        self.virtio.push(slot.clone());
+        Ok(slot)
     }
 
     /// Appends to the kernel command line (before [`Vm::boot`]).
@@ -466,6 +539,10 @@ impl Vm {
             Phase::Built => return Err(VmError::NotBooted),
             Phase::Stopped(_) => return Err(VmError::AlreadyRan),
         }
+        // Devices parked by a snapshot serve again before the guest runs.
+        for slot in &self.virtio {
+            lock_transport(&slot.transport).resume_device()?;
+        }
         let ctx = VcpuContext {
             pio: self.pio.clone(),
             mmio: self.mmio.clone(),
@@ -521,6 +598,11 @@ impl Vm {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| VmError::Snapshot(dir.to_path_buf(), e.to_string()))?;
+        // Device workers park first, so that neither their queues nor guest
+        // memory move while the rest is saved. They resume at the next run.
+        for slot in &self.virtio {
+            lock_transport(&slot.transport).pause_device()?;
+        }
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for v in &mut self.vcpus {
             v.complete_pending_io()?;
@@ -541,6 +623,21 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .save()?;
+        let mut virtio = Vec::with_capacity(self.virtio.len());
+        for slot in &self.virtio {
+            let transport = lock_transport(&slot.transport);
+            let device = transport
+                .device()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device_state();
+            virtio.push(VirtioSlotState {
+                mmio_base: slot.base,
+                gsi: slot.irq,
+                transport: transport.save()?,
+                device,
+            });
+        }
         let state = VmState {
             mem_size: self.ram.size,
             irqchip,
@@ -548,6 +645,7 @@ impl Vm {
             vcpus,
             serial,
             generation: self.identity.map_or(0, |i| i.generation),
+            virtio,
         };
         let memory_bytes = snapshot_memory::save(&self.ram.mem, &dir.join(MEMORY_FILE))?;
         let state_path = dir.join(STATE_FILE);
@@ -567,4 +665,118 @@ impl Vm {
             .map_err(|e| VmError::Snapshot(dir.to_path_buf(), e.to_string()))?;
         Ok(set.len())
     }
+}
+
+fn lock_transport(t: &Arc<Mutex<MmioTransport>>) -> std::sync::MutexGuard<'_, MmioTransport> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether a saved slot is one [`Vm::allocate_virtio_slot`] could have
+/// handed out: a slot-aligned window inside the virtio-mmio range, on a
+/// GSI from the first virtio line to the IOAPIC's last.
+fn valid_placement(base: u64, gsi: u32) -> bool {
+    let in_window = base >= VIRTIO_MMIO_START
+        && base
+            .checked_add(MMIO_SIZE)
+            .is_some_and(|end| end <= MMIO_GAP_END)
+        && (base - VIRTIO_MMIO_START) % VIRTIO_MMIO_SLOT == 0;
+    in_window && (VIRTIO_FIRST_IRQ..=MAX_VIRTIO_GSI).contains(&gsi)
+}
+
+/// Re-creates the snapshot's virtio devices: each device from its state
+/// and this clone's host resources, its transport from the saved
+/// registers (restarting an active device at its saved queue positions),
+/// its irqfd, ioeventfds and MMIO window at the saved place.
+/// The host resources a clone's virtio devices get (from [`RestoreOptions`]).
+struct VirtioHosts {
+    vsock_cid: u64,
+    vsock_uds: Option<PathBuf>,
+    disks: Vec<DiskBacking>,
+}
+
+fn restore_virtio(
+    vm: &VmHandle,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slots: &[VirtioSlotState],
+    mut options: VirtioHosts,
+) -> Result<Vec<VirtioSlot>, VmError> {
+    let blocks = slots
+        .iter()
+        .filter(|s| matches!(s.device, VirtioDeviceState::Block(_)))
+        .count();
+    if blocks != options.disks.len() {
+        return Err(VmError::DiskCount {
+            expected: blocks,
+            given: options.disks.len(),
+        });
+    }
+    let vsocks = slots
+        .iter()
+        .filter(|s| matches!(s.device, VirtioDeviceState::Vsock(_)))
+        .count();
+    if vsocks > 1 {
+        return Err(VmError::VsockCount(vsocks));
+    }
+    let mut disks = std::mem::take(&mut options.disks).into_iter();
+    let mut gsis = HashSet::new();
+    let mut restored = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let (base, irq) = (slot.mmio_base, slot.gsi);
+        if !valid_placement(base, irq) || !gsis.insert(irq) {
+            return Err(VmError::VirtioPlacement { base, gsi: irq });
+        }
+        let mut cid_changed = false;
+        let device: Arc<Mutex<dyn VirtioDevice>> = match &slot.device {
+            VirtioDeviceState::Rng(s) => {
+                let d = RngDevice::restore(RngConstructorArgs, s).unwrap_or_else(|n| match n {});
+                Arc::new(Mutex::new(d))
+            }
+            VirtioDeviceState::Block(s) => {
+                let disk = disks.next().ok_or(VmError::DiskCount {
+                    expected: blocks,
+                    given: 0,
+                })?;
+                let args = BlockConstructorArgs {
+                    disk: disk.file,
+                    read_only: disk.read_only,
+                };
+                Arc::new(Mutex::new(BlockDevice::restore(args, s)?))
+            }
+            VirtioDeviceState::Vsock(s) => {
+                let uds_path = options.vsock_uds.take().ok_or(VmError::RestoreArgMissing {
+                    kind: "virtio-vsock",
+                    need: "the clone's vsock socket path",
+                })?;
+                cid_changed = s.guest_cid != options.vsock_cid;
+                let args = VsockConstructorArgs {
+                    guest_cid: options.vsock_cid,
+                    uds_path,
+                };
+                Arc::new(Mutex::new(VsockDevice::restore(args, s)?))
+            }
+        };
+        let args = MmioConstructorArgs {
+            mem: mem.clone(),
+            device,
+        };
+        let mut transport = MmioTransport::restore(args, &slot.transport)?;
+        if vm.has_irqchip() {
+            vm.register_irqfd(transport.interrupt_evt(), irq)?;
+        }
+        for (queue, evt) in (0u32..).zip(transport.queue_evts()) {
+            vm.register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, queue)?;
+        }
+        if cid_changed {
+            transport.notify_config_change();
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), base, MMIO_SIZE)?;
+        restored.push(VirtioSlot {
+            base,
+            irq,
+            transport,
+        });
+    }
+    Ok(restored)
 }

@@ -1,10 +1,11 @@
 //! virtio-mmio transport: the register state machine, driven the way a
 //! guest driver drives it, in front of a real rng device (its worker thread
-//! included).
+//! included), and its snapshot state: saved, restored, serving again.
 
 mod virtio_driver;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
@@ -14,9 +15,14 @@ use virtio_bindings::virtio_mmio as reg;
 use virtio_driver::{guest_memory, Driver, TestQueue};
 use vitrine_microvm::bus::BusDevice;
 use vitrine_microvm::devices::virtio::features::{RING_EVENT_IDX, VERSION_1};
-use vitrine_microvm::devices::virtio::mmio::NOTIFY_REG_OFFSET;
-use vitrine_microvm::devices::virtio::rng::RngDevice;
-use vitrine_microvm::devices::virtio::{device_type, VirtioDevice};
+use vitrine_microvm::devices::virtio::mmio::{MmioConstructorArgs, MmioState, NOTIFY_REG_OFFSET};
+use vitrine_microvm::devices::virtio::rng::{RngConstructorArgs, RngDevice};
+use vitrine_microvm::devices::virtio::vsock::{VsockConstructorArgs, VsockDevice};
+use vitrine_microvm::devices::virtio::{
+    device_type, MmioTransport, QueuePosition, VirtioDevice, VirtioDeviceState,
+};
+use vitrine_microvm::snapshot::Persist;
+use vm_memory::GuestMemoryMmap;
 
 fn rng() -> Arc<Mutex<RngDevice>> {
     Arc::new(Mutex::new(RngDevice::new()))
@@ -144,7 +150,7 @@ fn queue_layout_cannot_change_once_ready() {
 
     d.write(reg::VIRTIO_MMIO_QUEUE_NUM, 3);
 
-    assert_eq!(d.transport.save_state().queues[0].size, 16);
+    assert_eq!(d.transport.save().unwrap().queues[0].size, 16);
 }
 
 #[test]
@@ -320,7 +326,7 @@ fn transport_state_round_trips_through_serde() {
     d.start(&[&q]);
     d.transport.notify_config_change();
 
-    let state = d.transport.save_state();
+    let state = d.transport.save().unwrap();
     let json = serde_json::to_string(&state).unwrap();
 
     assert_eq!(
@@ -330,4 +336,149 @@ fn transport_state_round_trips_through_serde() {
     assert_eq!(state.config_generation, 1);
     assert_eq!(state.queues[0].size, 16);
     assert!(state.queues[0].ready);
+}
+
+/// An rng transport whose driver has had `served` buffers filled.
+fn rng_in_use<'m>(mem: &'m GuestMemoryMmap, served: u16) -> (Driver, TestQueue<'m>) {
+    let mut d = Driver::new(mem, rng());
+    let q = TestQueue::new(mem, 0, 16);
+    d.start(&[&q]);
+    for n in 1..=served {
+        q.add_buffers(&[(32, true)]);
+        d.notify(0);
+        assert!(q.wait_used(n));
+    }
+    (d, q)
+}
+
+fn restore_rng(mem: &GuestMemoryMmap, state: &MmioState) -> MmioTransport {
+    let device = RngDevice::restore(RngConstructorArgs, &Default::default()).unwrap();
+    let args = MmioConstructorArgs {
+        mem: mem.clone(),
+        device: Arc::new(Mutex::new(device)),
+    };
+    MmioTransport::restore(args, state).unwrap()
+}
+
+#[test]
+fn transport_state_round_trips_through_save_and_restore() {
+    let mem = guest_memory();
+    let (d, _q) = rng_in_use(&mem, 3);
+    let state = d.transport.save().unwrap();
+
+    let restored = restore_rng(&mem, &state);
+
+    assert_eq!(restored.save().unwrap(), state);
+    assert_eq!(
+        state.active_queues,
+        Some(vec![QueuePosition {
+            next_avail: 3,
+            next_used: 3
+        }])
+    );
+    assert_eq!(state.interrupt_status, reg::VIRTIO_MMIO_INT_VRING);
+    assert_eq!(
+        restored.status(),
+        VIRTIO_CONFIG_S_ACKNOWLEDGE
+            | VIRTIO_CONFIG_S_DRIVER
+            | VIRTIO_CONFIG_S_FEATURES_OK
+            | VIRTIO_CONFIG_S_DRIVER_OK
+    );
+}
+
+#[test]
+fn a_restored_transport_serves_the_next_buffer_from_the_saved_position() {
+    let mem = guest_memory();
+    let (d, q) = rng_in_use(&mem, 3);
+    let state = d.transport.save().unwrap();
+    let mut restored = Driver {
+        transport: restore_rng(&mem, &state),
+    };
+
+    let head = q.add_buffers(&[(32, true)]);
+    restored.notify(0);
+
+    assert!(q.wait_used(4), "used index {}", q.used_idx());
+    assert_eq!(q.used_elem(3), (u32::from(head), 32));
+}
+
+#[test]
+fn a_saved_device_serves_nothing_until_it_resumes() {
+    let mem = guest_memory();
+    let (mut d, q) = rng_in_use(&mem, 1);
+    d.transport.save().unwrap();
+
+    q.add_buffers(&[(32, true)]);
+    d.notify(0);
+    std::thread::sleep(Duration::from_millis(50));
+    let while_paused = q.used_idx();
+    d.transport.resume_device().unwrap();
+
+    assert_eq!(while_paused, 1, "a paused worker left the ring alone");
+    assert!(q.wait_used(2), "the notification waited for resume");
+}
+
+#[test]
+fn an_inactive_device_saves_no_queue_positions_and_restores_inactive() {
+    let mem = guest_memory();
+    let mut d = Driver::new(&mem, rng());
+    let q = TestQueue::new(&mem, 0, 16);
+    assert!(d.negotiate(VERSION_1));
+    assert!(d.setup_queue(0, &q));
+    let state = d.transport.save().unwrap();
+
+    let restored = restore_rng(&mem, &state);
+
+    assert_eq!(state.active_queues, None);
+    assert!(!restored.is_activated());
+    assert_eq!(restored.save().unwrap(), state);
+}
+
+#[test]
+fn a_restored_vsock_sends_a_transport_reset_into_the_first_event_buffer() {
+    let mem = guest_memory();
+    let dir = tempfile::tempdir().unwrap();
+    let template = VsockDevice::new(3, dir.path().join("t.sock")).unwrap();
+    let mut d = Driver::new(&mem, Arc::new(Mutex::new(template)));
+    let (rx, tx, ev) = (
+        TestQueue::new(&mem, 0, 16),
+        TestQueue::new(&mem, 1, 16),
+        TestQueue::new(&mem, 2, 16),
+    );
+    d.start(&[&rx, &tx, &ev]);
+    let state = d.transport.save().unwrap();
+    let VirtioDeviceState::Vsock(vsock_state) = d.transport.device().lock().unwrap().device_state()
+    else {
+        panic!("not a vsock state");
+    };
+    let args = VsockConstructorArgs {
+        guest_cid: 42,
+        uds_path: dir.path().join("c.sock"),
+    };
+    let device = VsockDevice::restore(args, &vsock_state).unwrap();
+    let mut clone = Driver {
+        transport: MmioTransport::restore(
+            MmioConstructorArgs {
+                mem: mem.clone(),
+                device: Arc::new(Mutex::new(device)),
+            },
+            &state,
+        )
+        .unwrap(),
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let before_buffer = ev.used_idx();
+
+    let head = ev.add_buffers(&[(8, true)]);
+    clone.notify(2);
+
+    assert_eq!(before_buffer, 0, "nothing to put the event in yet");
+    assert!(ev.wait_used(1));
+    assert_eq!(ev.used_elem(0), (u32::from(head), 4));
+    assert_eq!(ev.read(ev.slot(head), 4), 0u32.to_le_bytes());
+    assert_eq!(
+        clone.read(reg::VIRTIO_MMIO_INTERRUPT_STATUS) & reg::VIRTIO_MMIO_INT_VRING,
+        reg::VIRTIO_MMIO_INT_VRING
+    );
+    assert_eq!(clone.read(reg::VIRTIO_MMIO_CONFIG), 42);
 }

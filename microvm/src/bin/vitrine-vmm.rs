@@ -17,7 +17,7 @@ use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
 use vitrine_microvm::resident::Resident;
 use vitrine_microvm::test_guests;
-use vitrine_microvm::vmm::{RestoreOptions, Vm, VmConfig, VmError, DEFAULT_GUEST_CID};
+use vitrine_microvm::vmm::{DiskBacking, RestoreOptions, Vm, VmConfig, VmError, DEFAULT_GUEST_CID};
 
 /// Exit status when the guest ran past --time-limit (as timeout(1) does).
 const EXIT_TIMED_OUT: u8 = 124;
@@ -60,6 +60,14 @@ enum Command {
         /// The clone's vsock CID.
         #[arg(long, default_value_t = DEFAULT_GUEST_CID)]
         cid: u64,
+        /// The clone's vsock host socket (must not exist yet); needed when
+        /// the snapshot has a vsock device.
+        #[arg(long)]
+        vsock_uds: Option<PathBuf>,
+        /// Disk image for the snapshot's block devices, opened read-only;
+        /// once per device, in the order they were attached.
+        #[arg(long)]
+        disk: Vec<PathBuf>,
         /// Fault in the snapshot's recorded working set first.
         #[arg(long)]
         prefault: bool,
@@ -145,10 +153,19 @@ fn main() -> ExitCode {
         Command::Restore {
             snapshot,
             cid,
+            vsock_uds,
+            disk,
             prefault,
             record_working_set,
             out,
-        } => restore_command(snapshot, cid, prefault, record_working_set, out, started),
+        } => {
+            let hosts = CloneHosts {
+                cid,
+                vsock_uds,
+                disks: disk,
+            };
+            restore_command(snapshot, hosts, prefault, record_working_set, out, started)
+        }
     };
     result.unwrap_or_else(|e| {
         eprintln!("vitrine-vmm: error: {e:#}");
@@ -250,9 +267,16 @@ fn run_command(boot: BootArgs, out: OutputArgs, started: Instant) -> anyhow::Res
     finish(result, out.stats, started)
 }
 
+/// What a clone gets of its own: vsock identity and disks.
+struct CloneHosts {
+    cid: u64,
+    vsock_uds: Option<PathBuf>,
+    disks: Vec<PathBuf>,
+}
+
 fn restore_command(
     snapshot: PathBuf,
-    cid: u64,
+    hosts: CloneHosts,
     prefault: bool,
     record_working_set: bool,
     out: OutputArgs,
@@ -260,7 +284,16 @@ fn restore_command(
 ) -> anyhow::Result<ExitCode> {
     let mut options = RestoreOptions::new(serial_sink(&out)?);
     options.time_limit = seconds("--time-limit", out.time_limit)?;
-    options.vsock_cid = cid;
+    options.vsock_cid = hosts.cid;
+    options.vsock_uds = hosts.vsock_uds;
+    for path in &hosts.disks {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open disk image {}", path.display()))?;
+        options.disks.push(DiskBacking {
+            file,
+            read_only: true,
+        });
+    }
     options.prefault = prefault;
     let mut vm = Vm::restore(&snapshot, options).map_err(vm_err)?;
     let result = vm.run();

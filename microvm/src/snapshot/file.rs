@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use super::VmState;
 
 pub const MAGIC: [u8; 8] = *b"VITRSNAP";
-pub const VERSION: u16 = 1;
+/// 2: virtio devices (transport registers, queue positions, device state).
+pub const VERSION: u16 = 2;
 const HEADER_LEN: usize = 16;
 const CRC_LEN: usize = 4;
 /// State without RAM is kilobytes per vCPU; this bounds what a hostile or

@@ -5,6 +5,11 @@
 //! checksummed file of [`VmState`]) and `mem` (guest RAM, sparse). Clones
 //! map `mem` `MAP_PRIVATE`: they share its page cache, and their writes stay
 //! their own.
+//!
+//! Virtio devices are in the state too: per slot its MMIO base and GSI,
+//! the transport registers with the device's queue positions, and the
+//! device's own state. A restore gives each device the clone's own host
+//! resources (see [`crate::vmm::RestoreOptions`]).
 
 pub mod file;
 pub mod identity;
@@ -14,6 +19,8 @@ pub mod vcpu;
 use serde::{Deserialize, Serialize};
 
 use crate::devices::serial::SerialState;
+use crate::devices::virtio::mmio::MmioState;
+use crate::devices::virtio::VirtioDeviceState;
 pub use vcpu::VcpuState;
 
 /// Saving and restoring one part of a VM.
@@ -46,6 +53,17 @@ pub struct VmState {
     pub serial: SerialState,
     /// Identity generation of the VM that was saved; each restore adds one.
     pub generation: u64,
+    /// Attached virtio devices, in the order they were attached.
+    pub virtio: Vec<VirtioSlotState>,
+}
+
+/// One attached virtio device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioSlotState {
+    pub mmio_base: u64,
+    pub gsi: u32,
+    pub transport: MmioState,
+    pub device: VirtioDeviceState,
 }
 
 /// Names of the files in a snapshot directory.

@@ -81,6 +81,16 @@ impl VirtioInterrupt {
         let _ = self.evt.read();
     }
 
+    /// Puts back a saved InterruptStatus and DEVICE_NEEDS_RESET, without
+    /// firing the eventfd: a restored irqchip already holds the line.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(
+            status & (VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG),
+            Ordering::Release,
+        );
+        self.needs_reset.store(needs_reset, Ordering::Release);
+    }
+
     fn raise(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::AcqRel);
         if let Err(e) = self.evt.write(1) {
@@ -114,6 +124,17 @@ mod tests {
         irq.ack(VIRTIO_MMIO_INT_VRING);
 
         assert_eq!(irq.status(), VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    #[test]
+    fn restore_sets_status_without_firing_the_eventfd() {
+        let irq = VirtioInterrupt::new().unwrap();
+
+        irq.restore(VIRTIO_MMIO_INT_VRING | 0x80, true);
+
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        assert!(irq.needs_reset());
+        assert!(irq.evt().read().is_err(), "nothing was signalled");
     }
 
     #[test]

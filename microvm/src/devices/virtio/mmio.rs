@@ -16,6 +16,11 @@
 //!   ioeventfd, the QueueNotify write lands in [`BusDevice::write`] and
 //!   signals the same eventfd.
 //! - [`MmioTransport::cmdline_entry`]: the `virtio_mmio.device=` argument.
+//!
+//! Snapshots go through [`Persist`]: saving parks the device's worker (so
+//! the saved ring indices and guest memory agree) and restoring rebuilds
+//! the registers and, for a device that was active, its queues at the
+//! saved indices, then starts its worker again.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,8 +37,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::features::{RING_EVENT_IDX, VERSION_1};
 use super::interrupt::InterruptError;
+use super::queue::QueuePosition;
+use super::worker::WorkerError;
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
+use crate::snapshot::Persist;
 
 /// Size of one device's MMIO window.
 pub const MMIO_SIZE: u64 = 0x1000;
@@ -73,6 +81,18 @@ pub enum MmioError {
     QueueNotInMemory(usize),
     #[error("device failed to activate")]
     Activate(#[source] ActivateError),
+    #[error("cannot pause or resume the device worker")]
+    Worker(#[from] WorkerError),
+    #[error("saved transport has {saved} queues; the device has {device}")]
+    SavedQueueCount { saved: usize, device: usize },
+    #[error("saved device status {0:#x} is not one a driver can reach")]
+    SavedStatus(u32),
+    #[error("saved acked features {0:#x} include some the device does not offer")]
+    SavedFeatures(u64),
+    #[error("saved queue {0} is ready but its layout does not fit the device and guest memory")]
+    SavedQueue(usize),
+    #[error("saved state says the device was active, but its status lacks DRIVER_OK")]
+    SavedActivation,
 }
 
 /// The driver-written registers of one queue.
@@ -85,9 +105,11 @@ pub struct QueueRegisters {
     pub used_ring: u64,
 }
 
-/// Transport registers, for snapshots.
+/// Transport registers and, for an active device, where it stood in each
+/// queue: what a snapshot keeps of the transport.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MmioState {
+    /// As the driver wrote it; DEVICE_NEEDS_RESET is `needs_reset`.
     pub status: u32,
     pub acked_features: u64,
     pub device_features_sel: u32,
@@ -95,7 +117,11 @@ pub struct MmioState {
     pub queue_sel: u32,
     pub config_generation: u32,
     pub interrupt_status: u32,
+    pub needs_reset: bool,
     pub queues: Vec<QueueRegisters>,
+    /// `Some` when the device was active: its position in each queue, in
+    /// queue order. Restore activates it again from there.
+    pub active_queues: Option<Vec<QueuePosition>>,
 }
 
 /// One virtio device on the MMIO bus.
@@ -219,12 +245,23 @@ impl MmioTransport {
     }
 
     /// Tells the driver that config space changed (e.g. a new vsock CID
-    /// after a clone): bumps ConfigGeneration and raises a config interrupt.
+    /// after a clone): bumps ConfigGeneration and, once the driver is up
+    /// (DRIVER_OK), raises a config interrupt.
     pub fn notify_config_change(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
-        self.interrupt.signal_config();
+        if self.status & S_DRIVER_OK != 0 {
+            self.interrupt.signal_config();
+        }
     }
 
+    /// The driver-written queue registers, in queue order.
+    pub fn queue_registers(&self) -> &[QueueRegisters] {
+        &self.queues
+    }
+
+    /// The registers as they are now, without pausing the device, so
+    /// `active_queues` is `None`: a live view for tests and tools. A
+    /// snapshot uses [`Persist::save`], which records the queue positions.
     pub fn save_state(&self) -> MmioState {
         MmioState {
             status: self.status,
@@ -234,8 +271,21 @@ impl MmioTransport {
             queue_sel: self.queue_sel,
             config_generation: self.config_generation,
             interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
             queues: self.queues.clone(),
+            active_queues: None,
         }
+    }
+
+    /// Parks the device's worker (see [`VirtioDevice::pause`]).
+    pub fn pause_device(&self) -> Result<(), MmioError> {
+        lock(&self.device).pause()?;
+        Ok(())
+    }
+
+    /// Starts a worker parked by [`Self::pause_device`] again.
+    pub fn resume_device(&self) -> Result<(), MmioError> {
+        Ok(lock(&self.device).resume()?)
     }
 
     fn selected_queue(&mut self) -> Option<(usize, &mut QueueRegisters)> {
@@ -454,14 +504,35 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) -> Result<(), MmioError> {
+        let start = vec![QueuePosition::default(); self.queues.len()];
+        self.activate_at(&start)
+    }
+
+    /// Starts the device with each queue at `positions` (all zero for a
+    /// driver's DRIVER_OK; the saved indices on restore).
+    fn activate_at(&mut self, positions: &[QueuePosition]) -> Result<(), MmioError> {
+        if positions.len() != self.queues.len() {
+            return Err(MmioError::SavedQueueCount {
+                saved: positions.len(),
+                device: self.queues.len(),
+            });
+        }
         let event_idx = self.acked_features & RING_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
-        for (i, (regs, &max)) in self.queues.iter().zip(&self.queue_max).enumerate() {
+        for (i, ((regs, &max), &at)) in self
+            .queues
+            .iter()
+            .zip(&self.queue_max)
+            .zip(positions)
+            .enumerate()
+        {
             if !regs.ready {
                 return Err(MmioError::QueueNotReady(i));
             }
-            let queue =
+            let mut queue =
                 build_queue(regs, max, event_idx).map_err(|e| MmioError::QueueLayout(i, e))?;
+            queue.set_next_avail(at.next_avail);
+            queue.set_next_used(at.next_used);
             if !queue.is_valid(&self.mem) {
                 return Err(MmioError::QueueNotInMemory(i));
             }
@@ -497,6 +568,105 @@ impl MmioTransport {
         for evt in &self.queue_evts {
             let _ = evt.read();
         }
+    }
+}
+
+/// What a restored transport is built from.
+pub struct MmioConstructorArgs {
+    pub mem: GuestMemoryMmap,
+    /// The device, already restored from its own state, not yet active.
+    pub device: Arc<Mutex<dyn VirtioDevice>>,
+}
+
+impl fmt::Debug for MmioConstructorArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MmioConstructorArgs")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `status` is one the driver's side of 3.1.1 can reach: each bit
+/// only after the ones before it, FAILED at any point.
+fn reachable_status(status: u32) -> bool {
+    let steps = [
+        0,
+        S_ACK,
+        S_ACK | S_DRIVER,
+        S_ACK | S_DRIVER | S_FEATURES_OK,
+        S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK,
+    ];
+    steps.contains(&(status & !S_FAILED))
+}
+
+impl Persist<'_> for MmioTransport {
+    type State = MmioState;
+    type ConstructorArgs = MmioConstructorArgs;
+    type Error = MmioError;
+
+    /// Parks the device's worker first, if it runs, so that the saved
+    /// queue positions are exact and stay so while the rest of the VM is
+    /// saved. [`MmioTransport::resume_device`] starts it again.
+    fn save(&self) -> Result<MmioState, MmioError> {
+        let active_queues = lock(&self.device).pause()?;
+        Ok(MmioState {
+            active_queues,
+            ..self.save_state()
+        })
+    }
+
+    /// Rebuilds the registers, checking them as if the driver had just
+    /// written them, and starts a device that was active again at its
+    /// saved queue positions. The interrupt line itself is not raised
+    /// again: the restored irqchip already holds whatever was pending.
+    fn restore(args: MmioConstructorArgs, state: &MmioState) -> Result<Self, MmioError> {
+        let mut t = MmioTransport::new(args.mem, args.device)?;
+        if state.queues.len() != t.queue_max.len() {
+            return Err(MmioError::SavedQueueCount {
+                saved: state.queues.len(),
+                device: t.queue_max.len(),
+            });
+        }
+        if !reachable_status(state.status) {
+            return Err(MmioError::SavedStatus(state.status));
+        }
+        let unoffered = state.acked_features & !t.avail_features;
+        let needs_version_1 = state.status & S_FEATURES_OK != 0;
+        if unoffered != 0 || (needs_version_1 && state.acked_features & VERSION_1 == 0) {
+            return Err(MmioError::SavedFeatures(state.acked_features));
+        }
+        for (i, (regs, &max)) in state.queues.iter().zip(&t.queue_max).enumerate() {
+            if !regs.ready {
+                continue;
+            }
+            match build_queue(regs, max, false) {
+                Ok(queue) if queue.is_valid(&t.mem) => {}
+                _ => return Err(MmioError::SavedQueue(i)),
+            }
+        }
+        t.status = state.status;
+        t.acked_features = state.acked_features;
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.queue_sel = state.queue_sel;
+        t.config_generation = state.config_generation;
+        t.queues.clone_from(&state.queues);
+        t.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if let Some(positions) = &state.active_queues {
+            if state.status & S_DRIVER_OK == 0 || state.status & S_FAILED != 0 {
+                return Err(MmioError::SavedActivation);
+            }
+            t.activate_at(positions)?;
+            // A notification the saved worker had not taken yet sat in the
+            // old eventfds; one look at each queue catches up with it.
+            for evt in &t.queue_evts {
+                if let Err(e) = evt.write(1) {
+                    log::debug!("virtio-mmio: queue eventfd write: {e}");
+                }
+            }
+        }
+        Ok(t)
     }
 }
 

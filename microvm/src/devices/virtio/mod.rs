@@ -10,12 +10,14 @@
 //!   lists (loops, direction, bounds, lengths).
 //! - [`queue`]: the pop / add-used / notify cycle shared by every device.
 //! - [`worker`]: the epoll thread each activated device runs on.
+//! - [`persist`]: what a snapshot keeps of each device.
 //! - [`vsock`], [`rng`], [`block`]: the devices.
 
 pub mod block;
 pub mod chain;
 pub mod interrupt;
 pub mod mmio;
+pub mod persist;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
@@ -30,6 +32,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::VirtioInterrupt;
 pub use mmio::MmioTransport;
+pub use persist::VirtioDeviceState;
+pub use queue::QueuePosition;
 
 /// Device IDs from virtio 1.2 section 5.
 pub mod device_type {
@@ -115,6 +119,15 @@ pub trait VirtioDevice: Send + fmt::Debug {
     /// Stops the worker (joining it) and returns to the Inactive state.
     fn reset(&mut self);
     fn is_activated(&self) -> bool;
+    /// Parks the worker of an active device so that nothing touches its
+    /// queues or guest memory until [`Self::resume`], and returns where each
+    /// queue stands. `None` when the device is not active. Idempotent.
+    fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, worker::WorkerError>;
+    /// Starts a worker parked by [`Self::pause`] again; does nothing to a
+    /// running or inactive device.
+    fn resume(&mut self) -> Result<(), worker::WorkerError>;
+    /// The device's own state, for a snapshot.
+    fn device_state(&self) -> VirtioDeviceState;
 }
 
 /// Reads `data.len()` bytes of `config` at `offset`, zero-filling what lies

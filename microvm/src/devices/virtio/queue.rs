@@ -8,6 +8,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -31,6 +32,15 @@ pub enum QueueError {
         #[source]
         source: virtio_queue::Error,
     },
+}
+
+/// Where the device stands in one queue: the next available entry it will
+/// take and the next used entry it will fill. The rings themselves live in
+/// guest memory; these two indices are all a snapshot must add.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuePosition {
+    pub next_avail: u16,
+    pub next_used: u16,
 }
 
 /// One virtqueue as the device side sees it.
@@ -72,6 +82,13 @@ impl DeviceQueue {
     /// The virtio-queue state, for snapshots and tests.
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    pub fn position(&self) -> QueuePosition {
+        QueuePosition {
+            next_avail: self.queue.next_avail(),
+            next_used: self.queue.next_used(),
+        }
     }
 
     /// Clears a pending notification. The count does not matter: the device

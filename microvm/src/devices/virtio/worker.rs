@@ -2,7 +2,8 @@
 //!
 //! Each device implements [`EventHandler`] with its own token enum. The loop
 //! adds a kill eventfd; [`Worker`] writes it and joins the thread on drop, so
-//! a device reset or VM teardown never leaves a thread behind. The loop can
+//! a device reset or VM teardown never leaves a thread behind. A snapshot
+//! parks the thread and keeps its handler ([`Worker::pause`]). The loop can
 //! also be driven by hand ([`EventLoop::run_once`]) from tests and
 //! benchmarks that want one thread and deterministic steps.
 
@@ -34,6 +35,8 @@ pub enum WorkerError {
     Wait(#[source] io::Error),
     #[error("cannot spawn the worker thread")]
     Spawn(#[source] io::Error),
+    #[error("the worker thread is gone (it panicked or was stopped)")]
+    Gone,
 }
 
 /// A device's epoll token: a typed enum that packs into epoll's u64.
@@ -224,69 +227,133 @@ impl<H: EventHandler> EventLoop<H> {
     }
 }
 
-/// A running worker thread. Dropping it stops and joins the thread.
-pub struct Worker {
+/// A device's worker thread. It can be parked ([`Worker::pause`]) with its
+/// handler kept intact, so a snapshot sees queues and guest memory that
+/// no thread is changing, and started again ([`Worker::resume`]).
+/// Dropping it stops and joins the thread.
+pub struct Worker<H: EventHandler> {
     name: String,
     kill: EventFd,
-    thread: Option<JoinHandle<()>>,
+    run: Run<H>,
 }
 
-impl fmt::Debug for Worker {
+enum Run<H: EventHandler> {
+    Running(JoinHandle<EventLoop<H>>),
+    /// Boxed: a handler can be large, and a running worker needs no room
+    /// for it.
+    Paused(Box<EventLoop<H>>),
+    /// Stopped for good, or the thread panicked and took the handler.
+    Gone,
+}
+
+impl<H: EventHandler> fmt::Debug for Worker<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let run = match self.run {
+            Run::Running(_) => "running",
+            Run::Paused(_) => "paused",
+            Run::Gone => "gone",
+        };
         f.debug_struct("Worker")
             .field("name", &self.name)
-            .field("running", &self.thread.is_some())
+            .field("run", &run)
             .finish()
     }
 }
 
 /// Starts `handler` on its own thread named `name`.
-pub fn spawn<H: EventHandler>(name: &str, handler: H) -> Result<Worker, WorkerError> {
-    let mut event_loop = EventLoop::new(handler)?;
+pub fn spawn<H: EventHandler>(name: &str, handler: H) -> Result<Worker<H>, WorkerError> {
+    let event_loop = EventLoop::new(handler)?;
     let kill = event_loop
         .kill_evt()
         .try_clone()
         .map_err(WorkerError::Setup)?;
-    let thread_name = name.to_owned();
-    let thread = thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || loop {
-            match event_loop.run_once(None) {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Stop) => break,
-                Err(e) => {
-                    log::error!("{thread_name}: worker stopped: {e}");
-                    break;
-                }
-            }
-        })
-        .map_err(WorkerError::Spawn)?;
+    let thread = start_thread(name, event_loop)?;
     Ok(Worker {
         name: name.to_owned(),
         kill,
-        thread: Some(thread),
+        run: Run::Running(thread),
     })
 }
 
-impl Worker {
+fn start_thread<H: EventHandler>(
+    name: &str,
+    mut event_loop: EventLoop<H>,
+) -> Result<JoinHandle<EventLoop<H>>, WorkerError> {
+    let thread_name = name.to_owned();
+    thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            loop {
+                match event_loop.run_once(None) {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Stop) => break,
+                    Err(e) => {
+                        log::error!("{thread_name}: worker stopped: {e}");
+                        break;
+                    }
+                }
+            }
+            event_loop
+        })
+        .map_err(WorkerError::Spawn)
+}
+
+impl<H: EventHandler> Worker<H> {
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Stops the thread and waits for it. Idempotent.
-    pub fn stop(&mut self) {
-        if let Some(thread) = self.thread.take() {
+    pub fn is_paused(&self) -> bool {
+        matches!(self.run, Run::Paused(_))
+    }
+
+    /// Parks the thread after the batch it is handling and hands back the
+    /// handler. Events that arrive meanwhile stay in their fds. Idempotent.
+    pub fn pause(&mut self) -> Result<&mut H, WorkerError> {
+        if matches!(self.run, Run::Running(_)) {
+            let Run::Running(thread) = std::mem::replace(&mut self.run, Run::Gone) else {
+                unreachable!("matched Running above");
+            };
             if let Err(e) = self.kill.write(1) {
                 log::error!("{}: cannot signal the worker to stop: {e}", self.name);
             }
-            if thread.join().is_err() {
-                log::error!("{}: worker thread panicked", self.name);
+            match thread.join() {
+                Ok(event_loop) => self.run = Run::Paused(Box::new(event_loop)),
+                Err(_) => log::error!("{}: worker thread panicked", self.name),
             }
+            // The thread may have ended on an error before it saw the kill;
+            // a count left behind would stop it again on resume.
+            let _ = self.kill.read();
         }
+        match &mut self.run {
+            Run::Paused(event_loop) => Ok(event_loop.handler_mut()),
+            Run::Running(_) | Run::Gone => Err(WorkerError::Gone),
+        }
+    }
+
+    /// Starts a paused worker's thread again; a running one is left alone.
+    pub fn resume(&mut self) -> Result<(), WorkerError> {
+        match std::mem::replace(&mut self.run, Run::Gone) {
+            Run::Paused(event_loop) => {
+                self.run = Run::Running(start_thread(&self.name, *event_loop)?);
+                Ok(())
+            }
+            Run::Running(thread) => {
+                self.run = Run::Running(thread);
+                Ok(())
+            }
+            Run::Gone => Err(WorkerError::Gone),
+        }
+    }
+
+    /// Stops the thread, waits for it and drops the handler. Idempotent.
+    pub fn stop(&mut self) {
+        let _ = self.pause();
+        self.run = Run::Gone;
     }
 }
 
-impl Drop for Worker {
+impl<H: EventHandler> Drop for Worker<H> {
     fn drop(&mut self) {
         self.stop();
     }
@@ -351,6 +418,69 @@ mod tests {
         assert_eq!(seen.load(Ordering::SeqCst), 1);
         // The handler (and its dup of the eventfd) is gone with the thread.
         assert_eq!(Arc::strong_count(&seen), 1);
+    }
+
+    fn wait_for(seen: &AtomicU32, n: u32) {
+        let start = Instant::now();
+        while seen.load(Ordering::SeqCst) < n && start.elapsed() < Duration::from_secs(5) {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_paused_worker_keeps_its_handler_and_leaves_events_for_resume() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let seen = Arc::new(AtomicU32::new(0));
+        let mut worker = spawn(
+            "test-pause",
+            Counter {
+                evt: evt.try_clone().unwrap(),
+                seen: seen.clone(),
+            },
+        )
+        .unwrap();
+        evt.write(1).unwrap();
+        wait_for(&seen, 1);
+
+        let handler_seen = worker.pause().unwrap().seen.load(Ordering::SeqCst);
+        evt.write(1).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        let while_paused = seen.load(Ordering::SeqCst);
+        let paused = worker.is_paused();
+        worker.resume().unwrap();
+        wait_for(&seen, 2);
+
+        assert_eq!(handler_seen, 1);
+        assert_eq!(while_paused, 1, "nothing is handled while paused");
+        assert!(paused);
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2,
+            "the event waited for resume"
+        );
+        assert!(!worker.is_paused());
+    }
+
+    #[test]
+    fn pause_twice_and_resume_twice_are_harmless() {
+        let seen = Arc::new(AtomicU32::new(0));
+        let mut worker = spawn(
+            "test-idempotent",
+            Counter {
+                evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+                seen,
+            },
+        )
+        .unwrap();
+
+        worker.pause().unwrap();
+        worker.pause().unwrap();
+        worker.resume().unwrap();
+        worker.resume().unwrap();
+        worker.stop();
+
+        assert!(matches!(worker.pause(), Err(WorkerError::Gone)));
+        assert!(matches!(worker.resume(), Err(WorkerError::Gone)));
     }
 
     #[test]

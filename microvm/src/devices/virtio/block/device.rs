@@ -5,17 +5,34 @@ use std::fs::File;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 
 use super::event_handler::BlockHandler;
-use super::persist::BlockState;
 use super::{DEFAULT_ID, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::worker::{self, Worker};
+use crate::devices::virtio::worker::{self, Worker, WorkerError};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateContext, ActivateError, QueuePosition,
+    VirtioDevice, VirtioDeviceState,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
     #[error("cannot read the size of the disk file")]
     Metadata(#[source] std::io::Error),
+    #[error(
+        "the snapshot's disk has {saved} sectors and the disk given has {found}; \
+         the guest would see another disk"
+    )]
+    CapacityMismatch { saved: u64, found: u64 },
+    #[error("the snapshot's disk was {}, the disk given is {}", mode(*.saved), mode(!*.saved))]
+    ReadOnlyMismatch { saved: bool },
+    #[error("the snapshot's disk serial is {0} bytes; at most 20 fit")]
+    DiskId(usize),
+}
+
+fn mode(read_only: bool) -> &'static str {
+    if read_only {
+        "read-only"
+    } else {
+        "writable"
+    }
 }
 
 #[derive(Debug)]
@@ -26,20 +43,21 @@ enum DeviceState {
 
 #[derive(Debug)]
 struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown.
-    worker: Worker,
+    /// Stopped and joined on reset, or when dropped at teardown; parked
+    /// while a snapshot is taken.
+    worker: Worker<BlockHandler>,
 }
 
 /// virtio-blk over a host file.
 #[derive(Debug)]
 pub struct BlockDevice {
     disk: File,
-    read_only: bool,
-    capacity_sectors: u64,
-    id: [u8; 20],
+    pub(super) read_only: bool,
+    pub(super) capacity_sectors: u64,
+    pub(super) id: [u8; 20],
     config: [u8; 16],
     state: DeviceState,
-    acked_features: u64,
+    pub(super) acked_features: u64,
 }
 
 impl BlockDevice {
@@ -80,15 +98,6 @@ impl BlockDevice {
 
     pub fn read_only(&self) -> bool {
         self.read_only
-    }
-
-    pub fn save_state(&self) -> BlockState {
-        BlockState {
-            read_only: self.read_only,
-            capacity_sectors: self.capacity_sectors,
-            disk_id: self.id.to_vec(),
-            acked_features: self.acked_features,
-        }
     }
 }
 
@@ -138,5 +147,26 @@ impl VirtioDevice for BlockDevice {
 
     fn is_activated(&self) -> bool {
         matches!(self.state, DeviceState::Activated(_))
+    }
+
+    fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(None),
+            DeviceState::Activated(active) => {
+                let handler = active.worker.pause()?;
+                Ok(Some(vec![handler.queue().position()]))
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(()),
+            DeviceState::Activated(active) => active.worker.resume(),
+        }
+    }
+
+    fn device_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Block(self.state_for_snapshot())
     }
 }

@@ -9,7 +9,7 @@ pub mod request;
 
 pub use device::{BlockDevice, BlockError};
 pub use event_handler::{BlockHandler, BlockStats, BlockToken};
-pub use persist::BlockState;
+pub use persist::{BlockConstructorArgs, BlockState};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;

@@ -1,10 +1,13 @@
 //! The rng device as the transport sees it.
 
 use super::event_handler::RngHandler;
-use super::persist::RngState;
 use super::QUEUE_SIZE;
-use crate::devices::virtio::worker::{self, Worker};
-use crate::devices::virtio::{device_type, features, ActivateContext, ActivateError, VirtioDevice};
+use crate::devices::virtio::worker::{self, Worker, WorkerError};
+use crate::devices::virtio::{
+    device_type, features, ActivateContext, ActivateError, QueuePosition, VirtioDevice,
+    VirtioDeviceState,
+};
+use crate::snapshot::Persist;
 
 #[derive(Debug)]
 enum DeviceState {
@@ -14,15 +17,16 @@ enum DeviceState {
 
 #[derive(Debug)]
 struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown.
-    worker: Worker,
+    /// Stopped and joined on reset, or when dropped at teardown; parked
+    /// while a snapshot is taken.
+    worker: Worker<RngHandler>,
 }
 
 /// virtio-rng. Requests are served from getrandom on a worker thread.
 #[derive(Debug)]
 pub struct RngDevice {
     state: DeviceState,
-    acked_features: u64,
+    pub(super) acked_features: u64,
 }
 
 impl Default for RngDevice {
@@ -36,12 +40,6 @@ impl RngDevice {
         Self {
             state: DeviceState::Inactive,
             acked_features: 0,
-        }
-    }
-
-    pub fn save_state(&self) -> RngState {
-        RngState {
-            acked_features: self.acked_features,
         }
     }
 }
@@ -87,5 +85,26 @@ impl VirtioDevice for RngDevice {
 
     fn is_activated(&self) -> bool {
         matches!(self.state, DeviceState::Activated(_))
+    }
+
+    fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(None),
+            DeviceState::Activated(active) => {
+                let handler = active.worker.pause()?;
+                Ok(Some(vec![handler.queue().position()]))
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(()),
+            DeviceState::Activated(active) => active.worker.resume(),
+        }
+    }
+
+    fn device_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Rng(Persist::save(self).unwrap_or_else(|never| match never {}))
     }
 }

@@ -7,7 +7,7 @@ mod persist;
 
 pub use device::RngDevice;
 pub use event_handler::{RngHandler, RngToken, MAX_BYTES_PER_REQUEST};
-pub use persist::RngState;
+pub use persist::{RngConstructorArgs, RngState};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;

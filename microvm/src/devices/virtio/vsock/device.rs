@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 
 use super::event_handler::VsockHandler;
 use super::muxer::VsockMuxer;
-use super::persist::VsockState;
 use super::QUEUE_SIZE;
-use crate::devices::virtio::worker::{self, Worker};
+use crate::devices::virtio::worker::{self, Worker, WorkerError};
 use crate::devices::virtio::{
-    device_type, features, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
+    device_type, features, read_config_bytes, ActivateContext, ActivateError, QueuePosition,
+    VirtioDevice, VirtioDeviceState,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +32,10 @@ enum DeviceState {
 
 #[derive(Debug)]
 struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown. All
-    /// connections (fds, buffers) live on the worker and go with it.
-    worker: Worker,
+    /// Stopped and joined on reset, or when dropped at teardown; parked
+    /// while a snapshot is taken. All connections (fds, buffers) live on
+    /// the worker and go with it.
+    worker: Worker<VsockHandler>,
 }
 
 /// virtio-vsock with a host Unix listener at `uds_path`.
@@ -45,7 +46,11 @@ pub struct VsockDevice {
     listener: UnixListener,
     config: [u8; 8],
     state: DeviceState,
-    acked_features: u64,
+    pub(super) acked_features: u64,
+    /// Set on a device restored from a snapshot: its next activation tells
+    /// the driver that every connection it had is gone (a driver reset
+    /// clears it, as a freshly set-up driver has nothing to drop).
+    pub(super) transport_reset_pending: bool,
 }
 
 impl VsockDevice {
@@ -69,6 +74,7 @@ impl VsockDevice {
             listener,
             state: DeviceState::Inactive,
             acked_features: 0,
+            transport_reset_pending: false,
         })
     }
 
@@ -78,14 +84,6 @@ impl VsockDevice {
 
     pub fn uds_path(&self) -> &Path {
         &self.uds_path
-    }
-
-    pub fn save_state(&self) -> VsockState {
-        VsockState {
-            guest_cid: self.guest_cid,
-            uds_path: self.uds_path.clone(),
-            acked_features: self.acked_features,
-        }
     }
 }
 
@@ -114,8 +112,12 @@ impl VirtioDevice for VsockDevice {
         let listener = self.listener.try_clone().map_err(ActivateError::Dup)?;
         let muxer = VsockMuxer::new(self.guest_cid, self.uds_path.clone(), listener);
         let acked = ctx.acked_features;
-        let handler = VsockHandler::new(ctx, muxer)?;
+        let mut handler = VsockHandler::new(ctx, muxer)?;
+        if self.transport_reset_pending {
+            handler.reset_transport();
+        }
         let worker = worker::spawn("virtio-vsock", handler)?;
+        self.transport_reset_pending = false;
         self.acked_features = acked;
         self.state = DeviceState::Activated(ActiveState { worker });
         Ok(())
@@ -128,10 +130,32 @@ impl VirtioDevice for VsockDevice {
             active.worker.stop();
         }
         self.acked_features = 0;
+        self.transport_reset_pending = false;
     }
 
     fn is_activated(&self) -> bool {
         matches!(self.state, DeviceState::Activated(_))
+    }
+
+    fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(None),
+            DeviceState::Activated(active) => {
+                let handler = active.worker.pause()?;
+                Ok(Some(handler.queue_positions()))
+            }
+        }
+    }
+
+    fn resume(&mut self) -> Result<(), WorkerError> {
+        match &mut self.state {
+            DeviceState::Inactive => Ok(()),
+            DeviceState::Activated(active) => active.worker.resume(),
+        }
+    }
+
+    fn device_state(&self) -> VirtioDeviceState {
+        VirtioDeviceState::Vsock(self.state_for_snapshot())
     }
 }
 

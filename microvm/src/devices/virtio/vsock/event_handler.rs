@@ -2,8 +2,8 @@
 //! muxer's host sockets.
 //!
 //! Queue 0 (rx) carries packets to the guest, queue 1 (tx) packets from it,
-//! queue 2 (event) is only held (transport-reset events come with
-//! snapshots). A tx chain that breaks the rules, or is too short for a
+//! queue 2 (event) carries the transport reset a restored device owes the
+//! driver, once there is a buffer for it. A tx chain that breaks the rules, or is too short for a
 //! header, is returned with used length 0; an rx chain that does is
 //! returned the same way and the packet waits for the next buffer.
 
@@ -16,9 +16,14 @@ use vmm_sys_util::epoll::EventSet;
 use super::muxer::{RxPacket, VsockMuxer};
 use super::packet::{PacketHeader, HEADER_LEN, HEADER_SIZE, MAX_PAYLOAD};
 use crate::devices::virtio::chain::{self, CheckedChain};
-use crate::devices::virtio::queue::DeviceQueue;
+use crate::devices::virtio::queue::{DeviceQueue, QueuePosition};
 use crate::devices::virtio::worker::{EpollToken, EventHandler, Registry, WorkerError};
 use crate::devices::virtio::{ActivateContext, ActivateError, VirtioInterrupt};
+
+/// `struct virtio_vsock_event { le32 id; }` with id
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (virtio 1.2, 5.10.6.6).
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+const EVENT_LEN: u32 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VsockToken {
@@ -66,6 +71,8 @@ pub struct VsockStats {
     pub tx_packets: u64,
     /// Chains returned with used length 0 because they broke the rules.
     pub dropped_chains: u64,
+    /// Transport reset events put in the event queue.
+    pub transport_resets: u64,
 }
 
 #[derive(Debug)]
@@ -78,6 +85,8 @@ pub struct VsockHandler {
     muxer: VsockMuxer,
     scratch: Vec<u8>,
     tx_paused: bool,
+    /// A transport reset waits for an event buffer.
+    reset_pending: bool,
     stats: VsockStats,
 }
 
@@ -110,6 +119,7 @@ impl VsockHandler {
             muxer,
             scratch: vec![0; MAX_PAYLOAD as usize],
             tx_paused: false,
+            reset_pending: false,
             stats: VsockStats::default(),
         })
     }
@@ -128,6 +138,65 @@ impl VsockHandler {
 
     pub fn tx_queue(&self) -> &DeviceQueue {
         &self.txq
+    }
+
+    /// Where the rx, tx and event queues stand, in queue order.
+    pub fn queue_positions(&self) -> Vec<QueuePosition> {
+        vec![
+            self.rxq.position(),
+            self.txq.position(),
+            self.evq.position(),
+        ]
+    }
+
+    /// Tells the driver that every connection it had is gone and the CID
+    /// may have changed: now if it has posted an event buffer, else as
+    /// soon as it posts one.
+    pub fn reset_transport(&mut self) {
+        self.reset_pending = true;
+        self.process_events();
+    }
+
+    /// Delivers a pending transport reset into the next usable event
+    /// buffer. A buffer too small for the event, or with device-readable
+    /// parts, is returned empty and the next one is tried.
+    pub fn process_events(&mut self) {
+        let mut added = 0u32;
+        let mut budget = usize::from(self.evq.size());
+        while self.reset_pending && budget > 0 {
+            budget -= 1;
+            let chain = match self.evq.pop(&self.mem, &self.irq) {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break,
+            };
+            let head = chain.head_index();
+            let usable = CheckedChain::check(&chain, &self.mem)
+                .ok()
+                .filter(|c| c.readable_len == 0 && c.writable_len >= EVENT_LEN);
+            let written = usable.and_then(|_| {
+                let mut w = chain::writer(chain, &self.mem).ok()?;
+                std::io::Write::write_all(&mut w, &EVENT_TRANSPORT_RESET.to_le_bytes()).ok()
+            });
+            let len = match written {
+                Some(()) => {
+                    self.reset_pending = false;
+                    self.stats.transport_resets += 1;
+                    EVENT_LEN
+                }
+                None => {
+                    log::warn!("vsock: dropped malformed event buffer {head}");
+                    self.stats.dropped_chains += 1;
+                    0
+                }
+            };
+            if self.evq.add_used(&self.mem, &self.irq, head, len).is_err() {
+                break;
+            }
+            added += 1;
+        }
+        if added > 0 {
+            self.evq.notify(&self.mem, &self.irq);
+        }
     }
 
     /// Delivers pending packets into the guest's rx buffers.
@@ -283,7 +352,10 @@ impl EventHandler for VsockHandler {
                 self.txq.consume_notification();
                 self.process_tx(reg);
             }
-            VsockToken::EventQueue => self.evq.consume_notification(),
+            VsockToken::EventQueue => {
+                self.evq.consume_notification();
+                self.process_events();
+            }
             VsockToken::Listener => self.muxer.accept(reg),
             VsockToken::Handshake(id) => self.muxer.handshake_readable(id, reg),
             VsockToken::Conn(id) => self.muxer.conn_event(id, events, reg),

@@ -12,7 +12,7 @@ mod persist;
 pub use device::{VsockDevice, VsockError};
 pub use event_handler::{VsockHandler, VsockStats, VsockToken};
 pub use muxer::VsockMuxer;
-pub use persist::VsockState;
+pub use persist::{VsockConstructorArgs, VsockState};
 
 /// Size of each of the three queues.
 pub const QUEUE_SIZE: u16 = 256;
