@@ -204,11 +204,23 @@ impl Ring {
     }
 
     fn set_desc(&self, mem: &GuestMemoryMmap, i: u16, addr: u64, len: u32, flags: u16) {
+        self.set_desc_next(mem, i, addr, len, flags, 0);
+    }
+
+    fn set_desc_next(
+        &self,
+        mem: &GuestMemoryMmap,
+        i: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
         let at = self.desc + 16 * u64::from(i);
         mem.write_obj(addr, GuestAddress(at)).unwrap();
         mem.write_obj(len, GuestAddress(at + 8)).unwrap();
         mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        mem.write_obj(0u16, GuestAddress(at + 14)).unwrap();
+        mem.write_obj(next, GuestAddress(at + 14)).unwrap();
     }
 
     /// Puts `head` in avail ring entry `slot`, without publishing it.
@@ -762,6 +774,94 @@ fn vitrine_vmm_restore_gives_a_clone_its_disk_and_vsock_socket() {
         String::from_utf8_lossy(&full.stdout)
     );
     assert!(!clone_uds.exists(), "the clone removed its socket at exit");
+}
+
+const BLK_RING: Ring = Ring::at(0x40_0000);
+const VRING_DESC_F_NEXT: u16 = 1;
+const VIRTIO_BLK_T_IN: u32 = 0;
+
+/// Lays out a read of `sector` as descriptors 3n, 3n+1, 3n+2 (header,
+/// 512-byte data buffer, status byte) at `buf` and offers it in avail
+/// entry `n`. Returns the data buffer's address.
+fn block_read(mem: &GuestMemoryMmap, n: u16, sector: u64, buf: u64) -> u64 {
+    let head = 3 * n;
+    mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(buf)).unwrap();
+    mem.write_obj(0u32, GuestAddress(buf + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(buf + 8)).unwrap();
+    mem.write_obj(0xffu8, GuestAddress(buf + 0x400)).unwrap();
+    BLK_RING.set_desc_next(mem, head, buf, 16, VRING_DESC_F_NEXT, head + 1);
+    let flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+    BLK_RING.set_desc_next(mem, head + 1, buf + 0x200, 512, flags, head + 2);
+    BLK_RING.set_desc(mem, head + 2, buf + 0x400, 1, VRING_DESC_F_WRITE);
+    BLK_RING.offer(mem, n, head);
+    buf + 0x200
+}
+
+fn disk_with_sectors(dir: &Path, name: &str, fill: [u8; 2]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let mut bytes = vec![fill[0]; 512];
+    bytes.extend_from_slice(&[fill[1]; 512]);
+    bytes.resize(DISK_SECTORS as usize * 512, 0);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn restored_block_device_serves_the_next_read_from_the_disk_it_was_given() {
+    if !tier::kvm_or_skip("restored_block_device_serves_the_next_read_from_the_disk_it_was_given") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let template_disk = disk_with_sectors(files.path(), "template.img", [b'A', b'B']);
+    let clone_disk = disk_with_sectors(files.path(), "clone.img", [b'A', b'C']);
+    let out = Output::default();
+    let mut template = template_vm(&out);
+    let block = BlockDevice::new(File::open(&template_disk).unwrap(), true).unwrap();
+    let slot = template
+        .add_virtio_device(Arc::new(Mutex::new(block)))
+        .unwrap();
+    let mem = template.memory().clone();
+    let first = block_read(&mem, 0, 0, 0x50_0000);
+    let second = block_read(&mem, 1, 1, 0x51_0000);
+    BLK_RING.set_avail_idx(&mem, 1);
+    let base = slot.base;
+    let mut s = Script::new();
+    s.init_device(base, 2, &[BLK_RING]);
+    s.write(base + QUEUE_NOTIFY, 0);
+    s.poll16(BLK_RING.used_idx_addr(), 1);
+    s.write(base + INTERRUPT_ACK, INT_VRING);
+    s.ready();
+    s.write16(BLK_RING.avail_idx_addr(), 2);
+    s.write(base + QUEUE_NOTIFY, 0);
+    s.poll16(BLK_RING.used_idx_addr(), 2);
+    let irq_status = s.store(4, base + INTERRUPT_STATUS);
+    s.load(&template);
+    template.boot().unwrap();
+    assert_eq!(template.run().unwrap(), GuestExit::Ready, "{}", text(&out));
+    template.snapshot(dir.path()).unwrap();
+    let clone_out = Output::default();
+    let mut options = restore_options(&clone_out);
+    options.disks.push(DiskBacking {
+        file: File::open(&clone_disk).unwrap(),
+        read_only: true,
+    });
+    let mut clone = Vm::restore(dir.path(), options).unwrap();
+
+    let exit = clone.run().unwrap();
+
+    assert_eq!(exit, GuestExit::DebugExit(0), "{}", text(&clone_out));
+    let cmem = clone.memory();
+    assert_eq!(read(&mem, first, 512), vec![b'A'; 512], "template read");
+    assert_eq!(
+        read(cmem, second, 512),
+        vec![b'C'; 512],
+        "the clone read its own disk"
+    );
+    let status: u8 = cmem.read_obj(GuestAddress(0x51_0400)).unwrap();
+    assert_eq!(status, 0, "VIRTIO_BLK_S_OK");
+    assert_eq!(BLK_RING.used_elem(cmem, 1), (3, 513));
+    assert_eq!(result(cmem, irq_status) & INT_VRING, INT_VRING);
 }
 
 /// Copies a snapshot, with its state changed by `edit` and written with a

@@ -482,3 +482,41 @@ fn a_restored_vsock_sends_a_transport_reset_into_the_first_event_buffer() {
     );
     assert_eq!(clone.read(reg::VIRTIO_MMIO_CONFIG), 42);
 }
+
+#[test]
+fn a_restored_vsock_the_driver_had_not_set_up_sends_no_transport_reset() {
+    let mem = guest_memory();
+    let dir = tempfile::tempdir().unwrap();
+    let template = VsockDevice::new(3, dir.path().join("t.sock")).unwrap();
+    let d = Driver::new(&mem, Arc::new(Mutex::new(template)));
+    let state = d.transport.save().unwrap();
+    let args = VsockConstructorArgs {
+        guest_cid: 42,
+        uds_path: dir.path().join("c.sock"),
+    };
+    let device = VsockDevice::restore(args, &Default::default()).unwrap();
+    let transport = MmioTransport::restore(
+        MmioConstructorArgs {
+            mem: mem.clone(),
+            device: Arc::new(Mutex::new(device)),
+        },
+        &state,
+    )
+    .unwrap();
+    let mut clone = Driver { transport };
+    let (rx, tx, ev) = (
+        TestQueue::new(&mem, 0, 16),
+        TestQueue::new(&mem, 1, 16),
+        TestQueue::new(&mem, 2, 16),
+    );
+
+    // A driver that sets up the device afresh has no sockets to drop.
+    clone.start(&[&rx, &tx, &ev]);
+    ev.add_buffers(&[(8, true)]);
+    clone.notify(2);
+    std::thread::sleep(Duration::from_millis(50));
+
+    assert_eq!(state.active_queues, None);
+    assert_eq!(ev.used_idx(), 0, "no transport reset for a fresh driver");
+    assert_eq!(clone.read(reg::VIRTIO_MMIO_CONFIG), 42);
+}
