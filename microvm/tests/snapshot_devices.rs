@@ -801,7 +801,7 @@ fn disk_with_sectors(dir: &Path, name: &str, fill: [u8; 2]) -> std::path::PathBu
     let path = dir.join(name);
     let mut bytes = vec![fill[0]; 512];
     bytes.extend_from_slice(&[fill[1]; 512]);
-    bytes.resize(DISK_SECTORS as usize * 512, 0);
+    bytes.resize(usize::try_from(DISK_SECTORS * 512).unwrap(), 0);
     std::fs::write(&path, bytes).unwrap();
     path
 }
