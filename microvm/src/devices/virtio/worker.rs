@@ -359,6 +359,54 @@ impl<H: EventHandler> Drop for Worker<H> {
     }
 }
 
+/// A device's explicit lifecycle: no worker until the driver sets
+/// DRIVER_OK, then one worker thread serving its queues. Every device
+/// holds one; the worker is stopped and joined on reset or drop, and
+/// parked while a snapshot is taken.
+#[derive(Debug)]
+pub enum DeviceState<H: EventHandler> {
+    Inactive,
+    Activated(Worker<H>),
+}
+
+impl<H: EventHandler> DeviceState<H> {
+    pub fn is_activated(&self) -> bool {
+        matches!(self, Self::Activated(_))
+    }
+
+    /// Starts `handler` on its worker thread named `name`.
+    pub fn activate(&mut self, name: &str, handler: H) -> Result<(), WorkerError> {
+        *self = Self::Activated(spawn(name, handler)?);
+        Ok(())
+    }
+
+    /// Stops and joins the worker, if any; the device is inactive after.
+    pub fn deactivate(&mut self) {
+        if let Self::Activated(mut worker) = std::mem::replace(self, Self::Inactive) {
+            worker.stop();
+        }
+    }
+
+    /// Parks the worker and reports its queues' positions (`None` when
+    /// inactive), read by `positions` from the parked handler.
+    pub fn pause(
+        &mut self,
+        positions: impl FnOnce(&mut H) -> Vec<super::queue::QueuePosition>,
+    ) -> Result<Option<Vec<super::queue::QueuePosition>>, WorkerError> {
+        match self {
+            Self::Inactive => Ok(None),
+            Self::Activated(worker) => Ok(Some(positions(worker.pause()?))),
+        }
+    }
+
+    pub fn resume(&mut self) -> Result<(), WorkerError> {
+        match self {
+            Self::Inactive => Ok(()),
+            Self::Activated(worker) => worker.resume(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BL
 
 use super::event_handler::BlockHandler;
 use super::{DEFAULT_ID, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX};
-use crate::devices::virtio::worker::{self, Worker, WorkerError};
+use crate::devices::virtio::worker::{DeviceState, WorkerError};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateContext, ActivateError, QueuePosition,
     VirtioDevice, VirtioDeviceState,
@@ -35,19 +35,6 @@ fn mode(read_only: bool) -> &'static str {
     }
 }
 
-#[derive(Debug)]
-enum DeviceState {
-    Inactive,
-    Activated(ActiveState),
-}
-
-#[derive(Debug)]
-struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown; parked
-    /// while a snapshot is taken.
-    worker: Worker<BlockHandler>,
-}
-
 /// virtio-blk over a host file.
 #[derive(Debug)]
 pub struct BlockDevice {
@@ -56,7 +43,7 @@ pub struct BlockDevice {
     pub(super) capacity_sectors: u64,
     pub(super) id: [u8; 20],
     config: [u8; 16],
-    state: DeviceState,
+    state: DeviceState<BlockHandler>,
     pub(super) acked_features: u64,
 }
 
@@ -130,40 +117,26 @@ impl VirtioDevice for BlockDevice {
         let disk = self.disk.try_clone().map_err(ActivateError::Dup)?;
         let acked = ctx.acked_features;
         let handler = BlockHandler::new(ctx, disk, self.read_only, self.capacity_sectors, self.id)?;
-        let worker = worker::spawn("virtio-blk", handler)?;
+        self.state.activate("virtio-blk", handler)?;
         self.acked_features = acked;
-        self.state = DeviceState::Activated(ActiveState { worker });
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Activated(mut active) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
-            active.worker.stop();
-        }
+        self.state.deactivate();
         self.acked_features = 0;
     }
 
     fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated(_))
+        self.state.is_activated()
     }
 
     fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(None),
-            DeviceState::Activated(active) => {
-                let handler = active.worker.pause()?;
-                Ok(Some(vec![handler.queue().position()]))
-            }
-        }
+        self.state.pause(|h| vec![h.queue().position()])
     }
 
     fn resume(&mut self) -> Result<(), WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(()),
-            DeviceState::Activated(active) => active.worker.resume(),
-        }
+        self.state.resume()
     }
 
     fn device_state(&self) -> VirtioDeviceState {

@@ -2,30 +2,17 @@
 
 use super::event_handler::RngHandler;
 use super::QUEUE_SIZE;
-use crate::devices::virtio::worker::{self, Worker, WorkerError};
+use crate::devices::virtio::worker::{DeviceState, WorkerError};
 use crate::devices::virtio::{
     device_type, features, ActivateContext, ActivateError, QueuePosition, VirtioDevice,
     VirtioDeviceState,
 };
 use crate::snapshot::Persist;
 
-#[derive(Debug)]
-enum DeviceState {
-    Inactive,
-    Activated(ActiveState),
-}
-
-#[derive(Debug)]
-struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown; parked
-    /// while a snapshot is taken.
-    worker: Worker<RngHandler>,
-}
-
 /// virtio-rng. Requests are served from getrandom on a worker thread.
 #[derive(Debug)]
 pub struct RngDevice {
-    state: DeviceState,
+    state: DeviceState<RngHandler>,
     pub(super) acked_features: u64,
 }
 
@@ -68,40 +55,26 @@ impl VirtioDevice for RngDevice {
         }
         let acked = ctx.acked_features;
         let handler = RngHandler::new(ctx)?;
-        let worker = worker::spawn("virtio-rng", handler)?;
+        self.state.activate("virtio-rng", handler)?;
         self.acked_features = acked;
-        self.state = DeviceState::Activated(ActiveState { worker });
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Activated(mut active) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
-            active.worker.stop();
-        }
+        self.state.deactivate();
         self.acked_features = 0;
     }
 
     fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated(_))
+        self.state.is_activated()
     }
 
     fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(None),
-            DeviceState::Activated(active) => {
-                let handler = active.worker.pause()?;
-                Ok(Some(vec![handler.queue().position()]))
-            }
-        }
+        self.state.pause(|h| vec![h.queue().position()])
     }
 
     fn resume(&mut self) -> Result<(), WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(()),
-            DeviceState::Activated(active) => active.worker.resume(),
-        }
+        self.state.resume()
     }
 
     fn device_state(&self) -> VirtioDeviceState {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::event_handler::VsockHandler;
 use super::muxer::VsockMuxer;
 use super::QUEUE_SIZE;
-use crate::devices::virtio::worker::{self, Worker, WorkerError};
+use crate::devices::virtio::worker::{DeviceState, WorkerError};
 use crate::devices::virtio::{
     device_type, features, read_config_bytes, ActivateContext, ActivateError, QueuePosition,
     VirtioDevice, VirtioDeviceState,
@@ -24,20 +24,6 @@ pub enum VsockError {
     },
 }
 
-#[derive(Debug)]
-enum DeviceState {
-    Inactive,
-    Activated(ActiveState),
-}
-
-#[derive(Debug)]
-struct ActiveState {
-    /// Stopped and joined on reset, or when dropped at teardown; parked
-    /// while a snapshot is taken. All connections (fds, buffers) live on
-    /// the worker and go with it.
-    worker: Worker<VsockHandler>,
-}
-
 /// virtio-vsock with a host Unix listener at `uds_path`.
 #[derive(Debug)]
 pub struct VsockDevice {
@@ -45,7 +31,7 @@ pub struct VsockDevice {
     uds_path: PathBuf,
     listener: UnixListener,
     config: [u8; 8],
-    state: DeviceState,
+    state: DeviceState<VsockHandler>,
     pub(super) acked_features: u64,
     /// Set on a device restored from a snapshot: its next activation tells
     /// the driver that every connection it had is gone (a driver reset
@@ -116,42 +102,28 @@ impl VirtioDevice for VsockDevice {
         if self.transport_reset_pending {
             handler.reset_transport();
         }
-        let worker = worker::spawn("virtio-vsock", handler)?;
+        self.state.activate("virtio-vsock", handler)?;
         self.transport_reset_pending = false;
         self.acked_features = acked;
-        self.state = DeviceState::Activated(ActiveState { worker });
         Ok(())
     }
 
     fn reset(&mut self) {
-        if let DeviceState::Activated(mut active) =
-            std::mem::replace(&mut self.state, DeviceState::Inactive)
-        {
-            active.worker.stop();
-        }
+        self.state.deactivate();
         self.acked_features = 0;
         self.transport_reset_pending = false;
     }
 
     fn is_activated(&self) -> bool {
-        matches!(self.state, DeviceState::Activated(_))
+        self.state.is_activated()
     }
 
     fn pause(&mut self) -> Result<Option<Vec<QueuePosition>>, WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(None),
-            DeviceState::Activated(active) => {
-                let handler = active.worker.pause()?;
-                Ok(Some(handler.queue_positions()))
-            }
-        }
+        self.state.pause(|h| h.queue_positions())
     }
 
     fn resume(&mut self) -> Result<(), WorkerError> {
-        match &mut self.state {
-            DeviceState::Inactive => Ok(()),
-            DeviceState::Activated(active) => active.worker.resume(),
-        }
+        self.state.resume()
     }
 
     fn device_state(&self) -> VirtioDeviceState {
