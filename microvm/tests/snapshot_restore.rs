@@ -405,3 +405,47 @@ fn every_single_byte_corruption_of_a_real_state_file_is_refused() {
         assert!(file::decode(&b).is_err(), "flip at byte {i} accepted");
     }
 }
+
+/// Pages of `vm`'s guest RAM mapped in this process right now.
+fn mapped_pages(vm: &Vm) -> u64 {
+    vitrine_microvm::snapshot::memory::working_set(vm.memory())
+        .unwrap()
+        .iter()
+        .map(|r| r.pages)
+        .sum()
+}
+
+#[test]
+fn a_recorded_working_set_is_faulted_in_before_the_next_clone_runs() {
+    if !tier::kvm_or_skip("a_recorded_working_set_is_faulted_in_before_the_next_clone_runs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut template, _) = paused_counter(&counter::params(Some(3), 30), None);
+    template.snapshot(dir.path()).unwrap();
+    let (mut first, _) = restore(dir.path(), 3);
+    first.run().unwrap();
+    let ranges = first.record_working_set(dir.path()).unwrap();
+    let touched = mapped_pages(&first);
+
+    let (cold, _) = restore(dir.path(), 4);
+    let mut options = RestoreOptions::new(SerialSink::Discard);
+    options.prefault = true;
+    options.time_limit = Some(Duration::from_secs(20));
+    let mut warm = Vm::restore(dir.path(), options).unwrap();
+    let (cold_pages, warm_pages) = (mapped_pages(&cold), mapped_pages(&warm));
+
+    assert!(
+        ranges > 0 && touched > 0,
+        "the first clone touched guest pages"
+    );
+    assert!(
+        warm_pages >= touched,
+        "prefault mapped {warm_pages} pages before the run; the working set has {touched}"
+    );
+    assert!(
+        warm_pages > cold_pages,
+        "without prefault only {cold_pages} pages are mapped"
+    );
+    assert_eq!(warm.run().unwrap(), GuestExit::DebugExit(0));
+}
