@@ -157,6 +157,40 @@ impl DeviceQueue {
             .map_err(|source| self.fail(irq, source))
     }
 
+    /// Serves what the driver has made available, at most two rings' worth
+    /// per call (the rest waits for the next epoll round, with the
+    /// notification re-armed): `handle` turns each chain into its used
+    /// length, and one interrupt covers the batch.
+    pub fn serve(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        irq: &VirtioInterrupt,
+        mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+    ) {
+        let mut budget = 2 * usize::from(self.size());
+        let mut added = 0u32;
+        loop {
+            if budget == 0 {
+                self.requeue_notification();
+                break;
+            }
+            budget -= 1;
+            let chain = match self.pop(mem, irq) {
+                Ok(Some(c)) => c,
+                Ok(None) | Err(_) => break,
+            };
+            let head = chain.head_index();
+            let len = handle(chain);
+            if self.add_used(mem, irq, head, len).is_err() {
+                break;
+            }
+            added += 1;
+        }
+        if added > 0 {
+            self.notify(mem, irq);
+        }
+    }
+
     /// Raises the used-buffer interrupt if the driver asked for it.
     pub fn notify(&mut self, mem: &GuestMemoryMmap, irq: &VirtioInterrupt) {
         if self.broken {

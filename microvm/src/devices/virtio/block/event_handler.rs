@@ -122,41 +122,17 @@ impl BlockHandler {
         &self.queue
     }
 
-    /// Serves what the driver has made available, up to two rings' worth.
+    /// Serves what the driver has made available (see [`DeviceQueue::serve`]).
     pub fn process_queue(&mut self) {
-        let mut budget = 2 * usize::from(self.queue.size());
-        let mut added = 0u32;
-        loop {
-            if budget == 0 {
-                self.queue.requeue_notification();
-                break;
-            }
-            budget -= 1;
-            let chain = match self.queue.pop(&self.mem, &self.irq) {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break,
-            };
+        let (mem, disk) = (&self.mem, &mut self.disk);
+        self.queue.serve(mem, &self.irq, |chain| {
             let head = chain.head_index();
-            let len = match self.disk.handle_chain(&self.mem, chain) {
-                Ok(len) => len,
-                Err(e) => {
-                    log::warn!("virtio-blk: dropped request {head}: {e}");
-                    self.disk.stats.dropped += 1;
-                    0
-                }
-            };
-            if self
-                .queue
-                .add_used(&self.mem, &self.irq, head, len)
-                .is_err()
-            {
-                break;
-            }
-            added += 1;
-        }
-        if added > 0 {
-            self.queue.notify(&self.mem, &self.irq);
-        }
+            disk.handle_chain(mem, chain).unwrap_or_else(|e| {
+                log::warn!("virtio-blk: dropped request {head}: {e}");
+                disk.stats.dropped += 1;
+                0
+            })
+        });
     }
 }
 

@@ -78,46 +78,24 @@ impl RngHandler {
         &self.queue
     }
 
-    /// Serves what the driver has made available, up to two rings' worth;
-    /// the rest waits for the next epoll round.
+    /// Serves what the driver has made available (see [`DeviceQueue::serve`]).
     pub fn process_queue(&mut self) {
-        let mut budget = 2 * usize::from(self.queue.size());
-        let mut added = 0u32;
-        loop {
-            if budget == 0 {
-                self.queue.requeue_notification();
-                break;
-            }
-            budget -= 1;
-            let chain = match self.queue.pop(&self.mem, &self.irq) {
-                Ok(Some(c)) => c,
-                Ok(None) | Err(_) => break,
-            };
+        let (mem, scratch, stats) = (&self.mem, &mut self.scratch, &mut self.stats);
+        self.queue.serve(mem, &self.irq, |chain| {
             let head = chain.head_index();
-            let len = match fill(&self.mem, chain, &mut self.scratch) {
+            match fill(mem, chain, scratch) {
                 Ok(n) => {
-                    self.stats.served += 1;
-                    self.stats.bytes += u64::from(n);
+                    stats.served += 1;
+                    stats.bytes += u64::from(n);
                     n
                 }
                 Err(e) => {
                     log::warn!("virtio-rng: dropped request {head}: {e}");
-                    self.stats.dropped += 1;
+                    stats.dropped += 1;
                     0
                 }
-            };
-            if self
-                .queue
-                .add_used(&self.mem, &self.irq, head, len)
-                .is_err()
-            {
-                break;
             }
-            added += 1;
-        }
-        if added > 0 {
-            self.queue.notify(&self.mem, &self.irq);
-        }
+        });
     }
 }
 
