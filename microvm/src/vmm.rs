@@ -398,10 +398,6 @@ impl Vm {
         &self.ram.mem
     }
 
-    pub fn ram(&self) -> &GuestRam {
-        &self.ram
-    }
-
     pub fn kvm(&self) -> &VmHandle {
         &self.vm
     }

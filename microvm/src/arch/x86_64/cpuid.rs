@@ -83,8 +83,6 @@ pub const NESTED_SAFE_MASK: &[&str] = &[
 pub enum CpuidError {
     #[error("unknown CPUID feature '{0}' (known: {known})", known = known_names())]
     UnknownFeature(String),
-    #[error("KVM returned too many CPUID entries")]
-    TooManyEntries,
 }
 
 fn known_names() -> String {
