@@ -5,7 +5,7 @@
 //!   itself as the agent child, reaps orphans and powers off at the end.
 //! - `exec-limited ... -- PROGRAM ARGS`: apply limits, then exec (internal).
 //! - `render-worker KIND W H MAX_PAGES INPUT OUT_DIR`: render pages (internal).
-//! - `kill-uid UID`: kill every process of the current uid (internal).
+//! - `kill-uid UID`: become UID and kill every process of it (internal).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,8 +34,18 @@ fn main() -> ExitCode {
             }
         },
         Some("kill-uid") => {
-            sandbox::kill_all_of_own_uid();
-            ExitCode::SUCCESS
+            let uid = args.get(1).and_then(|a| a.to_str()?.parse::<u32>().ok());
+            match uid.map(sandbox::kill_all_of_uid) {
+                Some(Ok(())) => ExitCode::SUCCESS,
+                Some(Err(e)) => {
+                    eprintln!("vitrine-shim kill-uid: {:#}", anyhow::Error::new(e));
+                    ExitCode::from(126)
+                }
+                None => {
+                    eprintln!("vitrine-shim kill-uid: usage: kill-uid UID");
+                    ExitCode::from(2)
+                }
+            }
         }
         Some("--version") => {
             println!("vitrine-shim {}", agent::SHIM_VERSION);

@@ -7,6 +7,7 @@
 //! hook is needed.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,6 +38,9 @@ pub enum SandboxError {
     /// The program could not be executed.
     #[error("cannot execute {0}")]
     Exec(String, #[source] std::io::Error),
+    /// Dropping to the sandbox uid failed or did not stick.
+    #[error("cannot become uid {0}")]
+    BecomeUid(u32, #[source] nix::Error),
 }
 
 /// Resource limits of one child.
@@ -133,15 +137,17 @@ pub fn limited_command(
     if ctty {
         cmd.arg("--ctty");
     }
+    // The helper starts as root and drops to the uid itself, after its
+    // limits and before the final exec: the shim binary need not be
+    // reachable by the sandbox uid (it may sit in a 0700 directory).
+    if let Identity::Uid(uid) = identity {
+        cmd.arg(format!("--uid={uid}"));
+    }
     cmd.arg("--").arg(program).args(args);
     cmd.env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
         .env("LANG", "C.UTF-8")
         .stdin(Stdio::null());
-    if let Identity::Uid(uid) = identity {
-        // std drops supplementary groups when root sets a uid.
-        cmd.uid(uid).gid(uid);
-    }
     Ok(cmd)
 }
 
@@ -160,6 +166,7 @@ enum Never {}
 fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
     let mut limits = ChildLimits::program(Duration::from_secs(30));
     let mut ctty = false;
+    let mut uid = None;
     let mut rest = args.iter();
     for arg in rest.by_ref() {
         let s = arg
@@ -184,6 +191,9 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
             "--fsize" => limits.file_size = value,
             "--nproc" => limits.nproc = value,
             "--nofile" => limits.nofile = value,
+            "--uid" => {
+                uid = Some(u32::try_from(value).map_err(|_| SandboxError::Usage(s.to_owned()))?)
+            }
             _ => return Err(SandboxError::Usage(s.to_owned())),
         }
     }
@@ -207,6 +217,20 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
     set(Resource::RLIMIT_NPROC, "RLIMIT_NPROC", limits.nproc)?;
     set(Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE", limits.nofile)?;
     set(Resource::RLIMIT_CORE, "RLIMIT_CORE", 0)?;
+    // The shim running itself (the render worker) is exec'd by fd, opened
+    // while still root: the sandbox uid may not reach the binary's path.
+    // The kernel still checks the file's execute bit against that uid.
+    let own_binary = std::env::current_exe()
+        .is_ok_and(|exe| exe == Path::new(program))
+        .then(|| File::open("/proc/self/exe"))
+        .transpose()
+        .map_err(|e| SandboxError::Exec(program.to_string_lossy().into_owned(), e))?;
+    if let Some(uid) = uid {
+        become_uid(uid)?;
+    }
+    if let Some(binary) = own_binary {
+        return Err(exec_fd(&binary, program, &program_args));
+    }
     let err = Command::new(program).args(program_args).exec();
     Err(SandboxError::Exec(
         program.to_string_lossy().into_owned(),
@@ -294,8 +318,52 @@ pub fn kill_tree(pgid: u32, identity: Identity) {
     }
 }
 
+/// execs the open file `binary` with argv `program args` and this
+/// process's environment. Returns only on failure.
+fn exec_fd(binary: &File, program: &OsString, args: &[&OsString]) -> SandboxError {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let failed = |e: std::io::Error| SandboxError::Exec(program.to_string_lossy().into_owned(), e);
+    let cstr = |s: &[u8]| CString::new(s).map_err(|e| failed(std::io::Error::other(e)));
+    let argv: Result<Vec<CString>, _> = std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(|a| cstr(a.as_bytes()))
+        .collect();
+    let env: Result<Vec<CString>, _> = std::env::vars_os()
+        .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect();
+    match (argv, env) {
+        (Ok(argv), Ok(env)) => match nix::unistd::fexecve(binary, &argv, &env) {
+            Ok(never) => match never {},
+            Err(e) => failed(std::io::Error::from(e)),
+        },
+        (Err(e), _) | (_, Err(e)) => e,
+    }
+}
+
+/// Drops every group and becomes `uid`/`uid` for good (root cannot come
+/// back: setuid from root clears the saved uid and all capabilities).
+fn become_uid(uid: u32) -> Result<(), SandboxError> {
+    use nix::unistd::{getegid, geteuid, getgid, getuid, setgid, setgroups, setuid, Gid, Uid};
+    let fail = |e| SandboxError::BecomeUid(uid, e);
+    setgroups(&[]).map_err(fail)?;
+    setgid(Gid::from_raw(uid)).map_err(fail)?;
+    setuid(Uid::from_raw(uid)).map_err(fail)?;
+    let ids = [
+        getuid().as_raw(),
+        geteuid().as_raw(),
+        getgid().as_raw(),
+        getegid().as_raw(),
+    ];
+    if ids.iter().any(|&id| id != uid) {
+        return Err(fail(nix::Error::EPERM));
+    }
+    Ok(())
+}
+
 /// Runs `vitrine-shim kill-uid UID`, which becomes UID and kills all its
-/// processes with kill(-1): the only race-free way to end a fork bomb.
+/// processes with kill(-1): the only race-free way to end a fork bomb. It
+/// is started as root and drops to UID itself, like `exec-limited`.
 fn kill_uid(uid: u32) {
     let Ok(exe) = std::env::current_exe() else {
         return;
@@ -307,22 +375,22 @@ fn kill_uid(uid: u32) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .uid(uid)
-        .gid(uid)
         .status();
 }
 
-/// `kill-uid` mode body: already running as the target uid. Repeats until
-/// nothing is left, because a fork bomb refills the slots freed by a pass.
-pub fn kill_all_of_own_uid() {
+/// `kill-uid` mode body: becomes `uid`, then repeats until nothing of it is
+/// left, because a fork bomb refills the slots freed by a pass.
+pub fn kill_all_of_uid(uid: u32) -> Result<(), SandboxError> {
+    become_uid(uid)?;
     for _ in 0..200 {
         // kill(-1) signals every process this uid may signal, except
         // ourselves; ESRCH means none is left.
         if nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL).is_err() {
-            return;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+    Ok(())
 }
 
 /// Describes an exit status for a "task failed" reason.
