@@ -13,6 +13,7 @@ pub mod memory;
 pub mod probe;
 pub mod resident;
 pub mod snapshot;
+pub mod status;
 pub mod test_guests;
 pub mod vcpu;
 pub mod vmm;

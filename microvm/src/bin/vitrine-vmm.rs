@@ -16,6 +16,7 @@ use vitrine_microvm::lifecycle::{GuestExit, GuestFault};
 use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
 use vitrine_microvm::resident::Resident;
+use vitrine_microvm::status::{GuestReport, StatusError, StatusFd};
 use vitrine_microvm::test_guests;
 use vitrine_microvm::vmm::{DiskBacking, RestoreOptions, Vm, VmConfig, VmError, DEFAULT_GUEST_CID};
 
@@ -137,14 +138,25 @@ struct OutputArgs {
     /// Print resident memory and timing to stderr at exit.
     #[arg(long)]
     stats: bool,
+    /// Write the guest's result as one JSON line to this inherited fd as
+    /// soon as the guest stops, before the VM is torn down.
+    #[arg(long, value_name = "FD")]
+    status_fd: Option<i32>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let started = Instant::now();
+    let mut status = match status_fd(&cli.command) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vitrine-vmm: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Probe { json } => return probe_command(json),
-        Command::Run { boot, out } => run_command(boot, out, started),
+        Command::Run { boot, out } => run_command(boot, out, started, &mut status),
         Command::Snapshot {
             boot,
             out,
@@ -164,13 +176,41 @@ fn main() -> ExitCode {
                 vsock_uds,
                 disks: disk,
             };
-            restore_command(snapshot, hosts, prefault, record_working_set, out, started)
+            let run = RunFlags {
+                prefault,
+                record_working_set,
+                started,
+            };
+            restore_command(snapshot, hosts, run, out, &mut status)
         }
     };
     result.unwrap_or_else(|e| {
+        if let Some(s) = status.take() {
+            let report = GuestReport::Error {
+                detail: format!("{e:#}"),
+            };
+            s.send(&report, started.elapsed());
+        }
         eprintln!("vitrine-vmm: error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Adopts the `--status-fd` of a run or restore.
+fn status_fd(command: &Command) -> Result<Option<StatusFd>, StatusError> {
+    let fd = match command {
+        Command::Run { out, .. } | Command::Restore { out, .. } => out.status_fd,
+        Command::Snapshot { .. } | Command::Probe { .. } => None,
+    };
+    fd.map(StatusFd::adopt).transpose()
+}
+
+/// Tells the caller the result while the VM still exists; the slow part of
+/// teardown (the kernel destroying the VM) comes after.
+fn report(status: &mut Option<StatusFd>, result: &Result<GuestExit, VmError>, started: Instant) {
+    if let Some(s) = status.take() {
+        s.send(&GuestReport::of(result), started.elapsed());
+    }
 }
 
 fn probe_command(json: bool) -> ExitCode {
@@ -258,13 +298,26 @@ fn vm_err(e: VmError) -> anyhow::Error {
     anyhow!(error_chain(&e))
 }
 
-fn run_command(boot: BootArgs, out: OutputArgs, started: Instant) -> anyhow::Result<ExitCode> {
+fn run_command(
+    boot: BootArgs,
+    out: OutputArgs,
+    started: Instant,
+    status: &mut Option<StatusFd>,
+) -> anyhow::Result<ExitCode> {
     let (mut config, _guest_file) = vm_config(boot)?;
     config.time_limit = seconds("--time-limit", out.time_limit)?;
     let mut vm = Vm::new(config, serial_sink(&out)?).map_err(vm_err)?;
     vm.boot().map_err(vm_err)?;
     let result = vm.run();
+    report(status, &result, started);
     finish(result, out.stats, started)
+}
+
+/// Restore-time choices.
+struct RunFlags {
+    prefault: bool,
+    record_working_set: bool,
+    started: Instant,
 }
 
 /// What a clone gets of its own: vsock identity and disks.
@@ -277,10 +330,9 @@ struct CloneHosts {
 fn restore_command(
     snapshot: PathBuf,
     hosts: CloneHosts,
-    prefault: bool,
-    record_working_set: bool,
+    run: RunFlags,
     out: OutputArgs,
-    started: Instant,
+    status: &mut Option<StatusFd>,
 ) -> anyhow::Result<ExitCode> {
     let mut options = RestoreOptions::new(serial_sink(&out)?);
     options.time_limit = seconds("--time-limit", out.time_limit)?;
@@ -294,14 +346,15 @@ fn restore_command(
             read_only: true,
         });
     }
-    options.prefault = prefault;
+    options.prefault = run.prefault;
     let mut vm = Vm::restore(&snapshot, options).map_err(vm_err)?;
     let result = vm.run();
-    if record_working_set {
+    report(status, &result, run.started);
+    if run.record_working_set {
         let ranges = vm.record_working_set(&snapshot).map_err(vm_err)?;
         eprintln!("vitrine-vmm: recorded a working set of {ranges} page ranges");
     }
-    finish(result, out.stats, started)
+    finish(result, out.stats, run.started)
 }
 
 fn snapshot_command(
