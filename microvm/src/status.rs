@@ -59,7 +59,7 @@ pub enum StatusError {
     #[error("--status-fd {0} is not an open file descriptor")]
     NotOpen(RawFd),
     /// The fd is one of stdin, stdout or stderr.
-    #[error("--status-fd must be 3 or above, not {0}")]
+    #[error("--status-fd {0} is stdin or stderr; use 3 or above, or 1 (stdout) with --serial-log")]
     Reserved(RawFd),
     /// The line is not a report.
     #[error("malformed guest report: {0}")]
@@ -116,8 +116,11 @@ pub struct StatusFd(File);
 impl StatusFd {
     /// Takes ownership of inherited fd `fd`. Call once per fd, early in
     /// main, before anything else could have opened or closed that number.
-    pub fn adopt(fd: RawFd) -> Result<Self, StatusError> {
-        if fd < 3 {
+    /// Stdout (1) is allowed only when `stdout_free`: the guest's serial
+    /// output goes elsewhere, so a caller without fd passing can read the
+    /// report from the VMM's stdout.
+    pub fn adopt(fd: RawFd, stdout_free: bool) -> Result<Self, StatusError> {
+        if fd <= 0 || fd == 2 || (fd == 1 && !stdout_free) {
             return Err(StatusError::Reserved(fd));
         }
         // SAFETY: F_GETFD only reads the descriptor's flags; for a number
@@ -146,7 +149,9 @@ mod tests {
     fn a_report_line_parses_back_to_the_same_report() {
         let reports = [
             GuestReport::DebugExit { code: 33 },
-            GuestReport::Stopped { how: "reset".into() },
+            GuestReport::Stopped {
+                how: "reset".into(),
+            },
             GuestReport::Ready,
             GuestReport::Fault {
                 detail: "vCPU 0 triple-faulted".into(),
@@ -158,7 +163,10 @@ mod tests {
         ];
         for r in reports {
             let line = r.to_line(Duration::from_micros(2_345));
-            assert!(line.ends_with('\n') && line.contains("\"vmm_ms\":2.345"), "{line}");
+            assert!(
+                line.ends_with('\n') && line.contains("\"vmm_ms\":2.345"),
+                "{line}"
+            );
             assert_eq!(GuestReport::parse(&line).unwrap(), r);
         }
     }
@@ -167,10 +175,18 @@ mod tests {
     fn a_fault_report_says_whether_the_limit_stopped_the_guest() {
         let timed_out = GuestFault::TimedOut(Duration::from_secs(1));
         let r = GuestReport::of(&Err(VmError::Guest(timed_out)));
-        assert!(matches!(r, GuestReport::Fault { timed_out: true, .. }));
+        assert!(matches!(
+            r,
+            GuestReport::Fault {
+                timed_out: true,
+                ..
+            }
+        ));
         let tf = GuestFault::TripleFault { vcpu: 0, rip: 0x10 };
         let r = GuestReport::of(&Err(VmError::Guest(tf)));
-        assert!(matches!(r, GuestReport::Fault { timed_out: false, ref detail } if detail.contains("0x10")));
+        assert!(
+            matches!(r, GuestReport::Fault { timed_out: false, ref detail } if detail.contains("0x10"))
+        );
     }
 
     #[test]
@@ -186,9 +202,18 @@ mod tests {
 
     #[test]
     fn stdio_and_closed_fds_are_not_adopted() {
-        assert!(matches!(StatusFd::adopt(1), Err(StatusError::Reserved(1))));
+        for fd in [0, 2] {
+            assert!(matches!(
+                StatusFd::adopt(fd, true),
+                Err(StatusError::Reserved(_))
+            ));
+        }
         assert!(matches!(
-            StatusFd::adopt(1_000_000),
+            StatusFd::adopt(1, false),
+            Err(StatusError::Reserved(1))
+        ));
+        assert!(matches!(
+            StatusFd::adopt(1_000_000, true),
             Err(StatusError::NotOpen(_))
         ));
     }

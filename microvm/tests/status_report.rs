@@ -103,3 +103,61 @@ fn a_status_fd_that_is_not_open_is_one_clear_error() {
     );
     assert!(out.stdout.is_empty(), "the guest must not have run");
 }
+
+#[test]
+fn the_report_can_go_to_stdout_when_serial_goes_to_a_log() {
+    if !tier::kvm_or_skip("the_report_can_go_to_stdout_when_serial_goes_to_a_log") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serial.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine-vmm"))
+        .args([
+            "run",
+            "--test-guest",
+            "hello",
+            "--status-fd",
+            "1",
+            "--serial-log",
+        ])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(report(&text), GuestReport::DebugExit { code: 0 });
+    assert!(std::fs::read_to_string(&log).unwrap().contains("Hello"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vitrine-vmm"))
+        .args(["run", "--test-guest", "hello", "--status-fd", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("with --serial-log"));
+}
+
+#[test]
+fn devices_on_the_command_line_are_checked_before_the_guest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = dir.path().join("vsock.sock");
+    std::fs::write(&taken, b"").unwrap();
+    let missing = dir.path().join("no-such-disk.img");
+    for (flag, path, what) in [
+        ("--vsock-uds", &taken, "vsock socket"),
+        ("--disk", &missing, "disk image"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vitrine-vmm"))
+            .args(["run", "--test-guest", "hello", flag])
+            .arg(path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty(), "the guest must not have run");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(what) && stderr.contains(&*path.to_string_lossy()),
+            "{stderr}"
+        );
+    }
+}

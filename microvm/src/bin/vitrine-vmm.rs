@@ -5,6 +5,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -12,6 +13,9 @@ use clap::{Parser, Subcommand};
 use vitrine_microvm::arch::x86_64::cpuid::CpuidMask;
 use vitrine_microvm::boot::BootProtocol;
 use vitrine_microvm::devices::serial::SerialSink;
+use vitrine_microvm::devices::virtio::block::BlockDevice;
+use vitrine_microvm::devices::virtio::rng::RngDevice;
+use vitrine_microvm::devices::virtio::vsock::VsockDevice;
 use vitrine_microvm::lifecycle::{GuestExit, GuestFault};
 use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
@@ -125,6 +129,52 @@ struct BootArgs {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = DEFAULT_GUEST_CID)]
     cid: u64,
+    #[command(flatten)]
+    devices: DeviceArgs,
+}
+
+/// Virtio devices to give the guest, each on the kernel command line as a
+/// `virtio_mmio.device=` entry.
+#[derive(clap::Args, Default)]
+struct DeviceArgs {
+    /// Add a virtio-vsock device whose host side is this Unix socket (it
+    /// must not exist yet); guest connections to host port P go to
+    /// `<path>_P`.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Add a read-only virtio-blk device backed by this image; repeat for
+    /// more disks.
+    #[arg(long, value_name = "IMAGE")]
+    disk: Vec<PathBuf>,
+}
+
+impl DeviceArgs {
+    /// Attaches the devices, in a fixed order (disks, rng, vsock), so a
+    /// snapshot's slots line up with the same flags on restore.
+    fn attach(&self, vm: &mut Vm, cid: u64) -> anyhow::Result<()> {
+        for path in &self.disk {
+            let file = File::open(path)
+                .with_context(|| format!("cannot open disk image {}", path.display()))?;
+            let dev = BlockDevice::new(file, true)
+                .with_context(|| format!("cannot use disk image {}", path.display()))?;
+            vm.add_virtio_device(Arc::new(Mutex::new(dev)))
+                .map_err(vm_err)?;
+        }
+        if self.rng {
+            vm.add_virtio_device(Arc::new(Mutex::new(RngDevice::new())))
+                .map_err(vm_err)?;
+        }
+        if let Some(uds) = &self.vsock_uds {
+            let dev = VsockDevice::new(cid, uds)
+                .with_context(|| format!("cannot listen on vsock socket {}", uds.display()))?;
+            vm.add_virtio_device(Arc::new(Mutex::new(dev)))
+                .map_err(vm_err)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -139,7 +189,8 @@ struct OutputArgs {
     #[arg(long)]
     stats: bool,
     /// Write the guest's result as one JSON line to this inherited fd as
-    /// soon as the guest stops, before the VM is torn down.
+    /// soon as the guest stops, before the VM is torn down (1, stdout, is
+    /// allowed with --serial-log).
     #[arg(long, value_name = "FD")]
     status_fd: Option<i32>,
 }
@@ -198,11 +249,14 @@ fn main() -> ExitCode {
 
 /// Adopts the `--status-fd` of a run or restore.
 fn status_fd(command: &Command) -> Result<Option<StatusFd>, StatusError> {
-    let fd = match command {
-        Command::Run { out, .. } | Command::Restore { out, .. } => out.status_fd,
-        Command::Snapshot { .. } | Command::Probe { .. } => None,
+    let out = match command {
+        Command::Run { out, .. } | Command::Restore { out, .. } => out,
+        Command::Snapshot { .. } | Command::Probe { .. } => return Ok(None),
     };
-    fd.map(StatusFd::adopt).transpose()
+    let stdout_free = out.serial_log.is_some();
+    out.status_fd
+        .map(|fd| StatusFd::adopt(fd, stdout_free))
+        .transpose()
 }
 
 /// Tells the caller the result while the VM still exists; the slow part of
@@ -260,6 +314,23 @@ fn serial_sink(out: &OutputArgs) -> anyhow::Result<SerialSink> {
     })
 }
 
+/// A VM from the boot arguments, with its devices, booted and ready to run.
+/// The kernel file of a built-in guest only needs to live until boot.
+fn booted_vm(
+    mut args: BootArgs,
+    time_limit: Option<Duration>,
+    serial: SerialSink,
+) -> anyhow::Result<Vm> {
+    let devices = std::mem::take(&mut args.devices);
+    let (mut config, _guest_file) = vm_config(args)?;
+    config.time_limit = time_limit;
+    let cid = config.vsock_cid;
+    let mut vm = Vm::new(config, serial).map_err(vm_err)?;
+    devices.attach(&mut vm, cid)?;
+    vm.boot().map_err(vm_err)?;
+    Ok(vm)
+}
+
 /// A VM config from the boot arguments. The returned file, if any, holds a
 /// built-in guest and must stay open until the VM has booted.
 fn vm_config(args: BootArgs) -> anyhow::Result<(VmConfig, Option<File>)> {
@@ -304,10 +375,8 @@ fn run_command(
     started: Instant,
     status: &mut Option<StatusFd>,
 ) -> anyhow::Result<ExitCode> {
-    let (mut config, _guest_file) = vm_config(boot)?;
-    config.time_limit = seconds("--time-limit", out.time_limit)?;
-    let mut vm = Vm::new(config, serial_sink(&out)?).map_err(vm_err)?;
-    vm.boot().map_err(vm_err)?;
+    let limit = seconds("--time-limit", out.time_limit)?;
+    let mut vm = booted_vm(boot, limit, serial_sink(&out)?)?;
     let result = vm.run();
     report(status, &result, started);
     finish(result, out.stats, started)
@@ -363,9 +432,7 @@ fn snapshot_command(
     pause_after: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
     let pause_after = seconds("--pause-after", pause_after)?;
-    let (config, _guest_file) = vm_config(boot)?;
-    let mut vm = Vm::new(config, SerialSink::stdout()).map_err(vm_err)?;
-    vm.boot().map_err(vm_err)?;
+    let mut vm = booted_vm(boot, None, SerialSink::stdout())?;
     let exit = match pause_after {
         Some(d) => vm.run_for(d),
         None => vm.run(),
