@@ -3,8 +3,11 @@
 //! open-file job that the `vitrine` CLI (and later the daemon) runs.
 
 pub mod backend;
+pub mod desktop;
+pub mod downloads_watch;
 pub mod fresh_guest;
 pub mod image_cache;
 pub mod open_file;
 pub mod pages;
 pub mod task;
+pub mod viewer;

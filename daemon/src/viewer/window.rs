@@ -1,0 +1,395 @@
+//! The viewer's window: winit for the window and input, softbuffer for the
+//! pixels. A reader thread decodes the daemon's messages from the socket and
+//! hands them to the event loop; input goes back on the same socket.
+
+use std::io::Write;
+use std::num::NonZeroU32;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use vitrine_shim::protocol::{InputEvent, Key, KeyEvent, Modifiers, MAX_DIM};
+use winit::application::ApplicationHandler;
+use winit::dpi::{PhysicalPosition, PhysicalSize};
+use winit::event::{ElementState, MouseButton, MouseScrollDelta, WindowEvent};
+use winit::event_loop::{ActiveEventLoop, EventLoop, EventLoopProxy};
+use winit::keyboard::{Key as WKey, ModifiersState, NamedKey};
+use winit::window::{Window, WindowId};
+
+use super::canvas::{Canvas, Click, Layout, StatusFont};
+use super::wire::{self, Message};
+
+/// The window's first size, before the user resizes it.
+const INITIAL_SIZE: PhysicalSize<u32> = PhysicalSize::new(880, 1000);
+
+/// Why the viewer window stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    /// No display, or the event loop failed.
+    #[error("window system")]
+    EventLoop(#[from] winit::error::EventLoopError),
+    /// The window could not be made.
+    #[error("creating the window")]
+    Os(#[from] winit::error::OsError),
+    /// The pixel surface failed.
+    #[error("drawing surface: {0}")]
+    Surface(String),
+    /// The socket to the daemon failed.
+    #[error("daemon socket")]
+    Io(#[from] std::io::Error),
+    /// The daemon sent something the wire refuses.
+    #[error("daemon message")]
+    Wire(#[from] wire::WireError),
+}
+
+/// Events the reader thread posts to the event loop.
+#[derive(Debug)]
+enum FromDaemon {
+    Message(Message),
+    /// End of stream (the daemon closed the window) or a broken message.
+    Ended(Option<wire::WireError>),
+}
+
+struct Shown {
+    window: Arc<Window>,
+    // The context must outlive the surface; kept here for that.
+    _context: softbuffer::Context<Arc<Window>>,
+    surface: softbuffer::Surface<Arc<Window>, Arc<Window>>,
+}
+
+struct Viewer {
+    title: String,
+    to_daemon: UnixStream,
+    canvas: Canvas,
+    font: Option<StatusFont>,
+    shown: Option<Shown>,
+    size: PhysicalSize<u32>,
+    modifiers: ModifiersState,
+    cursor: PhysicalPosition<f64>,
+    error: Option<WindowError>,
+}
+
+/// Opens the window titled `title` and serves `stream` until the daemon
+/// closes it or the user closes the window.
+pub fn run(title: &str, stream: UnixStream) -> Result<(), WindowError> {
+    let event_loop = EventLoop::<FromDaemon>::with_user_event().build()?;
+    let proxy = event_loop.create_proxy();
+    let from_daemon = stream.try_clone()?;
+    std::thread::Builder::new()
+        .name("daemon-reader".into())
+        .spawn(move || read_daemon(from_daemon, &proxy))?;
+    let mut viewer = Viewer {
+        title: super::link::window_title(title.trim_end_matches(" (sandboxed)")),
+        to_daemon: stream,
+        canvas: Canvas::new(),
+        font: StatusFont::load(),
+        shown: None,
+        size: INITIAL_SIZE,
+        modifiers: ModifiersState::empty(),
+        cursor: PhysicalPosition::new(0.0, 0.0),
+        error: None,
+    };
+    event_loop.run_app(&mut viewer)?;
+    match viewer.error.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn read_daemon(mut stream: UnixStream, proxy: &EventLoopProxy<FromDaemon>) {
+    loop {
+        let event = match wire::read_message(&mut stream) {
+            Ok(Some(msg)) => FromDaemon::Message(msg),
+            Ok(None) => FromDaemon::Ended(None),
+            Err(e) => FromDaemon::Ended(Some(e)),
+        };
+        let last = matches!(event, FromDaemon::Ended(_));
+        if proxy.send_event(event).is_err() || last {
+            return;
+        }
+    }
+}
+
+impl Viewer {
+    fn open(&mut self, event_loop: &ActiveEventLoop) -> Result<(), WindowError> {
+        let attrs = Window::default_attributes()
+            .with_title(self.title.clone())
+            .with_inner_size(INITIAL_SIZE);
+        let window = Arc::new(event_loop.create_window(attrs)?);
+        let context = softbuffer::Context::new(Arc::clone(&window))
+            .map_err(|e| WindowError::Surface(e.to_string()))?;
+        let surface = softbuffer::Surface::new(&context, Arc::clone(&window))
+            .map_err(|e| WindowError::Surface(e.to_string()))?;
+        self.size = window.inner_size();
+        self.shown = Some(Shown {
+            window,
+            _context: context,
+            surface,
+        });
+        self.send_resize();
+        Ok(())
+    }
+
+    fn redraw(&mut self) -> Result<(), WindowError> {
+        let Some(shown) = self.shown.as_mut() else {
+            return Ok(());
+        };
+        let (Some(w), Some(h)) = (
+            NonZeroU32::new(self.size.width),
+            NonZeroU32::new(self.size.height),
+        ) else {
+            return Ok(());
+        };
+        let surface_err = |e: softbuffer::SoftBufferError| WindowError::Surface(e.to_string());
+        shown.surface.resize(w, h).map_err(surface_err)?;
+        let mut buffer = shown.surface.buffer_mut().map_err(surface_err)?;
+        self.canvas
+            .draw(&mut buffer, w.get(), h.get(), self.font.as_ref());
+        buffer.present().map_err(surface_err)?;
+        Ok(())
+    }
+
+    fn request_redraw(&self) {
+        if let Some(shown) = &self.shown {
+            shown.window.request_redraw();
+        }
+    }
+
+    fn send(&mut self, event: InputEvent) {
+        let bytes = match wire::encode(&Message::Input(event)) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                eprintln!("vitrine-viewer: not sending input: {e}");
+                return;
+            }
+        };
+        // A daemon that went away ends the window at the next read anyway.
+        let _ = self.to_daemon.write_all(&bytes);
+    }
+
+    fn send_resize(&mut self) {
+        let content = Layout::new(self.size.width, self.size.height).content;
+        if content.w > 0 && content.h > 0 {
+            self.send(InputEvent::Resize {
+                width: content.w.min(MAX_DIM),
+                height: content.h.min(MAX_DIM),
+            });
+        }
+    }
+
+    fn change_page(&mut self, forward: bool) {
+        let current = self.canvas.current_page();
+        let page = if forward {
+            current.saturating_add(1)
+        } else {
+            current.saturating_sub(1)
+        };
+        if self.canvas.show_page(page) {
+            self.send(InputEvent::PageChange { page });
+            self.request_redraw();
+        }
+    }
+
+    fn modifiers(&self) -> Modifiers {
+        Modifiers {
+            ctrl: self.modifiers.control_key(),
+            alt: self.modifiers.alt_key(),
+            shift: self.modifiers.shift_key(),
+        }
+    }
+
+    fn key(&mut self, key: &WKey, text: Option<&str>) {
+        let modifiers = self.modifiers();
+        // Ctrl+PageUp/PageDown turn pages in the viewer itself.
+        if modifiers.ctrl {
+            if let WKey::Named(NamedKey::PageDown | NamedKey::PageUp) = key {
+                self.change_page(matches!(key, WKey::Named(NamedKey::PageDown)));
+                return;
+            }
+        }
+        if let Some(key) = map_key(key) {
+            self.send(InputEvent::Key(KeyEvent { key, modifiers }));
+        } else if let Some(text) = text.filter(|t| !t.is_empty()) {
+            // Composed input (several characters at once) goes as text.
+            let clean: String = text.chars().filter(|c| !c.is_control()).collect();
+            if !clean.is_empty() {
+                self.send(InputEvent::Text(clean));
+            }
+        }
+    }
+}
+
+impl ApplicationHandler<FromDaemon> for Viewer {
+    fn resumed(&mut self, event_loop: &ActiveEventLoop) {
+        if self.shown.is_some() {
+            return;
+        }
+        if let Err(e) = self.open(event_loop) {
+            self.error = Some(e);
+            event_loop.exit();
+        }
+    }
+
+    fn user_event(&mut self, event_loop: &ActiveEventLoop, event: FromDaemon) {
+        match event {
+            FromDaemon::Message(Message::Frame(frame)) => match self.canvas.apply_frame(&frame) {
+                Ok(true) => self.request_redraw(),
+                Ok(false) => {}
+                Err(e) => eprintln!("vitrine-viewer: dropped a frame: {e}"),
+            },
+            FromDaemon::Message(Message::Status(text)) => {
+                self.canvas.set_status(&text);
+                self.request_redraw();
+            }
+            FromDaemon::Message(other) => {
+                eprintln!(
+                    "vitrine-viewer: ignoring a viewer-side message from the daemon: {other:?}"
+                );
+            }
+            FromDaemon::Ended(err) => {
+                if let Some(e) = err {
+                    self.error = Some(e.into());
+                }
+                event_loop.exit();
+            }
+        }
+    }
+
+    fn window_event(&mut self, event_loop: &ActiveEventLoop, _id: WindowId, event: WindowEvent) {
+        match event {
+            WindowEvent::CloseRequested | WindowEvent::Destroyed => {
+                let closed = wire::encode(&Message::Closed).unwrap_or_default();
+                let _ = self.to_daemon.write_all(&closed);
+                event_loop.exit();
+            }
+            WindowEvent::RedrawRequested => {
+                if let Err(e) = self.redraw() {
+                    self.error = Some(e);
+                    event_loop.exit();
+                }
+            }
+            WindowEvent::Resized(size) => {
+                if size != self.size {
+                    self.size = size;
+                    self.send_resize();
+                }
+                self.request_redraw();
+            }
+            WindowEvent::ModifiersChanged(m) => self.modifiers = m.state(),
+            WindowEvent::KeyboardInput { event, .. } if event.state == ElementState::Pressed => {
+                self.key(&event.logical_key, event.text.as_deref());
+            }
+            WindowEvent::MouseWheel { delta, .. } => {
+                let (dx, dy) = wheel_lines(delta);
+                if dx != 0 || dy != 0 {
+                    let layout = Layout::new(self.size.width, self.size.height);
+                    if self.canvas.scroll(dx, dy, &layout) {
+                        self.request_redraw();
+                    }
+                    self.send(InputEvent::Scroll { dx, dy });
+                }
+            }
+            WindowEvent::CursorMoved { position, .. } => self.cursor = position,
+            WindowEvent::MouseInput {
+                state: ElementState::Pressed,
+                button: MouseButton::Left,
+                ..
+            } => {
+                let layout = Layout::new(self.size.width, self.size.height);
+                match self.canvas.click(&layout, self.cursor.x, self.cursor.y) {
+                    Click::PreviousPage => self.change_page(false),
+                    Click::NextPage => self.change_page(true),
+                    Click::Nothing => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Wheel movement in whole lines, positive `dy` down (the protocol's sense;
+/// winit's is positive up).
+fn wheel_lines(delta: MouseScrollDelta) -> (i32, i32) {
+    let (x, y) = match delta {
+        MouseScrollDelta::LineDelta(x, y) => (f64::from(x), f64::from(y)),
+        MouseScrollDelta::PixelDelta(p) => (p.x / 40.0, p.y / 40.0),
+    };
+    (round_lines(-x), round_lines(-y))
+}
+
+fn round_lines(v: f64) -> i32 {
+    let r = v.round().clamp(-100.0, 100.0);
+    if r.is_nan() {
+        return 0;
+    }
+    // Clamped to ±100 above, so the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    let lines = r as i32;
+    lines
+}
+
+fn map_key(key: &WKey) -> Option<Key> {
+    Some(match key {
+        WKey::Named(named) => match named {
+            NamedKey::Enter => Key::Enter,
+            NamedKey::Tab => Key::Tab,
+            NamedKey::Backspace => Key::Backspace,
+            NamedKey::Escape => Key::Escape,
+            NamedKey::ArrowUp => Key::Up,
+            NamedKey::ArrowDown => Key::Down,
+            NamedKey::ArrowLeft => Key::Left,
+            NamedKey::ArrowRight => Key::Right,
+            NamedKey::Home => Key::Home,
+            NamedKey::End => Key::End,
+            NamedKey::PageUp => Key::PageUp,
+            NamedKey::PageDown => Key::PageDown,
+            NamedKey::Insert => Key::Insert,
+            NamedKey::Delete => Key::Delete,
+            NamedKey::Space => Key::Char(' '),
+            NamedKey::F1 => Key::F(1),
+            NamedKey::F2 => Key::F(2),
+            NamedKey::F3 => Key::F(3),
+            NamedKey::F4 => Key::F(4),
+            NamedKey::F5 => Key::F(5),
+            NamedKey::F6 => Key::F(6),
+            NamedKey::F7 => Key::F(7),
+            NamedKey::F8 => Key::F(8),
+            NamedKey::F9 => Key::F(9),
+            NamedKey::F10 => Key::F(10),
+            NamedKey::F11 => Key::F(11),
+            NamedKey::F12 => Key::F(12),
+            _ => return None,
+        },
+        WKey::Character(s) => {
+            let mut chars = s.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if !c.is_control() => Key::Char(c),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wheel_down_is_positive_lines() {
+        assert_eq!(wheel_lines(MouseScrollDelta::LineDelta(0.0, -1.0)), (0, 1));
+        assert_eq!(wheel_lines(MouseScrollDelta::LineDelta(2.0, 1.0)), (-2, -1));
+        assert_eq!(
+            wheel_lines(MouseScrollDelta::LineDelta(f32::NAN, f32::INFINITY)),
+            (0, -100)
+        );
+    }
+
+    #[test]
+    fn keys_map_to_protocol_keys() {
+        assert_eq!(map_key(&WKey::Character("a".into())), Some(Key::Char('a')));
+        assert_eq!(map_key(&WKey::Character("ab".into())), None);
+        assert_eq!(map_key(&WKey::Named(NamedKey::F12)), Some(Key::F(12)));
+        assert_eq!(map_key(&WKey::Named(NamedKey::Space)), Some(Key::Char(' ')));
+        assert_eq!(map_key(&WKey::Named(NamedKey::CapsLock)), None);
+    }
+}

@@ -1,0 +1,849 @@
+//! The wire between the daemon and `vitrine-viewer`.
+//!
+//! One socketpair carries length-prefixed messages both ways: the daemon sends
+//! damage rectangles and status lines, the viewer sends input and "closed".
+//! The format is tiny on purpose: a 4-byte little-endian body length, a tag
+//! byte, then fixed little-endian fields and at most one byte string. Every
+//! length and dimension has a hard cap that is checked before anything is
+//! allocated, and [`decode`] is a pure function over a byte slice that never
+//! panics, so it can be fuzzed on its own.
+
+use std::io::Read;
+
+use vitrine_shim::protocol::{
+    Frame, InputEvent, Key, KeyEvent, Modifiers, PixelFormat, Rect, MAX_DIM, MAX_FRAME_PIXEL_BYTES,
+    MAX_PAGES, MAX_TEXT_BYTES,
+};
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX_BYTES: usize = 4;
+/// Longest status line, in bytes.
+pub const MAX_STATUS_BYTES: usize = 256;
+/// Fixed fields of a frame body after its tag: page, page size, rect.
+const FRAME_HEADER_BYTES: usize = 7 * 4;
+/// Longest message body (tag included): a full-size frame.
+pub const MAX_BODY_BYTES: usize = 1 + FRAME_HEADER_BYTES + MAX_FRAME_PIXEL_BYTES;
+
+const TAG_FRAME: u8 = 1;
+const TAG_STATUS: u8 = 2;
+const TAG_KEY: u8 = 16;
+const TAG_TEXT: u8 = 17;
+const TAG_SCROLL: u8 = 18;
+const TAG_PAGE_CHANGE: u8 = 19;
+const TAG_RESIZE: u8 = 20;
+const TAG_CLOSED: u8 = 32;
+
+const MOD_CTRL: u8 = 1;
+const MOD_ALT: u8 = 2;
+const MOD_SHIFT: u8 = 4;
+
+/// One message on the daemon/viewer socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Daemon to viewer: damaged pixels of one page (RGBA).
+    Frame(Frame),
+    /// Daemon to viewer: the status line ("rendering…", "finished: clean").
+    Status(String),
+    /// Viewer to daemon: something the user did.
+    Input(InputEvent),
+    /// Viewer to daemon: the user closed the window.
+    Closed,
+}
+
+/// Why bytes are not a message.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// More bytes are needed; `needed` is the whole message length.
+    #[error("incomplete message: {needed} bytes needed, {have} present")]
+    Incomplete {
+        /// Whole message length, prefix included (or the prefix alone).
+        needed: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// The length prefix is over the cap, or zero.
+    #[error("message body of {len} bytes (allowed 1..={max})")]
+    BadLength {
+        /// Announced length.
+        len: u64,
+        /// Cap.
+        max: usize,
+    },
+    /// Unknown tag byte.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// The body does not have the size its tag requires.
+    #[error("message tag {tag} with a body of {len} bytes, expected {expected}")]
+    BodySize {
+        /// Tag.
+        tag: u8,
+        /// Body bytes after the tag.
+        len: usize,
+        /// Expected body bytes after the tag.
+        expected: usize,
+    },
+    /// A dimension or index is zero or over its cap.
+    #[error("{field} = {value} out of range (max {max})")]
+    OutOfRange {
+        /// Field.
+        field: &'static str,
+        /// Value.
+        value: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+    /// The damaged rectangle does not lie inside the page.
+    #[error("rectangle {x},{y} {w}x{h} outside a {width}x{height} page")]
+    RectOutsidePage {
+        /// Left.
+        x: u32,
+        /// Top.
+        y: u32,
+        /// Width.
+        w: u32,
+        /// Height.
+        h: u32,
+        /// Page width.
+        width: u32,
+        /// Page height.
+        height: u32,
+    },
+    /// A frame's pixel buffer is not `w * h * 4` bytes.
+    #[error("frame pixels: {len} bytes for a {w}x{h} rectangle")]
+    PixelCount {
+        /// Bytes given.
+        len: usize,
+        /// Width.
+        w: u32,
+        /// Height.
+        h: u32,
+    },
+    /// A string field is not UTF-8.
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    /// A string field is too long.
+    #[error("{field} of {len} bytes (max {max})")]
+    TooLong {
+        /// Field.
+        field: &'static str,
+        /// Length.
+        len: usize,
+        /// Cap.
+        max: usize,
+    },
+    /// A key code the protocol does not have.
+    #[error("bad key code {code}/{value}")]
+    BadKey {
+        /// Key kind.
+        code: u8,
+        /// Key payload.
+        value: u32,
+    },
+    /// Modifier bits outside ctrl/alt/shift.
+    #[error("bad modifier bits {0:#x}")]
+    BadModifiers(u8),
+    /// Reading the socket failed.
+    #[error("reading the viewer socket")]
+    Io(#[from] std::io::Error),
+}
+
+/// Decodes one message from the start of `buf`, returning it and the bytes
+/// it used. Pure, never panics; a short buffer gives `WireError::Incomplete`.
+pub fn decode(buf: &[u8]) -> Result<(Message, usize), WireError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX_BYTES) else {
+        return Err(WireError::Incomplete {
+            needed: LEN_PREFIX_BYTES,
+            have: buf.len(),
+        });
+    };
+    let len = body_len(prefix)?;
+    let total = LEN_PREFIX_BYTES + len;
+    let Some(body) = buf.get(LEN_PREFIX_BYTES..total) else {
+        return Err(WireError::Incomplete {
+            needed: total,
+            have: buf.len(),
+        });
+    };
+    Ok((decode_body(body)?, total))
+}
+
+/// Encodes `msg`, checking the same caps that [`decode`] checks.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
+    match msg {
+        Message::Frame(frame) => encode_frame(frame),
+        Message::Status(text) => {
+            check_status(text)?;
+            Ok(finish(TAG_STATUS, text.as_bytes()))
+        }
+        Message::Input(event) => encode_input(event),
+        Message::Closed => Ok(finish(TAG_CLOSED, &[])),
+    }
+}
+
+/// Encodes a frame without copying it into a [`Message`] first.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, WireError> {
+    let PixelFormat::Rgba8 = frame.format;
+    check_frame(
+        frame.page,
+        frame.width,
+        frame.height,
+        frame.rect,
+        frame.pixels.len(),
+    )?;
+    let mut out =
+        Vec::with_capacity(LEN_PREFIX_BYTES + 1 + FRAME_HEADER_BYTES + frame.pixels.len());
+    out.extend_from_slice(&[0; LEN_PREFIX_BYTES]);
+    out.push(TAG_FRAME);
+    for v in [
+        frame.page,
+        frame.width,
+        frame.height,
+        frame.rect.x,
+        frame.rect.y,
+        frame.rect.w,
+        frame.rect.h,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&frame.pixels);
+    set_prefix(&mut out)?;
+    Ok(out)
+}
+
+/// Reads one whole message from a stream. `Ok(None)` is a clean end of
+/// stream between messages. The body buffer grows only as bytes arrive.
+pub fn read_message<R: Read>(reader: &mut R) -> Result<Option<Message>, WireError> {
+    let mut prefix = [0u8; LEN_PREFIX_BYTES];
+    let mut have = 0;
+    while have < LEN_PREFIX_BYTES {
+        match reader.read(&mut prefix[have..]) {
+            Ok(0) if have == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(WireError::Incomplete {
+                    needed: LEN_PREFIX_BYTES,
+                    have,
+                })
+            }
+            Ok(n) => have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let len = body_len(&prefix)?;
+    let mut body = Vec::new();
+    let want = u64::try_from(len).unwrap_or(u64::MAX);
+    reader.take(want).read_to_end(&mut body)?;
+    if body.len() != len {
+        return Err(WireError::Incomplete {
+            needed: LEN_PREFIX_BYTES + len,
+            have: LEN_PREFIX_BYTES + body.len(),
+        });
+    }
+    decode_body(&body).map(Some)
+}
+
+fn body_len(prefix: &[u8]) -> Result<usize, WireError> {
+    let mut raw = [0u8; LEN_PREFIX_BYTES];
+    raw.copy_from_slice(prefix);
+    let len = u32::from_le_bytes(raw);
+    let bad = WireError::BadLength {
+        len: len.into(),
+        max: MAX_BODY_BYTES,
+    };
+    match usize::try_from(len) {
+        Ok(n) if (1..=MAX_BODY_BYTES).contains(&n) => Ok(n),
+        _ => Err(bad),
+    }
+}
+
+fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+    let Some((&tag, rest)) = body.split_first() else {
+        return Err(WireError::BadLength {
+            len: 0,
+            max: MAX_BODY_BYTES,
+        });
+    };
+    let mut fields = Fields(rest);
+    match tag {
+        TAG_FRAME => {
+            let header = fields.exact_prefix(tag, FRAME_HEADER_BYTES)?;
+            let mut h = Fields(header);
+            let page = h.u32()?;
+            let width = h.u32()?;
+            let height = h.u32()?;
+            let rect = Rect {
+                x: h.u32()?,
+                y: h.u32()?,
+                w: h.u32()?,
+                h: h.u32()?,
+            };
+            let pixels = fields.0;
+            check_frame(page, width, height, rect, pixels.len())?;
+            Ok(Message::Frame(Frame {
+                page,
+                width,
+                height,
+                rect,
+                format: PixelFormat::Rgba8,
+                pixels: pixels.to_vec(),
+            }))
+        }
+        TAG_STATUS => {
+            let text = utf8("status", rest)?;
+            check_status(&text)?;
+            Ok(Message::Status(text))
+        }
+        TAG_KEY => {
+            fields.expect_len(tag, 6)?;
+            let code = fields.u8()?;
+            let value = fields.u32()?;
+            let mods = fields.u8()?;
+            let key = key_from_code(code, value)?;
+            if mods & !(MOD_CTRL | MOD_ALT | MOD_SHIFT) != 0 {
+                return Err(WireError::BadModifiers(mods));
+            }
+            Ok(Message::Input(InputEvent::Key(KeyEvent {
+                key,
+                modifiers: Modifiers {
+                    ctrl: mods & MOD_CTRL != 0,
+                    alt: mods & MOD_ALT != 0,
+                    shift: mods & MOD_SHIFT != 0,
+                },
+            })))
+        }
+        TAG_TEXT => {
+            let text = utf8("text", rest)?;
+            check_len("text", text.len(), MAX_TEXT_BYTES)?;
+            Ok(Message::Input(InputEvent::Text(text)))
+        }
+        TAG_SCROLL => {
+            fields.expect_len(tag, 8)?;
+            let dx = fields.i32()?;
+            let dy = fields.i32()?;
+            Ok(Message::Input(InputEvent::Scroll { dx, dy }))
+        }
+        TAG_PAGE_CHANGE => {
+            fields.expect_len(tag, 4)?;
+            let page = fields.u32()?;
+            check_page(page)?;
+            Ok(Message::Input(InputEvent::PageChange { page }))
+        }
+        TAG_RESIZE => {
+            fields.expect_len(tag, 8)?;
+            let width = fields.u32()?;
+            let height = fields.u32()?;
+            check_dim("width", width)?;
+            check_dim("height", height)?;
+            Ok(Message::Input(InputEvent::Resize { width, height }))
+        }
+        TAG_CLOSED => {
+            fields.expect_len(tag, 0)?;
+            Ok(Message::Closed)
+        }
+        other => Err(WireError::UnknownTag(other)),
+    }
+}
+
+fn encode_input(event: &InputEvent) -> Result<Vec<u8>, WireError> {
+    let mut body = Vec::with_capacity(16);
+    let tag = match event {
+        InputEvent::Key(KeyEvent { key, modifiers }) => {
+            let (code, value) = key_code(*key)?;
+            body.push(code);
+            body.extend_from_slice(&value.to_le_bytes());
+            let mut mods = 0;
+            for (held, bit) in [
+                (modifiers.ctrl, MOD_CTRL),
+                (modifiers.alt, MOD_ALT),
+                (modifiers.shift, MOD_SHIFT),
+            ] {
+                if held {
+                    mods |= bit;
+                }
+            }
+            body.push(mods);
+            TAG_KEY
+        }
+        InputEvent::Text(text) => {
+            check_len("text", text.len(), MAX_TEXT_BYTES)?;
+            body.extend_from_slice(text.as_bytes());
+            TAG_TEXT
+        }
+        InputEvent::Scroll { dx, dy } => {
+            body.extend_from_slice(&dx.to_le_bytes());
+            body.extend_from_slice(&dy.to_le_bytes());
+            TAG_SCROLL
+        }
+        InputEvent::PageChange { page } => {
+            check_page(*page)?;
+            body.extend_from_slice(&page.to_le_bytes());
+            TAG_PAGE_CHANGE
+        }
+        InputEvent::Resize { width, height } => {
+            check_dim("width", *width)?;
+            check_dim("height", *height)?;
+            body.extend_from_slice(&width.to_le_bytes());
+            body.extend_from_slice(&height.to_le_bytes());
+            TAG_RESIZE
+        }
+    };
+    Ok(finish(tag, &body))
+}
+
+// Key codes on the wire: 0 is a character (value = its scalar), 1..=15 the
+// named keys, 16 a function key (value 1..=12).
+fn key_code(key: Key) -> Result<(u8, u32), WireError> {
+    Ok(match key {
+        Key::Char(c) => (0, u32::from(c)),
+        Key::Enter => (1, 0),
+        Key::Tab => (2, 0),
+        Key::Backspace => (3, 0),
+        Key::Escape => (4, 0),
+        Key::Up => (5, 0),
+        Key::Down => (6, 0),
+        Key::Left => (7, 0),
+        Key::Right => (8, 0),
+        Key::Home => (9, 0),
+        Key::End => (10, 0),
+        Key::PageUp => (11, 0),
+        Key::PageDown => (12, 0),
+        Key::Insert => (13, 0),
+        Key::Delete => (14, 0),
+        Key::F(n) if (1..=12).contains(&n) => (16, u32::from(n)),
+        Key::F(n) => {
+            return Err(WireError::BadKey {
+                code: 16,
+                value: u32::from(n),
+            })
+        }
+    })
+}
+
+fn key_from_code(code: u8, value: u32) -> Result<Key, WireError> {
+    let bad = WireError::BadKey { code, value };
+    let named = |key: Key| {
+        if value == 0 {
+            Ok(key)
+        } else {
+            Err(WireError::BadKey { code, value })
+        }
+    };
+    match code {
+        0 => char::from_u32(value)
+            .filter(|c| !c.is_control())
+            .map(Key::Char)
+            .ok_or(bad),
+        1 => named(Key::Enter),
+        2 => named(Key::Tab),
+        3 => named(Key::Backspace),
+        4 => named(Key::Escape),
+        5 => named(Key::Up),
+        6 => named(Key::Down),
+        7 => named(Key::Left),
+        8 => named(Key::Right),
+        9 => named(Key::Home),
+        10 => named(Key::End),
+        11 => named(Key::PageUp),
+        12 => named(Key::PageDown),
+        13 => named(Key::Insert),
+        14 => named(Key::Delete),
+        16 => u8::try_from(value)
+            .ok()
+            .filter(|n| (1..=12).contains(n))
+            .map(Key::F)
+            .ok_or(bad),
+        _ => Err(bad),
+    }
+}
+
+fn check_frame(
+    page: u32,
+    width: u32,
+    height: u32,
+    rect: Rect,
+    len: usize,
+) -> Result<(), WireError> {
+    check_page(page)?;
+    check_dim("width", width)?;
+    check_dim("height", height)?;
+    check_dim("rect.w", rect.w)?;
+    check_dim("rect.h", rect.h)?;
+    let inside = rect.x.checked_add(rect.w).is_some_and(|r| r <= width)
+        && rect.y.checked_add(rect.h).is_some_and(|b| b <= height);
+    if !inside {
+        return Err(WireError::RectOutsidePage {
+            x: rect.x,
+            y: rect.y,
+            w: rect.w,
+            h: rect.h,
+            width,
+            height,
+        });
+    }
+    // Both sides are at most MAX_DIM (2^13), so the product fits in u64.
+    let want = u64::from(rect.w) * u64::from(rect.h) * 4;
+    let cap = u64::try_from(MAX_FRAME_PIXEL_BYTES).unwrap_or(u64::MAX);
+    if want > cap {
+        return Err(WireError::OutOfRange {
+            field: "rect pixels",
+            value: want,
+            max: cap,
+        });
+    }
+    if u64::try_from(len).ok() != Some(want) {
+        return Err(WireError::PixelCount {
+            len,
+            w: rect.w,
+            h: rect.h,
+        });
+    }
+    Ok(())
+}
+
+fn check_page(page: u32) -> Result<(), WireError> {
+    if page >= MAX_PAGES {
+        return Err(WireError::OutOfRange {
+            field: "page",
+            value: page.into(),
+            max: (MAX_PAGES - 1).into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_dim(field: &'static str, value: u32) -> Result<(), WireError> {
+    if value == 0 || value > MAX_DIM {
+        return Err(WireError::OutOfRange {
+            field,
+            value: value.into(),
+            max: MAX_DIM.into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_status(text: &str) -> Result<(), WireError> {
+    check_len("status", text.len(), MAX_STATUS_BYTES)
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::TooLong { field, len, max });
+    }
+    Ok(())
+}
+
+fn utf8(field: &'static str, bytes: &[u8]) -> Result<String, WireError> {
+    // Check the cap before copying: the body cap is far above the field caps.
+    let max = if field == "status" {
+        MAX_STATUS_BYTES
+    } else {
+        MAX_TEXT_BYTES
+    };
+    check_len(field, bytes.len(), max)?;
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| WireError::NotUtf8(field))
+}
+
+fn finish(tag: u8, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(1 + body.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(LEN_PREFIX_BYTES + 1 + body.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(tag);
+    out.extend_from_slice(body);
+    out
+}
+
+fn set_prefix(out: &mut [u8]) -> Result<(), WireError> {
+    let body = out.len().saturating_sub(LEN_PREFIX_BYTES);
+    let len = u32::try_from(body).map_err(|_| WireError::BadLength {
+        len: u64::try_from(body).unwrap_or(u64::MAX),
+        max: MAX_BODY_BYTES,
+    })?;
+    if let Some(prefix) = out.get_mut(..LEN_PREFIX_BYTES) {
+        prefix.copy_from_slice(&len.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Cursor over fixed little-endian fields.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn exact_prefix(&mut self, tag: u8, n: usize) -> Result<&'a [u8], WireError> {
+        let len = self.0.len();
+        self.take(n).ok_or(WireError::BodySize {
+            tag,
+            len,
+            expected: n,
+        })
+    }
+
+    fn expect_len(&self, tag: u8, n: usize) -> Result<(), WireError> {
+        if self.0.len() != n {
+            return Err(WireError::BodySize {
+                tag,
+                len: self.0.len(),
+                expected: n,
+            });
+        }
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let len = self.0.len();
+        let bytes = self.take(N).ok_or(WireError::BodySize {
+            tag: 0,
+            len,
+            expected: N,
+        })?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn i32(&mut self) -> Result<i32, WireError> {
+        self.array().map(i32::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(w: u32, h: u32) -> Frame {
+        Frame {
+            page: 2,
+            width: 100,
+            height: 50,
+            rect: Rect { x: 10, y: 5, w, h },
+            format: PixelFormat::Rgba8,
+            pixels: (0..w * h * 4).map(|i| (i % 251) as u8).collect(),
+        }
+    }
+
+    fn all_inputs() -> Vec<InputEvent> {
+        let k = |key| {
+            InputEvent::Key(KeyEvent {
+                key,
+                modifiers: Modifiers {
+                    ctrl: true,
+                    alt: false,
+                    shift: true,
+                },
+            })
+        };
+        vec![
+            k(Key::Char('é')),
+            k(Key::Enter),
+            k(Key::Tab),
+            k(Key::Backspace),
+            k(Key::Escape),
+            k(Key::Up),
+            k(Key::Down),
+            k(Key::Left),
+            k(Key::Right),
+            k(Key::Home),
+            k(Key::End),
+            k(Key::PageUp),
+            k(Key::PageDown),
+            k(Key::Insert),
+            k(Key::Delete),
+            k(Key::F(12)),
+            InputEvent::Text("ls -l\n".into()),
+            InputEvent::Scroll { dx: -3, dy: 7 },
+            InputEvent::PageChange { page: 9 },
+            InputEvent::Resize {
+                width: 800,
+                height: 600,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips_and_reports_its_length() {
+        let mut msgs = vec![
+            Message::Frame(frame(3, 2)),
+            Message::Status("finished: clean".into()),
+            Message::Closed,
+        ];
+        msgs.extend(all_inputs().into_iter().map(Message::Input));
+        for msg in msgs {
+            let mut bytes = encode(&msg).unwrap();
+            let len = bytes.len();
+            bytes.extend_from_slice(&[0xAA; 3]); // the next message's bytes
+            let (back, used) = decode(&bytes).unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(used, len);
+        }
+    }
+
+    #[test]
+    fn stream_reader_reads_consecutive_messages_then_eof() {
+        let mut bytes = encode(&Message::Status("a".into())).unwrap();
+        bytes.extend(encode(&Message::Frame(frame(1, 1))).unwrap());
+        let mut cursor = std::io::Cursor::new(bytes);
+        assert_eq!(
+            read_message(&mut cursor).unwrap(),
+            Some(Message::Status("a".into()))
+        );
+        assert_eq!(
+            read_message(&mut cursor).unwrap(),
+            Some(Message::Frame(frame(1, 1)))
+        );
+        assert!(read_message(&mut cursor).unwrap().is_none());
+    }
+
+    #[test]
+    fn short_buffer_is_incomplete_not_an_error_of_content() {
+        let bytes = encode(&Message::Frame(frame(4, 4))).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(matches!(
+                decode(&bytes[..cut]),
+                Err(WireError::Incomplete { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn oversized_length_prefix_is_refused_before_reading_the_body() {
+        let len = u32::try_from(MAX_BODY_BYTES + 1).unwrap();
+        let bytes = len.to_le_bytes();
+        assert!(matches!(decode(&bytes), Err(WireError::BadLength { .. })));
+        let mut reader = std::io::Cursor::new(bytes.to_vec());
+        assert!(matches!(
+            read_message(&mut reader),
+            Err(WireError::BadLength { .. })
+        ));
+    }
+
+    #[test]
+    fn frame_outside_its_page_is_refused_both_ways() {
+        let mut f = frame(95, 2); // x 10 + 95 > width 100
+        assert!(matches!(
+            encode_frame(&f),
+            Err(WireError::RectOutsidePage { .. })
+        ));
+        f.rect.w = 90;
+        f.pixels.truncate(90 * 2 * 4);
+        let mut bytes = encode_frame(&f).unwrap();
+        bytes[4 + 1 + 12..4 + 1 + 16].copy_from_slice(&11u32.to_le_bytes()); // x = 11
+        assert!(matches!(
+            decode(&bytes),
+            Err(WireError::RectOutsidePage { .. })
+        ));
+    }
+
+    #[test]
+    fn frame_with_wrong_pixel_count_or_huge_page_is_refused() {
+        let mut f = frame(2, 2);
+        f.pixels.pop();
+        assert!(matches!(
+            encode_frame(&f),
+            Err(WireError::PixelCount { .. })
+        ));
+        let mut f = frame(2, 2);
+        f.width = MAX_DIM + 1;
+        assert!(matches!(
+            encode_frame(&f),
+            Err(WireError::OutOfRange { field: "width", .. })
+        ));
+    }
+
+    #[test]
+    fn overlong_status_and_text_are_refused() {
+        let long = "x".repeat(MAX_STATUS_BYTES + 1);
+        assert!(matches!(
+            encode(&Message::Status(long)),
+            Err(WireError::TooLong { .. })
+        ));
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        let bytes = finish(TAG_TEXT, long.as_bytes());
+        assert!(matches!(decode(&bytes), Err(WireError::TooLong { .. })));
+    }
+
+    #[test]
+    fn control_characters_and_unknown_keys_are_refused() {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&0x1bu32.to_le_bytes());
+        body.push(0);
+        assert!(matches!(
+            decode(&finish(TAG_KEY, &body)),
+            Err(WireError::BadKey { .. })
+        ));
+        let mut body = vec![16u8];
+        body.extend_from_slice(&13u32.to_le_bytes());
+        body.push(0);
+        assert!(matches!(
+            decode(&finish(TAG_KEY, &body)),
+            Err(WireError::BadKey { .. })
+        ));
+        assert!(matches!(
+            decode(&finish(99, &[])),
+            Err(WireError::UnknownTag(99))
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&bytes);
+            let _ = read_message(&mut std::io::Cursor::new(&bytes));
+        }
+
+        #[test]
+        fn decode_never_panics_on_plausible_headers(
+            tag in prop_oneof![Just(TAG_FRAME), Just(TAG_STATUS), Just(TAG_KEY), Just(TAG_TEXT),
+                               Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), any::<u8>()],
+            fields in proptest::collection::vec(any::<u32>(), 0..8),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+            len_delta in -4i64..4,
+        ) {
+            let mut body = vec![tag];
+            for f in &fields {
+                body.extend_from_slice(&f.to_le_bytes());
+            }
+            body.extend_from_slice(&tail);
+            let len = i64::try_from(body.len()).unwrap() + len_delta;
+            let mut bytes = u32::try_from(len.max(0)).unwrap().to_le_bytes().to_vec();
+            bytes.extend_from_slice(&body);
+            if let Ok((msg, used)) = decode(&bytes) {
+                prop_assert!(used <= bytes.len());
+                // What decodes must encode back to the same bytes.
+                prop_assert_eq!(encode(&msg).unwrap(), bytes[..used].to_vec());
+            }
+        }
+
+        #[test]
+        fn valid_frames_round_trip(x in 0u32..50, y in 0u32..20, w in 1u32..50, h in 1u32..30) {
+            let f = Frame {
+                page: 0, width: 100, height: 50,
+                rect: Rect { x, y, w, h },
+                format: PixelFormat::Rgba8,
+                pixels: vec![7; usize::try_from(w * h * 4).unwrap()],
+            };
+            let bytes = encode_frame(&f).unwrap();
+            let (back, used) = decode(&bytes).unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(back, Message::Frame(f));
+        }
+    }
+}

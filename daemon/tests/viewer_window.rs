@@ -1,0 +1,405 @@
+//! The real viewer under a real X server: `vitrine-viewer` spawned through
+//! `ViewerLink` on a private Xvfb shows the frames it is sent at the right
+//! place (read back from a screenshot of the root window), sends back the
+//! keys and clicks that xdotool makes, and reports when its window is closed
+//! the way a window manager closes it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vitrine_daemon::viewer::canvas::{Layout, BACKGROUND, SANDBOX_COLOUR, STATUS_HEIGHT};
+use vitrine_daemon::viewer::ViewerLink;
+use vitrine_shim::protocol::{Frame, InputEvent, Key, PixelFormat, Rect};
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::{ClientMessageEvent, ConnectionExt, EventMask};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn viewer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vitrine-viewer"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A private Xvfb, killed on drop.
+struct Xvfb {
+    child: Child,
+    display: String,
+}
+
+impl Xvfb {
+    fn start() -> anyhow::Result<Xvfb> {
+        let n = (90..200)
+            .find(|n| {
+                !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                    && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no free X display number"))?;
+        let display = format!(":{n}");
+        let child = Command::new("Xvfb")
+            .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let xvfb = Xvfb { child, display };
+        let socket = format!("/tmp/.X11-unix/X{n}");
+        wait_for(|| Path::new(&socket).exists().then_some(()), "Xvfb socket")?;
+        Ok(xvfb)
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>, what: &str) -> anyhow::Result<T> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn xdotool(display: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("xdotool")
+        .env("DISPLAY", display)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("xdotool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The id of the window whose name contains `name`, once it is mapped.
+fn find_window(display: &str, name: &str) -> Option<u32> {
+    let out = xdotool(display, &["search", "--onlyvisible", "--name", name]).ok()?;
+    out.lines().next()?.trim().parse().ok()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    x: u32,
+    y: u32,
+    width: u32,
+    height: u32,
+}
+
+fn geometry(display: &str, window: u32) -> anyhow::Result<Geometry> {
+    let out = xdotool(
+        display,
+        &["getwindowgeometry", "--shell", &window.to_string()],
+    )?;
+    let field = |k: &str| -> anyhow::Result<u32> {
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .ok_or_else(|| anyhow::anyhow!("no {k} in {out}"))?;
+        Ok(line.trim().parse()?)
+    };
+    Ok(Geometry {
+        x: field("X")?,
+        y: field("Y")?,
+        width: field("WIDTH")?,
+        height: field("HEIGHT")?,
+    })
+}
+
+/// A screenshot of the root window, as 0RGB pixels.
+struct Shot {
+    width: u32,
+    pixels: Vec<u32>,
+}
+
+impl Shot {
+    fn at(&self, x: u32, y: u32) -> u32 {
+        self.pixels[usize::try_from(y * self.width + x).unwrap()]
+    }
+}
+
+/// Takes a screenshot with `xwd -root` and decodes its ZPixmap.
+fn screenshot(display: &str) -> anyhow::Result<Shot> {
+    let out = Command::new("xwd")
+        .env("DISPLAY", display)
+        .args(["-root", "-silent"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "xwd failed");
+    let b = out.stdout;
+    let word = |i: usize| u32::from_be_bytes(b[i * 4..i * 4 + 4].try_into().unwrap());
+    let (header_size, format, width, height) = (word(0), word(2), word(4), word(5));
+    let (byte_order, bpp, bytes_per_line) = (word(7), word(11), word(12));
+    let (red, green, blue, ncolors) = (word(14), word(15), word(16), word(19));
+    anyhow::ensure!(
+        format == 2 && bpp == 32,
+        "xwd: format {format}, {bpp} bpp; want ZPixmap 32"
+    );
+    let data = usize::try_from(header_size + ncolors * 12)?;
+    let channel = |v: u32, mask: u32| (v & mask) >> mask.trailing_zeros() & 0xFF;
+    let mut pixels = Vec::with_capacity(usize::try_from(width * height)?);
+    for y in 0..height {
+        for x in 0..width {
+            let at = data + usize::try_from(y * bytes_per_line + x * 4)?;
+            let raw: [u8; 4] = b[at..at + 4].try_into()?;
+            let v = if byte_order == 0 {
+                u32::from_le_bytes(raw)
+            } else {
+                u32::from_be_bytes(raw)
+            };
+            pixels.push(channel(v, red) << 16 | channel(v, green) << 8 | channel(v, blue));
+        }
+    }
+    Ok(Shot { width, pixels })
+}
+
+fn solid(page: u32, rect: Rect, rgb: [u8; 3]) -> Frame {
+    Frame {
+        page,
+        width: 300,
+        height: 200,
+        rect,
+        format: PixelFormat::Rgba8,
+        pixels: [rgb[0], rgb[1], rgb[2], 255].repeat(usize::try_from(rect.w * rect.h).unwrap()),
+    }
+}
+
+fn wait_input(
+    link: &mut ViewerLink,
+    want: impl Fn(&InputEvent) -> bool,
+    what: &str,
+) -> anyhow::Result<InputEvent> {
+    let mut seen = Vec::new();
+    let found = wait_for(
+        || {
+            for e in link.poll_input() {
+                if want(&e) {
+                    return Some(e);
+                }
+                seen.push(e);
+            }
+            None
+        },
+        what,
+    );
+    found.map_err(|e| anyhow::anyhow!("{e}; saw {seen:?}"))
+}
+
+/// Asks the window to close with WM_DELETE_WINDOW, as a window manager does.
+fn close_like_a_window_manager(display: &str, window: u32) -> anyhow::Result<()> {
+    let (conn, _) = x11rb::connect(Some(display))?;
+    let protocols = conn.intern_atom(false, b"WM_PROTOCOLS")?.reply()?.atom;
+    let delete = conn.intern_atom(false, b"WM_DELETE_WINDOW")?.reply()?.atom;
+    let event = ClientMessageEvent::new(32, window, protocols, [delete, 0, 0, 0, 0]);
+    conn.send_event(false, window, EventMask::NO_EVENT, event)?;
+    conn.flush()?;
+    Ok(())
+}
+
+fn skip_reason() -> Option<String> {
+    let missing: Vec<&str> = ["Xvfb", "xdotool", "xwd"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing {} (apt-get install xvfb xdotool x11-apps)",
+            missing.join(", ")
+        )
+    })
+}
+
+#[test]
+fn viewer_window_shows_frames_sends_input_and_reports_close() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED viewer_window_shows_frames_sends_input_and_reports_close: {reason}");
+        return Ok(());
+    }
+    // Arrange: a private X server, and the viewer on it through ViewerLink.
+    // The tests share DISPLAY and the display numbers: one at a time.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "report-7.pdf")?;
+    let window = wait_for(
+        || find_window(&display, "report-7.pdf"),
+        "the viewer window",
+    )?;
+    let name = xdotool(&display, &["getwindowname", &window.to_string()])?;
+    assert_eq!(name.trim(), "report-7.pdf (sandboxed)");
+
+    // Act: a red page, then a blue damage rectangle on it, and a status line.
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        w: 300,
+        h: 200,
+    };
+    link.send_frame(&solid(0, whole, [255, 0, 0]))?;
+    link.send_frame(&solid(
+        0,
+        Rect {
+            x: 50,
+            y: 40,
+            w: 20,
+            h: 10,
+        },
+        [0, 0, 255],
+    ))?;
+    link.send_status("rendering…")?;
+
+    // Assert: the pixels are on screen where the layout puts them.
+    let geo = geometry(&display, window)?;
+    let content = Layout::new(geo.width, geo.height).content;
+    let (ox, oy) = (geo.x + content.x, geo.y + content.y);
+    let shot = wait_for(
+        || {
+            let shot = screenshot(&display).ok()?;
+            (shot.at(ox + 55, oy + 45) == 0x0000_00FF).then_some(shot)
+        },
+        "the blue rectangle on screen",
+    )?;
+    assert_eq!(shot.at(ox, oy), 0x00FF_0000, "page top-left is red");
+    assert_eq!(
+        shot.at(ox + 299, oy + 199),
+        0x00FF_0000,
+        "page bottom-right is red"
+    );
+    assert_eq!(
+        shot.at(ox + 50, oy + 40),
+        0x0000_00FF,
+        "damage top-left is blue"
+    );
+    assert_eq!(
+        shot.at(ox + 69, oy + 49),
+        0x0000_00FF,
+        "damage bottom-right is blue"
+    );
+    assert_eq!(
+        shot.at(ox + 70, oy + 50),
+        0x00FF_0000,
+        "red just past the damage"
+    );
+    assert_eq!(
+        shot.at(ox + 300, oy + 10),
+        BACKGROUND,
+        "background right of the page"
+    );
+    assert_eq!(
+        shot.at(geo.x + 1, geo.y + 1),
+        SANDBOX_COLOUR,
+        "the sandbox frame"
+    );
+    let bar_y = geo.y + geo.height - STATUS_HEIGHT / 2;
+    let bar: Vec<u32> = (geo.x..geo.x + geo.width)
+        .map(|x| shot.at(x, bar_y))
+        .collect();
+    assert!(
+        bar.contains(&SANDBOX_COLOUR),
+        "the status bar is sandbox-coloured"
+    );
+    if bar.iter().any(|&p| p != SANDBOX_COLOUR) {
+        eprintln!("status bar carries text");
+    }
+
+    // Act + assert: a key, a wheel notch and a click on "next" come back.
+    let (cx, cy) = (geo.x + geo.width / 2, geo.y + geo.height / 3);
+    xdotool(
+        &display,
+        &["mousemove", "--sync", &cx.to_string(), &cy.to_string()],
+    )?;
+    // No window manager gives focus here; take it as a click would.
+    xdotool(&display, &["windowfocus", "--sync", &window.to_string()])?;
+    xdotool(&display, &["key", "a"])?;
+    let key = wait_input(
+        &mut link,
+        |e| matches!(e, InputEvent::Key(_)),
+        "a key event",
+    )?;
+    assert!(matches!(key, InputEvent::Key(k) if k.key == Key::Char('a') && !k.modifiers.ctrl));
+    xdotool(&display, &["click", "5"])?;
+    let scroll = wait_input(
+        &mut link,
+        |e| matches!(e, InputEvent::Scroll { .. }),
+        "a scroll event",
+    )?;
+    assert_eq!(scroll, InputEvent::Scroll { dx: 0, dy: 1 });
+    let (nx, ny) = (
+        geo.x + geo.width - 20,
+        geo.y + geo.height - STATUS_HEIGHT / 2,
+    );
+    xdotool(
+        &display,
+        &[
+            "mousemove",
+            "--sync",
+            &nx.to_string(),
+            &ny.to_string(),
+            "click",
+            "1",
+        ],
+    )?;
+    let page = wait_input(
+        &mut link,
+        |e| matches!(e, InputEvent::PageChange { .. }),
+        "a page change",
+    )?;
+    assert_eq!(page, InputEvent::PageChange { page: 1 });
+
+    // Act + assert: the window manager's close reaches the link.
+    assert!(!link.closed());
+    close_like_a_window_manager(&display, window)?;
+    wait_for(
+        || link.closed().then_some(()),
+        "closed() after WM_DELETE_WINDOW",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn dropping_the_link_closes_the_window_and_reaps_the_viewer() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED dropping_the_link_closes_the_window_and_reaps_the_viewer: {reason}");
+        return Ok(());
+    }
+    // Arrange
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "drop-me.png")?;
+    wait_for(|| find_window(&display, "drop-me.png"), "the viewer window")?;
+    link.send_status("finished: clean")?;
+    let pid = link.pid();
+
+    // Act
+    drop(link);
+
+    // Assert
+    assert!(
+        find_window(&display, "drop-me.png").is_none(),
+        "window gone"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "viewer reaped"
+    );
+    Ok(())
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
