@@ -3,12 +3,16 @@
 //!
 //! A fresh VM per task is the product's model: the caller starts a VM, takes
 //! its [`GuestChannel`], serves the task, then shuts the VM down or drops it
-//! (which kills it). Backends: [`qemu`] (QEMU `-M microvm`, TCG or KVM); the
-//! project's own KVM VMM will implement [`Backend`] too.
+//! (which kills it). Backends: [`kvm`] (the project's own VMM, where
+//! `vitrine-vmm probe` says this host runs full Linux guests) and [`qemu`]
+//! (QEMU `-M microvm`, TCG or KVM, for every other host).
 
 pub mod channel;
 pub mod image;
+pub mod kvm;
 pub mod qemu;
+pub mod select;
+mod startup;
 
 use std::process::ExitStatus;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! and which the shim falls back to.
 
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,9 +16,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vitrine_shim::protocol::{GuestMessage, Ready};
+use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
+use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Accel, Backend, GuestVm, VmConfig, VmExit};
 
 /// QEMU binary used when `VITRINE_QEMU` is not set.
@@ -27,8 +28,6 @@ pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 pub const SHIM_PORT_NAME: &str = "org.vitrine.0";
 /// How often start-up and waits look at the QEMU process.
 const POLL: Duration = Duration::from_millis(10);
-/// Bytes of serial and QEMU output quoted in errors.
-const TAIL_BYTES: u64 = 3000;
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -331,31 +330,24 @@ impl QemuVm {
         deadline: Instant,
         waited: Duration,
     ) -> Result<Ready, QemuError> {
-        loop {
-            match channel.recv_until(deadline) {
-                Ok(GuestMessage::Ready(ready)) => return Ok(ready),
-                Ok(GuestMessage::Log { level, text }) => {
-                    log::debug!("shim before Ready ({level:?}): {text}");
-                }
-                Ok(other) => return Err(QemuError::NotReady(format!("{other:?}"))),
-                Err(ChannelError::TimedOut(_)) => {
-                    return Err(QemuError::ReadyTimeout {
-                        waited,
-                        serial_tail: self.serial_tail(),
-                    })
-                }
-                Err(source) => {
-                    // A closed stream usually means QEMU is going away: give
-                    // it a moment so the error can say how it ended.
-                    let until = Instant::now() + Duration::from_millis(500);
-                    while Instant::now() < until {
-                        if let Some(status) = self.poll_exit()? {
-                            return Err(self.exited_early(status));
-                        }
-                        thread::sleep(POLL);
+        match startup::await_ready(channel, deadline) {
+            Ok(ready) => Ok(ready),
+            Err(HandshakeFailure::NotReady(what)) => Err(QemuError::NotReady(what)),
+            Err(HandshakeFailure::TimedOut) => Err(QemuError::ReadyTimeout {
+                waited,
+                serial_tail: self.serial_tail(),
+            }),
+            Err(HandshakeFailure::Stream(source)) => {
+                // A closed stream usually means QEMU is going away: give
+                // it a moment so the error can say how it ended.
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until {
+                    if let Some(status) = self.poll_exit()? {
+                        return Err(self.exited_early(status));
                     }
-                    return Err(self.handshake_error(source));
+                    thread::sleep(POLL);
                 }
+                Err(self.handshake_error(source))
             }
         }
     }
@@ -378,17 +370,6 @@ impl QemuVm {
     fn serial_tail(&self) -> String {
         file_tail(&self.dir.path().join(SERIAL_LOG))
     }
-}
-
-/// The last `TAIL_BYTES` of a file as text; empty if it cannot be read.
-fn file_tail(path: &Path) -> String {
-    let Ok(bytes) = fs::read(path) else {
-        return String::new();
-    };
-    let start = bytes
-        .len()
-        .saturating_sub(usize::try_from(TAIL_BYTES).unwrap_or(usize::MAX));
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 impl GuestVm for QemuVm {
@@ -434,9 +415,7 @@ impl GuestVm for QemuVm {
     }
 
     fn serial_log(&self) -> String {
-        fs::read(self.dir.path().join(SERIAL_LOG))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        file_text(&self.dir.path().join(SERIAL_LOG))
     }
 }
 

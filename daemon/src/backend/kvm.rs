@@ -1,0 +1,560 @@
+//! The project's own VMM as a backend: `vitrine-vmm run` boots the guest
+//! image with virtio-vsock and virtio-rng. The shim connects to host port
+//! [`SHIM_VSOCK_PORT`]; the VMM's hybrid vsock forwards that to the Unix
+//! socket `<uds>_<port>`, where this backend listens. The VMM writes the
+//! guest's result as one JSON line on its stdout (`--status-fd 1`, serial
+//! goes to a log file), so a guest that dies before `Ready` is reported
+//! with its fault, not as a time-out.
+//!
+//! Where this host's KVM cannot run a full Linux guest (`vitrine-vmm probe`
+//! says why), use the `qemu` backend; [`KvmBackend::probe`] tells which.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vitrine_microvm::status::{GuestReport, MAX_REPORT_BYTES};
+use vitrine_shim::protocol::Ready;
+
+use super::channel::{ChannelError, GuestChannel};
+use super::startup::{self, file_tail, file_text, HandshakeFailure};
+use super::{Backend, GuestVm, VmConfig, VmExit};
+
+/// VMM binary used when `VITRINE_VMM` is not set and none sits next to the
+/// running program.
+pub const DEFAULT_VMM: &str = "vitrine-vmm";
+/// Host vsock port the shim connects to (`vitrine.port=` on its command line).
+pub const SHIM_VSOCK_PORT: u32 = 1024;
+/// How often start-up and waits look at the VMM.
+const POLL: Duration = Duration::from_millis(5);
+/// Longest Unix socket path (sun_path is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+const SERIAL_LOG: &str = "serial.log";
+const VMM_LOG: &str = "vmm.log";
+const VSOCK_SOCKET: &str = "vsock.sock";
+
+/// A VM of this backend could not be started or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    /// The VM's private directory or its files could not be made.
+    #[error("cannot set up the VM's private directory")]
+    PrivateDir(#[source] io::Error),
+    /// The socket path would not fit a Unix socket address.
+    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set TMPDIR shorter)")]
+    SocketPathTooLong(PathBuf),
+    /// The VMM could not be started.
+    #[error(
+        "cannot start {binary} (build it with `cargo build -p vitrine-microvm` or set VITRINE_VMM)"
+    )]
+    Spawn {
+        /// Binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The guest or the VMM ended before the shim said Ready.
+    #[error("the VM ended before the shim was ready: {result}\n--- serial console (tail) ---\n{serial_tail}\n--- VMM output (tail) ---\n{vmm_tail}")]
+    EndedEarly {
+        /// The VMM's report, or its exit status when it wrote none.
+        result: String,
+        /// End of the guest's serial console.
+        serial_tail: String,
+        /// End of the VMM's stderr.
+        vmm_tail: String,
+    },
+    /// The shim did not say Ready in time.
+    #[error(
+        "no Ready from the shim within {waited:?}\n--- serial console (tail) ---\n{serial_tail}"
+    )]
+    ReadyTimeout {
+        /// How long start-up waited.
+        waited: Duration,
+        /// End of the guest's serial console.
+        serial_tail: String,
+    },
+    /// The shim's stream broke before Ready.
+    #[error("the shim's stream failed before Ready\n--- serial console (tail) ---\n{serial_tail}")]
+    Handshake {
+        /// Why.
+        #[source]
+        source: ChannelError,
+        /// End of the guest's serial console.
+        serial_tail: String,
+    },
+    /// The shim's first message was not Ready.
+    #[error("the shim's first message was {0}, not Ready")]
+    NotReady(String),
+    /// The channel was taken before.
+    #[error("the guest channel was already taken")]
+    ChannelTaken,
+    /// The VMM process could not be waited for.
+    #[error("cannot wait for the VMM process")]
+    Wait(#[source] io::Error),
+}
+
+/// What `vitrine-vmm probe` says about this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSupport {
+    /// Full Linux guests run here.
+    FullGuests,
+    /// They do not, for this reason.
+    No(String),
+}
+
+/// Starts guests under the project's VMM.
+#[derive(Debug, Clone)]
+pub struct KvmBackend {
+    binary: PathBuf,
+}
+
+impl Default for KvmBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl KvmBackend {
+    /// Uses `$VITRINE_VMM`, else `vitrine-vmm` next to the running program,
+    /// else `vitrine-vmm` from `PATH`.
+    pub fn new() -> Self {
+        if let Some(v) = std::env::var_os("VITRINE_VMM").filter(|v| !v.is_empty()) {
+            return Self::with_binary(v);
+        }
+        let beside = std::env::current_exe().ok().and_then(|exe| {
+            // Test binaries live one level down, in target/<profile>/deps.
+            let dir = exe.parent()?;
+            [dir, dir.parent()?]
+                .into_iter()
+                .map(|d| d.join(DEFAULT_VMM))
+                .find(|p| p.is_file())
+        });
+        Self::with_binary(beside.unwrap_or_else(|| PathBuf::from(DEFAULT_VMM)))
+    }
+
+    /// Uses the given VMM binary.
+    pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
+        Self {
+            binary: binary.into(),
+        }
+    }
+
+    /// The VMM binary.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Asks `vitrine-vmm probe` whether this host runs full Linux guests.
+    pub fn probe(&self) -> Result<HostSupport, KvmError> {
+        let out = Command::new(&self.binary)
+            .args(["probe", "--json"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| KvmError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        Ok(host_support(&out.stdout))
+    }
+
+    /// The arguments the VMM gets for `config`, with its files in `dir`.
+    pub fn args(&self, config: &VmConfig, dir: &Path) -> Vec<OsString> {
+        let mut cmdline = config.image.cmdline.clone();
+        if !config.extra_cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&config.extra_cmdline);
+        }
+        // The image reboots by triple fault (reboot=t), which this VMM
+        // rightly reports as a fault; the i8042 reset is a clean stop.
+        cmdline.push_str(&format!(" reboot=k vitrine.port={SHIM_VSOCK_PORT}"));
+        let mut args: Vec<OsString> = vec!["run".into(), "--kernel".into()];
+        args.push(config.image.kernel.clone().into());
+        args.push("--initrd".into());
+        args.push(config.image.initrd.clone().into());
+        args.push("--cmdline".into());
+        args.push(cmdline.into());
+        for (flag, value) in [
+            ("--mem-mib", config.memory_mib.to_string()),
+            ("--vcpus", config.vcpus.max(1).to_string()),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+        args.push("--rng".into());
+        args.push("--vsock-uds".into());
+        args.push(dir.join(VSOCK_SOCKET).into());
+        args.push("--serial-log".into());
+        args.push(dir.join(SERIAL_LOG).into());
+        args.push("--status-fd".into());
+        args.push("1".into());
+        args
+    }
+}
+
+/// Reads `vitrine-vmm probe --json` output.
+fn host_support(json: &[u8]) -> HostSupport {
+    #[derive(serde::Deserialize)]
+    struct Check {
+        name: String,
+        ok: bool,
+        detail: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Report {
+        kvm: Result<(), String>,
+        checks: Vec<Check>,
+        full_linux_guests: bool,
+    }
+    let report: Report = match serde_json::from_slice(json) {
+        Ok(r) => r,
+        Err(e) => return HostSupport::No(format!("unreadable probe report: {e}")),
+    };
+    if let Err(e) = report.kvm {
+        return HostSupport::No(format!("KVM unavailable: {e}"));
+    }
+    if report.full_linux_guests {
+        return HostSupport::FullGuests;
+    }
+    let failed: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    HostSupport::No(failed.join("; "))
+}
+
+/// The VMM's report, once its status line has been read.
+type ReportSlot = Arc<Mutex<Option<Result<GuestReport, String>>>>;
+
+/// Reads the one status line from the VMM's stdout.
+fn read_report(stdout: ChildStdout, slot: ReportSlot) {
+    let mut line = String::new();
+    let limit = u64::try_from(MAX_REPORT_BYTES).unwrap_or(u64::MAX);
+    let got = match BufReader::new(stdout.take(limit)).read_line(&mut line) {
+        Ok(0) => Err("the VMM exited without a report".to_owned()),
+        Ok(_) => GuestReport::parse(&line).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("cannot read the VMM's report: {e}")),
+    };
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(got);
+    }
+}
+
+impl Backend for KvmBackend {
+    type Vm = KvmVm;
+    type Error = KvmError;
+
+    fn name(&self) -> String {
+        "kvm".to_owned()
+    }
+
+    fn start(&self, config: &VmConfig) -> Result<KvmVm, KvmError> {
+        let dir = tempfile::Builder::new()
+            .prefix("vitrine-kvm-")
+            .tempdir()
+            .map_err(KvmError::PrivateDir)?;
+        let listen_path = dir.path().join(format!("{VSOCK_SOCKET}_{SHIM_VSOCK_PORT}"));
+        if listen_path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(KvmError::SocketPathTooLong(listen_path));
+        }
+        // Listen before the guest exists, so its connect cannot race us.
+        let listener = UnixListener::bind(&listen_path).map_err(KvmError::PrivateDir)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(KvmError::PrivateDir)?;
+        let vmm_log = File::create(dir.path().join(VMM_LOG)).map_err(KvmError::PrivateDir)?;
+
+        let started = Instant::now();
+        let mut child = Command::new(&self.binary)
+            .args(self.args(config, dir.path()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(vmm_log)
+            .spawn()
+            .map_err(|source| KvmError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        log::debug!(
+            "vitrine-vmm pid {} started in {}",
+            child.id(),
+            dir.path().display()
+        );
+        let report: ReportSlot = Arc::default();
+        if let Some(stdout) = child.stdout.take() {
+            let slot = report.clone();
+            thread::Builder::new()
+                .name("vmm-status".into())
+                .spawn(move || read_report(stdout, slot))
+                .map_err(KvmError::PrivateDir)?;
+        }
+        let mut vm = KvmVm {
+            child,
+            dir,
+            channel: None,
+            ready: Ready {
+                shim_version: String::new(),
+                capabilities: Vec::new(),
+            },
+            boot_time: Duration::ZERO,
+            exit: None,
+            report,
+        };
+        let deadline = started + config.ready_timeout;
+        let stream = vm.accept(&listener, deadline, config.ready_timeout)?;
+        let mut channel = GuestChannel::new(stream).map_err(|source| vm.handshake_error(source))?;
+        vm.ready = match startup::await_ready(&mut channel, deadline) {
+            Ok(ready) => ready,
+            Err(HandshakeFailure::NotReady(what)) => return Err(KvmError::NotReady(what)),
+            Err(HandshakeFailure::TimedOut) => {
+                return Err(KvmError::ReadyTimeout {
+                    waited: config.ready_timeout,
+                    serial_tail: vm.serial_tail(),
+                })
+            }
+            Err(HandshakeFailure::Stream(source)) => {
+                // The VMM reports within milliseconds of the guest's end.
+                let until = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < until {
+                    if let Some(e) = vm.ended_early()? {
+                        return Err(e);
+                    }
+                    thread::sleep(POLL);
+                }
+                return Err(vm.handshake_error(source));
+            }
+        };
+        vm.boot_time = started.elapsed();
+        vm.channel = Some(channel);
+        Ok(vm)
+    }
+}
+
+/// A guest under `vitrine-vmm` whose shim said Ready. Dropping it kills the
+/// VMM and removes its private directory.
+#[derive(Debug)]
+pub struct KvmVm {
+    child: Child,
+    dir: tempfile::TempDir,
+    channel: Option<GuestChannel>,
+    ready: Ready,
+    boot_time: Duration,
+    exit: Option<ExitStatus>,
+    report: ReportSlot,
+}
+
+impl KvmVm {
+    /// Process id of the VMM.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The VMM's report of the guest's result, once it has ended.
+    pub fn report(&self) -> Option<Result<GuestReport, String>> {
+        self.report.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn poll_exit(&mut self) -> Result<Option<ExitStatus>, KvmError> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().map_err(KvmError::Wait)?;
+        }
+        Ok(self.exit)
+    }
+
+    /// The error for a VM that already ended, if it did.
+    fn ended_early(&mut self) -> Result<Option<KvmError>, KvmError> {
+        let result = match (self.report(), self.poll_exit()?) {
+            (Some(Ok(report)), _) => describe(&report),
+            (Some(Err(why)), Some(status)) => format!("{why} ({status})"),
+            (None | Some(Err(_)), _) => return Ok(None),
+        };
+        Ok(Some(KvmError::EndedEarly {
+            result,
+            serial_tail: self.serial_tail(),
+            vmm_tail: file_tail(&self.dir.path().join(VMM_LOG)),
+        }))
+    }
+
+    fn accept(
+        &mut self,
+        listener: &UnixListener,
+        deadline: Instant,
+        waited: Duration,
+    ) -> Result<UnixStream, KvmError> {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .map_err(KvmError::PrivateDir)?;
+                    return Ok(stream);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(KvmError::PrivateDir(e)),
+            }
+            if let Some(e) = self.ended_early()? {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
+                return Err(KvmError::ReadyTimeout {
+                    waited,
+                    serial_tail: self.serial_tail(),
+                });
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn handshake_error(&self, source: ChannelError) -> KvmError {
+        KvmError::Handshake {
+            source,
+            serial_tail: self.serial_tail(),
+        }
+    }
+
+    fn serial_tail(&self) -> String {
+        file_tail(&self.dir.path().join(SERIAL_LOG))
+    }
+}
+
+/// A report in words, for errors.
+fn describe(report: &GuestReport) -> String {
+    match report {
+        GuestReport::DebugExit { code } => format!("the guest exited with code {code}"),
+        GuestReport::Stopped { how } => format!("the guest stopped ({how})"),
+        GuestReport::Ready => "the guest paused at its ready point".to_owned(),
+        GuestReport::Fault { detail, .. } => format!("guest fault: {detail}"),
+        GuestReport::Error { detail } => format!("VMM error: {detail}"),
+    }
+}
+
+impl GuestVm for KvmVm {
+    type Error = KvmError;
+
+    fn ready(&self) -> &Ready {
+        &self.ready
+    }
+
+    fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    fn take_channel(&mut self) -> Result<GuestChannel, KvmError> {
+        self.channel.take().ok_or(KvmError::ChannelTaken)
+    }
+
+    fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, KvmError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                return Ok(VmExit::Exited(status));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Ok(VmExit::Killed);
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn kill(&mut self) {
+        if matches!(self.poll_exit(), Ok(Some(_))) {
+            return;
+        }
+        if let Err(e) = self.child.kill() {
+            log::warn!("cannot kill vitrine-vmm pid {}: {e}", self.child.id());
+        }
+        match self.child.wait() {
+            Ok(status) => self.exit = Some(status),
+            Err(e) => log::warn!("cannot reap vitrine-vmm pid {}: {e}", self.child.id()),
+        }
+    }
+
+    fn serial_log(&self) -> String {
+        file_text(&self.dir.path().join(SERIAL_LOG))
+    }
+}
+
+impl Drop for KvmVm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::GuestImage;
+
+    fn config() -> VmConfig {
+        VmConfig::new(GuestImage {
+            kernel: PathBuf::from("/images/vmlinux"),
+            initrd: PathBuf::from("/images/initrd.gz"),
+            cmdline: "console=ttyS0 reboot=t quiet".to_owned(),
+        })
+    }
+
+    fn arg_after<'a>(args: &'a [OsString], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].to_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn args_give_the_guest_vsock_rng_and_the_shim_port() {
+        let mut config = config();
+        config.extra_cmdline = "clearcpuid=avx".to_owned();
+        let args = KvmBackend::with_binary("vmm").args(&config, Path::new("/run/vm1"));
+
+        assert_eq!(args[0], "run");
+        assert_eq!(arg_after(&args, "--kernel"), ["/images/vmlinux"]);
+        assert_eq!(arg_after(&args, "--initrd"), ["/images/initrd.gz"]);
+        assert_eq!(
+            arg_after(&args, "--cmdline"),
+            ["console=ttyS0 reboot=t quiet clearcpuid=avx reboot=k vitrine.port=1024"]
+        );
+        assert_eq!(arg_after(&args, "--mem-mib"), ["512"]);
+        assert_eq!(arg_after(&args, "--vsock-uds"), ["/run/vm1/vsock.sock"]);
+        assert_eq!(arg_after(&args, "--serial-log"), ["/run/vm1/serial.log"]);
+        assert_eq!(arg_after(&args, "--status-fd"), ["1"]);
+        assert!(args.iter().any(|a| a == "--rng"));
+    }
+
+    #[test]
+    fn probe_output_says_why_full_guests_cannot_run() {
+        let no = br#"{"kvm":{"Ok":null},"checks":[{"name":"sse","what":"x","ok":false,"detail":"emulation failure"}],"cpuid_masking":null,"integer_guests":true,"full_linux_guests":false}"#;
+        let yes = br#"{"kvm":{"Ok":null},"checks":[],"cpuid_masking":null,"integer_guests":true,"full_linux_guests":true}"#;
+        let no_kvm = br#"{"kvm":{"Err":"no /dev/kvm"},"checks":[],"cpuid_masking":null,"integer_guests":false,"full_linux_guests":false}"#;
+
+        assert_eq!(host_support(yes), HostSupport::FullGuests);
+        assert_eq!(
+            host_support(no),
+            HostSupport::No("sse: emulation failure".into())
+        );
+        assert!(matches!(host_support(no_kvm), HostSupport::No(w) if w.contains("no /dev/kvm")));
+        assert!(matches!(host_support(b"garbage"), HostSupport::No(w) if w.contains("unreadable")));
+    }
+
+    #[test]
+    fn start_with_a_missing_binary_names_it() {
+        let err = KvmBackend::with_binary("/nonexistent/vitrine-vmm")
+            .start(&config())
+            .unwrap_err();
+
+        assert!(matches!(err, KvmError::Spawn { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/vitrine-vmm"),
+            "{err}"
+        );
+    }
+}
