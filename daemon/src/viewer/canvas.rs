@@ -87,12 +87,33 @@ impl Layout {
     }
 }
 
+/// Width of each of the "previous" and "next" zones at the right end of
+/// the status bar.
+pub const NAV_WIDTH: u32 = 90;
+
+/// The "previous" and "next" zones of the status bar.
+fn nav_zones(layout: &Layout) -> (Area, Area) {
+    let bar = layout.status;
+    let next_x = bar.w.saturating_sub(NAV_WIDTH);
+    let previous_x = bar.w.saturating_sub(2 * NAV_WIDTH);
+    let zone = |x: u32, w: u32| Area {
+        x,
+        y: bar.y,
+        w,
+        h: bar.h,
+    };
+    (
+        zone(previous_x, next_x - previous_x),
+        zone(next_x, bar.w - next_x),
+    )
+}
+
 /// What a click on the status bar asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Click {
-    /// The left half: the previous page.
+    /// The "previous" zone.
     PreviousPage,
-    /// The right half: the next page.
+    /// The "next" zone.
     NextPage,
     /// Anywhere else.
     Nothing,
@@ -225,13 +246,13 @@ impl Canvas {
 
     /// What a click at window position (`x`, `y`) means.
     pub fn click(&self, layout: &Layout, x: f64, y: f64) -> Click {
-        if !layout.status.contains(x, y) {
-            return Click::Nothing;
-        }
-        if x < f64::from(layout.status.w) / 2.0 {
+        let (previous, next) = nav_zones(layout);
+        if previous.contains(x, y) {
             Click::PreviousPage
-        } else {
+        } else if next.contains(x, y) {
             Click::NextPage
+        } else {
+            Click::Nothing
         }
     }
 
@@ -282,10 +303,11 @@ impl Canvas {
             let baseline = layout.status.y + STATUS_HEIGHT.min(layout.status.h) * 3 / 4;
             let clip = layout.status;
             font.draw(buf, stride, clip, BORDER + 4, baseline, &self.status_line());
-            let nav = "‹ previous   next ›";
-            let nav_w = font.width(nav);
-            let nav_x = width.saturating_sub(nav_w + BORDER + 8);
-            font.draw(buf, stride, clip, nav_x, baseline, nav);
+            let (previous, next) = nav_zones(&layout);
+            for (zone, label) in [(previous, "‹ previous"), (next, "next ›")] {
+                let x = zone.x + zone.w.saturating_sub(font.width(label)) / 2;
+                font.draw(buf, stride, clip, x, baseline, label);
+            }
         }
     }
 
@@ -513,12 +535,13 @@ mod tests {
     }
 
     #[test]
-    fn status_bar_halves_page_backwards_and_forwards() {
+    fn status_bar_zones_page_backwards_and_forwards() {
         let canvas = Canvas::new();
-        let layout = Layout::new(200, 100);
-        assert_eq!(canvas.click(&layout, 10.0, 95.0), Click::PreviousPage);
-        assert_eq!(canvas.click(&layout, 150.0, 95.0), Click::NextPage);
-        assert_eq!(canvas.click(&layout, 150.0, 10.0), Click::Nothing);
+        let layout = Layout::new(400, 100);
+        assert_eq!(canvas.click(&layout, 10.0, 95.0), Click::Nothing);
+        assert_eq!(canvas.click(&layout, 250.0, 95.0), Click::PreviousPage);
+        assert_eq!(canvas.click(&layout, 390.0, 95.0), Click::NextPage);
+        assert_eq!(canvas.click(&layout, 390.0, 10.0), Click::Nothing);
     }
 
     #[test]

@@ -100,6 +100,10 @@ fn read_daemon(mut stream: UnixStream, proxy: &EventLoopProxy<FromDaemon>) {
         let event = match wire::read_message(&mut stream) {
             Ok(Some(msg)) => FromDaemon::Message(msg),
             Ok(None) => FromDaemon::Ended(None),
+            // The daemon went away with input unread: that is a close too.
+            Err(wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                FromDaemon::Ended(None)
+            }
             Err(e) => FromDaemon::Ended(Some(e)),
         };
         let last = matches!(event, FromDaemon::Ended(_));
