@@ -11,3 +11,4 @@ pub mod open_file;
 pub mod pages;
 pub mod task;
 pub mod viewer;
+pub mod service;

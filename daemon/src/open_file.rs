@@ -114,9 +114,68 @@ impl Subject {
         })
     }
 
+    /// Reads an already open `file` (a descriptor passed over D-Bus): it
+    /// must be a regular file (a FIFO or socket is refused, never waited on);
+    /// at most [`MAX_TASK_INPUT`] bytes are read from where it stands. Its
+    /// real path comes from the descriptor; `name` (the caller's word) is
+    /// only used where the descriptor has no path.
+    pub fn from_file(
+        file: File,
+        name: &str,
+        downloads_dirs: &[PathBuf],
+    ) -> Result<Self, OpenFileError> {
+        let given = PathBuf::from(name);
+        let read_err = |source| OpenFileError::Read {
+            path: given.clone(),
+            source,
+        };
+        if !file.metadata().map_err(read_err)?.is_file() {
+            return Err(OpenFileError::NotAFile(given.clone()));
+        }
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok()
+            .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
+        let mut data = Vec::new();
+        file.take(MAX_TASK_INPUT + 1)
+            .read_to_end(&mut data)
+            .map_err(read_err)?;
+        if u64::try_from(data.len()).unwrap_or(u64::MAX) > MAX_TASK_INPUT {
+            return Err(OpenFileError::TooLarge { path: given });
+        }
+        let mime = sniff::sniff(&data[..data.len().min(sniff::SNIFF_LEN)]);
+        let path = real.unwrap_or_else(|| given.clone());
+        let origin = Origin::detect(&path, downloads_dirs);
+        let guest = match Path::new(name).file_name() {
+            Some(_) => guest_name(Path::new(name)),
+            None => guest_name(&path),
+        };
+        Ok(Self {
+            given,
+            guest_name: guest,
+            path,
+            mime,
+            origin,
+            data,
+        })
+    }
+
     /// The policy request for opening this file.
     pub fn request(&self) -> Result<Request, OpenFileError> {
         Request::open_file(FileFacts {
+            mime: self.mime.to_owned(),
+            name: None,
+            path: Some(self.path.clone()),
+            origin: self.origin,
+        })
+        .map_err(|source| OpenFileError::Request {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The policy request for running this file as a program.
+    pub fn program_request(&self) -> Result<Request, OpenFileError> {
+        Request::run_program(FileFacts {
             mime: self.mime.to_owned(),
             name: None,
             path: Some(self.path.clone()),
@@ -255,6 +314,25 @@ mod tests {
 
         assert!(matches!(on_dir, OpenFileError::NotAFile(_)), "{on_dir:?}");
         assert!(matches!(on_fifo, OpenFileError::NotAFile(_)), "{on_fifo:?}");
+    }
+
+    #[test]
+    fn from_file_takes_the_descriptor_path_and_refuses_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("report.pdf");
+        fs::write(&real, b"%PDF-1.4\n...").unwrap();
+        let (pipe_r, _pipe_w) = std::io::pipe().unwrap();
+
+        let subject =
+            Subject::from_file(File::open(&real).unwrap(), "mail-attachment.pdf", &[]).unwrap();
+        let on_pipe =
+            Subject::from_file(File::from(std::os::fd::OwnedFd::from(pipe_r)), "x.pdf", &[])
+                .unwrap_err();
+
+        assert_eq!(subject.path, fs::canonicalize(&real).unwrap());
+        assert_eq!(subject.guest_name, "mail-attachment.pdf");
+        assert_eq!(subject.mime, "application/pdf");
+        assert!(matches!(on_pipe, OpenFileError::NotAFile(_)), "{on_pipe:?}");
     }
 
     #[test]

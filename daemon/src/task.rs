@@ -1,6 +1,11 @@
 //! Drives one task over a guest channel: send the task and its input,
-//! collect the page count, the frames (as pages) and the final status, and
-//! time each step.
+//! collect the page count, the frames (as pages), the export offers and the
+//! final status, and time each step. A [`TaskObserver`] sees each frame as
+//! it arrives (the daemon streams them to the viewer) and can feed input
+//! back; [`fetch_export`] brings an offered file over after `Done`.
+//!
+//! Cancelling is the caller's job: it kills the VM from another thread, the
+//! stream closes, and the blocked receive returns at once.
 //!
 //! The guest is not trusted. Beyond the protocol's own caps (checked by the
 //! decoder), every frame must fit the limits the task was sent with: its page
@@ -12,8 +17,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
-    BudgetError, Frame, GuestMessage, HostMessage, Limits, PixelBudget, Task, TaskKind, TaskStatus,
-    MAX_CHUNK_BYTES, MAX_TASK_INPUT,
+    BudgetError, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, Limits, PixelBudget,
+    Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -77,7 +82,35 @@ pub enum TaskError {
     /// the task's budget.
     #[error("guest overspent the task's pixel budget")]
     Budget(#[from] BudgetError),
+    /// An export came back other than it was offered.
+    #[error("export {id} broke its offer: {reason}")]
+    ExportMismatch {
+        /// Export.
+        id: u32,
+        /// What differed.
+        reason: String,
+    },
 }
+
+/// Sees a task while it runs. Every method has a do-nothing default.
+pub trait TaskObserver {
+    /// The guest announced the page count.
+    fn page_count(&mut self, _count: u32) {}
+    /// A frame that passed the host's checks, as it arrived.
+    fn frame(&mut self, _frame: &Frame) {}
+    /// The guest offered a file for export (not yet checked against a profile).
+    fn export_offer(&mut self, _offer: &ExportOffer) {}
+    /// User input to send to the guest now (called after each message).
+    fn input(&mut self) -> Vec<InputEvent> {
+        Vec::new()
+    }
+}
+
+/// An observer that looks at nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl TaskObserver for NoObserver {}
 
 /// Time of each step, from the moment the task header was sent.
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,6 +142,8 @@ pub struct TaskRun {
     pub status: Option<TaskStatus>,
     /// Exit code and signal of a program task.
     pub program_exit: Option<(Option<i32>, Option<i32>)>,
+    /// Files the guest offered for export, in order.
+    pub exports: Vec<ExportOffer>,
     /// Log lines of the guest.
     pub logs: Vec<String>,
     /// Messages outside a task's flow (an export offer, a second Ready):
@@ -231,6 +266,18 @@ pub fn run_task(
     input: &TaskInput,
     deadline: Instant,
 ) -> Result<TaskRun, TaskError> {
+    run_task_observed(channel, id, input, deadline, &mut NoObserver)
+}
+
+/// [`run_task`], showing each message to `observer` as it arrives and
+/// sending the input it gives back.
+pub fn run_task_observed(
+    channel: &mut GuestChannel,
+    id: u64,
+    input: &TaskInput,
+    deadline: Instant,
+    observer: &mut dyn TaskObserver,
+) -> Result<TaskRun, TaskError> {
     let size = u64::try_from(input.data.len()).unwrap_or(u64::MAX);
     if size > MAX_TASK_INPUT {
         return Err(TaskError::InputTooLarge(size));
@@ -276,6 +323,7 @@ pub fn run_task(
             GuestMessage::PageInfo { task, count } => {
                 check_task(id, task)?;
                 run.page_count = Some(count);
+                observer.page_count(count);
                 run.times.page_info = run.times.page_info.or(at);
                 seen.push(format!("PageInfo({count})"));
             }
@@ -297,6 +345,7 @@ pub fn run_task(
                 if let Some(page) = run.pages.get_mut(&frame.page) {
                     page.apply(&frame)?;
                 }
+                observer.frame(&frame);
                 if seen.last().is_none_or(|s| !s.starts_with("Frame")) {
                     seen.push(format!("Frame(page {})", frame.page));
                 }
@@ -314,13 +363,106 @@ pub fn run_task(
             GuestMessage::Log { level, text } => {
                 run.logs.push(format!("{level:?}: {text}"));
             }
+            GuestMessage::ExportOffer(offer) => {
+                if run.exports.len() >= usize::try_from(MAX_EXPORTS_HELD).unwrap_or(usize::MAX) {
+                    return Err(TaskError::ExportMismatch {
+                        id: offer.id,
+                        reason: format!("more than {MAX_EXPORTS_HELD} offers"),
+                    });
+                }
+                observer.export_offer(&offer);
+                seen.push(format!("ExportOffer({})", offer.id));
+                run.exports.push(offer);
+            }
             other => {
                 let text = format!("{other:?}");
                 seen.push(text.clone());
                 run.unexpected.push(text);
             }
         }
+        for event in observer.input() {
+            channel
+                .send(&HostMessage::Input(event))
+                .map_err(|e| fail(e, &seen))?;
+        }
     }
+}
+
+/// Most export offers one task may make (the protocol's own cap on ids).
+pub const MAX_EXPORTS_HELD: u32 = vitrine_shim::protocol::MAX_EXPORTS;
+
+/// Asks the guest, after `Done`, for the content of `offer` and checks it
+/// against the offer: chunks in order, no more than the offered size (and the
+/// protocol's cap), and the offered SHA-256. Log lines in between are skipped;
+/// anything else ends the fetch with an error.
+pub fn fetch_export(
+    channel: &mut GuestChannel,
+    offer: &ExportOffer,
+    deadline: Instant,
+) -> Result<Vec<u8>, TaskError> {
+    let mismatch = |reason: String| TaskError::ExportMismatch {
+        id: offer.id,
+        reason,
+    };
+    if offer.size > MAX_EXPORT_BYTES {
+        return Err(mismatch(format!(
+            "offered {} bytes, over the {MAX_EXPORT_BYTES}-byte cap",
+            offer.size
+        )));
+    }
+    let fail = |source| TaskError::Channel {
+        source,
+        after: Duration::ZERO,
+        seen: format!("FetchExport({})", offer.id),
+    };
+    channel
+        .send(&HostMessage::FetchExport { id: offer.id })
+        .map_err(fail)?;
+    let mut data = Vec::new();
+    loop {
+        match channel.recv_until(deadline).map_err(fail)? {
+            GuestMessage::ExportChunk {
+                id,
+                offset,
+                data: chunk,
+            } if id == offer.id => {
+                if offset != u64::try_from(data.len()).unwrap_or(u64::MAX) {
+                    return Err(mismatch(format!(
+                        "chunk at offset {offset}, expected {}",
+                        data.len()
+                    )));
+                }
+                let total = offset + u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+                if total > offer.size {
+                    return Err(mismatch(format!(
+                        "more than the {} bytes offered",
+                        offer.size
+                    )));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            GuestMessage::ExportEnd { id } if id == offer.id => break,
+            GuestMessage::Log { .. } => {}
+            other => {
+                let head: String = format!("{other:?}").chars().take(80).collect();
+                return Err(mismatch(format!("unexpected message {head}")));
+            }
+        }
+    }
+    if u64::try_from(data.len()).unwrap_or(u64::MAX) != offer.size {
+        return Err(mismatch(format!(
+            "{} bytes arrived, {} were offered",
+            data.len(),
+            offer.size
+        )));
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &data);
+    if digest.as_ref() != offer.sha256 {
+        return Err(mismatch(
+            "content does not match the offered SHA-256".into(),
+        ));
+    }
+    Ok(data)
 }
 
 fn check_task(want: u64, got: u64) -> Result<(), TaskError> {

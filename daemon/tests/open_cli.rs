@@ -1,71 +1,33 @@
-//! The `vitrine open` binary with the shipped example policy: a PDF is
-//! rendered in a fresh guest under the real QEMU backend (TCG) and comes
-//! back as PNG pages; a disk image is refused with its rule named; a
-//! system document is left to the host; a missing policy fails closed.
+//! `vitrine open` through `vitrined` on a private session bus (started by
+//! D-Bus activation), with the shipped example policy: a PDF is rendered in
+//! a fresh guest under the real QEMU backend (TCG) and comes back as PNG
+//! pages; a disk image is refused with its rule named; a system document is
+//! left to the host; a missing policy fails closed.
 //!
 //! The guest test needs the image that `shim/image/build.sh` builds; without
 //! it, it prints a SKIPPED line and passes.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod dbus_support;
 
-use vitrine_daemon::fresh_guest::qemu_installed;
-use vitrine_daemon::image_cache::{self, ImageCacheError};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use dbus_support::{example_policy, image_or_skip, loud, repo, text, PrivateBus};
 use vitrine_daemon::pages::PageImage;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
-
-fn example_policy() -> PathBuf {
-    repo().join("policy/examples/policy.d")
-}
-
-/// A line the test harness shows even for a passing test (it captures
-/// `eprintln!`, not direct writes to the stderr handle).
-fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The guest image, or `None` after a loud SKIPPED line.
-fn image_or_skip(test: &str) -> Option<PathBuf> {
-    if !qemu_installed() {
-        loud(&format!(
-            "SKIPPED {test}: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
-        ));
-        return None;
+/// `vitrine open ARGS` against a fresh bus whose daemon runs with
+/// `--policy-dir POLICY [--image-dir IMAGE] --no-windows`.
+fn vitrine(policy: &Path, image: Option<&Path>, args: &[&OsStr]) -> Output {
+    let mut daemon: Vec<&OsStr> = vec!["--policy-dir".as_ref(), policy.as_os_str()];
+    if let Some(image) = image {
+        daemon.extend(["--image-dir".as_ref(), image.as_os_str()]);
     }
-    match image_cache::locate(None) {
-        Ok(dir) => Some(dir),
-        // The message names the build command (`BUILD_COMMAND`).
-        Err(e @ ImageCacheError::NotBuilt(_)) => {
-            loud(&format!("SKIPPED {test}: {e}"));
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
-}
-
-fn vitrine(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitrine"))
-        .arg("open")
-        .args(args)
-        .env_remove("VITRINE_POLICY_DIR")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    daemon.push("--no-windows".as_ref());
+    let bus = PrivateBus::start(&daemon, &[]);
+    let mut all: Vec<&OsStr> = vec!["open".as_ref()];
+    all.extend_from_slice(args);
+    bus.vitrine(&all)
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -87,15 +49,11 @@ fn pdf_fixture_comes_back_as_three_png_pages_from_a_fresh_guest() {
     let pages = out_dir.path().join("pages");
     let pdf = repo().join("shim/fixtures/three-pages.pdf");
 
-    let out = vitrine(&[
-        "--policy-dir".as_ref(),
-        example_policy().as_os_str(),
-        "--image-dir".as_ref(),
-        image.as_os_str(),
-        "--png".as_ref(),
-        pages.as_os_str(),
-        pdf.as_os_str(),
-    ]);
+    let out = vitrine(
+        &example_policy(),
+        Some(&image),
+        &["--png".as_ref(), pages.as_os_str(), pdf.as_os_str()],
+    );
 
     let report = text(&out);
     loud(&format!("{test}:\n{report}"));
@@ -140,13 +98,11 @@ fn disk_image_is_refused_with_its_rule_named_and_nothing_written() {
         (&by_name, "disk-images-by-name"),
         (&by_content, "disk-images-by-content"),
     ] {
-        let out = vitrine(&[
-            "--policy-dir".as_ref(),
-            example_policy().as_os_str(),
-            "--png".as_ref(),
-            pages.as_os_str(),
-            file.as_os_str(),
-        ]);
+        let out = vitrine(
+            &example_policy(),
+            None,
+            &["--png".as_ref(), pages.as_os_str(), file.as_os_str()],
+        );
 
         let report = text(&out);
         assert_eq!(out.status.code(), Some(1), "{report}");
@@ -174,13 +130,11 @@ fn system_document_is_left_to_the_host_without_pages() {
     let dir = tempfile::tempdir().unwrap();
     let pages = dir.path().join("pages");
 
-    let out = vitrine(&[
-        "--policy-dir".as_ref(),
-        example_policy().as_os_str(),
-        "--png".as_ref(),
-        pages.as_os_str(),
-        doc.as_os_str(),
-    ]);
+    let out = vitrine(
+        &example_policy(),
+        None,
+        &["--png".as_ref(), pages.as_os_str(), doc.as_os_str()],
+    );
 
     let report = text(&out);
     assert!(out.status.success(), "{report}");
@@ -205,14 +159,8 @@ fn missing_policy_fails_closed_to_the_strict_sandbox_loudly() {
     let missing = dir.path().join("no-policy.d");
     let no_image = dir.path().join("no-image");
 
-    let out = vitrine(&[
-        "--policy-dir".as_ref(),
-        missing.as_os_str(),
-        // Stop before a VM starts: the decision is what is checked.
-        "--image-dir".as_ref(),
-        no_image.as_os_str(),
-        file.as_os_str(),
-    ]);
+    // Stop before a VM starts: the decision is what is checked.
+    let out = vitrine(&missing, Some(&no_image), &[file.as_os_str()]);
 
     let report = text(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -230,11 +178,7 @@ fn missing_policy_fails_closed_to_the_strict_sandbox_loudly() {
 fn directory_is_refused_before_the_policy_is_asked() {
     let dir = tempfile::tempdir().unwrap();
 
-    let out = vitrine(&[
-        "--policy-dir".as_ref(),
-        example_policy().as_os_str(),
-        dir.path().as_os_str(),
-    ]);
+    let out = vitrine(&example_policy(), None, &[dir.path().as_os_str()]);
 
     let report = text(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
@@ -254,11 +198,7 @@ fn hostile_file_name_cannot_drive_the_terminal() {
         .join("x\u{1b}[2J\u{1b}]0;owned\u{7}\ndecision  host.iso");
     std::fs::write(&file, b"text\n").unwrap();
 
-    let out = vitrine(&[
-        "--policy-dir".as_ref(),
-        example_policy().as_os_str(),
-        file.as_os_str(),
-    ]);
+    let out = vitrine(&example_policy(), None, &[file.as_os_str()]);
 
     let report = text(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");

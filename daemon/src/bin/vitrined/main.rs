@@ -1,0 +1,82 @@
+//! `vitrined`: the Vitrine service on the session bus (`org.vitrine.Sandbox1`).
+//! Usually started by D-Bus activation or its systemd user unit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use vitrine_daemon::backend::Accel;
+use vitrine_daemon::service::{self, BackendChoice, DaemonConfig};
+use vitrine_policy::SYSTEM_POLICY_DIR;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vitrined",
+    version,
+    about = "Vitrine's service: opens files, links and programs in throwaway VMs on request \
+             over D-Bus (org.vitrine.Sandbox1)"
+)]
+struct Args {
+    /// Policy directory (fails closed to the built-in `strict` sandbox when
+    /// it is missing or broken; reloaded when it changes).
+    #[arg(long, value_name = "DIR", env = "VITRINE_POLICY_DIR", default_value = SYSTEM_POLICY_DIR)]
+    policy_dir: PathBuf,
+    /// Guest image directory (default: $VITRINE_IMAGE_DIR, else the build cache).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// How QEMU runs the guest's vCPUs.
+    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
+    accel: AccelArg,
+    /// TESTS ONLY: run guests as local processes of PROGRAM over a Unix
+    /// socket, with no VM isolation at all.
+    #[arg(long, value_name = "PROGRAM", hide = true)]
+    insecure_local_guest: Option<PathBuf>,
+    /// Never open viewer windows (pages go to PNG files when a task asks).
+    #[arg(long)]
+    no_windows: bool,
+    /// Bus address (default: the session bus).
+    #[arg(long, value_name = "ADDRESS")]
+    address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = DaemonConfig {
+        policy_dir: args.policy_dir,
+        image_dir: args.image_dir,
+        backend: match args.insecure_local_guest {
+            Some(program) => BackendChoice::LocalProcess(program),
+            None => BackendChoice::Qemu,
+        },
+        accel: match args.accel {
+            AccelArg::Tcg => Accel::Tcg,
+            AccelArg::Kvm => Accel::Kvm,
+        },
+        windows: !args.no_windows,
+        address: args.address,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitrined: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(service::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vitrined: error: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}

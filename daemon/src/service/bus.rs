@@ -1,0 +1,563 @@
+//! The D-Bus face of `vitrined`: `org.vitrine.Sandbox1` at
+//! `/org/vitrine/Sandbox1`, and one `org.vitrine.Sandbox1.Task` object per
+//! task at `/org/vitrine/Sandbox1/task/N`.
+//!
+//! Handlers never block the runtime: a call takes the passed descriptor,
+//! starts the task's worker thread and returns its object path at once. The
+//! worker's events come back over a channel to one pump task, which keeps
+//! the registry, sets the properties (emitting PropertiesChanged) and sends
+//! the signals.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{ObjectPath, OwnedFd, OwnedObjectPath, OwnedValue, Value};
+use zbus::{fdo, interface, Connection};
+
+use super::worker::{
+    self, Payload, TaskControl, TaskEvent, TaskOptions, TaskRequest, WorkerCommand, WorkerContext,
+};
+
+/// The well-known bus name.
+pub const BUS_NAME: &str = "org.vitrine.Sandbox1";
+/// The manager object's path.
+pub const MANAGER_PATH: &str = "/org/vitrine/Sandbox1";
+/// The manager's interface.
+pub const MANAGER_INTERFACE: &str = "org.vitrine.Sandbox1";
+/// A task object's interface.
+pub const TASK_INTERFACE: &str = "org.vitrine.Sandbox1.Task";
+/// Finished tasks kept listed before the oldest are dropped.
+const MAX_FINISHED_KEPT: usize = 256;
+
+/// The D-Bus service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Connecting, naming or serving failed.
+    #[error("D-Bus")]
+    Bus(#[from] zbus::Error),
+    /// The bus connection ended.
+    #[error("the bus connection ended")]
+    Gone,
+}
+
+/// The object path of task `id`.
+pub fn task_path(id: u64) -> OwnedObjectPath {
+    // Digits only: always a valid path.
+    OwnedObjectPath::try_from(format!("{MANAGER_PATH}/task/{id}"))
+        .unwrap_or_else(|_| OwnedObjectPath::from(ObjectPath::from_static_str_unchecked("/")))
+}
+
+/// One export as the registry holds it.
+#[derive(Debug, Clone)]
+struct ExportEntry {
+    name: String,
+    size: u64,
+    sha256: String,
+    status: String,
+}
+
+/// One task as the registry holds it.
+#[derive(Debug)]
+struct TaskEntry {
+    kind: &'static str,
+    name: String,
+    state: String,
+    verdict: String,
+    details: BTreeMap<String, String>,
+    timings: BTreeMap<String, u64>,
+    exports: Vec<ExportEntry>,
+    control: Arc<TaskControl>,
+    commands: Sender<WorkerCommand>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next: u64,
+    tasks: BTreeMap<u64, TaskEntry>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Registry> {
+    // A panic while holding the lock leaves plain data; keep serving.
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `org.vitrine.Sandbox1`.
+#[derive(Debug)]
+pub struct Manager {
+    shared: Shared,
+    ctx: Arc<WorkerContext>,
+    events: worker::EventSink,
+    connection: Connection,
+}
+
+/// `org.vitrine.Sandbox1.Task`.
+#[derive(Debug)]
+pub struct TaskObject {
+    id: u64,
+    shared: Shared,
+}
+
+fn options(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions> {
+    let mut out = TaskOptions::default();
+    for (key, value) in map {
+        let bad = || fdo::Error::InvalidArgs(format!("option {key:?} has the wrong type"));
+        match (key.as_str(), &**value) {
+            ("png-dir", Value::Str(s)) => out.png_dir = Some(absolute(key, s.as_str())?),
+            ("export-dir", Value::Str(s)) => out.export_dir = Some(absolute(key, s.as_str())?),
+            ("viewer", Value::Bool(b)) => out.viewer = Some(*b),
+            ("png-dir" | "export-dir" | "viewer", _) => return Err(bad()),
+            _ => return Err(fdo::Error::InvalidArgs(format!("unknown option {key:?}"))),
+        }
+    }
+    Ok(out)
+}
+
+fn absolute(key: &str, path: &str) -> fdo::Result<PathBuf> {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(fdo::Error::InvalidArgs(format!(
+            "option {key:?} must be an absolute path"
+        )))
+    }
+}
+
+impl Manager {
+    /// Starts task `payload` on its own thread and publishes its object.
+    async fn start(
+        &self,
+        payload: Payload,
+        name: String,
+        options: TaskOptions,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let called = Instant::now();
+        let control = Arc::new(TaskControl::default());
+        let (commands, commands_rx) = std::sync::mpsc::channel();
+        let id = {
+            let mut reg = lock(&self.shared);
+            let id = reg.next;
+            reg.next += 1;
+            reg.tasks.insert(
+                id,
+                TaskEntry {
+                    kind: payload.kind(),
+                    name,
+                    state: "queued".into(),
+                    verdict: String::new(),
+                    details: BTreeMap::new(),
+                    timings: BTreeMap::new(),
+                    exports: Vec::new(),
+                    control: control.clone(),
+                    commands,
+                },
+            );
+            id
+        };
+        let path = task_path(id);
+        self.connection
+            .object_server()
+            .at(
+                &path,
+                TaskObject {
+                    id,
+                    shared: self.shared.clone(),
+                },
+            )
+            .await
+            .map_err(|e| fdo::Error::Failed(format!("cannot publish the task object: {e}")))?;
+        let request = TaskRequest {
+            id,
+            payload,
+            options,
+            called,
+        };
+        let ctx = self.ctx.clone();
+        let events = self.events.clone();
+        std::thread::Builder::new()
+            .name(format!("task-{id}"))
+            .spawn(move || worker::run(&ctx, request, control, commands_rx, events))
+            .map_err(|e| fdo::Error::Failed(format!("cannot start the task thread: {e}")))?;
+        self.prune().await;
+        Ok(path)
+    }
+
+    /// Drops the oldest finished tasks past the limit.
+    async fn prune(&self) {
+        let gone: Vec<u64> = {
+            let mut reg = lock(&self.shared);
+            let finished: Vec<u64> = reg
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.state == "finished")
+                .map(|(id, _)| *id)
+                .collect();
+            let excess = finished.len().saturating_sub(MAX_FINISHED_KEPT);
+            let gone: Vec<u64> = finished.into_iter().take(excess).collect();
+            for id in &gone {
+                reg.tasks.remove(id);
+            }
+            gone
+        };
+        for id in gone {
+            let _ = self
+                .connection
+                .object_server()
+                .remove::<TaskObject, _>(task_path(id))
+                .await;
+        }
+    }
+
+    fn entry_of(&self, task: &ObjectPath<'_>) -> fdo::Result<u64> {
+        let id = task
+            .as_str()
+            .strip_prefix(&format!("{MANAGER_PATH}/task/"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| fdo::Error::InvalidArgs(format!("{task} is not a task")))?;
+        if lock(&self.shared).tasks.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(fdo::Error::UnknownObject(format!("no task {task}")))
+        }
+    }
+
+    fn pending_export(&self, id: u64, name: &str) -> fdo::Result<Sender<WorkerCommand>> {
+        let reg = lock(&self.shared);
+        let task = reg
+            .tasks
+            .get(&id)
+            .ok_or_else(|| fdo::Error::UnknownObject(format!("no task {id}")))?;
+        match task.exports.iter().find(|e| e.name == name) {
+            Some(e) if e.status == "pending" => Ok(task.commands.clone()),
+            Some(e) => Err(fdo::Error::Failed(format!(
+                "export {name:?} is not pending: {}",
+                e.status
+            ))),
+            None => Err(fdo::Error::Failed(format!("task has no export {name:?}"))),
+        }
+    }
+}
+
+#[interface(name = "org.vitrine.Sandbox1")]
+impl Manager {
+    /// Opens the file behind `fd` (read here, never by path) safely.
+    async fn open_file(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let options = options_checked(&options)?;
+        let file = File::from(std::os::fd::OwnedFd::from(fd));
+        self.start(
+            Payload::File {
+                file,
+                name: name.clone(),
+            },
+            name,
+            options,
+        )
+        .await
+    }
+
+    /// Opens a link safely.
+    async fn open_uri(
+        &self,
+        uri: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let options = options_checked(&options)?;
+        self.start(Payload::Uri(uri.clone()), uri, options).await
+    }
+
+    /// Runs the program behind `fd` on a terminal in a VM.
+    async fn run_program(
+        &self,
+        fd: OwnedFd,
+        args: Vec<String>,
+        options: HashMap<String, OwnedValue>,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let options = options_checked(&options)?;
+        let file = File::from(std::os::fd::OwnedFd::from(fd));
+        self.start(Payload::Program { file, args }, "program".into(), options)
+            .await
+    }
+
+    /// Every task: path, kind, name, state, verdict.
+    async fn list_tasks(&self) -> Vec<(OwnedObjectPath, String, String, String, String)> {
+        lock(&self.shared)
+            .tasks
+            .iter()
+            .map(|(id, t)| {
+                (
+                    task_path(*id),
+                    t.kind.to_owned(),
+                    t.name.clone(),
+                    t.state.clone(),
+                    t.verdict.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every export offer: task, name, size, sha256, status.
+    async fn list_exports(&self) -> Vec<(OwnedObjectPath, String, u64, String, String)> {
+        let reg = lock(&self.shared);
+        reg.tasks
+            .iter()
+            .flat_map(|(id, t)| {
+                t.exports.iter().map(move |e| {
+                    (
+                        task_path(*id),
+                        e.name.clone(),
+                        e.size,
+                        e.sha256.clone(),
+                        e.status.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Writes the pending export `name` of `task`; returns where.
+    async fn approve_export(&self, task: ObjectPath<'_>, name: String) -> fdo::Result<String> {
+        let id = self.entry_of(&task)?;
+        let commands = self.pending_export(id, &name)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        commands
+            .send(WorkerCommand::Approve { name, reply })
+            .map_err(|_| fdo::Error::Failed("the task has ended".into()))?;
+        match answer.await {
+            Ok(Ok(path)) => Ok(path.to_string_lossy().into_owned()),
+            Ok(Err(why)) => Err(fdo::Error::Failed(why)),
+            Err(_) => Err(fdo::Error::Failed("the task ended before writing".into())),
+        }
+    }
+
+    /// Refuses the pending export `name` of `task`.
+    async fn deny_export(&self, task: ObjectPath<'_>, name: String) -> fdo::Result<()> {
+        let id = self.entry_of(&task)?;
+        let commands = self.pending_export(id, &name)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        commands
+            .send(WorkerCommand::Deny { name, reply })
+            .map_err(|_| fdo::Error::Failed("the task has ended".into()))?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(fdo::Error::Failed(why)),
+            Err(_) => Err(fdo::Error::Failed("the task ended first".into())),
+        }
+    }
+
+    /// The public key (hex) that verifies this daemon's receipts.
+    #[zbus(property)]
+    async fn receipt_public_key(&self) -> String {
+        self.ctx.signer.public_key_hex()
+    }
+
+    /// A task ended.
+    #[zbus(signal)]
+    pub async fn task_finished(
+        emitter: &SignalEmitter<'_>,
+        task: ObjectPath<'_>,
+        verdict: &str,
+    ) -> zbus::Result<()>;
+
+    /// A task offers a file that the policy lets the user approve.
+    #[zbus(signal)]
+    pub async fn export_requested(
+        emitter: &SignalEmitter<'_>,
+        task: ObjectPath<'_>,
+        name: &str,
+        size: u64,
+        sha256: &str,
+    ) -> zbus::Result<()>;
+}
+
+fn options_checked(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions> {
+    options(map)
+}
+
+#[interface(name = "org.vitrine.Sandbox1.Task")]
+impl TaskObject {
+    /// Stops the task: its VM is killed, its window closed.
+    async fn cancel(&self) -> fdo::Result<()> {
+        let (control, commands) = {
+            let reg = lock(&self.shared);
+            let t = reg
+                .tasks
+                .get(&self.id)
+                .ok_or_else(|| fdo::Error::UnknownObject("task is gone".into()))?;
+            (t.control.clone(), t.commands.clone())
+        };
+        // Killing a process can take a moment: off the runtime.
+        tokio::task::spawn_blocking(move || control.cancel(&commands))
+            .await
+            .map_err(|e| fdo::Error::Failed(format!("cancel: {e}")))
+    }
+
+    /// `queued`, `deciding`, `starting`, `running`, `exporting`, `finished`.
+    #[zbus(property)]
+    async fn state(&self) -> String {
+        self.field(|t| t.state.clone())
+    }
+
+    /// Empty until the task finishes; then `clean`, `denied: …`, `host: …`,
+    /// `failed: …`, `timed-out`, `cancelled` or `error: …`.
+    #[zbus(property)]
+    async fn verdict(&self) -> String {
+        self.field(|t| t.verdict.clone())
+    }
+
+    /// `open-file`, `open-uri` or `run-program`.
+    #[zbus(property)]
+    async fn kind(&self) -> String {
+        self.field(|t| t.kind.to_owned())
+    }
+
+    /// Facts for display: type, origin, decision, profile, pages, receipt...
+    #[zbus(property)]
+    async fn details(&self) -> HashMap<String, String> {
+        self.field(|t| t.details.clone().into_iter().collect())
+    }
+
+    /// Microseconds from the call to each step.
+    #[zbus(property)]
+    async fn timings(&self) -> HashMap<String, u64> {
+        self.field(|t| t.timings.clone().into_iter().collect())
+    }
+}
+
+impl TaskObject {
+    fn field<T: Default>(&self, f: impl FnOnce(&TaskEntry) -> T) -> T {
+        lock(&self.shared)
+            .tasks
+            .get(&self.id)
+            .map(f)
+            .unwrap_or_default()
+    }
+}
+
+/// Serves the manager on `connection` and pumps worker events until the
+/// connection ends.
+pub async fn serve(
+    connection: Connection,
+    ctx: Arc<WorkerContext>,
+    first_id: u64,
+) -> Result<(), BusError> {
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared: Shared = Arc::new(Mutex::new(Registry {
+        next: first_id,
+        tasks: BTreeMap::new(),
+    }));
+    let manager = Manager {
+        shared: shared.clone(),
+        ctx,
+        events,
+        connection: connection.clone(),
+    };
+    connection.object_server().at(MANAGER_PATH, manager).await?;
+    connection.request_name(BUS_NAME).await?;
+    let manager_emitter = SignalEmitter::new(&connection, MANAGER_PATH)?;
+    let bus = fdo::DBusProxy::new(&connection).await?;
+    let mut ping = tokio::time::interval(BUS_PING);
+    loop {
+        tokio::select! {
+            event = events_rx.recv() => {
+                let Some((id, event)) = event else { return Ok(()) };
+                if let Err(e) = apply(&connection, &shared, &manager_emitter, id, event).await {
+                    log::warn!("task {id}: cannot publish an event: {e}");
+                }
+            }
+            _ = ping.tick() => {
+                // The bus went away (the session ended): so does the daemon.
+                if bus.get_id().await.is_err() {
+                    return Err(BusError::Gone);
+                }
+            }
+        }
+    }
+}
+
+/// How often the daemon checks that its bus is still there.
+const BUS_PING: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn apply(
+    connection: &Connection,
+    shared: &Shared,
+    manager: &SignalEmitter<'_>,
+    id: u64,
+    event: TaskEvent,
+) -> zbus::Result<()> {
+    let path = task_path(id);
+    let iface = connection
+        .object_server()
+        .interface::<_, TaskObject>(&path)
+        .await?;
+    let emitter = iface.signal_emitter();
+    match event {
+        TaskEvent::State(s) => {
+            set(shared, id, |t| t.state = s.to_owned());
+            iface.get().await.state_changed(emitter).await?;
+        }
+        TaskEvent::Detail(key, value) => {
+            set(shared, id, |t| {
+                t.details.insert(key.to_owned(), value);
+            });
+            iface.get().await.details_changed(emitter).await?;
+        }
+        TaskEvent::Timing(key, us) => {
+            set(shared, id, |t| {
+                t.timings.insert(key.to_owned(), us);
+            });
+            iface.get().await.timings_changed(emitter).await?;
+        }
+        TaskEvent::Export {
+            name,
+            size,
+            sha256,
+            status,
+        } => {
+            let pending = status == "pending";
+            set(shared, id, |t| {
+                match t.exports.iter_mut().find(|e| e.name == name) {
+                    Some(e) => e.status = status,
+                    None => t.exports.push(ExportEntry {
+                        name: name.clone(),
+                        size,
+                        sha256: sha256.clone(),
+                        status,
+                    }),
+                }
+            });
+            if pending {
+                Manager::export_requested(manager, path.as_ref(), &name, size, &sha256).await?;
+            }
+        }
+        TaskEvent::Finished(verdict) => {
+            set(shared, id, |t| {
+                t.verdict = verdict.clone();
+                t.state = "finished".to_owned();
+            });
+            iface.get().await.verdict_changed(emitter).await?;
+            iface.get().await.state_changed(emitter).await?;
+            Manager::task_finished(manager, path.as_ref(), &verdict).await?;
+        }
+    }
+    Ok(())
+}
+
+fn set(shared: &Shared, id: u64, f: impl FnOnce(&mut TaskEntry)) {
+    if let Some(t) = lock(shared).tasks.get_mut(&id) {
+        f(t);
+    }
+}

@@ -1,0 +1,253 @@
+//! What may leave a VM as a file: each offer is checked against the
+//! profile's export rules twice (on the guest's word at offer time, then on
+//! the type the host sniffs from the fetched bytes), and an approved file is
+//! written into the destination folder under a fresh name, with its SHA-256
+//! checked once more on the bytes written.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use vitrine_policy::profile::{ExportCheck, ExportRefusal, ExportRules};
+use vitrine_policy::sniff;
+use vitrine_shim::protocol::{check_export_name, ExportOffer};
+
+use super::receipt::{hex, sha256_hex};
+
+/// An export was refused or could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportGateError {
+    /// The profile's rules refuse it.
+    #[error("refused by policy: {0}")]
+    Refused(String),
+    /// The bytes written differ from the offered hash.
+    #[error("written file's SHA-256 {got} differs from the offered {want}")]
+    HashMismatch {
+        /// Offered.
+        want: String,
+        /// Written.
+        got: String,
+    },
+    /// The destination could not be written.
+    #[error("cannot write into {dir}")]
+    Write {
+        /// Destination folder.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// How an offer stands against the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferCheck {
+    /// Refused; the reason in words.
+    Refused(String),
+    /// Ask the user.
+    Ask,
+    /// May leave without asking.
+    Allowed,
+}
+
+fn refusal(r: ExportRefusal, rules: &ExportRules, mime: &str, size: u64) -> String {
+    match r {
+        ExportRefusal::ExportDenied => "the profile allows no exports".to_owned(),
+        ExportRefusal::TypeNotAllowed => format!("type {mime} is not allowed"),
+        ExportRefusal::TooLarge => format!("{size} bytes, over the {}-byte limit", rules.max_bytes),
+    }
+}
+
+/// Checks an offer's name, type and size against `rules`. Flattening to
+/// pixels is not implemented yet, so a profile that asks for it refuses
+/// (fail closed).
+pub fn check(rules: &ExportRules, name: &str, mime: &str, size: u64) -> OfferCheck {
+    if check_export_name(name).is_err() {
+        return OfferCheck::Refused("the name is not a plain file name".to_owned());
+    }
+    match rules.check(mime, size) {
+        ExportCheck::Refused(r) => OfferCheck::Refused(refusal(r, rules, mime, size)),
+        ExportCheck::AskUser { flatten: true } | ExportCheck::Allowed { flatten: true } => {
+            OfferCheck::Refused(
+                "the profile asks to flatten exports to pixels, which is not implemented yet"
+                    .to_owned(),
+            )
+        }
+        ExportCheck::AskUser { flatten: false } => OfferCheck::Ask,
+        ExportCheck::Allowed { flatten: false } => OfferCheck::Allowed,
+    }
+}
+
+/// Checks the fetched bytes again with the type the host sniffs from them.
+pub fn check_fetched(rules: &ExportRules, name: &str, data: &[u8]) -> Result<(), ExportGateError> {
+    let mime = sniff::sniff(&data[..data.len().min(sniff::SNIFF_LEN)]);
+    let size = u64::try_from(data.len()).unwrap_or(u64::MAX);
+    match check(rules, name, mime, size) {
+        OfferCheck::Refused(why) => Err(ExportGateError::Refused(why)),
+        OfferCheck::Ask | OfferCheck::Allowed => Ok(()),
+    }
+}
+
+/// Writes `data` as `dir/name` (or `name (2)`, ... when taken; never over
+/// an existing file), reads it back, and checks its SHA-256 against the
+/// offer. A mismatch removes the file.
+pub fn write_approved(
+    dir: &Path,
+    offer: &ExportOffer,
+    data: &[u8],
+) -> Result<PathBuf, ExportGateError> {
+    let write_err = |source| ExportGateError::Write {
+        dir: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(write_err)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".vitrine-export-")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.write_all(data).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    let mut n = 1u32;
+    let path = loop {
+        let candidate = dir.join(numbered(&offer.name, n));
+        match tmp.persist_noclobber(&candidate) {
+            Ok(_) => break candidate,
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
+                tmp = e.file;
+                n += 1;
+            }
+            Err(e) => return Err(write_err(e.error)),
+        }
+    };
+    let want = hex(&offer.sha256);
+    let got = file_sha256(&path).map_err(write_err)?;
+    if got != want {
+        let _ = fs::remove_file(&path);
+        return Err(ExportGateError::HashMismatch { want, got });
+    }
+    Ok(path)
+}
+
+/// `report.pdf`, `report (2).pdf`, `report (3).pdf`, ...
+fn numbered(name: &str, n: u32) -> String {
+    if n == 1 {
+        return name.to_owned();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
+        _ => format!("{name} ({n})"),
+    }
+}
+
+fn file_sha256(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+/// SHA-256 (hex) of an offer's bytes, for callers that hold them.
+pub fn offer_hash_hex(offer: &ExportOffer) -> String {
+    hex(&offer.sha256)
+}
+
+/// Hex SHA-256 of `data` (re-exported for the worker).
+pub fn data_hash_hex(data: &[u8]) -> String {
+    sha256_hex(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vitrine_policy::pattern::MimePattern;
+    use vitrine_policy::ExportMode;
+
+    fn rules(mode: ExportMode, flatten: bool) -> ExportRules {
+        ExportRules {
+            mode,
+            types: vec![MimePattern::parse("text/plain").unwrap()],
+            max_bytes: 100,
+            flatten,
+        }
+    }
+
+    fn offer(name: &str, data: &[u8]) -> ExportOffer {
+        let digest = ring::digest::digest(&ring::digest::SHA256, data);
+        ExportOffer {
+            id: 0,
+            name: name.to_owned(),
+            size: u64::try_from(data.len()).unwrap(),
+            sha256: digest.as_ref().try_into().unwrap(),
+            mime: "text/plain".to_owned(),
+        }
+    }
+
+    #[test]
+    fn check_refuses_by_mode_type_size_name_and_flatten() {
+        let ask = rules(ExportMode::Ask, false);
+
+        assert_eq!(check(&ask, "a.txt", "text/plain", 5), OfferCheck::Ask);
+        assert!(matches!(
+            check(&rules(ExportMode::Deny, false), "a.txt", "text/plain", 5),
+            OfferCheck::Refused(_)
+        ));
+        assert!(
+            matches!(check(&ask, "a.exe", "application/x-executable", 5), OfferCheck::Refused(w) if w.contains("not allowed"))
+        );
+        assert!(
+            matches!(check(&ask, "a.txt", "text/plain", 101), OfferCheck::Refused(w) if w.contains("over"))
+        );
+        assert!(matches!(
+            check(&ask, "../a.txt", "text/plain", 5),
+            OfferCheck::Refused(_)
+        ));
+        assert!(matches!(
+            check(&rules(ExportMode::Ask, true), "a.txt", "text/plain", 5),
+            OfferCheck::Refused(w) if w.contains("flatten")
+        ));
+    }
+
+    #[test]
+    fn fetched_bytes_are_checked_by_their_sniffed_type() {
+        let ask = rules(ExportMode::Ask, false);
+
+        assert!(check_fetched(&ask, "a.txt", b"plain words\n").is_ok());
+        let err =
+            check_fetched(&ask, "a.txt", b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0").unwrap_err();
+
+        assert!(matches!(err, ExportGateError::Refused(_)), "{err:?}");
+    }
+
+    #[test]
+    fn write_approved_never_overwrites_and_checks_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.txt"), b"mine").unwrap();
+        let good = offer("a.txt", b"from the guest");
+        let mut lying = offer("b.txt", b"other bytes");
+        lying.sha256 = [0; 32];
+
+        let path = write_approved(dir.path(), &good, b"from the guest").unwrap();
+        let err = write_approved(dir.path(), &lying, b"other bytes").unwrap_err();
+
+        assert_eq!(path, dir.path().join("a (2).txt"));
+        assert_eq!(fs::read(dir.path().join("a.txt")).unwrap(), b"mine");
+        assert_eq!(fs::read(&path).unwrap(), b"from the guest");
+        assert!(
+            matches!(err, ExportGateError::HashMismatch { .. }),
+            "{err:?}"
+        );
+        assert!(!dir.path().join("b.txt").exists());
+    }
+}

@@ -1,0 +1,141 @@
+//! `vitrined`: the host service. It owns the D-Bus API ([`bus`]), runs each
+//! task on its own thread ([`worker`]) behind channels, gates exports
+//! ([`export_gate`]), signs receipts ([`receipt`]), and keeps its records
+//! where the XDG spec says ([`state_dirs`]). [`vm_seam`] is where a backend
+//! plugs in.
+
+pub mod bus;
+pub mod export_gate;
+pub mod receipt;
+pub mod state_dirs;
+pub mod vm_seam;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vitrine_policy::watch::ReloadEvent;
+use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatcher};
+
+use crate::backend::qemu::QemuBackend;
+use crate::backend::{Accel, GuestImage};
+use crate::image_cache;
+use crate::viewer::viewer_binary;
+use receipt::ReceiptSigner;
+use state_dirs::StateDirs;
+use vm_seam::{LocalProcessBackend, VmStarter};
+use worker::{image_info, WorkerContext};
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Its directories could not be found or made.
+    #[error("state directories")]
+    Dirs(#[from] state_dirs::StateDirsError),
+    /// The receipt key could not be loaded or made.
+    #[error("receipt signing key")]
+    Receipt(#[from] receipt::ReceiptError),
+    /// The audit log could not be opened.
+    #[error("audit log")]
+    Audit(#[from] vitrine_policy::audit::AuditError),
+    /// The bus could not be reached or served.
+    #[error("session bus")]
+    Bus(#[from] zbus::Error),
+    /// Serving failed.
+    #[error("D-Bus service")]
+    Serve(#[from] bus::BusError),
+}
+
+/// Which backend runs the guests.
+#[derive(Debug, Clone)]
+pub enum BackendChoice {
+    /// QEMU with the guest image.
+    Qemu,
+    /// A local guest program over a Unix socket: no isolation, tests only.
+    LocalProcess(PathBuf),
+}
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The policy directory (fails closed when missing or broken).
+    pub policy_dir: PathBuf,
+    /// The guest image directory; `None`: the build cache.
+    pub image_dir: Option<PathBuf>,
+    /// The backend.
+    pub backend: BackendChoice,
+    /// How QEMU runs vCPUs.
+    pub accel: Accel,
+    /// Show viewer windows when $DISPLAY is set.
+    pub windows: bool,
+    /// Bus address; `None`: the session bus.
+    pub address: Option<String>,
+}
+
+/// Prepares everything and serves until the bus connection ends.
+pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
+    let dirs = StateDirs::from_env()?;
+    dirs.create()?;
+    let signer = ReceiptSigner::load_or_create(&dirs.data)?;
+    let (policy, problems) = PolicySet::load_or_fail_closed(&config.policy_dir);
+    if let Some(diags) = problems {
+        eprintln!(
+            "vitrined: WARNING: FAILING CLOSED: the policy in {} does not load; every task is \
+             sandboxed with the built-in `strict` profile until it is fixed:\n{diags}",
+            config.policy_dir.display()
+        );
+    }
+    let policy = Arc::new(PolicyHandle::new(policy));
+    let _watcher = PolicyWatcher::spawn(&config.policy_dir, policy.clone(), |event| {
+        if let ReloadEvent::Rejected { .. } = event {
+            eprintln!("vitrined: WARNING: a policy edit was rejected; the old policy stays");
+        }
+    })
+    .map_err(|e| eprintln!("vitrined: policy hot reload is off: {e}"))
+    .ok();
+    let audit = AuditLog::open(AuditConfig::new(dirs.audit_log()))?;
+    let image = image_cache::locate(config.image_dir.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|dir| GuestImage::from_dir(&dir).map_err(|e| worker::chain(&e)))
+        .and_then(image_info);
+    if let Err(why) = &image {
+        eprintln!("vitrined: no guest image, sandboxed tasks will fail: {why}");
+    }
+    let backend: Box<dyn VmStarter> = match &config.backend {
+        BackendChoice::Qemu => Box::new(QemuBackend::new()),
+        BackendChoice::LocalProcess(program) => {
+            eprintln!(
+                "vitrined: WARNING: guests run as LOCAL PROCESSES ({}) with NO VM ISOLATION; \
+                 this backend is for tests only",
+                program.display()
+            );
+            Box::new(LocalProcessBackend {
+                program: program.clone(),
+                env: Vec::new(),
+                ready_timeout: Duration::from_secs(20),
+            })
+        }
+    };
+    let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
+    let viewer = (config.windows && display).then(viewer_binary);
+    let first_id = dirs.next_task_number();
+    let ctx = Arc::new(WorkerContext {
+        policy,
+        audit: Some(audit),
+        backend,
+        accel: config.accel,
+        image,
+        signer,
+        dirs,
+        downloads_dirs: crate::open_file::default_downloads_dirs(),
+        viewer,
+    });
+    let builder = match &config.address {
+        Some(address) => zbus::connection::Builder::address(address.as_str())?,
+        None => zbus::connection::Builder::session()?,
+    };
+    let connection = builder.build().await?;
+    bus::serve(connection, ctx, first_id).await?;
+    Ok(())
+}

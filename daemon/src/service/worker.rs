@@ -1,0 +1,817 @@
+//! One task's life on its own thread: read the input from the passed
+//! descriptor, ask the policy (and log the decision), start a VM, stream
+//! frames to the viewer as they arrive, gate the exports, tear the VM down,
+//! and sign the receipt. The D-Bus side talks to it only through channels:
+//! [`WorkerCommand`]s in, [`TaskEvent`]s out, and [`TaskControl::cancel`],
+//! which kills the VM from outside so that a blocked receive returns at once.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vitrine_policy::{AuditLog, PolicyHandle, Profile, Request, Verdict};
+use vitrine_shim::protocol::{ExportOffer, Frame, HostMessage, InputEvent, TaskStatus};
+
+use super::export_gate::{self, OfferCheck};
+use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
+use super::state_dirs::StateDirs;
+use super::vm_seam::{RunningVm, VmStarter};
+use crate::backend::{Accel, GuestChannel, GuestImage};
+use crate::fresh_guest::DONE_MARGIN;
+use crate::open_file::{self, Subject};
+use crate::pages;
+use crate::task::{fetch_export, run_task_observed, TaskInput, TaskObserver, TaskRun};
+use crate::viewer::ViewerLink;
+
+/// How long the VM may take to end after `Shutdown` before it is killed.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for the user's decision on an export, within the profile's
+/// time limit.
+const EXPORT_DECISION_WAIT: Duration = Duration::from_secs(10 * 60);
+/// Longest wait for one approved export to come over.
+const EXPORT_FETCH_WAIT: Duration = Duration::from_secs(60);
+/// How often a worker with an open window looks for it to close.
+const VIEWER_POLL: Duration = Duration::from_millis(100);
+
+/// What the task works on.
+#[derive(Debug)]
+pub enum Payload {
+    /// A file, by descriptor.
+    File {
+        /// The passed descriptor.
+        file: File,
+        /// The caller's name for it.
+        name: String,
+    },
+    /// A link.
+    Uri(String),
+    /// A program, by descriptor.
+    Program {
+        /// The passed descriptor.
+        file: File,
+        /// Arguments after argv\[0\].
+        args: Vec<String>,
+    },
+}
+
+impl Payload {
+    /// `open-file`, `open-uri` or `run-program`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::File { .. } => "open-file",
+            Payload::Uri(_) => "open-uri",
+            Payload::Program { .. } => "run-program",
+        }
+    }
+}
+
+/// Per-task options from the caller's `a{sv}`.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOptions {
+    /// Write the pages as PNG files here.
+    pub png_dir: Option<PathBuf>,
+    /// Write approved exports here instead of the default folder.
+    pub export_dir: Option<PathBuf>,
+    /// Show a viewer window (where a display exists); default yes.
+    pub viewer: Option<bool>,
+}
+
+/// From the worker to the D-Bus side.
+#[derive(Debug, Clone)]
+pub enum TaskEvent {
+    /// The task's state changed (`deciding`, `starting`, `running`,
+    /// `exporting`, `finished`).
+    State(&'static str),
+    /// A fact about the task for `vitrine` to show (type, origin, decision...).
+    Detail(&'static str, String),
+    /// A step's time since the call, in microseconds.
+    Timing(&'static str, u64),
+    /// An export offer and where it stands (`pending`, `refused: …`,
+    /// `approved: PATH`, `denied`, `failed: …`).
+    Export {
+        /// File name.
+        name: String,
+        /// Size.
+        size: u64,
+        /// SHA-256, hex.
+        sha256: String,
+        /// Where it stands.
+        status: String,
+    },
+    /// The task ended with this verdict.
+    Finished(String),
+}
+
+/// From the D-Bus side to the worker.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Write this export.
+    Approve {
+        /// File name.
+        name: String,
+        /// Where it was written, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<PathBuf, String>>,
+    },
+    /// Do not write this export.
+    Deny {
+        /// File name.
+        name: String,
+        /// Done, or why not.
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Stop (sent by [`TaskControl::cancel`]).
+    Cancel,
+}
+
+/// The part of a task that the D-Bus side holds to stop it.
+#[derive(Default)]
+pub struct TaskControl {
+    cancelled: AtomicBool,
+    vm: Mutex<Option<Box<dyn RunningVm>>>,
+}
+
+impl std::fmt::Debug for TaskControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskControl")
+            .field("cancelled", &self.cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskControl {
+    /// Marks the task cancelled and kills its VM, if one runs. Blocks only
+    /// as long as killing a process takes.
+    pub fn cancel(&self, commands: &Sender<WorkerCommand>) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        if let Ok(mut vm) = self.vm.lock() {
+            if let Some(vm) = vm.as_mut() {
+                vm.kill();
+            }
+        }
+        let _ = commands.send(WorkerCommand::Cancel);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn hold(&self, vm: Box<dyn RunningVm>) {
+        if let Ok(mut slot) = self.vm.lock() {
+            *slot = Some(vm);
+        }
+        // A cancel that came while the VM started finds it here.
+        if self.cancelled() {
+            self.kill_held();
+        }
+    }
+
+    fn kill_held(&self) {
+        if let Ok(mut slot) = self.vm.lock() {
+            if let Some(vm) = slot.as_mut() {
+                vm.kill();
+            }
+        }
+    }
+
+    fn release(&self) -> Option<Box<dyn RunningVm>> {
+        self.vm.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// The guest image a daemon runs, with its hash for receipts.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Kernel, initramfs, command line.
+    pub image: GuestImage,
+    /// SHA-256 (hex) of the kernel and initramfs, in that order.
+    pub sha256: String,
+}
+
+/// What every worker shares.
+pub struct WorkerContext {
+    /// The policy (hot-reloaded by the daemon).
+    pub policy: Arc<PolicyHandle>,
+    /// Where decisions are logged.
+    pub audit: Option<AuditLog>,
+    /// Starts VMs.
+    pub backend: Box<dyn VmStarter>,
+    /// How the VM's vCPUs run.
+    pub accel: Accel,
+    /// The guest image, or why there is none.
+    pub image: Result<ImageInfo, String>,
+    /// Signs receipts.
+    pub signer: ReceiptSigner,
+    /// Records and default export folder.
+    pub dirs: StateDirs,
+    /// Folders whose files count as downloaded.
+    pub downloads_dirs: Vec<PathBuf>,
+    /// The viewer binary, where a display exists; `None`: no windows.
+    pub viewer: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("backend", &self.backend.name())
+            .field("dirs", &self.dirs)
+            .field("viewer", &self.viewer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One task for a worker.
+#[derive(Debug)]
+pub struct TaskRequest {
+    /// Task number.
+    pub id: u64,
+    /// What to work on.
+    pub payload: Payload,
+    /// The caller's options.
+    pub options: TaskOptions,
+    /// When the D-Bus call arrived.
+    pub called: Instant,
+}
+
+/// Sends events to the D-Bus side.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<(u64, TaskEvent)>;
+
+struct Worker<'a> {
+    ctx: &'a WorkerContext,
+    id: u64,
+    called: Instant,
+    events: EventSink,
+    control: Arc<TaskControl>,
+    commands: Receiver<WorkerCommand>,
+    receipt: ReceiptBody,
+}
+
+impl Worker<'_> {
+    fn emit(&self, event: TaskEvent) {
+        let _ = self.events.send((self.id, event));
+    }
+    fn state(&self, s: &'static str) {
+        self.emit(TaskEvent::State(s));
+    }
+    fn detail(&self, key: &'static str, value: impl Into<String>) {
+        self.emit(TaskEvent::Detail(key, value.into()));
+    }
+    fn timing(&self, key: &'static str) {
+        let us = u64::try_from(self.called.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.emit(TaskEvent::Timing(key, us));
+    }
+}
+
+/// Runs task `request` to its end on the calling (blocking) thread.
+pub fn run(
+    ctx: &WorkerContext,
+    request: TaskRequest,
+    control: Arc<TaskControl>,
+    commands: Receiver<WorkerCommand>,
+    events: EventSink,
+) {
+    let mut worker = Worker {
+        ctx,
+        id: request.id,
+        called: request.called,
+        events,
+        control,
+        commands,
+        receipt: ReceiptBody {
+            format: 1,
+            task: request.id,
+            kind: request.payload.kind().to_owned(),
+            finished: String::new(),
+            template_sha256: String::new(),
+            backend: String::new(),
+            policy_version: String::new(),
+            decision: String::new(),
+            input_sha256: String::new(),
+            outputs: Vec::new(),
+            verdict: String::new(),
+        },
+    };
+    let mut viewer = None;
+    let verdict = worker.lifecycle(request.payload, &request.options, &mut viewer);
+    worker.finish(verdict, viewer);
+}
+
+/// A sandboxed task's input, ready for the guest.
+struct Prepared {
+    input: TaskInput,
+    name: String,
+    profile: Profile,
+}
+
+impl Worker<'_> {
+    fn lifecycle(
+        &mut self,
+        payload: Payload,
+        options: &TaskOptions,
+        viewer: &mut Option<ViewerLink>,
+    ) -> String {
+        self.state("deciding");
+        let prepared = match self.decide(payload) {
+            Ok(p) => p,
+            Err(verdict) => return verdict,
+        };
+        if self.control.cancelled() {
+            return "cancelled".to_owned();
+        }
+        let image = match &self.ctx.image {
+            Ok(image) => image.clone(),
+            Err(why) => return format!("error: no guest image: {why}"),
+        };
+        self.receipt.template_sha256 = image.sha256.clone();
+        self.receipt.backend = self.ctx.backend.name();
+        self.sandbox(prepared, image, options, viewer)
+    }
+
+    /// Reads the input and asks the policy. `Err` is the final verdict.
+    fn decide(&mut self, payload: Payload) -> Result<Prepared, String> {
+        let (request, input) = match payload {
+            Payload::Uri(uri) => {
+                self.receipt.input_sha256 = sha256_hex(uri.as_bytes());
+                self.detail("name", uri.clone());
+                let request = Request::open_uri(&uri)
+                    .map_err(|e| format!("error: not a link the policy can judge: {e}"))?;
+                (request, None)
+            }
+            Payload::File { file, name } => {
+                let subject = Subject::from_file(file, &name, &self.ctx.downloads_dirs)
+                    .map_err(|e| format!("error: {}", chain(&e)))?;
+                let request = subject
+                    .request()
+                    .map_err(|e| format!("error: {}", chain(&e)))?;
+                self.describe(&subject);
+                (request, Some(subject))
+            }
+            Payload::Program { file, args } => {
+                let subject = Subject::from_file(file, "program", &self.ctx.downloads_dirs)
+                    .map_err(|e| format!("error: {}", chain(&e)))?;
+                let request = subject
+                    .program_request()
+                    .map_err(|e| format!("error: {}", chain(&e)))?;
+                self.describe(&subject);
+                let profile = self.judge(&request)?;
+                let limits = open_file::task_limits(&profile);
+                let mut input = TaskInput::program(subject.data, limits);
+                if let vitrine_shim::protocol::TaskKind::RunProgram { args: a, .. } =
+                    &mut input.kind
+                {
+                    *a = args;
+                }
+                return Ok(Prepared {
+                    input,
+                    name: "program".into(),
+                    profile,
+                });
+            }
+        };
+        let profile = self.judge(&request)?;
+        match input {
+            None => Err(format!(
+                "failed: links need the host's egress tunnel, which this daemon does not have \
+                 yet; nothing was fetched (decision {})",
+                self.receipt.decision
+            )),
+            Some(subject) => {
+                let limits = open_file::task_limits(&profile);
+                Ok(Prepared {
+                    input: TaskInput::file(&subject.guest_name, subject.mime, subject.data, limits),
+                    name: subject.guest_name,
+                    profile,
+                })
+            }
+        }
+    }
+
+    fn describe(&mut self, subject: &Subject) {
+        self.receipt.input_sha256 = sha256_hex(&subject.data);
+        self.detail("name", subject.given.to_string_lossy());
+        self.detail("path", subject.path.to_string_lossy());
+        self.detail("size", subject.data.len().to_string());
+        self.detail("type", subject.mime);
+        self.detail("origin", subject.origin_text());
+    }
+
+    /// The policy's decision, logged; the profile if it sandboxes.
+    fn judge(&mut self, request: &Request) -> Result<Profile, String> {
+        let policy = self.ctx.policy.current();
+        let decision = policy.evaluate(request);
+        if let Some(audit) = &self.ctx.audit {
+            audit.record(request, &decision);
+        }
+        self.timing("policy");
+        self.receipt.policy_version = decision.version.hex();
+        self.receipt.decision = format!("{}, by {}", decision.verdict, decision.matched);
+        self.detail("policy", policy.version().short());
+        self.detail(
+            "policy-status",
+            match policy.fail_closed_reason() {
+                Some(reason) => format!("FAILING CLOSED: {reason:?}"),
+                None => "ok".to_owned(),
+            },
+        );
+        self.detail("decision", self.receipt.decision.clone());
+        match &decision.verdict {
+            Verdict::Deny => Err(format!("denied: by {}", decision.matched)),
+            Verdict::Host => Err(format!(
+                "host: trusted by {}; it opens normally on the host, outside any VM \
+                 (vitrined does not open it itself)",
+                decision.matched
+            )),
+            Verdict::Sandbox(profile) => {
+                let limits = open_file::task_limits(profile);
+                self.detail(
+                    "profile",
+                    format!(
+                        "{}: {} MiB, {} vCPU, time limit {}, pages up to {}x{}",
+                        profile.name,
+                        profile.memory_mib,
+                        profile.vcpus,
+                        vitrine_policy::profile::format_duration(profile.time_limit),
+                        limits.max_width,
+                        limits.max_height
+                    ),
+                );
+                Ok((**profile).clone())
+            }
+        }
+    }
+
+    fn sandbox(
+        &mut self,
+        prepared: Prepared,
+        image: ImageInfo,
+        options: &TaskOptions,
+        viewer: &mut Option<ViewerLink>,
+    ) -> String {
+        let Prepared {
+            input,
+            name,
+            profile,
+        } = prepared;
+        self.state("starting");
+        let config = match open_file::vm_config(&profile, image.image, self.ctx.accel) {
+            Ok(c) => c,
+            Err(e) => return format!("error: {}", chain(&e)),
+        };
+        let started = Instant::now();
+        let mut vm = match self.ctx.backend.start(&config) {
+            Ok(vm) => vm,
+            Err(e) => return format!("error: the VM did not start: {}", chain(&e)),
+        };
+        self.timing("vm-ready");
+        self.detail("boot-ms", vm.boot_time().as_millis().to_string());
+        let channel = vm.take_channel();
+        self.control.hold(vm);
+        let mut channel = match channel {
+            Ok(c) => c,
+            Err(e) => {
+                self.teardown(None);
+                return format!("error: {}", chain(&e));
+            }
+        };
+        if self.control.cancelled() {
+            self.teardown(None);
+            return "cancelled".to_owned();
+        }
+        self.state("running");
+        let want_viewer = options.viewer.unwrap_or(true) && options.png_dir.is_none();
+        if let (true, Some(bin)) = (want_viewer, &self.ctx.viewer) {
+            match ViewerLink::spawn(bin, &name) {
+                Ok(mut link) => {
+                    let _ = link.send_status("rendering…");
+                    *viewer = Some(link);
+                }
+                Err(e) => log::warn!("task {}: no viewer window: {}", self.id, chain(&e)),
+            }
+        }
+        let limit = Duration::from_millis(input.limits.time_limit_ms.into()) + DONE_MARGIN;
+        let deadline = (Instant::now() + limit).min(started + profile.time_limit);
+        let mut observer = Streamer {
+            worker: self,
+            viewer: viewer.as_mut(),
+            pixels: ring::digest::Context::new(&ring::digest::SHA256),
+            pixel_bytes: 0,
+            first_frame: false,
+        };
+        let result = run_task_observed(&mut channel, 1, &input, deadline, &mut observer);
+        let (pixels, pixel_bytes) = (observer.pixels.finish(), observer.pixel_bytes);
+        self.receipt.outputs.push(ReceiptOutput {
+            what: "pixels".into(),
+            sha256: hex(pixels.as_ref()),
+            bytes: pixel_bytes,
+        });
+        if self.control.cancelled() {
+            self.teardown(Some(channel));
+            return "cancelled".to_owned();
+        }
+        let verdict = match result {
+            Err(e) => {
+                self.teardown(Some(channel));
+                return format!("error: {}", chain(&e));
+            }
+            Ok(run) => self.after_done(&mut channel, &run, &profile, options, deadline),
+        };
+        self.teardown(Some(channel));
+        verdict
+    }
+
+    /// The task reached `Done`: exports, then pages on disk if asked.
+    fn after_done(
+        &mut self,
+        channel: &mut GuestChannel,
+        run: &TaskRun,
+        profile: &Profile,
+        options: &TaskOptions,
+        deadline: Instant,
+    ) -> String {
+        self.timing("done");
+        if let Some(count) = run.page_count {
+            self.detail("pages", count.to_string());
+        }
+        if let Some(first) = run.times.first_frame {
+            self.detail("first-frame-ms", first.as_millis().to_string());
+        }
+        if let Some(t) = run.transfer_in() {
+            self.detail("transfer-ms", t.as_millis().to_string());
+        }
+        let mut verdict = match &run.status {
+            Some(TaskStatus::Ok) => "clean".to_owned(),
+            Some(TaskStatus::Failed(reason)) => format!("failed: {reason}"),
+            Some(TaskStatus::TimedOut) => "timed-out".to_owned(),
+            None => "error: the guest ended the task without a status".to_owned(),
+        };
+        if let Some((code, signal)) = run.program_exit {
+            self.detail("program-exit", format!("code {code:?}, signal {signal:?}"));
+        }
+        if !run.exports.is_empty() {
+            let written = self.exports(channel, &run.exports, profile, options, deadline);
+            if written > 0 && verdict == "clean" {
+                verdict = format!("clean, {written} export(s) written");
+            }
+        }
+        if let Some(dir) = &options.png_dir {
+            let made = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
+            if let Err(e) = made {
+                return format!("error: creating {}: {e}", dir.display());
+            }
+            match pages::write_pages(&run.pages, dir) {
+                Ok(files) => {
+                    self.detail("png-dir", dir.to_string_lossy());
+                    self.detail("png-pages", files.len().to_string());
+                }
+                Err(e) => return format!("error: writing pages: {}", chain(&e)),
+            }
+        }
+        verdict
+    }
+
+    /// Gates every offer; returns how many files were written.
+    fn exports(
+        &mut self,
+        channel: &mut GuestChannel,
+        offers: &[ExportOffer],
+        profile: &Profile,
+        options: &TaskOptions,
+        deadline: Instant,
+    ) -> usize {
+        self.state("exporting");
+        let dest = options
+            .export_dir
+            .clone()
+            .unwrap_or_else(|| self.ctx.dirs.exports.clone());
+        let mut pending: BTreeMap<String, &ExportOffer> = BTreeMap::new();
+        let mut written = 0;
+        for offer in offers {
+            let status =
+                match export_gate::check(&profile.export, &offer.name, &offer.mime, offer.size) {
+                    OfferCheck::Refused(why) => format!("refused: {why}"),
+                    OfferCheck::Allowed => {
+                        match self.write_export(channel, offer, profile, &dest) {
+                            Ok(path) => {
+                                written += 1;
+                                format!("approved: {}", path.display())
+                            }
+                            Err(why) => format!("failed: {why}"),
+                        }
+                    }
+                    OfferCheck::Ask => {
+                        pending.insert(offer.name.clone(), offer);
+                        "pending".to_owned()
+                    }
+                };
+            self.export_event(offer, status);
+        }
+        let wait_until = deadline.min(Instant::now() + EXPORT_DECISION_WAIT);
+        while !pending.is_empty() {
+            let left = wait_until.saturating_duration_since(Instant::now());
+            let command = match self.commands.recv_timeout(left) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            };
+            match command {
+                WorkerCommand::Cancel => break,
+                WorkerCommand::Approve { name, reply } => match pending.remove(&name) {
+                    None => {
+                        let _ = reply.send(Err(format!("no pending export named {name:?}")));
+                    }
+                    Some(offer) => {
+                        let result = self.write_export(channel, offer, profile, &dest);
+                        let status = match &result {
+                            Ok(path) => {
+                                written += 1;
+                                format!("approved: {}", path.display())
+                            }
+                            Err(why) => format!("failed: {why}"),
+                        };
+                        self.export_event(offer, status);
+                        let _ = reply.send(result);
+                    }
+                },
+                WorkerCommand::Deny { name, reply } => match pending.remove(&name) {
+                    None => {
+                        let _ = reply.send(Err(format!("no pending export named {name:?}")));
+                    }
+                    Some(offer) => {
+                        self.export_event(offer, "denied".to_owned());
+                        let _ = reply.send(Ok(()));
+                    }
+                },
+            }
+        }
+        for offer in pending.values() {
+            self.export_event(
+                offer,
+                "expired: no decision before the task ended".to_owned(),
+            );
+        }
+        written
+    }
+
+    fn export_event(&self, offer: &ExportOffer, status: String) {
+        self.emit(TaskEvent::Export {
+            name: offer.name.clone(),
+            size: offer.size,
+            sha256: export_gate::offer_hash_hex(offer),
+            status,
+        });
+    }
+
+    fn write_export(
+        &mut self,
+        channel: &mut GuestChannel,
+        offer: &ExportOffer,
+        profile: &Profile,
+        dest: &std::path::Path,
+    ) -> Result<PathBuf, String> {
+        let data = fetch_export(channel, offer, Instant::now() + EXPORT_FETCH_WAIT)
+            .map_err(|e| chain(&e))?;
+        export_gate::check_fetched(&profile.export, &offer.name, &data).map_err(|e| chain(&e))?;
+        let path = export_gate::write_approved(dest, offer, &data).map_err(|e| chain(&e))?;
+        self.receipt.outputs.push(ReceiptOutput {
+            what: format!("export:{}", offer.name),
+            sha256: export_gate::data_hash_hex(&data),
+            bytes: offer.size,
+        });
+        Ok(path)
+    }
+
+    /// Ends the VM: `Shutdown`, a short wait, then kill; nothing is kept.
+    fn teardown(&self, channel: Option<GuestChannel>) {
+        if let Some(mut channel) = channel {
+            if !self.control.cancelled() {
+                let _ = channel.send(&HostMessage::Shutdown);
+            }
+        }
+        if let Some(mut vm) = self.control.release() {
+            let wait = if self.control.cancelled() {
+                Duration::ZERO
+            } else {
+                SHUTDOWN_WAIT
+            };
+            if let Err(e) = vm.wait_or_kill(wait) {
+                log::warn!("task {}: {}", self.id, chain(&e));
+            }
+        }
+        self.timing("vm-gone");
+    }
+
+    /// Signs the receipt, reports the verdict, then keeps the window open
+    /// until the user closes it or the task is cancelled.
+    fn finish(mut self, verdict: String, mut viewer: Option<ViewerLink>) {
+        self.receipt.verdict = verdict.clone();
+        self.receipt.finished = vitrine_policy::audit::rfc3339_now();
+        match self.ctx.dirs.task_record(self.id) {
+            Ok(dir) => match self.ctx.signer.write(&dir, self.receipt.clone()) {
+                Ok(path) => self.detail("receipt", path.to_string_lossy()),
+                Err(e) => log::warn!("task {}: receipt: {}", self.id, chain(&e)),
+            },
+            Err(e) => log::warn!("task {}: record: {}", self.id, chain(&e)),
+        }
+        if let Some(link) = viewer.as_mut() {
+            let _ = link.send_status(&format!("finished: {verdict}"));
+        }
+        // Sets the verdict and the `finished` state together.
+        self.emit(TaskEvent::Finished(verdict));
+        let Some(mut link) = viewer else { return };
+        loop {
+            if link.closed() || self.control.cancelled() {
+                break;
+            }
+            match self.commands.recv_timeout(VIEWER_POLL) {
+                Ok(WorkerCommand::Cancel) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(WorkerCommand::Approve { reply, .. }) => {
+                    let _ = reply.send(Err("the task has finished".into()));
+                }
+                Ok(WorkerCommand::Deny { reply, .. }) => {
+                    let _ = reply.send(Err("the task has finished".into()));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+/// Streams each checked frame to the viewer as it arrives, hashes the pixel
+/// stream for the receipt, and carries the viewer's input back.
+struct Streamer<'w, 'c> {
+    worker: &'w Worker<'c>,
+    viewer: Option<&'w mut ViewerLink>,
+    pixels: ring::digest::Context,
+    pixel_bytes: u64,
+    first_frame: bool,
+}
+
+impl TaskObserver for Streamer<'_, '_> {
+    fn frame(&mut self, frame: &Frame) {
+        self.pixels.update(&frame.pixels);
+        self.pixel_bytes += u64::try_from(frame.pixels.len()).unwrap_or(u64::MAX);
+        if !self.first_frame {
+            self.worker.timing("first-frame");
+        }
+        if let Some(link) = self.viewer.as_deref_mut() {
+            if let Err(e) = link.send_frame(frame) {
+                log::warn!("task {}: viewer: {}", self.worker.id, chain(&e));
+                self.viewer = None;
+            } else if !self.first_frame {
+                self.worker.timing("first-frame-shown");
+            }
+        }
+        self.first_frame = true;
+    }
+
+    fn page_count(&mut self, count: u32) {
+        self.worker.detail("pages", count.to_string());
+    }
+
+    fn input(&mut self) -> Vec<InputEvent> {
+        match self.viewer.as_deref_mut() {
+            Some(link) => link.poll_input(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Hashes the image's kernel and initramfs (once, at daemon start).
+pub fn image_info(image: GuestImage) -> Result<ImageInfo, String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for path in [&image.kernel, &image.initrd] {
+        let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+    }
+    Ok(ImageInfo {
+        image,
+        sha256: hex(ctx.finish().as_ref()),
+    })
+}

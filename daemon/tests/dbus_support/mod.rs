@@ -1,0 +1,366 @@
+//! A private session bus for one test: its own `dbus-daemon` with a
+//! service directory whose `org.vitrine.Sandbox1.service` starts this
+//! build's `vitrined` (so every call goes through real D-Bus activation),
+//! and a private HOME with XDG directories that the test can scan.
+
+#![allow(dead_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vitrine_daemon::fresh_guest::qemu_installed;
+use vitrine_daemon::image_cache::{self, ImageCacheError};
+
+/// A line the test harness shows even for a passing test.
+pub fn loud(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The source tree.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The shipped example policy.
+pub fn example_policy() -> PathBuf {
+    repo().join("policy/examples/policy.d")
+}
+
+/// Whether `program` runs (`--version`), else a SKIPPED line.
+pub fn tool_or_skip(test: &str, program: &str, package: &str) -> bool {
+    let ok = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        loud(&format!(
+            "SKIPPED {test}: {program} not found (apt-get install {package})"
+        ));
+    }
+    ok
+}
+
+/// The guest image, or `None` after a loud SKIPPED line.
+pub fn image_or_skip(test: &str) -> Option<PathBuf> {
+    if !qemu_installed() {
+        loud(&format!(
+            "SKIPPED {test}: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
+        ));
+        return None;
+    }
+    match image_cache::locate(None) {
+        Ok(dir) => Some(dir),
+        Err(e @ ImageCacheError::NotBuilt(_)) => {
+            loud(&format!("SKIPPED {test}: {e}"));
+            None
+        }
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// One private bus with `vitrined` activatable on it.
+pub struct PrivateBus {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub address: String,
+    bus: Child,
+}
+
+impl PrivateBus {
+    /// Starts `dbus-daemon --session --print-address` with a service file
+    /// that runs `vitrined DAEMON_ARGS`; `env` goes to the bus, and so to the
+    /// activated daemon (DISPLAY, for instance).
+    pub fn start(daemon_args: &[&OsStr], env: &[(&str, &OsStr)]) -> PrivateBus {
+        let dir = tempfile::Builder::new()
+            .prefix("vitrine-bus-")
+            .tempdir()
+            .unwrap();
+        let home = dir.path().join("home");
+        let services = dir.path().join("services");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&services).unwrap();
+        let mut exec = String::from(env!("CARGO_BIN_EXE_vitrined"));
+        for arg in daemon_args {
+            let arg = arg.to_str().expect("UTF-8 daemon argument");
+            assert!(
+                !arg.contains([' ', '"', '\'', '\\', '%']),
+                "argument needs quoting: {arg}"
+            );
+            exec.push(' ');
+            exec.push_str(arg);
+        }
+        std::fs::write(
+            services.join("org.vitrine.Sandbox1.service"),
+            format!("[D-BUS Service]\nName=org.vitrine.Sandbox1\nExec={exec}\n"),
+        )
+        .unwrap();
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={}</listen>
+  <servicedir>{}</servicedir>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                dir.path().display(),
+                services.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("dbus-daemon");
+        // The config says <type>session</type>; --session would load the
+        // host's own session config instead.
+        cmd.arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .arg("--print-address")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("XDG_STATE_HOME", home.join(".local/state"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_DOWNLOAD_DIR", home.join("Downloads"))
+            .env("TMPDIR", dir.path().join("tmp"));
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        for var in ["VITRINE_IMAGE_DIR", "VITRINE_QEMU", "RUST_LOG"] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut bus = cmd.spawn().expect("dbus-daemon (apt-get install dbus)");
+        let mut line = String::new();
+        BufReader::new(bus.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line.trim().to_owned();
+        assert!(address.starts_with("unix:"), "dbus-daemon said {line:?}");
+        PrivateBus {
+            dir,
+            home,
+            address,
+            bus,
+        }
+    }
+
+    /// The bus's temporary directory (the daemon's TMPDIR is `tmp` in it).
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
+    }
+
+    /// A command with this bus and HOME in its environment.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .env("HOME", &self.home)
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `vitrine ARGS`.
+    pub fn vitrine(&self, args: &[&OsStr]) -> Output {
+        self.command(env!("CARGO_BIN_EXE_vitrine"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `busctl --user ARGS` on this bus.
+    pub fn busctl(&self, args: &[&str], stdin: Option<&Path>) -> Output {
+        let mut cmd = self.command("busctl");
+        cmd.arg("--user").args(args);
+        if let Some(path) = stdin {
+            cmd.stdin(std::fs::File::open(path).unwrap());
+        }
+        cmd.output().unwrap()
+    }
+
+    /// A zbus connection to this bus.
+    pub async fn connect(&self) -> zbus::Connection {
+        zbus::connection::Builder::address(self.address.as_str())
+            .unwrap()
+            .build()
+            .await
+            .unwrap()
+    }
+
+    /// The pid of `vitrined` on this bus, once activated.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        children_of(self.bus.id())
+            .into_iter()
+            .find(|pid| process_name(*pid).as_deref() == Some("vitrined"))
+    }
+
+    /// Every process below `vitrined` (VMs, viewers), with its name.
+    pub fn daemon_children(&self) -> Vec<(u32, String)> {
+        let Some(daemon) = self.daemon_pid() else {
+            return Vec::new();
+        };
+        let mut all = Vec::new();
+        let mut todo = vec![daemon];
+        while let Some(pid) = todo.pop() {
+            for child in children_of(pid) {
+                all.push((child, process_name(child).unwrap_or_default()));
+                todo.push(child);
+            }
+        }
+        all
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        // The daemon exits when its bus goes away; make sure of it.
+        let daemon = self.daemon_pid();
+        let _ = self.bus.kill();
+        let _ = self.bus.wait();
+        if let Some(pid) = daemon {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
+    }
+}
+
+/// Child pids of `pid`, from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// The process's name (comm).
+pub fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+/// Output of a command, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `OsString`s from `&str`s.
+pub fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+/// Waits for `TaskFinished` of `task` on `connection`, returning the
+/// verdict; panics after `limit`.
+pub async fn wait_finished(
+    connection: &zbus::Connection,
+    stream: &mut zbus::MessageStream,
+    task: &zbus::zvariant::OwnedObjectPath,
+    limit: Duration,
+) -> String {
+    use zbus::export::futures_core::Stream;
+    let _ = connection;
+    let wait = async {
+        loop {
+            let msg = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx))
+                .await
+                .expect("bus stream ended")
+                .expect("bus message");
+            let header = msg.header();
+            if header.member().map(|m| m.as_str()) != Some("TaskFinished") {
+                continue;
+            }
+            let (path, verdict): (zbus::zvariant::OwnedObjectPath, String) =
+                msg.body().deserialize().unwrap();
+            if &path == task {
+                return verdict;
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .unwrap_or_else(|_| panic!("{task} did not finish within {limit:?}"))
+}
+
+/// A stream of the manager's signals (subscribe before calling).
+pub async fn manager_signals(connection: &zbus::Connection) -> zbus::MessageStream {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.vitrine.Sandbox1")
+        .unwrap()
+        .path("/org/vitrine/Sandbox1")
+        .unwrap()
+        .build();
+    zbus::MessageStream::for_match_rule(rule, connection, Some(256))
+        .await
+        .unwrap()
+}
+
+/// Compiles `src` (C) as a static program named `name` into `dir`, or
+/// `None` after a SKIPPED line when no static C toolchain is installed.
+pub fn static_program(test: &str, name: &str, src: &str, dir: &Path) -> Option<PathBuf> {
+    let c = dir.join(format!("{name}.c"));
+    let exe = dir.join(name);
+    std::fs::write(&c, src).unwrap();
+    match Command::new("cc")
+        .arg("-static")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&c)
+        .output()
+    {
+        Ok(out) if out.status.success() => Some(exe),
+        Ok(out) => {
+            loud(&format!(
+                "SKIPPED {test}: cc -static failed (apt-get install gcc libc6-dev): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            None
+        }
+        Err(e) => {
+            loud(&format!(
+                "SKIPPED {test}: no C compiler (apt-get install gcc libc6-dev): {e}"
+            ));
+            None
+        }
+    }
+}
