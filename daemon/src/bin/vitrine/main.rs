@@ -1,57 +1,50 @@
-//! `vitrine`: open a file safely. The policy decides deny, host or
-//! sandbox(profile); a sandboxed file is rendered in a fresh VM and only its
-//! pages of pixels come back, written as PNG files.
+//! `vitrine`: open files, links and programs safely, through `vitrined` on
+//! the session bus (started by D-Bus activation when it is not running).
+//! The policy decides deny, host or sandbox(profile); a sandboxed task runs
+//! in a fresh VM and only pixels come back: a window where a display
+//! exists, PNG pages otherwise.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::DirBuilderExt;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
-use vitrine_daemon::backend::qemu::QemuBackend;
-use vitrine_daemon::backend::{Accel, GuestImage, VmExit};
-use vitrine_daemon::fresh_guest::{run_in_fresh_guest, GuestDeadlines};
-use vitrine_daemon::image_cache;
-use vitrine_daemon::open_file::{self, Subject};
-use vitrine_daemon::pages;
-use vitrine_daemon::task::TaskInput;
+use clap::{Parser, Subcommand};
+use vitrine_daemon::service::bus::{BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, TASK_INTERFACE};
 use vitrine_policy::diagnostics::printable;
-use vitrine_policy::profile::format_duration;
-use vitrine_policy::{PolicySet, Profile, Verdict, SYSTEM_POLICY_DIR};
-use vitrine_shim::protocol::TaskStatus;
-
-/// How long the VM may take to end after `Shutdown` before it is killed;
-/// it is thrown away either way.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+use zbus::export::futures_core::Stream;
+use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::Connection;
 
 const OPEN_ABOUT: &str = "Open FILE safely.
 
-Its type is sniffed from its content and its origin detected (quarantine
-mark, Downloads folder); then the policy decides:
+vitrined sniffs its type from its content, detects its origin (quarantine
+mark, Downloads folder) and asks the policy:
   deny              refuse; exit 1
   host              trusted: it would open normally on the host; nothing is
                     opened; exit 0
-  sandbox(PROFILE)  render it in a fresh VM with the profile's memory, vCPUs,
-                    time and display limits; only pages of pixels come back,
-                    written as PNG files (page-1.png, page-2.png, ...); the VM
-                    is then destroyed";
+  sandbox(PROFILE)  render it in a fresh VM with the profile's limits; only
+                    pixels come back: a window where a display exists, else
+                    PNG pages (page-1.png, ...); the VM is then destroyed";
 
-const OPEN_AFTER_HELP: &str = "The pages are written as PNG files for now; a window that shows them
-(and sends input back) comes with the viewer (issue 7).
+const AFTER_HELP: &str = "vitrine talks to vitrined over the session bus (org.vitrine.Sandbox1);
+D-Bus activation starts it when it is not running. The file is passed as
+an open descriptor, never as a path.
 
-The guest image is the one shim/image/build.sh built (cached under
-~/.cache/vitrine): --image-dir, else $VITRINE_IMAGE_DIR, else what
-`shim/image/build.sh --print-dir` reports.
+Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage error.";
 
-Exit status: 0 rendered, or a host decision; 1 denied or failed; 2 usage error.";
+/// Longest wait for a task to finish.
+const TASK_WAIT: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "vitrine",
     version,
-    about = "Open risky files inside a throwaway VM; only pixels come back"
+    about = "Open risky files, links and programs inside a throwaway VM; only pixels come back",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,245 +54,461 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Open FILE safely, as the policy decides.
-    #[command(long_about = OPEN_ABOUT, after_help = OPEN_AFTER_HELP)]
-    Open(OpenArgs),
+    #[command(long_about = OPEN_ABOUT)]
+    Open {
+        /// Write the pages as PNG files into OUTDIR (created if needed)
+        /// instead of showing a window.
+        #[arg(long = "png", value_name = "OUTDIR")]
+        png: Option<PathBuf>,
+        /// The file to open.
+        file: PathBuf,
+    },
+    /// Open a link safely.
+    Url {
+        /// The link.
+        url: String,
+    },
+    /// Run an untrusted PROGRAM on a terminal inside a VM.
+    Run {
+        /// Write approved exports here (default ~/Downloads/Vitrine).
+        #[arg(long, value_name = "DIR")]
+        export_dir: Option<PathBuf>,
+        /// The program.
+        program: PathBuf,
+        /// Its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// List tasks.
+    Ps,
+    /// Cancel a task (its number or object path).
+    Cancel {
+        /// Task.
+        task: String,
+    },
+    /// List files offered for export, or approve / deny one.
+    Exports {
+        #[command(subcommand)]
+        action: Option<ExportAction>,
+    },
 }
 
-#[derive(Debug, clap::Args)]
-struct OpenArgs {
-    /// Policy directory (fails closed to the built-in `strict` sandbox when
-    /// it is missing or broken).
-    #[arg(long, value_name = "DIR", env = "VITRINE_POLICY_DIR", default_value = SYSTEM_POLICY_DIR)]
-    policy_dir: PathBuf,
-    /// Write the pages into OUTDIR (created if needed) instead of a new
-    /// temporary directory.
-    #[arg(long = "png", value_name = "OUTDIR")]
-    png: Option<PathBuf>,
-    /// VM backend. Only `qemu` today; Vitrine's own KVM VMM follows.
-    #[arg(long, value_enum, default_value_t = BackendArg::Qemu)]
-    backend: BackendArg,
-    /// How QEMU runs the guest's vCPUs: `tcg` (software, runs anywhere) or
-    /// `kvm` (needs a /dev/kvm that can run a full Linux guest).
-    #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
-    accel: AccelArg,
-    /// Guest image directory (vmlinux, initrd.gz, cmdline).
-    #[arg(long, value_name = "DIR")]
-    image_dir: Option<PathBuf>,
-    /// A Downloads folder whose files count as `downloads` (repeatable;
-    /// default: $XDG_DOWNLOAD_DIR or ~/Downloads).
-    #[arg(long = "downloads-dir", value_name = "DIR")]
-    downloads_dir: Vec<PathBuf>,
-    /// The file to open.
-    file: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BackendArg {
-    Qemu,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Tcg,
-    Kvm,
+#[derive(Debug, Subcommand)]
+enum ExportAction {
+    /// Write an offered file (after checking its hash).
+    Approve {
+        /// Task number or path.
+        task: String,
+        /// File name as offered.
+        name: String,
+    },
+    /// Refuse an offered file.
+    Deny {
+        /// Task number or path.
+        task: String,
+        /// File name as offered.
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match &cli.cmd {
-        Cmd::Open(args) => open(args),
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vitrine: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    match result {
+    match runtime.block_on(dispatch(cli.cmd)) {
         Ok(code) => code,
         Err(e) => {
-            // Errors can quote the guest (its console, its failure reason)
-            // and hostile file names: keep their control characters out.
-            eprintln!("vitrine: error: {}", printable(&format!("{e:#}")));
+            // Errors can quote the guest and hostile file names: keep their
+            // control characters out of the terminal.
+            eprintln!("vitrine: error: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
 }
 
-/// A path on one line of terminal output: control characters (a hostile
-/// file name's escape sequences or newlines) are shown as U+FFFD.
+/// Text on one line of terminal output: control characters shown as U+FFFD.
+fn one_line(text: &str) -> String {
+    printable(text).replace('\n', "\u{fffd}")
+}
+
 fn shown(path: &Path) -> String {
-    printable(&path.to_string_lossy()).replace('\n', "\u{fffd}")
+    one_line(&path.to_string_lossy())
 }
 
-fn ms(d: Duration) -> String {
-    format!("{} ms", d.as_millis())
-}
-
-fn open(args: &OpenArgs) -> Result<ExitCode> {
-    let started = Instant::now();
-    let downloads = if args.downloads_dir.is_empty() {
-        open_file::default_downloads_dirs()
-    } else {
-        args.downloads_dir.clone()
-    };
-    let subject = Subject::read(&args.file, &downloads)?;
-    let request = subject.request()?;
-    let policy = load_policy(&args.policy_dir);
-    let decision = policy.evaluate(&request);
-
-    println!(
-        "file      {} ({} bytes)",
-        shown(&subject.path),
-        subject.data.len()
-    );
-    println!("type      {} (sniffed from the content)", subject.mime);
-    println!("origin    {}", subject.origin_text());
-    println!(
-        "policy    {}, version {}",
-        shown(&args.policy_dir),
-        policy.version().short()
-    );
-    let matched = printable(&decision.matched.to_string()).replace('\n', " ");
-    println!("decision  {}, by {matched}", decision.verdict);
-
-    match &decision.verdict {
-        Verdict::Deny => {
-            eprintln!(
-                "vitrine: refused: the policy denies opening {} ({matched}); nothing was opened",
-                shown(&subject.given),
-            );
-            Ok(ExitCode::FAILURE)
+async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Open { png, file } => open(&file, png.as_deref()).await,
+        Cmd::Url { url } => {
+            let bus = Bus::connect().await?;
+            let task = bus
+                .start(
+                    "OpenUri",
+                    &(url.as_str(), HashMap::<&str, Value<'_>>::new()),
+                )
+                .await?;
+            let done = bus.wait(task).await?;
+            report(&done, &url);
+            Ok(exit_for(&done.verdict))
         }
-        Verdict::Host => {
+        Cmd::Run {
+            export_dir,
+            program,
+            args,
+        } => {
+            let file = open_regular(&program)?;
+            let bus = Bus::connect().await?;
+            let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+            let export_dir = export_dir.map(std::path::absolute).transpose()?;
+            if let Some(dir) = &export_dir {
+                options.insert(
+                    "export-dir",
+                    Value::from(dir.to_string_lossy().into_owned()),
+                );
+            }
+            let fd = zbus::zvariant::Fd::from(&file);
+            let task = bus.start("RunProgram", &(fd, args, options)).await?;
+            let done = bus.wait(task).await?;
+            report(&done, &program.to_string_lossy());
+            Ok(exit_for(&done.verdict))
+        }
+        Cmd::Ps => {
+            let bus = Bus::connect().await?;
+            let tasks: Vec<(OwnedObjectPath, String, String, String, String)> =
+                bus.manager.call("ListTasks", &()).await?;
             println!(
-                "host      trusted: this file would open normally on the host, outside any VM \
-                 (with your usual application); `vitrine open` does not open it itself"
+                "{:<6} {:<12} {:<10} {:<28} VERDICT",
+                "TASK", "KIND", "STATE", "NAME"
             );
+            for (path, kind, name, state, verdict) in tasks {
+                println!(
+                    "{:<6} {:<12} {:<10} {:<28} {}",
+                    task_number(&path),
+                    kind,
+                    state,
+                    one_line(&name),
+                    one_line(&verdict)
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Verdict::Sandbox(profile) => {
-            sandbox(args, subject, profile, started)?;
+        Cmd::Cancel { task } => {
+            let bus = Bus::connect().await?;
+            let path = task_path(&task)?;
+            bus.task(&path)
+                .await?
+                .call::<_, _, ()>("Cancel", &())
+                .await?;
+            println!("cancelled {}", task_number(&path));
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Exports { action } => exports(action).await,
     }
 }
 
-/// Loads the policy as the daemon does: a missing or broken one fails
-/// closed, and says so loudly.
-fn load_policy(dir: &Path) -> PolicySet {
-    let (policy, problems) = PolicySet::load_or_fail_closed(dir);
-    if let Some(diags) = problems {
-        eprintln!(
-            "vitrine: WARNING: FAILING CLOSED: the policy in {} does not load; every file is \
-             sandboxed with the built-in `strict` profile until it is fixed:\n{}",
-            shown(dir),
-            printable(&diags.to_string())
-        );
+async fn exports(action: Option<ExportAction>) -> Result<ExitCode> {
+    let bus = Bus::connect().await?;
+    match action {
+        None => {
+            let list: Vec<(OwnedObjectPath, String, u64, String, String)> =
+                bus.manager.call("ListExports", &()).await?;
+            println!(
+                "{:<6} {:<24} {:>10}  {:<64}  STATUS",
+                "TASK", "NAME", "BYTES", "SHA256"
+            );
+            for (path, name, size, sha, status) in list {
+                println!(
+                    "{:<6} {:<24} {:>10}  {:<64}  {}",
+                    task_number(&path),
+                    one_line(&name),
+                    size,
+                    sha,
+                    one_line(&status)
+                );
+            }
+        }
+        Some(ExportAction::Approve { task, name }) => {
+            let path = task_path(&task)?;
+            let written: String = bus
+                .manager
+                .call("ApproveExport", &(path.as_ref(), name.as_str()))
+                .await?;
+            println!("written   {}", one_line(&written));
+        }
+        Some(ExportAction::Deny { task, name }) => {
+            let path = task_path(&task)?;
+            bus.manager
+                .call::<_, _, ()>("DenyExport", &(path.as_ref(), name.as_str()))
+                .await?;
+            println!("denied    {}", one_line(&name));
+        }
     }
-    policy
+    Ok(ExitCode::SUCCESS)
 }
 
-fn sandbox(args: &OpenArgs, subject: Subject, profile: &Profile, started: Instant) -> Result<()> {
-    let limits = open_file::task_limits(profile);
-    println!(
-        "profile   {}: {} MiB, {} vCPU, time limit {}, pages up to {}x{}",
-        profile.name,
-        profile.memory_mib,
-        profile.vcpus,
-        format_duration(profile.time_limit),
-        limits.max_width,
-        limits.max_height
-    );
-    let image_dir = image_cache::locate(args.image_dir.as_deref())?;
-    let image = GuestImage::from_dir(&image_dir)?;
-    let (backend, accel) = match (args.backend, args.accel) {
-        (BackendArg::Qemu, AccelArg::Tcg) => (QemuBackend::new(), Accel::Tcg),
-        (BackendArg::Qemu, AccelArg::Kvm) => (QemuBackend::new(), Accel::Kvm),
-    };
-    let config = open_file::vm_config(profile, image, accel)?;
-    println!(
-        "guest     qemu ({}), image {}",
-        match accel {
-            Accel::Tcg => "tcg",
-            Accel::Kvm => "kvm",
-        },
-        shown(&image_dir)
-    );
+fn task_number(path: &OwnedObjectPath) -> String {
+    path.as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
 
-    let name = shown(&subject.given);
-    let input = TaskInput::file(&subject.guest_name, subject.mime, subject.data, limits);
-    let deadlines = GuestDeadlines {
-        lifetime: Some(profile.time_limit),
-        shutdown_wait: SHUTDOWN_WAIT,
-    };
-    let done = run_in_fresh_guest(&backend, &config, &input, deadlines)
-        .with_context(|| format!("opening {name} in a fresh guest"))?;
-    let run = done.task;
-    match &run.status {
-        Some(TaskStatus::Ok) => {}
-        Some(TaskStatus::Failed(reason)) => bail!("the guest could not render {name}: {reason}"),
-        Some(TaskStatus::TimedOut) => bail!(
-            "rendering {name} ran past its {} limit",
-            ms(Duration::from_millis(limits.time_limit_ms.into()))
-        ),
-        None => bail!("the guest ended the task without a status"),
-    }
-    if run.pages.is_empty() {
-        bail!("the guest rendered {name} but sent no page");
-    }
-    for text in &run.unexpected {
-        // Debug text of a guest message: escaped, but possibly long.
-        let head: String = text.chars().take(200).collect();
-        eprintln!("vitrine: ignored a message outside the task's flow: {head}");
-    }
-
-    let out = output_dir(args.png.as_deref())?;
-    let files = pages::write_pages(&run.pages, &out)?;
-    let total = started.elapsed();
-    let announced = run.page_count.unwrap_or(0);
-    let count = files.len();
-    if usize::try_from(announced).is_ok_and(|a| a > count) {
-        println!(
-            "pages     {count} of {announced} (the rest are past the page limit), written to {}:",
-            shown(&out)
-        );
+fn task_path(task: &str) -> Result<OwnedObjectPath> {
+    let text = if task.chars().all(|c| c.is_ascii_digit()) && !task.is_empty() {
+        format!("{MANAGER_PATH}/task/{task}")
     } else {
-        println!("pages     {count}, written to {}:", shown(&out));
-    }
-    for (path, page) in files.iter().zip(run.pages.values()) {
-        println!("  {}  {}x{}", shown(path), page.width, page.height);
-    }
-    let first_frame = run.times.first_frame.unwrap_or_default();
-    println!(
-        "timings   boot to Ready {}, transfer in {}, first frame {} after the task was sent \
-         ({} after the VM started), total {}",
-        ms(done.boot),
-        ms(run.transfer_in().unwrap_or_default()),
-        ms(first_frame),
-        ms(done.boot + first_frame),
-        ms(total)
-    );
-    println!(
-        "vm        {}; nothing of it is left",
-        match done.exit {
-            VmExit::Exited(_) => "ended after Shutdown",
-            VmExit::Killed => "killed after Shutdown",
-        }
-    );
-    Ok(())
+        task.to_owned()
+    };
+    OwnedObjectPath::try_from(text).with_context(|| format!("{task:?} is not a task"))
 }
 
-/// `--png OUTDIR` (made private to this user if it is created), or a new
-/// temporary directory that is kept.
-fn output_dir(png: Option<&Path>) -> Result<PathBuf> {
-    match png {
-        Some(dir) => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
-            Ok(dir.to_owned())
-        }
-        None => Ok(tempfile::Builder::new()
-            .prefix("vitrine-pages-")
-            .tempdir()
-            .context("creating a directory for the pages")?
-            .keep()),
+/// Opens `path` for reading without blocking on a FIFO; only regular files.
+fn open_regular(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot read {}", shown(path)))?;
+    if !file
+        .metadata()
+        .with_context(|| format!("cannot read {}", shown(path)))?
+        .is_file()
+    {
+        bail!("{} is not a regular file", shown(path));
     }
+    Ok(file)
+}
+
+async fn open(file_path: &Path, png: Option<&Path>) -> Result<ExitCode> {
+    let file = open_regular(file_path)?;
+    let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
+    let png_dir = match png {
+        Some(dir) => Some(output_dir(dir)?),
+        None if !display => Some(
+            tempfile::Builder::new()
+                .prefix("vitrine-pages-")
+                .tempdir()
+                .context("creating a directory for the pages")?
+                .keep(),
+        ),
+        None => None,
+    };
+    let bus = Bus::connect().await?;
+    let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+    if let Some(dir) = &png_dir {
+        options.insert("png-dir", Value::from(dir.to_string_lossy().into_owned()));
+        options.insert("viewer", Value::from(false));
+    }
+    let name = file_path.to_string_lossy().into_owned();
+    let fd = zbus::zvariant::Fd::from(&file);
+    let task = bus.start("OpenFile", &(fd, name.as_str(), options)).await?;
+    drop(file);
+    let done = bus.wait(task).await?;
+    report(&done, &name);
+    if let Some(dir) = png_dir.filter(|_| done.verdict.starts_with("clean")) {
+        let count = done.detail("png-pages");
+        let announced = done.detail("pages");
+        match (count.parse::<u32>(), announced.parse::<u32>()) {
+            (Ok(c), Ok(a)) if a > c => println!(
+                "pages     {c} of {a} (the rest are past the page limit), written to {}:",
+                shown(&dir)
+            ),
+            _ => println!("pages     {count}, written to {}:", shown(&dir)),
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        files.sort();
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "png"))
+        {
+            println!("  {}", shown(f));
+        }
+    }
+    if display && png.is_none() && done.verdict.starts_with("clean") {
+        println!("window    the pages are in the viewer window; close it when done");
+    }
+    Ok(exit_for(&done.verdict))
+}
+
+fn exit_for(verdict: &str) -> ExitCode {
+    if verdict.starts_with("clean") || verdict.starts_with("host") {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// What a finished task reported.
+#[derive(Debug)]
+struct Finished {
+    path: OwnedObjectPath,
+    verdict: String,
+    details: HashMap<String, String>,
+    timings: HashMap<String, u64>,
+}
+
+impl Finished {
+    fn detail(&self, key: &str) -> String {
+        self.details.get(key).cloned().unwrap_or_default()
+    }
+    fn ms(&self, key: &str) -> Option<u64> {
+        self.timings.get(key).map(|us| us / 1000)
+    }
+}
+
+fn report(done: &Finished, name: &str) {
+    let d = |k: &str| one_line(&done.detail(k));
+    if done.detail("policy-status").starts_with("FAILING CLOSED") {
+        eprintln!(
+            "vitrine: WARNING: FAILING CLOSED: vitrined's policy does not load; every task is \
+             sandboxed with the built-in `strict` profile until it is fixed ({})",
+            d("policy-status")
+        );
+    }
+    if done.details.contains_key("path") {
+        println!("file      {} ({} bytes)", d("path"), d("size"));
+        println!("type      {} (sniffed from the content)", d("type"));
+        println!("origin    {}", d("origin"));
+    }
+    if done.details.contains_key("decision") {
+        println!("policy    version {}", d("policy"));
+        println!("decision  {}", d("decision"));
+    }
+    if done.details.contains_key("profile") {
+        println!("profile   {}", d("profile"));
+    }
+    if let Some(boot) = done.details.get("boot-ms") {
+        println!(
+            "timings   boot to Ready {boot} ms, transfer in {} ms, first frame {} ms after the \
+             task was sent, {} ms after the call; total {} ms",
+            d("transfer-ms"),
+            d("first-frame-ms"),
+            done.ms("first-frame").unwrap_or_default(),
+            done.ms("vm-gone").unwrap_or_default(),
+        );
+    }
+    let verdict = one_line(&done.verdict);
+    println!("verdict   {verdict}");
+    println!(
+        "task      {} (receipt {})",
+        task_number(&done.path),
+        d("receipt")
+    );
+    let name = one_line(name);
+    if let Some(rest) = done.verdict.strip_prefix("denied: ") {
+        eprintln!(
+            "vitrine: refused: the policy denies {name} ({}); nothing was opened",
+            one_line(rest)
+        );
+    } else if done.verdict.starts_with("host") {
+        println!(
+            "host      trusted: this would open normally on the host, outside any VM (with \
+             your usual application); vitrine does not open it itself"
+        );
+    } else if !done.verdict.starts_with("clean") {
+        eprintln!("vitrine: error: {name}: {verdict}");
+    }
+}
+
+/// The connection and the manager proxy.
+struct Bus {
+    connection: Connection,
+    manager: zbus::Proxy<'static>,
+}
+
+impl Bus {
+    async fn connect() -> Result<Bus> {
+        let connection = Connection::session().await.context(
+            "cannot reach the session bus (is DBUS_SESSION_BUS_ADDRESS set? vitrined is \
+             started by D-Bus activation on it)",
+        )?;
+        let manager = zbus::Proxy::new_owned(
+            connection.clone(),
+            BUS_NAME,
+            MANAGER_PATH,
+            MANAGER_INTERFACE,
+        )
+        .await?;
+        Ok(Bus {
+            connection,
+            manager,
+        })
+    }
+
+    async fn task(&self, path: &OwnedObjectPath) -> Result<zbus::Proxy<'static>> {
+        Ok(zbus::Proxy::new_owned(
+            self.connection.clone(),
+            BUS_NAME,
+            path.clone(),
+            TASK_INTERFACE,
+        )
+        .await?)
+    }
+
+    /// Calls `method`, which returns a task path. Listens for
+    /// `TaskFinished` first, so that a quick task is not missed.
+    async fn start<B>(&self, method: &str, body: &B) -> Result<Started>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let finished = self.manager.receive_signal("TaskFinished").await?;
+        let path: OwnedObjectPath = self
+            .manager
+            .call(method, body)
+            .await
+            .with_context(|| format!("calling vitrined's {method}"))?;
+        Ok(Started { path, finished })
+    }
+
+    async fn wait(&self, started: Started) -> Result<Finished> {
+        let Started { path, finished } = started;
+        let mut finished = std::pin::pin!(finished);
+        let task = self.task(&path).await?;
+        let wait = async {
+            // It may have finished before the signal stream was read.
+            let verdict: String = task.get_property("Verdict").await?;
+            if !verdict.is_empty() {
+                return Ok::<String, anyhow::Error>(verdict);
+            }
+            while let Some(msg) = std::future::poll_fn(|cx| finished.as_mut().poll_next(cx)).await {
+                let (p, verdict): (OwnedObjectPath, String) = msg.body().deserialize()?;
+                if p == path {
+                    return Ok(verdict);
+                }
+            }
+            bail!("the bus connection ended before the task finished")
+        };
+        let verdict = tokio::time::timeout(TASK_WAIT, wait)
+            .await
+            .context("the task did not finish in time")??;
+        let details: HashMap<String, String> = task.get_property("Details").await?;
+        let timings: HashMap<String, u64> = task.get_property("Timings").await?;
+        Ok(Finished {
+            path,
+            verdict,
+            details,
+            timings,
+        })
+    }
+}
+
+struct Started {
+    path: OwnedObjectPath,
+    finished: zbus::proxy::SignalStream<'static>,
+}
+
+/// `--png OUTDIR` as an absolute path (the daemon writes it, and creates
+/// it private to this user only when there are pages to write).
+fn output_dir(dir: &Path) -> Result<PathBuf> {
+    std::path::absolute(dir).with_context(|| format!("resolving {}", shown(dir)))
 }
