@@ -71,3 +71,10 @@ pub mod counter {
         out
     }
 }
+
+/// What the `memtouch` guest dirties: every page of this many MiB of RAM,
+/// from 16 MiB up. It needs at least [`memtouch::MIN_MEM_MIB`] of RAM.
+pub mod memtouch {
+    pub const TOUCHED_MIB: u32 = 256;
+    pub const MIN_MEM_MIB: u32 = 16 + TOUCHED_MIB + 16;
+}

@@ -12,6 +12,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::bus::Bus;
 use crate::kvm::{Exit, IoHandler, VcpuHandle};
 use crate::lifecycle::{GuestExit, GuestFault, Lifecycle};
+use crate::seccomp::{self, ThreadKind};
 
 /// Longest x86 instruction.
 const MAX_INSN_LEN: usize = 15;
@@ -57,6 +58,8 @@ impl VcpuThread {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.id()))
             .spawn(move || {
+                // Jail hook: this thread's seccomp list, if the binary armed it.
+                seccomp::on_thread_start(ThreadKind::Vcpu, &format!("vcpu{}", vcpu.id()));
                 run_loop(&mut vcpu, &ctx);
                 vcpu
             })?;

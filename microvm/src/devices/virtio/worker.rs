@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::seccomp::{self, ThreadKind};
+
 /// Reserved for the kill eventfd; no device token may encode to it.
 const KILL_RAW: u64 = u64::MAX;
 const EVENTS_PER_WAIT: usize = 64;
@@ -283,6 +285,8 @@ fn start_thread<H: EventHandler>(
     thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            // Jail hook: the device worker's seccomp list, if armed.
+            seccomp::on_thread_start(ThreadKind::Worker, &thread_name);
             loop {
                 match event_loop.run_once(None) {
                     Ok(Flow::Continue) => {}
