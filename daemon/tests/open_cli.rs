@@ -10,7 +10,7 @@
 mod dbus_support;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use dbus_support::{example_policy, image_or_skip, loud, repo, text, PrivateBus};

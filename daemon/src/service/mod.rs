@@ -95,10 +95,18 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
     .map_err(|e| eprintln!("vitrined: policy hot reload is off: {e}"))
     .ok();
     let audit = AuditLog::open(AuditConfig::new(dirs.audit_log()))?;
-    let image = image_cache::locate(config.image_dir.as_deref())
-        .map_err(|e| e.to_string())
-        .and_then(|dir| GuestImage::from_dir(&dir).map_err(|e| worker::chain(&e)))
-        .and_then(image_info);
+    let image = match &config.backend {
+        // The local program is the whole guest: its hash stands for the image.
+        BackendChoice::LocalProcess(program) => image_info(GuestImage {
+            kernel: program.clone(),
+            initrd: PathBuf::from("/dev/null"),
+            cmdline: String::new(),
+        }),
+        BackendChoice::Qemu => image_cache::locate(config.image_dir.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|dir| GuestImage::from_dir(&dir).map_err(|e| worker::chain(&e)))
+            .and_then(image_info),
+    };
     if let Err(why) = &image {
         eprintln!("vitrined: no guest image, sandboxed tasks will fail: {why}");
     }

@@ -207,11 +207,19 @@ impl PrivateBus {
             .unwrap()
     }
 
-    /// The pid of `vitrined` on this bus, once activated.
+    /// The pid of `vitrined` on this bus, once activated: the process of
+    /// that name whose environment holds this bus as its starter (dbus-daemon
+    /// starts services through a babysitter, so it is not a child).
     pub fn daemon_pid(&self) -> Option<u32> {
-        children_of(self.bus.id())
-            .into_iter()
-            .find(|pid| process_name(*pid).as_deref() == Some("vitrined"))
+        let starter = format!("DBUS_STARTER_ADDRESS={}", self.address);
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| process_name(*pid).as_deref() == Some("vitrined"))
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == starter.as_bytes()))
+            })
     }
 
     /// Every process below `vitrined` (VMs, viewers), with its name.

@@ -1,0 +1,237 @@
+//! A guest that sends garbage frames ends its own task with an error
+//! verdict, and the daemon keeps serving other tasks.
+//!
+//! Host half and guest half live in this one file: the test binary is
+//! also the guest. `vitrined --insecure-local-guest THIS_BINARY` starts it
+//! as `THIS_BINARY --socket PATH` (the Unix-socket transport the shim
+//! speaks in its own tests), and it plays the guest: for a file named
+//! `garbage*` it answers the task with a frame header followed by bytes
+//! that decode to nothing; for any other file it renders one honest 8x8
+//! frame. (`harness = false`: `main` picks the role.)
+
+mod dbus_support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use dbus_support::{
+    example_policy, loud, manager_signals, tool_or_skip, wait_finished, PrivateBus,
+};
+use vitrine_shim::protocol::{
+    Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, PixelFormat, Ready,
+    Rect, TaskKind, TaskStatus,
+};
+use zbus::zvariant::{Fd, OwnedObjectPath, Value};
+
+const TEST: &str = "guest_sending_garbage_frames_fails_its_task_and_the_daemon_serves_the_next";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--socket") {
+        return match args.get(2) {
+            Some(path) => guest(path),
+            None => ExitCode::from(2),
+        };
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(garbage_frames_fail_the_task_and_the_daemon_serves_the_next());
+    println!("test {TEST} ... ok");
+    ExitCode::SUCCESS
+}
+
+/// The guest role.
+fn guest(socket: &str) -> ExitCode {
+    let Ok(stream) = UnixStream::connect(socket) else {
+        return ExitCode::FAILURE;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut writer = FrameWriter::<_, GuestMessage>::new(stream.try_clone().unwrap());
+    let mut reader = FrameReader::<_, HostMessage>::new(stream.try_clone().unwrap());
+    let ready = GuestMessage::Ready(Ready {
+        shim_version: "hostile-test-guest".into(),
+        capabilities: vec![Capability::Text],
+    });
+    if writer.send(&ready).is_err() {
+        return ExitCode::FAILURE;
+    }
+    let Ok(Some(HostMessage::Task(task))) = reader.recv() else {
+        return ExitCode::FAILURE;
+    };
+    let mut got = 0;
+    while got < task.input_size() {
+        match reader.recv() {
+            Ok(Some(HostMessage::TaskData { data, .. })) => got += data.len() as u64,
+            _ => return ExitCode::FAILURE,
+        }
+    }
+    let hostile =
+        matches!(&task.kind, TaskKind::OpenFile { name, .. } if name.starts_with("garbage"));
+    let _ = writer.send(&GuestMessage::Accepted { task: task.id });
+    let _ = writer.send(&GuestMessage::PageInfo {
+        task: task.id,
+        count: 1,
+    });
+    if hostile {
+        // A well-formed length prefix, then bytes that are no message.
+        let mut raw = stream.try_clone().unwrap();
+        let _ = raw.write_all(&200u32.to_le_bytes());
+        let _ = raw.write_all(&[0xff; 200]);
+        let _ = raw.flush();
+    } else {
+        let _ = writer.send(&GuestMessage::Frame(Frame {
+            page: 0,
+            width: 8,
+            height: 8,
+            rect: Rect {
+                x: 0,
+                y: 0,
+                w: 8,
+                h: 8,
+            },
+            format: PixelFormat::Rgba8,
+            pixels: [10, 200, 10, 255].repeat(64),
+        }));
+        let _ = writer.send(&GuestMessage::Done {
+            task: task.id,
+            status: TaskStatus::Ok,
+        });
+    }
+    // Serve until the host hangs up or says Shutdown.
+    while let Ok(Some(msg)) = reader.recv() {
+        if msg == HostMessage::Shutdown {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn garbage_frames_fail_the_task_and_the_daemon_serves_the_next() {
+    if !tool_or_skip(TEST, "dbus-daemon", "dbus") {
+        return;
+    }
+    // Arrange
+    let me = std::env::current_exe().unwrap();
+    let bus = PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            example_policy().as_os_str(),
+            "--insecure-local-guest".as_ref(),
+            me.as_os_str(),
+            "--no-windows".as_ref(),
+        ],
+        &[],
+    );
+    let files = tempfile::tempdir().unwrap();
+    let connection = bus.connect().await;
+    let mut signals = manager_signals(&connection).await;
+    let manager = zbus::Proxy::new(
+        &connection,
+        "org.vitrine.Sandbox1",
+        "/org/vitrine/Sandbox1",
+        "org.vitrine.Sandbox1",
+    )
+    .await
+    .unwrap();
+    let open = |name: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, b"some plain text\n").unwrap();
+        std::fs::File::open(path).unwrap()
+    };
+
+    // Act: a hostile task, then honest ones, one of them while the hostile
+    // one is still being torn down.
+    let garbage = open("garbage.txt");
+    let hostile: OwnedObjectPath = manager
+        .call(
+            "OpenFile",
+            &(
+                Fd::from(&garbage),
+                "garbage.txt",
+                HashMap::<&str, Value<'_>>::new(),
+            ),
+        )
+        .await
+        .unwrap();
+    let fine = open("fine.txt");
+    let honest: OwnedObjectPath = manager
+        .call(
+            "OpenFile",
+            &(
+                Fd::from(&fine),
+                "fine.txt",
+                HashMap::<&str, Value<'_>>::new(),
+            ),
+        )
+        .await
+        .unwrap();
+    let hostile_verdict =
+        wait_finished(&connection, &mut signals, &hostile, Duration::from_secs(60)).await;
+    let daemon = bus.daemon_pid();
+    let later = open("later.txt");
+    let started = Instant::now();
+    let after: OwnedObjectPath = manager
+        .call(
+            "OpenFile",
+            &(
+                Fd::from(&later),
+                "later.txt",
+                HashMap::<&str, Value<'_>>::new(),
+            ),
+        )
+        .await
+        .unwrap();
+    let honest_verdict = {
+        // `honest` may have finished before the hostile one: ask its property.
+        let task = zbus::Proxy::new(
+            &connection,
+            "org.vitrine.Sandbox1",
+            honest.as_str(),
+            "org.vitrine.Sandbox1.Task",
+        )
+        .await
+        .unwrap();
+        let v: String = task.get_property("Verdict").await.unwrap();
+        if v.is_empty() {
+            wait_finished(&connection, &mut signals, &honest, Duration::from_secs(60)).await
+        } else {
+            v
+        }
+    };
+    let after_verdict =
+        wait_finished(&connection, &mut signals, &after, Duration::from_secs(60)).await;
+
+    // Assert
+    loud(&format!(
+        "{TEST}: hostile -> {hostile_verdict:?}; honest -> {honest_verdict:?}; \
+         next task served in {:?} -> {after_verdict:?}",
+        started.elapsed()
+    ));
+    assert!(
+        hostile_verdict.starts_with("error: "),
+        "hostile guest's task: {hostile_verdict}"
+    );
+    assert!(
+        hostile_verdict.contains("guest"),
+        "the verdict names the guest: {hostile_verdict}"
+    );
+    assert_eq!(honest_verdict, "clean");
+    assert_eq!(after_verdict, "clean");
+    assert_eq!(bus.daemon_pid(), daemon, "the daemon restarted");
+    assert!(daemon.is_some(), "no daemon");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !bus.daemon_children().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        bus.daemon_children(),
+        [],
+        "guest processes outlived their tasks"
+    );
+}
