@@ -9,6 +9,7 @@ pub mod fresh_guest;
 pub mod image_cache;
 pub mod open_file;
 pub mod pages;
+pub mod remote_admin;
 pub mod service;
 pub mod task;
 pub mod viewer;
