@@ -8,5 +8,6 @@
 //! real guest image under QEMU (TCG).
 
 pub mod fixtures;
+pub mod fuzz_harness;
 pub mod guest_image;
 pub mod ocr;

@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../tests/virtio_driver/mod.rs"]
+#[path = "../../../microvm/tests/virtio_driver/mod.rs"]
 mod virtio_driver;
 
 fuzz_target!(|data: &[u8]| {
