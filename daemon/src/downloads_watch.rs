@@ -151,6 +151,25 @@ pub fn is_marked_untrusted_in(path: &Path, record: &Path) -> bool {
     in_record(record, meta.dev(), meta.ino())
 }
 
+/// [`is_marked_untrusted`] for an open file (a descriptor passed over
+/// D-Bus): no path is looked up again, so nothing can be swapped under it.
+pub fn is_file_marked_untrusted(file: &File) -> bool {
+    is_file_marked_untrusted_in(file, &default_record_path())
+}
+
+/// [`is_file_marked_untrusted`] with an explicit record file.
+pub fn is_file_marked_untrusted_in(file: &File, record: &Path) -> bool {
+    let mut probe = [0u8; 8];
+    match rustix::fs::fgetxattr(file.as_fd(), UNTRUSTED_XATTR, &mut probe[..]) {
+        Ok(_) | Err(rustix::io::Errno::RANGE) => return true,
+        Err(_) => {}
+    }
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    in_record(record, meta.dev(), meta.ino())
+}
+
 fn in_record(record: &Path, dev: u64, ino: u64) -> bool {
     let Ok(file) = File::open(record) else {
         return false;
@@ -426,6 +445,26 @@ mod tests {
         );
         assert!(is_marked_untrusted_in(&file, &record));
         assert!(!record.exists(), "no record needed");
+    }
+
+    #[test]
+    fn an_open_file_reads_both_kinds_of_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("record");
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        for p in [&a, &b, &c] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        mark_untrusted(&a, &record, Marking::XattrThenRecord).unwrap();
+        mark_untrusted(&b, &record, Marking::RecordOnly).unwrap();
+        let open = |p: &Path| File::open(p).unwrap();
+        assert!(is_file_marked_untrusted_in(&open(&a), &record));
+        assert!(is_file_marked_untrusted_in(&open(&b), &record));
+        assert!(!is_file_marked_untrusted_in(&open(&c), &record));
     }
 
     #[test]

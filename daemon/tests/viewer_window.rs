@@ -274,6 +274,11 @@ fn viewer_window_shows_frames_sends_input_and_reports_close() -> anyhow::Result<
         },
         "the blue rectangle on screen",
     )?;
+    wait_for(
+        || (link.frames_presented() == 2).then_some(()),
+        "the viewer's report that both frames are on screen",
+    )?;
+    assert!(link.first_presented().is_some());
     assert_eq!(shot.at(ox, oy), 0x00FF_0000, "page top-left is red");
     assert_eq!(
         shot.at(ox + 299, oy + 199),
@@ -399,6 +404,21 @@ fn dropping_the_link_closes_the_window_and_reaps_the_viewer() -> anyhow::Result<
         !Path::new(&format!("/proc/{pid}")).exists(),
         "viewer reaped"
     );
+    Ok(())
+}
+
+#[test]
+fn viewer_without_a_display_exits_and_the_link_reports_closed() -> anyhow::Result<()> {
+    // Arrange: a DISPLAY that names no server.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("DISPLAY", ":4242");
+
+    // Act
+    let mut link = ViewerLink::spawn(&viewer_bin(), "no-display.pdf")?;
+
+    // Assert: the task sees a closed viewer instead of hanging on it.
+    wait_for(|| link.closed().then_some(()), "closed() without a display")?;
+    assert!(link.send_status("late").is_err());
     Ok(())
 }
 

@@ -7,9 +7,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,17 @@ pub struct ViewerLink {
     stream: UnixStream,
     inputs: Receiver<InputEvent>,
     closed: Arc<AtomicBool>,
+    shown: Arc<Shown>,
     reader: Option<JoinHandle<()>>,
+}
+
+/// What the viewer reported as on screen.
+#[derive(Debug, Default)]
+struct Shown {
+    /// Frames drawn so far, as the viewer last reported.
+    frames: AtomicU32,
+    /// When the first frame was reported on screen.
+    first: Mutex<Option<Instant>>,
 }
 
 impl ViewerLink {
@@ -84,12 +94,13 @@ impl ViewerLink {
                 source,
             })?;
         let closed = Arc::new(AtomicBool::new(false));
+        let shown = Arc::new(Shown::default());
         let (tx, inputs) = mpsc::sync_channel(MAX_PENDING_INPUT);
         let reader = {
-            let closed = Arc::clone(&closed);
+            let (closed, shown) = (Arc::clone(&closed), Arc::clone(&shown));
             std::thread::Builder::new()
                 .name("viewer-input".into())
-                .spawn(move || read_inputs(reader_end, tx, &closed))
+                .spawn(move || read_inputs(reader_end, tx, &closed, &shown))
                 .map_err(ViewerError::Socket)?
         };
         Ok(ViewerLink {
@@ -97,6 +108,7 @@ impl ViewerLink {
             stream: ours,
             inputs,
             closed,
+            shown,
             reader: Some(reader),
         })
     }
@@ -129,6 +141,18 @@ impl ViewerLink {
             return true;
         }
         false
+    }
+
+    /// How many of the frames sent so far the window has drawn, as the
+    /// viewer last reported (it reports after each redraw).
+    pub fn frames_presented(&self) -> u32 {
+        self.shown.frames.load(Ordering::Acquire)
+    }
+
+    /// When the viewer first reported a frame on screen: the end of the
+    /// "first frame on screen" timing.
+    pub fn first_presented(&self) -> Option<Instant> {
+        *self.shown.first.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The viewer's process id (for logs and tests).
@@ -208,12 +232,25 @@ fn status_text(text: &str) -> String {
     out
 }
 
-fn read_inputs(mut stream: UnixStream, tx: mpsc::SyncSender<InputEvent>, closed: &AtomicBool) {
+fn read_inputs(
+    mut stream: UnixStream,
+    tx: mpsc::SyncSender<InputEvent>,
+    closed: &AtomicBool,
+    shown: &Shown,
+) {
     loop {
         match wire::read_message(&mut stream) {
             Ok(Some(Message::Input(event))) => {
                 // A full queue means nobody polls; dropping input is safe.
                 let _ = tx.try_send(event);
+            }
+            Ok(Some(Message::Presented { frames })) => {
+                let now = Instant::now();
+                let mut first = shown.first.lock().unwrap_or_else(|e| e.into_inner());
+                if frames > 0 && first.is_none() {
+                    *first = Some(now);
+                }
+                shown.frames.fetch_max(frames, Ordering::AcqRel);
             }
             Ok(Some(Message::Closed)) | Ok(None) => break,
             Ok(Some(other)) => {

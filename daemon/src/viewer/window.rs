@@ -65,6 +65,9 @@ struct Viewer {
     size: PhysicalSize<u32>,
     modifiers: ModifiersState,
     cursor: PhysicalPosition<f64>,
+    /// Frames received so far, and how many of them are on screen.
+    frames_received: u32,
+    frames_presented: u32,
     error: Option<WindowError>,
 }
 
@@ -86,6 +89,8 @@ pub fn run(title: &str, stream: UnixStream) -> Result<(), WindowError> {
         size: INITIAL_SIZE,
         modifiers: ModifiersState::empty(),
         cursor: PhysicalPosition::new(0.0, 0.0),
+        frames_received: 0,
+        frames_presented: 0,
         error: None,
     };
     event_loop.run_app(&mut viewer)?;
@@ -149,6 +154,15 @@ impl Viewer {
         self.canvas
             .draw(&mut buffer, w.get(), h.get(), self.font.as_ref());
         buffer.present().map_err(surface_err)?;
+        if self.frames_presented != self.frames_received {
+            self.frames_presented = self.frames_received;
+            let report = Message::Presented {
+                frames: self.frames_presented,
+            };
+            if let Ok(bytes) = wire::encode(&report) {
+                let _ = self.to_daemon.write_all(&bytes);
+            }
+        }
         Ok(())
     }
 
@@ -235,11 +249,14 @@ impl ApplicationHandler<FromDaemon> for Viewer {
 
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: FromDaemon) {
         match event {
-            FromDaemon::Message(Message::Frame(frame)) => match self.canvas.apply_frame(&frame) {
-                Ok(true) => self.request_redraw(),
-                Ok(false) => {}
-                Err(e) => eprintln!("vitrine-viewer: dropped a frame: {e}"),
-            },
+            FromDaemon::Message(Message::Frame(frame)) => {
+                self.frames_received = self.frames_received.saturating_add(1);
+                match self.canvas.apply_frame(&frame) {
+                    // Off-screen pages count as presented at the next redraw.
+                    Ok(_) => self.request_redraw(),
+                    Err(e) => eprintln!("vitrine-viewer: dropped a frame: {e}"),
+                }
+            }
             FromDaemon::Message(Message::Status(text)) => {
                 self.canvas.set_status(&text);
                 self.request_redraw();

@@ -32,6 +32,7 @@ const TAG_SCROLL: u8 = 18;
 const TAG_PAGE_CHANGE: u8 = 19;
 const TAG_RESIZE: u8 = 20;
 const TAG_CLOSED: u8 = 32;
+const TAG_PRESENTED: u8 = 33;
 
 const MOD_CTRL: u8 = 1;
 const MOD_ALT: u8 = 2;
@@ -48,6 +49,13 @@ pub enum Message {
     Input(InputEvent),
     /// Viewer to daemon: the user closed the window.
     Closed,
+    /// Viewer to daemon: the window now shows everything from the first
+    /// `frames` frames it received (sent after each redraw that put new
+    /// frames on screen; the end-to-end timing reads it).
+    Presented {
+        /// Frames received and drawn so far.
+        frames: u32,
+    },
 }
 
 /// Why bytes are not a message.
@@ -177,6 +185,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
         }
         Message::Input(event) => encode_input(event),
         Message::Closed => Ok(finish(TAG_CLOSED, &[])),
+        Message::Presented { frames } => Ok(finish(TAG_PRESENTED, &frames.to_le_bytes())),
     }
 }
 
@@ -339,6 +348,12 @@ fn decode_body(body: &[u8]) -> Result<Message, WireError> {
         TAG_CLOSED => {
             fields.expect_len(tag, 0)?;
             Ok(Message::Closed)
+        }
+        TAG_PRESENTED => {
+            fields.expect_len(tag, 4)?;
+            Ok(Message::Presented {
+                frames: fields.u32()?,
+            })
         }
         other => Err(WireError::UnknownTag(other)),
     }
@@ -682,6 +697,7 @@ mod tests {
             Message::Frame(frame(3, 2)),
             Message::Status("finished: clean".into()),
             Message::Closed,
+            Message::Presented { frames: 7 },
         ];
         msgs.extend(all_inputs().into_iter().map(Message::Input));
         for msg in msgs {
@@ -812,7 +828,7 @@ mod tests {
         #[test]
         fn decode_never_panics_on_plausible_headers(
             tag in prop_oneof![Just(TAG_FRAME), Just(TAG_STATUS), Just(TAG_KEY), Just(TAG_TEXT),
-                               Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), any::<u8>()],
+                               Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), Just(TAG_PRESENTED), any::<u8>()],
             fields in proptest::collection::vec(any::<u32>(), 0..8),
             tail in proptest::collection::vec(any::<u8>(), 0..64),
             len_delta in -4i64..4,
