@@ -648,7 +648,95 @@ mod tests {
         let run = run_against(pdf_input(), script).unwrap();
 
         assert_eq!(run.unexpected.len(), 1, "{:?}", run.unexpected);
+        assert!(run.exports.is_empty());
         assert_eq!(run.status, Some(TaskStatus::Failed("no".into())));
+    }
+
+    fn offer_of(data: &[u8]) -> ExportOffer {
+        let digest = ring::digest::digest(&ring::digest::SHA256, data);
+        ExportOffer {
+            id: 0,
+            name: "result.txt".into(),
+            size: u64::try_from(data.len()).unwrap(),
+            sha256: digest.as_ref().try_into().unwrap(),
+            mime: "text/plain".into(),
+        }
+    }
+
+    /// Fetches `offer` from a guest that answers `FetchExport` with `script`.
+    fn fetch_against(offer: &ExportOffer, script: Vec<GuestMessage>) -> Result<Vec<u8>, TaskError> {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let guest = thread::spawn(move || {
+            let got = FrameReader::<_, HostMessage>::new(&guest).recv().unwrap();
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            for msg in script {
+                if writer.send(&msg).is_err() {
+                    break;
+                }
+            }
+            got
+        });
+        let result = fetch_export(&mut channel, offer, Instant::now() + Duration::from_secs(5));
+        drop(channel);
+        assert_eq!(
+            guest.join().unwrap(),
+            Some(HostMessage::FetchExport { id: 0 })
+        );
+        result
+    }
+
+    fn chunk(offset: u64, data: &[u8]) -> GuestMessage {
+        GuestMessage::ExportChunk {
+            id: 0,
+            offset,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn fetch_export_returns_the_offered_bytes() {
+        let offer = offer_of(b"hello world");
+
+        let data = fetch_against(
+            &offer,
+            vec![
+                chunk(0, b"hello "),
+                chunk(6, b"world"),
+                GuestMessage::ExportEnd { id: 0 },
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(data, b"hello world");
+    }
+
+    #[test]
+    fn fetch_export_refuses_other_bytes_than_the_offered_hash() {
+        let offer = offer_of(b"hello world");
+
+        let err = fetch_against(
+            &offer,
+            vec![chunk(0, b"HELLO WORLD"), GuestMessage::ExportEnd { id: 0 }],
+        )
+        .unwrap_err();
+
+        assert!(
+            matches!(&err, TaskError::ExportMismatch { reason, .. } if reason.contains("SHA-256")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fetch_export_stops_a_guest_that_sends_more_than_it_offered() {
+        let offer = offer_of(b"short");
+
+        let err = fetch_against(&offer, vec![chunk(0, &[b'x'; 4096])]).unwrap_err();
+
+        assert!(
+            matches!(&err, TaskError::ExportMismatch { reason, .. } if reason.contains("more than")),
+            "{err:?}"
+        );
     }
 
     #[test]
