@@ -40,9 +40,6 @@ pub enum BusError {
     /// Connecting, naming or serving failed.
     #[error("D-Bus")]
     Bus(#[from] zbus::Error),
-    /// The bus connection ended.
-    #[error("the bus connection ended")]
-    Gone,
 }
 
 /// The object path of task `id`.
@@ -481,7 +478,8 @@ pub async fn serve(
             _ = ping.tick() => {
                 // The bus went away (the session ended): so does the daemon.
                 if bus.get_id().await.is_err() {
-                    return Err(BusError::Gone);
+                    eprintln!("vitrined: the bus went away; exiting");
+                    return Ok(());
                 }
             }
         }

@@ -163,6 +163,13 @@ impl TaskControl {
         self.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Cancels from the worker's own thread (the window was closed): the
+    /// VM dies, so the blocked receive returns.
+    fn cancel_from_worker(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.kill_held();
+    }
+
     fn hold(&self, vm: Box<dyn RunningVm>) {
         if let Ok(mut slot) = self.vm.lock() {
             *slot = Some(vm);
@@ -730,6 +737,8 @@ impl Worker<'_> {
         }
         if let Some(link) = viewer.as_mut() {
             let _ = link.send_status(&format!("finished: {verdict}"));
+            // Before the verdict, so a caller that reads it sees the window.
+            self.detail("window", "open");
         }
         // Sets the verdict and the `finished` state together.
         self.emit(TaskEvent::Finished(verdict));
@@ -749,6 +758,8 @@ impl Worker<'_> {
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
+        drop(link);
+        self.detail("window", "closed");
     }
 }
 
@@ -785,10 +796,15 @@ impl TaskObserver for Streamer<'_, '_> {
     }
 
     fn input(&mut self) -> Vec<InputEvent> {
-        match self.viewer.as_deref_mut() {
-            Some(link) => link.poll_input(),
-            None => Vec::new(),
+        let Some(link) = self.viewer.as_deref_mut() else {
+            return Vec::new();
+        };
+        if link.closed() {
+            // The user closed the window: the task is not wanted any more.
+            self.worker.control.cancel_from_worker();
+            return Vec::new();
         }
+        link.poll_input()
     }
 }
 

@@ -36,6 +36,8 @@ an open descriptor, never as a path.
 
 Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage error.";
 
+/// How often `--wait` looks whether the window is still open.
+const WINDOW_POLL: Duration = Duration::from_millis(250);
 /// Longest wait for a task to finish.
 const TASK_WAIT: Duration = Duration::from_secs(60 * 60);
 
@@ -60,6 +62,10 @@ enum Cmd {
         /// instead of showing a window.
         #[arg(long = "png", value_name = "OUTDIR")]
         png: Option<PathBuf>,
+        /// Stay until the viewer window is closed (for a private bus that
+        /// ends with this command, as `dbus-run-session -- vitrine open`).
+        #[arg(long)]
+        wait: bool,
         /// The file to open.
         file: PathBuf,
     },
@@ -145,7 +151,7 @@ fn shown(path: &Path) -> String {
 
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Open { png, file } => open(&file, png.as_deref()).await,
+        Cmd::Open { png, wait, file } => open(&file, png.as_deref(), wait).await,
         Cmd::Url { url } => {
             let bus = Bus::connect().await?;
             let task = bus
@@ -287,7 +293,7 @@ fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-async fn open(file_path: &Path, png: Option<&Path>) -> Result<ExitCode> {
+async fn open(file_path: &Path, png: Option<&Path>, wait: bool) -> Result<ExitCode> {
     let file = open_regular(file_path)?;
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
     let png_dir = match png {
@@ -334,8 +340,11 @@ async fn open(file_path: &Path, png: Option<&Path>) -> Result<ExitCode> {
             println!("  {}", shown(f));
         }
     }
-    if display && png.is_none() && done.verdict.starts_with("clean") {
+    if done.detail("window") == "open" {
         println!("window    the pages are in the viewer window; close it when done");
+        if wait {
+            bus.wait_window(&done.path).await?;
+        }
     }
     Ok(exit_for(&done.verdict))
 }
@@ -468,6 +477,22 @@ impl Bus {
             .await
             .with_context(|| format!("calling vitrined's {method}"))?;
         Ok(Started { path, finished })
+    }
+
+    /// Returns once the task's viewer window is closed.
+    async fn wait_window(&self, path: &OwnedObjectPath) -> Result<()> {
+        let task = self.task(path).await?;
+        loop {
+            let details: HashMap<String, String> = match task.get_property("Details").await {
+                Ok(d) => d,
+                // The task is gone from the daemon: so is its window.
+                Err(_) => return Ok(()),
+            };
+            if details.get("window").is_none_or(|w| w != "open") {
+                return Ok(());
+            }
+            tokio::time::sleep(WINDOW_POLL).await;
+        }
     }
 
     async fn wait(&self, started: Started) -> Result<Finished> {
