@@ -13,3 +13,4 @@ pub mod remote_admin;
 pub mod service;
 pub mod task;
 pub mod viewer;
+pub mod vmm_jail;

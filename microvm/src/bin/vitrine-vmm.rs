@@ -16,6 +16,7 @@ use vitrine_microvm::devices::serial::SerialSink;
 use vitrine_microvm::devices::virtio::block::BlockDevice;
 use vitrine_microvm::devices::virtio::rng::RngDevice;
 use vitrine_microvm::devices::virtio::vsock::VsockDevice;
+use vitrine_microvm::jail::cli::{self as jail_cli, JailArgs, SelfTest};
 use vitrine_microvm::lifecycle::{GuestExit, GuestFault};
 use vitrine_microvm::memory::sealed_file;
 use vitrine_microvm::probe::{self, error_chain};
@@ -32,12 +33,20 @@ const EXIT_GUEST_FAULT: u8 = 2;
 #[derive(Parser)]
 #[command(name = "vitrine-vmm", version, about = "Vitrine's KVM microVM monitor")]
 struct Cli {
+    #[command(flatten)]
+    jail: JailArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Checks run inside a jailed VMM by the jail tests.
+    #[command(hide = true)]
+    SelfTest {
+        #[command(subcommand)]
+        test: SelfTest,
+    },
     /// Boot a kernel and run it until it stops.
     Run {
         #[command(flatten)]
@@ -197,6 +206,10 @@ struct OutputArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = jail_cli::enter_if_asked(&cli.jail) {
+        eprintln!("vitrine-vmm: error: {}", error_chain(&e));
+        return ExitCode::FAILURE;
+    }
     let started = Instant::now();
     let mut status = match status_fd(&cli.command) {
         Ok(s) => s,
@@ -207,6 +220,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Probe { json } => return probe_command(json),
+        Command::SelfTest { test } => return jail_cli::run_self_test(test),
         Command::Run { boot, out } => run_command(boot, out, started, &mut status),
         Command::Snapshot {
             boot,
@@ -251,7 +265,9 @@ fn main() -> ExitCode {
 fn status_fd(command: &Command) -> Result<Option<StatusFd>, StatusError> {
     let out = match command {
         Command::Run { out, .. } | Command::Restore { out, .. } => out,
-        Command::Snapshot { .. } | Command::Probe { .. } => return Ok(None),
+        Command::Snapshot { .. } | Command::Probe { .. } | Command::SelfTest { .. } => {
+            return Ok(None)
+        }
     };
     let stdout_free = out.serial_log.is_some();
     out.status_fd
@@ -377,6 +393,7 @@ fn run_command(
 ) -> anyhow::Result<ExitCode> {
     let limit = seconds("--time-limit", out.time_limit)?;
     let mut vm = booted_vm(boot, limit, serial_sink(&out)?)?;
+    jail_cli::guest_about_to_run()?;
     let result = vm.run();
     report(status, &result, started);
     finish(result, out.stats, started)
@@ -417,6 +434,7 @@ fn restore_command(
     }
     options.prefault = run.prefault;
     let mut vm = Vm::restore(&snapshot, options).map_err(vm_err)?;
+    jail_cli::guest_about_to_run()?;
     let result = vm.run();
     report(status, &result, run.started);
     if run.record_working_set {
@@ -433,6 +451,7 @@ fn snapshot_command(
 ) -> anyhow::Result<ExitCode> {
     let pause_after = seconds("--pause-after", pause_after)?;
     let mut vm = booted_vm(boot, None, SerialSink::stdout())?;
+    jail_cli::guest_about_to_run()?;
     let exit = match pause_after {
         Some(d) => vm.run_for(d),
         None => vm.run(),

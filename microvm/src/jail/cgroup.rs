@@ -188,13 +188,7 @@ impl CgroupHost {
 impl Cgroup {
     /// Creates cgroup `name` with `limits`.
     pub fn create(name: &str, limits: &CgroupLimits) -> Result<Cgroup, CgroupError> {
-        let ok = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
+        if !valid_name(name) {
             return Err(CgroupError::Name(name.to_owned()));
         }
         match CgroupHost::detect()? {
@@ -275,6 +269,16 @@ impl Cgroup {
     }
 }
 
+/// A name usable as one path component: letters, digits, '-', '_', '.'.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 fn mkdir(p: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(p) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io("create", p)(e)),
@@ -352,4 +356,42 @@ fn create_v1(
         version: CgroupVersion::V1,
         dirs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_leave_the_parent_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "vm 1", "vm\n"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        assert!(valid_name("task-42_a.b"));
+    }
+
+    #[test]
+    fn own_cgroup_dir_accounts_for_a_mount_rooted_below_the_top() {
+        let top = Mount {
+            root: PathBuf::from("/"),
+            point: PathBuf::from("/sys/fs/cgroup/memory"),
+            fstype: "cgroup".into(),
+            options: vec!["rw".into(), "memory".into()],
+        };
+        let namespaced = Mount {
+            root: PathBuf::from("/user.slice"),
+            point: PathBuf::from("/sys/fs/cgroup"),
+            fstype: "cgroup2".into(),
+            options: vec![],
+        };
+
+        assert_eq!(
+            own_dir(&top, Path::new("/process_api/abc")),
+            Path::new("/sys/fs/cgroup/memory/process_api/abc")
+        );
+        assert_eq!(
+            own_dir(&namespaced, Path::new("/user.slice/vitrined")),
+            Path::new("/sys/fs/cgroup/vitrined")
+        );
+    }
 }

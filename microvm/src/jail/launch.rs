@@ -96,6 +96,9 @@ pub struct PreparedJail {
 
 impl PreparedJail {
     pub fn prepare(plan: &LaunchPlan) -> Result<PreparedJail, LaunchError> {
+        if !super::cgroup::valid_name(&plan.name) {
+            return Err(CgroupError::Name(plan.name.clone()).into());
+        }
         let wd = |e| LaunchError::Workdir(plan.workdir.clone(), e);
         let root = plan.workdir.join("root");
         fs::create_dir_all(&root).map_err(wd)?;

@@ -1,0 +1,273 @@
+//! Starting the real `vitrine-vmm` jailed, with limits from the policy
+//! profile, and turning how it ended into a typed error.
+//!
+//! The mechanics (spec, cgroup, namespaces, landlock, seccomp) live in
+//! `vitrine_microvm::jail`; this module decides *what* a task's VMM gets:
+//!
+//! - memory: the profile's guest RAM plus [`VMM_OVERHEAD_MIB`] for the VMM
+//!   itself, hard, with no swap; RLIMIT_AS a little above that;
+//! - CPU: as many CPUs of bandwidth as the profile has vCPUs;
+//! - tasks: [`PIDS_BASE`] plus one per vCPU;
+//! - files: the kernel, initrd and disks read-only, the socket directory
+//!   (and a snapshot being written) read-write, /dev/kvm; nothing else;
+//! - time: the profile's time limit plus [`WALL_MARGIN`], then killed.
+//!
+//! The daemon itself never runs guest data; [`harden_daemon`] is what it
+//! applies to itself at start-up.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vitrine_microvm::jail::launch::{Ending, Jailed, LaunchError, LaunchPlan};
+use vitrine_microvm::jail::{Access, CgroupLimits, JailError, JailPath, Rlimits};
+use vitrine_policy::Profile;
+
+/// Memory the VMM needs beyond guest RAM: its binary, heap, thread stacks,
+/// device buffers and KVM's own structures.
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Tasks beyond one per vCPU: main, device workers, glibc helpers.
+pub const PIDS_BASE: u32 = 16;
+/// Address space beyond guest RAM: glibc arenas and stacks reserve far
+/// more than they touch.
+const ADDRESS_SPACE_SLACK: u64 = 2 << 30;
+const OPEN_FILES: u64 = 256;
+/// Time past the profile's limit before the launcher kills the VMM (the
+/// VMM's own --time-limit should have ended it first).
+pub const WALL_MARGIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmJailError {
+    #[error("cannot start the jailed VMM")]
+    Launch(#[from] LaunchError),
+    #[error(
+        "the VMM made a system call its seccomp filter forbids: {name} (#{nr}) on thread {thread}"
+    )]
+    SeccompDenied {
+        nr: i64,
+        name: String,
+        thread: String,
+    },
+    #[error("the VMM went over its memory limit of {limit_mib} MiB and its cgroup killed it")]
+    OutOfMemory { limit_mib: u64 },
+    #[error("the VMM ran past its time limit of {0:?} and was killed")]
+    TimedOut(Duration),
+    #[error("the VMM was killed by signal {0}")]
+    Signaled(i32),
+    #[error("jail path {0} must be absolute")]
+    RelativePath(PathBuf),
+    #[error("cannot harden the daemon")]
+    Harden(#[source] JailError),
+}
+
+/// The limits one task's VMM runs under, derived from its profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmmLimits {
+    pub cgroup: CgroupLimits,
+    pub rlimits: Rlimits,
+    pub wall: Duration,
+}
+
+impl VmmLimits {
+    pub fn from_profile(profile: &Profile) -> Self {
+        let guest = u64::from(profile.memory_mib) << 20;
+        let memory = guest + (VMM_OVERHEAD_MIB << 20);
+        Self {
+            cgroup: CgroupLimits {
+                memory_bytes: memory,
+                cpus: profile.vcpus.max(1),
+                pids: PIDS_BASE + profile.vcpus,
+            },
+            rlimits: Rlimits {
+                address_space: Some(memory + ADDRESS_SPACE_SLACK),
+                open_files: Some(OPEN_FILES),
+                processes: Some(u64::from(PIDS_BASE + profile.vcpus)),
+            },
+            wall: profile.time_limit + WALL_MARGIN,
+        }
+    }
+}
+
+/// The host files one VMM may use. Everything else is outside its root.
+#[derive(Clone, Debug, Default)]
+pub struct VmmFiles {
+    /// Kernel, initrd, disk images, a snapshot to restore: read-only.
+    pub read_only: Vec<PathBuf>,
+    /// The vsock socket directory, a snapshot directory being written.
+    pub read_write: Vec<PathBuf>,
+}
+
+impl VmmFiles {
+    fn jail_paths(&self) -> Result<Vec<JailPath>, VmmJailError> {
+        let ro = self.read_only.iter().map(|p| (p, Access::ReadOnly));
+        let rw = self.read_write.iter().map(|p| (p, Access::ReadWrite));
+        ro.chain(rw)
+            .map(|(p, access)| {
+                if !p.is_absolute() {
+                    return Err(VmmJailError::RelativePath(p.clone()));
+                }
+                Ok(JailPath {
+                    path: p.clone(),
+                    access,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Starts `vitrine-vmm` processes jailed.
+#[derive(Clone, Debug)]
+pub struct VmmLauncher {
+    vmm: PathBuf,
+    /// The daemon's private directory for per-VMM work dirs (spec, root
+    /// mount point, logs); never inside a jail path.
+    work_root: PathBuf,
+    wall_margin: Duration,
+}
+
+impl VmmLauncher {
+    pub fn new(vmm: impl Into<PathBuf>, work_root: impl Into<PathBuf>) -> Self {
+        Self {
+            vmm: vmm.into(),
+            work_root: work_root.into(),
+            wall_margin: WALL_MARGIN,
+        }
+    }
+
+    /// Time past the profile's limit before the VMM is killed.
+    pub fn with_wall_margin(mut self, margin: Duration) -> Self {
+        self.wall_margin = margin;
+        self
+    }
+
+    /// Starts `vitrine-vmm <args>` for the task `name`, jailed with the
+    /// limits of `profile` and access to `files` only.
+    pub fn start(
+        &self,
+        name: &str,
+        profile: &Profile,
+        files: &VmmFiles,
+        args: Vec<OsString>,
+    ) -> Result<JailedVmm, VmmJailError> {
+        let mut limits = VmmLimits::from_profile(profile);
+        limits.wall = profile.time_limit + self.wall_margin;
+        let plan = LaunchPlan {
+            vmm: self.vmm.clone(),
+            name: name.to_owned(),
+            workdir: self.work_root.join(name),
+            paths: files.jail_paths()?,
+            dev_kvm: true,
+            seccomp: true,
+            cgroup: limits.cgroup.clone(),
+            rlimits: limits.rlimits.clone(),
+            args,
+            wall_limit: limits.wall,
+        };
+        let jailed = Jailed::spawn(&plan)?;
+        if let Some(why) = jailed.cgroup_skipped() {
+            log::warn!("vmm {name}: no memory/CPU cgroup on this host: {why}");
+        }
+        Ok(JailedVmm { jailed, limits })
+    }
+}
+
+/// A running jailed VMM.
+#[derive(Debug)]
+pub struct JailedVmm {
+    jailed: Jailed,
+    limits: VmmLimits,
+}
+
+/// A VMM that ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmRun {
+    /// `vitrine-vmm`'s exit status (the guest's debug-exit code, 124 for
+    /// its own time limit, ...).
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl JailedVmm {
+    /// The VMM process (PID 1 in its namespace), for inspection.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.jailed.vmm_pid()
+    }
+
+    /// The process the daemon started (the jail's keeper).
+    pub fn keeper_pid(&self) -> u32 {
+        self.jailed.keeper_pid()
+    }
+
+    pub fn limits(&self) -> &VmmLimits {
+        &self.limits
+    }
+
+    /// Why there is no cgroup, if there is none on this host.
+    pub fn cgroup_skipped(&self) -> Option<&str> {
+        self.jailed.cgroup_skipped()
+    }
+
+    /// Waits for the end; a wall of the jail that stopped the VMM is an
+    /// error naming that wall.
+    pub fn wait(self) -> Result<VmmRun, VmmJailError> {
+        let finished = self.jailed.wait()?;
+        match finished.ending {
+            Ending::Exited(exit_code) => Ok(VmmRun {
+                exit_code,
+                stdout: finished.stdout,
+                stderr: finished.stderr,
+            }),
+            Ending::SeccompDenied(d) => Err(VmmJailError::SeccompDenied {
+                nr: d.nr,
+                name: d.name,
+                thread: d.thread,
+            }),
+            Ending::OutOfMemory { limit_bytes } => Err(VmmJailError::OutOfMemory {
+                limit_mib: limit_bytes >> 20,
+            }),
+            Ending::TimedOut(after) => Err(VmmJailError::TimedOut(after)),
+            Ending::Signaled(sig) => Err(VmmJailError::Signaled(sig)),
+        }
+    }
+}
+
+/// What vitrined applies to itself at start-up: no_new_privs, so nothing
+/// it ever executes can gain privileges. (The daemon needs no capabilities
+/// and parses no guest payload; its VMMs run jailed.)
+pub fn harden_daemon() -> Result<(), VmmJailError> {
+    vitrine_microvm::jail::privileges::set_no_new_privs().map_err(VmmJailError::Harden)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_follow_the_profile() {
+        let mut profile = Profile::strict();
+        profile.memory_mib = 256;
+        profile.vcpus = 2;
+
+        let limits = VmmLimits::from_profile(&profile);
+
+        assert_eq!(limits.cgroup.memory_bytes, (256 + VMM_OVERHEAD_MIB) << 20);
+        assert_eq!(limits.cgroup.cpus, 2);
+        assert_eq!(limits.cgroup.pids, PIDS_BASE + 2);
+        assert_eq!(limits.wall, profile.time_limit + WALL_MARGIN);
+        assert!(limits.rlimits.address_space.unwrap() > limits.cgroup.memory_bytes);
+    }
+
+    #[test]
+    fn relative_jail_paths_are_refused() {
+        let files = VmmFiles {
+            read_only: vec![PathBuf::from("kernel")],
+            read_write: vec![],
+        };
+
+        assert!(matches!(
+            files.jail_paths(),
+            Err(VmmJailError::RelativePath(_))
+        ));
+    }
+}
