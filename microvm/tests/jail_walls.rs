@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use jail_support::{cannot_jail, cannot_run_guests, plan, skip};
 use vitrine_microvm::jail::launch::{Ending, Jailed};
+use vitrine_microvm::jail::{Access, JailPath, JailSpec, Rlimits};
 
 fn walls(host_path: &Path) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
@@ -226,4 +227,85 @@ fn live_jailed_vmm_is_filtered_per_thread_and_isolated_from_outside() {
         "{filters:?}"
     );
     assert_eq!(finished.ending, Ending::Exited(124), "{}", finished.stderr);
+}
+
+#[test]
+fn unprivileged_caller_gets_the_same_walls_in_its_own_user_namespace() {
+    let test = "unprivileged_caller_gets_the_same_walls_in_its_own_user_namespace";
+    if let Some(why) = cannot_jail() {
+        return skip(test, &why);
+    }
+    let Some(setpriv) = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        return skip(
+            test,
+            "setpriv (util-linux) is not installed to drop to nobody",
+        );
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    };
+    open(dir.path());
+    let (root, sock) = (dir.path().join("root"), dir.path().join("sock"));
+    for d in [&root, &sock] {
+        std::fs::create_dir(d).unwrap();
+        open(d);
+    }
+    let spec = JailSpec {
+        root,
+        paths: vec![JailPath {
+            path: sock,
+            access: Access::ReadWrite,
+        }],
+        dev_kvm: false,
+        cgroup: None,
+        rlimits: Rlimits {
+            address_space: None,
+            open_files: Some(256),
+            processes: Some(64),
+        },
+        seccomp: true,
+    };
+    let spec_path = dir.path().join("spec.json");
+    spec.write(&spec_path).unwrap();
+    open(&spec_path);
+
+    let out = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(jail_support::VMM)
+        .arg("--jail")
+        .arg(&spec_path)
+        .args(["self-test", "walls", "--host-path", "/etc/passwd"])
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("unshare(CLONE_NEWUSER) failed") {
+        return skip(
+            test,
+            &format!("this kernel refuses unprivileged user namespaces: {stderr}"),
+        );
+    }
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("namespaces mnt,pid,net,ipc,uts,user"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["open_host_path"]
+        .as_str()
+        .unwrap()
+        .starts_with("denied"));
+    assert_eq!(report["visible_pids"], serde_json::json!([1]));
+    assert_eq!(report["interfaces"], serde_json::json!(["lo"]));
+    let status: Vec<String> = serde_json::from_value(report["status"].clone()).unwrap();
+    assert!(
+        status.iter().any(|l| l == "CapEff:\t0000000000000000"),
+        "{status:?}"
+    );
+    assert!(status.iter().any(|l| l == "NoNewPrivs:\t1"), "{status:?}");
 }
