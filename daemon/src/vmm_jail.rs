@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use vitrine_microvm::jail::launch::{Ending, Jailed, LaunchError, LaunchPlan};
+use vitrine_microvm::jail::launch::{Ending, Jailed, LaunchError, LaunchPlan, PreparedJail};
 use vitrine_microvm::jail::{Access, CgroupLimits, JailError, JailPath, Rlimits};
 use vitrine_policy::Profile;
 
@@ -140,15 +140,18 @@ impl VmmLauncher {
         self
     }
 
-    /// Starts `vitrine-vmm <args>` for the task `name`, jailed with the
-    /// limits of `profile` and access to `files` only.
-    pub fn start(
+    /// The `vitrine-vmm` binary this launcher starts.
+    pub fn vmm(&self) -> &std::path::Path {
+        &self.vmm
+    }
+
+    fn plan(
         &self,
         name: &str,
         profile: &Profile,
         files: &VmmFiles,
         args: Vec<OsString>,
-    ) -> Result<JailedVmm, VmmJailError> {
+    ) -> Result<(LaunchPlan, VmmLimits), VmmJailError> {
         let mut limits = VmmLimits::from_profile(profile);
         limits.wall = profile.time_limit + self.wall_margin;
         let plan = LaunchPlan {
@@ -163,11 +166,59 @@ impl VmmLauncher {
             args,
             wall_limit: limits.wall,
         };
+        Ok((plan, limits))
+    }
+
+    /// Starts `vitrine-vmm <args>` for the task `name`, jailed with the
+    /// limits of `profile` and access to `files` only.
+    pub fn start(
+        &self,
+        name: &str,
+        profile: &Profile,
+        files: &VmmFiles,
+        args: Vec<OsString>,
+    ) -> Result<JailedVmm, VmmJailError> {
+        let (plan, limits) = self.plan(name, profile, files, args)?;
         let jailed = Jailed::spawn(&plan)?;
         if let Some(why) = jailed.cgroup_skipped() {
             log::warn!("vmm {name}: no memory/CPU cgroup on this host: {why}");
         }
         Ok(JailedVmm { jailed, limits })
+    }
+}
+
+impl VmmLauncher {
+    /// For a caller that runs the VMM itself, with its own stdio (the KVM
+    /// backend reads the status line from a pipe): the jail for `name`,
+    /// spec written and cgroup made. Spawn
+    /// `jail.command(launcher.vmm(), &args)`, enforce `limits.wall`, then
+    /// pass `jail.ending(status, stderr, timed_out)` to [`exit_code`].
+    pub fn prepare(
+        &self,
+        name: &str,
+        profile: &Profile,
+        files: &VmmFiles,
+    ) -> Result<(PreparedJail, VmmLimits), VmmJailError> {
+        let (plan, limits) = self.plan(name, profile, files, Vec::new())?;
+        let jail = PreparedJail::prepare(&plan)?;
+        Ok((jail, limits))
+    }
+}
+
+/// The VMM's own exit status, or the wall that stopped it.
+pub fn exit_code(ending: Ending) -> Result<i32, VmmJailError> {
+    match ending {
+        Ending::Exited(code) => Ok(code),
+        Ending::SeccompDenied(d) => Err(VmmJailError::SeccompDenied {
+            nr: d.nr,
+            name: d.name,
+            thread: d.thread,
+        }),
+        Ending::OutOfMemory { limit_bytes } => Err(VmmJailError::OutOfMemory {
+            limit_mib: limit_bytes >> 20,
+        }),
+        Ending::TimedOut(after) => Err(VmmJailError::TimedOut(after)),
+        Ending::Signaled(sig) => Err(VmmJailError::Signaled(sig)),
     }
 }
 
@@ -212,23 +263,11 @@ impl JailedVmm {
     /// error naming that wall.
     pub fn wait(self) -> Result<VmmRun, VmmJailError> {
         let finished = self.jailed.wait()?;
-        match finished.ending {
-            Ending::Exited(exit_code) => Ok(VmmRun {
-                exit_code,
-                stdout: finished.stdout,
-                stderr: finished.stderr,
-            }),
-            Ending::SeccompDenied(d) => Err(VmmJailError::SeccompDenied {
-                nr: d.nr,
-                name: d.name,
-                thread: d.thread,
-            }),
-            Ending::OutOfMemory { limit_bytes } => Err(VmmJailError::OutOfMemory {
-                limit_mib: limit_bytes >> 20,
-            }),
-            Ending::TimedOut(after) => Err(VmmJailError::TimedOut(after)),
-            Ending::Signaled(sig) => Err(VmmJailError::Signaled(sig)),
-        }
+        Ok(VmmRun {
+            exit_code: exit_code(finished.ending)?,
+            stdout: finished.stdout,
+            stderr: finished.stderr,
+        })
     }
 }
 
@@ -256,6 +295,36 @@ mod tests {
         assert_eq!(limits.cgroup.pids, PIDS_BASE + 2);
         assert_eq!(limits.wall, profile.time_limit + WALL_MARGIN);
         assert!(limits.rlimits.address_space.unwrap() > limits.cgroup.memory_bytes);
+    }
+
+    #[test]
+    fn each_wall_that_stops_a_vmm_is_its_own_error() {
+        use vitrine_microvm::seccomp::report::Denial;
+
+        let oom = exit_code(Ending::OutOfMemory {
+            limit_bytes: 192 << 20,
+        });
+        let denied = exit_code(Ending::SeccompDenied(Denial {
+            nr: 41,
+            name: "socket".into(),
+            thread: "vcpu0".into(),
+        }));
+
+        assert!(matches!(
+            oom,
+            Err(VmmJailError::OutOfMemory { limit_mib: 192 })
+        ));
+        assert!(matches!(
+            denied,
+            Err(VmmJailError::SeccompDenied { nr: 41, .. })
+        ));
+        assert_eq!(exit_code(Ending::Exited(3)).unwrap(), 3);
+        assert_eq!(
+            exit_code(Ending::TimedOut(Duration::from_secs(1)))
+                .unwrap_err()
+                .to_string(),
+            "the VMM ran past its time limit of 1s and was killed"
+        );
     }
 
     #[test]

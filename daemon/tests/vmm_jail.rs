@@ -367,3 +367,34 @@ fn vmm_past_its_profile_time_comes_back_as_timed_out() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn prepared_jail_runs_the_vmm_with_the_callers_own_stdio() {
+    let Some(vmm) = vmm_or_skip(
+        "prepared_jail_runs_the_vmm_with_the_callers_own_stdio",
+        true,
+    ) else {
+        return;
+    };
+    let s = setup(&vmm);
+    let (jail, limits) = s
+        .launcher
+        .prepare(&name("prepared"), &small_profile(), &s.files)
+        .unwrap();
+
+    // As the KVM backend does: its own pipes, its own wait.
+    let out = jail
+        .command(
+            s.launcher.vmm(),
+            &args(&["run", "--test-guest", "hello", "--time-limit", "20"]),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let code = vitrine_daemon::vmm_jail::exit_code(jail.ending(out.status, &stderr, None).unwrap());
+
+    assert_eq!(code.unwrap(), 0, "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from a Vitrine test guest"));
+    assert!(stderr.contains("vitrine-vmm: jail:"), "{stderr}");
+    assert!(limits.wall > Duration::from_secs(30));
+}
