@@ -116,33 +116,87 @@ struct Xvfb {
 }
 
 impl Xvfb {
+    /// Starts Xvfb on a display of its own. A random high number, and a
+    /// screen size nobody else uses that is checked through a client: an
+    /// X server of another test on the same number (in another mount
+    /// namespace, visible only through its abstract socket) is noticed and
+    /// another number tried.
     fn start() -> Option<Xvfb> {
-        let n = (200..300).find(|n| {
-            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
-        })?;
-        let display = format!(":{n}");
-        let child = Command::new("Xvfb")
-            .args([&display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let xvfb = Xvfb { child, display };
-        let t = Instant::now();
-        while !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
-            if t.elapsed() > Duration::from_secs(10) {
-                return None;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
+        for attempt in 0..20u32 {
+            let n = 1000 + (seed.wrapping_add(attempt.wrapping_mul(7919)) % 50_000);
+            if Path::new(&format!("/tmp/.X{n}-lock")).exists() {
+                continue;
+            }
+            let display = format!(":{n}");
+            let Ok(child) = Command::new("Xvfb")
+                .args([
+                    &display,
+                    "-noreset",
+                    "-screen",
+                    "0",
+                    "1279x1023x24",
+                    "-nolisten",
+                    "tcp",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+            else {
+                continue;
+            };
+            let mut xvfb = Xvfb { child, display };
+            if xvfb.answers_as_itself() {
+                return Some(xvfb);
+            }
+            xvfb.stop();
+        }
+        None
+    }
+
+    /// Waits until the display answers with this server's screen size.
+    fn answers_as_itself(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false; // exited: the number was taken
+            }
+            let out = Command::new("xdotool")
+                .arg("getdisplaygeometry")
+                .env("DISPLAY", &self.display)
+                .stderr(Stdio::null())
+                .output();
+            if let Ok(out) = out {
+                if out.status.success() {
+                    return String::from_utf8_lossy(&out.stdout).trim() == "1279 1023";
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(xvfb)
+        false
+    }
+
+    /// SIGTERM first, so the server removes its socket and lock file.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for Xvfb {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -133,6 +133,8 @@ pub struct Canvas {
     pages: BTreeMap<u32, Page>,
     current: u32,
     pages_seen: u32,
+    /// The task's page count, once the daemon has said it.
+    pages_total: Option<u32>,
     scroll_x: u32,
     scroll_y: u32,
     status: String,
@@ -151,6 +153,7 @@ impl Canvas {
             pages: BTreeMap::new(),
             current: 0,
             pages_seen: 0,
+            pages_total: None,
             scroll_x: 0,
             scroll_y: 0,
             status: "starting…".into(),
@@ -206,6 +209,13 @@ impl Canvas {
         self.status = text.chars().filter(|c| !c.is_control()).collect();
     }
 
+    /// Sets the task's page count.
+    pub fn set_page_count(&mut self, count: u32) {
+        if count > 0 {
+            self.pages_total = Some(count);
+        }
+    }
+
     /// The page on screen.
     pub fn current_page(&self) -> u32 {
         self.current
@@ -214,7 +224,8 @@ impl Canvas {
     /// Shows `page` (if it is a valid index) from its top. Returns true when
     /// it changed.
     pub fn show_page(&mut self, page: u32) -> bool {
-        if page >= MAX_PAGES || page == self.current {
+        let last = self.pages_total.unwrap_or(MAX_PAGES).min(MAX_PAGES) - 1;
+        if page > last || page == self.current {
             return false;
         }
         self.current = page;
@@ -258,14 +269,14 @@ impl Canvas {
 
     /// The status bar's text.
     pub fn status_line(&self) -> String {
-        let pages = if self.pages_seen == 0 {
-            "no page yet".to_owned()
-        } else {
-            format!(
+        let pages = match (self.pages_total, self.pages_seen) {
+            (Some(total), _) => format!("page {} of {total}", self.current + 1),
+            (None, 0) => "no page yet".to_owned(),
+            (None, seen) => format!(
                 "page {} of {}",
                 self.current + 1,
-                self.pages_seen.max(self.current + 1)
-            )
+                seen.max(self.current + 1)
+            ),
         };
         format!("SANDBOXED · {pages} · {}", self.status)
     }
@@ -514,6 +525,15 @@ mod tests {
         canvas.draw(&mut buf, 50, 50, None);
         assert_eq!(at(&buf, 50, BORDER, BORDER), 0x0000_FF00);
         assert_eq!(canvas.status_line(), "SANDBOXED · page 2 of 2 · starting…");
+    }
+
+    #[test]
+    fn page_count_bounds_the_next_page_and_shows_in_the_status() {
+        let mut canvas = Canvas::new();
+        canvas.set_page_count(2);
+        assert!(canvas.show_page(1));
+        assert!(!canvas.show_page(2), "no page 3 of 2");
+        assert!(canvas.status_line().starts_with("SANDBOXED · page 2 of 2"));
     }
 
     #[test]

@@ -126,6 +126,17 @@ impl ViewerLink {
         self.write(&bytes)
     }
 
+    /// How many pages the task has, for "page 2 of 5" and the page buttons
+    /// (counts beyond the protocol's page cap are cut to it; 0 is ignored).
+    pub fn send_page_count(&mut self, count: u32) -> Result<(), ViewerError> {
+        if count == 0 {
+            return Ok(());
+        }
+        let count = count.min(vitrine_shim::protocol::MAX_PAGES);
+        let bytes = wire::encode(&Message::Pages(count))?;
+        self.write(&bytes)
+    }
+
     /// Input the user gave since the last call (non-blocking).
     pub fn poll_input(&mut self) -> Vec<InputEvent> {
         self.inputs.try_iter().collect()

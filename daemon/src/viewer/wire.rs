@@ -26,6 +26,7 @@ pub const MAX_BODY_BYTES: usize = 1 + FRAME_HEADER_BYTES + MAX_FRAME_PIXEL_BYTES
 
 const TAG_FRAME: u8 = 1;
 const TAG_STATUS: u8 = 2;
+const TAG_PAGES: u8 = 3;
 const TAG_KEY: u8 = 16;
 const TAG_TEXT: u8 = 17;
 const TAG_SCROLL: u8 = 18;
@@ -45,6 +46,8 @@ pub enum Message {
     Frame(Frame),
     /// Daemon to viewer: the status line ("rendering…", "finished: clean").
     Status(String),
+    /// Daemon to viewer: how many pages the task has (1..=MAX_PAGES).
+    Pages(u32),
     /// Viewer to daemon: something the user did.
     Input(InputEvent),
     /// Viewer to daemon: the user closed the window.
@@ -183,6 +186,10 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             check_status(text)?;
             Ok(finish(TAG_STATUS, text.as_bytes()))
         }
+        Message::Pages(count) => {
+            check_page_count(*count)?;
+            Ok(finish(TAG_PAGES, &count.to_le_bytes()))
+        }
         Message::Input(event) => encode_input(event),
         Message::Closed => Ok(finish(TAG_CLOSED, &[])),
         Message::Presented { frames } => Ok(finish(TAG_PRESENTED, &frames.to_le_bytes())),
@@ -301,6 +308,12 @@ fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             let text = utf8("status", rest)?;
             check_status(&text)?;
             Ok(Message::Status(text))
+        }
+        TAG_PAGES => {
+            fields.expect_len(tag, 4)?;
+            let count = fields.u32()?;
+            check_page_count(count)?;
+            Ok(Message::Pages(count))
         }
         TAG_KEY => {
             fields.expect_len(tag, 6)?;
@@ -526,6 +539,17 @@ fn check_page(page: u32) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_page_count(count: u32) -> Result<(), WireError> {
+    if count == 0 || count > MAX_PAGES {
+        return Err(WireError::OutOfRange {
+            field: "pages",
+            value: count.into(),
+            max: MAX_PAGES.into(),
+        });
+    }
+    Ok(())
+}
+
 fn check_dim(field: &'static str, value: u32) -> Result<(), WireError> {
     if value == 0 || value > MAX_DIM {
         return Err(WireError::OutOfRange {
@@ -696,6 +720,7 @@ mod tests {
         let mut msgs = vec![
             Message::Frame(frame(3, 2)),
             Message::Status("finished: clean".into()),
+            Message::Pages(3),
             Message::Closed,
             Message::Presented { frames: 7 },
         ];
@@ -827,7 +852,7 @@ mod tests {
 
         #[test]
         fn decode_never_panics_on_plausible_headers(
-            tag in prop_oneof![Just(TAG_FRAME), Just(TAG_STATUS), Just(TAG_KEY), Just(TAG_TEXT),
+            tag in prop_oneof![Just(TAG_FRAME), Just(TAG_STATUS), Just(TAG_PAGES), Just(TAG_KEY), Just(TAG_TEXT),
                                Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), Just(TAG_PRESENTED), any::<u8>()],
             fields in proptest::collection::vec(any::<u32>(), 0..8),
             tail in proptest::collection::vec(any::<u8>(), 0..64),
