@@ -19,6 +19,7 @@ use vitrine_policy::watch::ReloadEvent;
 use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatcher};
 
 use crate::backend::qemu::QemuBackend;
+use crate::backend::select::HostBackend;
 use crate::backend::{Accel, GuestImage};
 use crate::image_cache;
 use crate::viewer::viewer_binary;
@@ -50,7 +51,10 @@ pub enum ServiceError {
 /// Which backend runs the guests.
 #[derive(Debug, Clone)]
 pub enum BackendChoice {
-    /// QEMU with the guest image.
+    /// The project's VMM where `vitrine-vmm probe` says full guests run,
+    /// else QEMU with TCG.
+    Auto,
+    /// QEMU with the guest image (and the configured accelerator).
     Qemu,
     /// A local guest program over a Unix socket: no isolation, tests only.
     LocalProcess(PathBuf),
@@ -102,15 +106,24 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             initrd: PathBuf::from("/dev/null"),
             cmdline: String::new(),
         }),
-        BackendChoice::Qemu => image_cache::locate(config.image_dir.as_deref())
-            .map_err(|e| e.to_string())
-            .and_then(|dir| GuestImage::from_dir(&dir).map_err(|e| worker::chain(&e)))
-            .and_then(image_info),
+        BackendChoice::Auto | BackendChoice::Qemu => {
+            image_cache::locate(config.image_dir.as_deref())
+                .map_err(|e| e.to_string())
+                .and_then(|dir| GuestImage::from_dir(&dir).map_err(|e| worker::chain(&e)))
+                .and_then(image_info)
+        }
     };
     if let Err(why) = &image {
         eprintln!("vitrined: no guest image, sandboxed tasks will fail: {why}");
     }
+    let mut accel = config.accel;
     let backend: Box<dyn VmStarter> = match &config.backend {
+        BackendChoice::Auto => {
+            let chosen = HostBackend::choose();
+            eprintln!("vitrined: backend {}", chosen.describe());
+            accel = chosen.accel();
+            Box::new(chosen)
+        }
         BackendChoice::Qemu => Box::new(QemuBackend::new()),
         BackendChoice::LocalProcess(program) => {
             eprintln!(
@@ -132,7 +145,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         policy,
         audit: Some(audit),
         backend,
-        accel: config.accel,
+        accel,
         image,
         signer,
         dirs,

@@ -24,7 +24,12 @@ struct Args {
     /// Guest image directory (default: $VITRINE_IMAGE_DIR, else the build cache).
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
-    /// How QEMU runs the guest's vCPUs.
+    /// VM backend: `auto` runs the project's VMM where `vitrine-vmm probe`
+    /// says this host runs full Linux guests, else QEMU (TCG); `qemu` always
+    /// uses QEMU with --accel.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// How QEMU runs the guest's vCPUs (with --backend qemu).
     #[arg(long, value_enum, default_value_t = AccelArg::Tcg)]
     accel: AccelArg,
     /// TESTS ONLY: run guests as local processes of PROGRAM over a Unix
@@ -40,6 +45,12 @@ struct Args {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 enum AccelArg {
     Tcg,
     Kvm,
@@ -50,9 +61,10 @@ fn main() -> ExitCode {
     let config = DaemonConfig {
         policy_dir: args.policy_dir,
         image_dir: args.image_dir,
-        backend: match args.insecure_local_guest {
-            Some(program) => BackendChoice::LocalProcess(program),
-            None => BackendChoice::Qemu,
+        backend: match (args.insecure_local_guest, args.backend) {
+            (Some(program), _) => BackendChoice::LocalProcess(program),
+            (None, BackendArg::Auto) => BackendChoice::Auto,
+            (None, BackendArg::Qemu) => BackendChoice::Qemu,
         },
         accel: match args.accel {
             AccelArg::Tcg => Accel::Tcg,
