@@ -197,15 +197,35 @@ thread_local! {
 /// device with its transport restored from the saved registers (an active
 /// one starts its worker, which is stopped again on drop).
 pub fn snapshot_load(data: &[u8]) {
+    snapshot_load_reach(data);
+}
+
+/// How far a `snapshot_load` case got, so tests can check that the seeds
+/// reach the deep end of the loader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotReach {
+    /// The state file passed every check and decoded.
+    pub state_decoded: bool,
+    /// Guest memory was mapped.
+    pub memory_mapped: bool,
+    /// Virtio devices saved in the state.
+    pub devices_saved: usize,
+    /// Devices restored together with their transports.
+    pub devices_restored: usize,
+}
+
+/// [`snapshot_load`], saying how far the case got.
+pub fn snapshot_load_reach(data: &[u8]) -> SnapshotReach {
     let case = SnapshotCase::parse(data);
     SNAPSHOT_DIR.with(|cell| {
         let mut slot = cell.borrow_mut();
         let dir = slot.get_or_insert_with(|| tempfile::tempdir().expect("temporary directory"));
-        load_snapshot_case(&case, dir.path());
-    });
+        load_snapshot_case(&case, dir.path())
+    })
 }
 
-fn load_snapshot_case(case: &SnapshotCase, dir: &Path) {
+fn load_snapshot_case(case: &SnapshotCase, dir: &Path) -> SnapshotReach {
+    let mut reach = SnapshotReach::default();
     let mut state = case.state.clone();
     if case.flags & snapshot_flags::FIX_LEN != 0 && state.len() >= 16 {
         let body = state.len().saturating_sub(20);
@@ -220,8 +240,10 @@ fn load_snapshot_case(case: &SnapshotCase, dir: &Path) {
     let state_path = dir.join("state");
     write_file(&state_path, &state);
     let Ok(vm_state) = snapshot_file::read(&state_path) else {
-        return;
+        return reach;
     };
+    reach.state_decoded = true;
+    reach.devices_saved = vm_state.virtio.len();
     // What a state that decoded must hold to be saved again.
     let reencoded = snapshot_file::encode(&vm_state).expect("a decoded state must encode");
     assert!(
@@ -240,8 +262,9 @@ fn load_snapshot_case(case: &SnapshotCase, dir: &Path) {
         .and_then(|f| f.set_len(case.mem_len))
         .expect("size the memory file");
     let Ok((mem, _file)) = snapshot_memory::map_private(&mem_path, vm_state.mem_size) else {
-        return;
+        return reach;
     };
+    reach.memory_mapped = true;
     let ws_path = dir.join("working-set");
     write_file(&ws_path, &case.working_set);
     if let Ok(set) = snapshot_memory::read_working_set(&ws_path) {
@@ -262,8 +285,10 @@ fn load_snapshot_case(case: &SnapshotCase, dir: &Path) {
             transports.push(t);
         }
     }
+    reach.devices_restored = transports.len();
     // Dropping the transports stops any worker a restore started.
     drop(transports);
+    reach
 }
 
 fn restore_device(

@@ -70,6 +70,28 @@ fn every_corpus_seed_passes_its_harness() {
 }
 
 #[test]
+fn real_snapshot_seed_reaches_every_device_restore() {
+    let seed = fuzz_dir().join("corpus/snapshot_load/counter-2mib-rng-blk-vsock.bin");
+    let data = std::fs::read(seed).unwrap();
+    let mut case = fuzz_harness::SnapshotCase::parse(&data);
+
+    let reach = fuzz_harness::snapshot_load_reach(&data);
+    // One flipped body byte: refused by the CRC, unless the case fixes it.
+    case.state[100] ^= 0x40;
+    let corrupt = fuzz_harness::snapshot_load_reach(&case.to_bytes());
+    case.flags = fuzz_harness::snapshot_flags::FIX_CRC;
+    let fixed = fuzz_harness::snapshot_load_reach(&case.to_bytes());
+
+    assert!(reach.state_decoded && reach.memory_mapped, "{reach:?}");
+    assert_eq!((reach.devices_saved, reach.devices_restored), (3, 3));
+    assert!(!corrupt.state_decoded);
+    assert_ne!(
+        fixed, corrupt,
+        "the CRC fix-up lets a mutated state through"
+    );
+}
+
+#[test]
 fn every_saved_crash_stays_fixed() {
     let replayed = replay("regressions");
 
