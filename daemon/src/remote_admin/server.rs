@@ -28,6 +28,8 @@ const MAX_CONNECTIONS: usize = 16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a connection may sit idle between requests.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause after a failed accept.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Suffix of the file, beside the policy path, holding the last serial applied.
 const SERIAL_SUFFIX: &str = ".remote-admin-serial";
 
@@ -44,8 +46,6 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("accepting connections failed")]
-    Accept(#[source] std::io::Error),
 }
 
 /// A pushed bundle was not applied.
@@ -139,7 +139,8 @@ impl RemoteAdminServer {
         self.listener.local_addr()
     }
 
-    /// Serves until the task is dropped or accepting fails.
+    /// Serves until the future is dropped; a failed accept is logged and
+    /// retried, never fatal.
     pub async fn run(self) -> Result<(), ServeError> {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -148,7 +149,16 @@ impl RemoteAdminServer {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (tcp, peer) = self.listener.accept().await.map_err(ServeError::Accept)?;
+            let (tcp, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors or a connection reset before
+                    // accept: the next one may work, so wait and go on.
+                    log::warn!("remote admin: accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            };
             let acceptor = self.acceptor.clone();
             let endpoint = self.endpoint.clone();
             tokio::spawn(async move {
