@@ -70,20 +70,30 @@ pub struct VmmLimits {
 
 impl VmmLimits {
     pub fn from_profile(profile: &Profile) -> Self {
-        let guest = u64::from(profile.memory_mib) << 20;
+        Self::for_vm(
+            profile.memory_mib,
+            profile.vcpus,
+            profile.time_limit + WALL_MARGIN,
+        )
+    }
+
+    /// The limits of a VM with `memory_mib` of guest RAM and `vcpus`,
+    /// killed after `wall`.
+    pub fn for_vm(memory_mib: u32, vcpus: u32, wall: Duration) -> Self {
+        let guest = u64::from(memory_mib) << 20;
         let memory = guest + (VMM_OVERHEAD_MIB << 20);
         Self {
             cgroup: CgroupLimits {
                 memory_bytes: memory,
-                cpus: profile.vcpus.max(1),
-                pids: PIDS_BASE + profile.vcpus,
+                cpus: vcpus.max(1),
+                pids: PIDS_BASE + vcpus,
             },
             rlimits: Rlimits {
                 address_space: Some(memory + ADDRESS_SPACE_SLACK),
                 open_files: Some(OPEN_FILES),
-                processes: Some(u64::from(PIDS_BASE + profile.vcpus)),
+                processes: Some(u64::from(PIDS_BASE + vcpus)),
             },
-            wall: profile.time_limit + WALL_MARGIN,
+            wall,
         }
     }
 }
@@ -154,6 +164,16 @@ impl VmmLauncher {
     ) -> Result<(LaunchPlan, VmmLimits), VmmJailError> {
         let mut limits = VmmLimits::from_profile(profile);
         limits.wall = profile.time_limit + self.wall_margin;
+        self.plan_with(name, limits, files, args)
+    }
+
+    fn plan_with(
+        &self,
+        name: &str,
+        limits: VmmLimits,
+        files: &VmmFiles,
+        args: Vec<OsString>,
+    ) -> Result<(LaunchPlan, VmmLimits), VmmJailError> {
         let plan = LaunchPlan {
             vmm: self.vmm.clone(),
             name: name.to_owned(),
@@ -202,6 +222,18 @@ impl VmmLauncher {
         let (plan, limits) = self.plan(name, profile, files, Vec::new())?;
         let jail = PreparedJail::prepare(&plan)?;
         Ok((jail, limits))
+    }
+
+    /// [`Self::prepare`] with limits the caller worked out (a backend
+    /// that knows the VM's size but not the task's profile).
+    pub fn prepare_with_limits(
+        &self,
+        name: &str,
+        limits: VmmLimits,
+        files: &VmmFiles,
+    ) -> Result<PreparedJail, VmmJailError> {
+        let (plan, _) = self.plan_with(name, limits, files, Vec::new())?;
+        Ok(PreparedJail::prepare(&plan)?)
     }
 }
 

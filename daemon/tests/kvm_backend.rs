@@ -14,6 +14,7 @@ use vitrine_daemon::backend::{Accel, Backend, GuestImage, GuestVm, VmConfig};
 use vitrine_daemon::fresh_guest::process_exists;
 use vitrine_daemon::image_cache;
 use vitrine_daemon::task::{run_task, TaskInput};
+use vitrine_microvm::jail::launch::children_of;
 use vitrine_microvm::test_guests;
 use vitrine_shim::protocol::{HostMessage, Limits};
 
@@ -128,11 +129,80 @@ fn a_missing_kernel_is_a_vmm_error_naming_it() {
 
     let err = backend.start(&config).unwrap_err();
 
-    let text = err.to_string();
-    assert!(
-        text.contains("VMM error") && text.contains("/nonexistent/vmlinux"),
-        "{text}"
+    // Caught before the jail is built: only existing files are bound in.
+    assert!(matches!(err, KvmError::ImageFile(..)), "{err:?}");
+    assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+}
+
+/// Field `key` of /proc/<pid>/status.
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+#[test]
+fn the_vmm_of_a_running_guest_is_jailed() {
+    let test = "the_vmm_of_a_running_guest_is_jailed";
+    let Some(backend) = backend_or_skip(test) else {
+        return;
+    };
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let initrd = tempfile::NamedTempFile::new().unwrap();
+    let mut config = test_guest_config("endless", &initrd);
+    config.ready_timeout = Duration::from_secs(4);
+    let starter = std::thread::spawn(move || backend.start(&config).map(|_| ()));
+
+    // The keeper is our child; the VMM, pid 1 of its namespace, is its child.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let vmm = loop {
+        let found = children_of(std::process::id())
+            .into_iter()
+            .filter(|k| {
+                std::fs::read(format!("/proc/{k}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("endless"))
+            })
+            .flat_map(children_of)
+            .find(|v| status_field(*v, "Seccomp").as_deref() == Some("2"));
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no jailed VMM with a seccomp filter appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let walls = (
+        status_field(vmm, "NoNewPrivs"),
+        status_field(vmm, "CapEff"),
+        ns(&vmm.to_string(), "net") != ns("self", "net"),
+        ns(&vmm.to_string(), "pid") != ns("self", "pid"),
+        ns(&vmm.to_string(), "mnt") != ns("self", "mnt"),
     );
+    let err = starter.join().unwrap().unwrap_err();
+
+    assert_eq!(
+        walls,
+        (
+            Some("1".to_owned()),
+            Some("0000000000000000".to_owned()),
+            true,
+            true,
+            true
+        )
+    );
+    assert!(matches!(err, KvmError::ReadyTimeout { .. }), "{err:?}");
+    // Dropping the VM killed the keeper, and the VMM died with it.
+    let gone = Instant::now() + Duration::from_secs(2);
+    while process_exists(vmm) && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!process_exists(vmm), "the jailed VMM {vmm} outlived its VM");
 }
 
 #[test]

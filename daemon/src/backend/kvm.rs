@@ -6,6 +6,11 @@
 //! goes to a log file), so a guest that dies before `Ready` is reported
 //! with its fault, not as a time-out.
 //!
+//! Every VMM runs jailed (crate::vmm_jail): its own namespaces, a root that
+//! holds only the kernel, initrd and the VM's directory, landlock, seccomp
+//! per thread, and a cgroup sized from the VM. A wall that stops it (a
+//! denied syscall, the memory limit) is named in the error.
+//!
 //! Where this host's KVM cannot run a full Linux guest (`vitrine-vmm probe`
 //! says why), use the `qemu` backend; [`KvmBackend::probe`] tells which.
 
@@ -15,16 +20,19 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vitrine_microvm::jail::launch::PreparedJail;
 use vitrine_microvm::status::{GuestReport, MAX_REPORT_BYTES};
 use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Backend, GuestVm, VmConfig, VmExit};
+use crate::vmm_jail::{self, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
 
 /// VMM binary used when `VITRINE_VMM` is not set and none sits next to the
 /// running program.
@@ -98,6 +106,12 @@ pub enum KvmError {
     /// The VMM process could not be waited for.
     #[error("cannot wait for the VMM process")]
     Wait(#[source] io::Error),
+    /// The jail could not be set up.
+    #[error("cannot jail the VMM")]
+    Jail(#[from] VmmJailError),
+    /// A guest file could not be resolved to an absolute path for the jail.
+    #[error("guest image file {0}")]
+    ImageFile(PathBuf, #[source] io::Error),
 }
 
 /// What `vitrine-vmm probe` says about this host.
@@ -113,7 +127,11 @@ pub enum HostSupport {
 #[derive(Debug, Clone)]
 pub struct KvmBackend {
     binary: PathBuf,
+    jailed: bool,
 }
+
+/// Names each VM's jail (and cgroup) uniquely on this host.
+static NEXT_VM: AtomicU64 = AtomicU64::new(0);
 
 impl Default for KvmBackend {
     fn default() -> Self {
@@ -139,11 +157,71 @@ impl KvmBackend {
         Self::with_binary(beside.unwrap_or_else(|| PathBuf::from(DEFAULT_VMM)))
     }
 
-    /// Uses the given VMM binary.
+    /// Uses the given VMM binary, jailed.
     pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
+            jailed: true,
         }
+    }
+
+    /// Runs the VMM without its jail: only for measuring what the jail
+    /// costs, and for debugging the VMM itself.
+    pub fn without_jail(mut self) -> Self {
+        self.jailed = false;
+        self
+    }
+
+    /// The command for `args`: `vitrine-vmm --jail <spec> ...` with the
+    /// jail prepared, or the bare VMM.
+    fn command(
+        &self,
+        config: &VmConfig,
+        dir: &Path,
+        args: &[OsString],
+    ) -> Result<(Command, Option<VmJail>), KvmError> {
+        if !self.jailed {
+            let mut cmd = Command::new(&self.binary);
+            cmd.args(args);
+            return Ok((cmd, None));
+        }
+        let absolute =
+            |p: &Path| std::fs::canonicalize(p).map_err(|e| KvmError::ImageFile(p.to_owned(), e));
+        let files = VmmFiles {
+            read_only: vec![
+                absolute(&config.image.kernel)?,
+                absolute(&config.image.initrd)?,
+            ],
+            read_write: vec![absolute(dir)?],
+        };
+        // The jail's own work dir (spec, root mount point) stays outside
+        // every path the VMM can reach.
+        let work = tempfile::Builder::new()
+            .prefix("vitrine-jail-")
+            .tempdir()
+            .map_err(KvmError::PrivateDir)?;
+        let name = format!(
+            "vitrine-vm-{}-{}",
+            std::process::id(),
+            NEXT_VM.fetch_add(1, Ordering::Relaxed)
+        );
+        // The backend has no wall of its own to enforce: the task's
+        // deadline and Drop kill the VMM.
+        let limits = VmmLimits::for_vm(config.memory_mib, u32::from(config.vcpus), Duration::MAX);
+        let prepared = VmmLauncher::new(&self.binary, work.path())
+            .prepare_with_limits(&name, limits, &files)?;
+        if let Some(why) = prepared.cgroup_skipped() {
+            log::warn!("vm {name}: no memory/CPU cgroup on this host: {why}");
+        }
+        let cmd = prepared.command(&self.binary, args);
+        Ok((
+            cmd,
+            Some(VmJail {
+                prepared,
+                _work: work,
+                ending: None,
+            }),
+        ))
     }
 
     /// The VMM binary.
@@ -273,9 +351,10 @@ impl Backend for KvmBackend {
             .map_err(KvmError::PrivateDir)?;
         let vmm_log = File::create(dir.path().join(VMM_LOG)).map_err(KvmError::PrivateDir)?;
 
+        let args = self.args(config, dir.path());
+        let (mut cmd, jail) = self.command(config, dir.path(), &args)?;
         let started = Instant::now();
-        let mut child = Command::new(&self.binary)
-            .args(self.args(config, dir.path()))
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(vmm_log)
@@ -308,6 +387,7 @@ impl Backend for KvmBackend {
             boot_time: Duration::ZERO,
             exit: None,
             report,
+            jail,
         };
         let deadline = started + config.ready_timeout;
         let stream = vm.accept(&listener, deadline, config.ready_timeout)?;
@@ -350,6 +430,17 @@ pub struct KvmVm {
     boot_time: Duration,
     exit: Option<ExitStatus>,
     report: ReportSlot,
+    jail: Option<VmJail>,
+}
+
+/// A VMM's jail, kept until the VMM has ended so its cgroup can say why and
+/// be removed.
+#[derive(Debug)]
+struct VmJail {
+    prepared: PreparedJail,
+    _work: tempfile::TempDir,
+    /// The wall that stopped the VMM, once it has ended (None: none did).
+    ending: Option<Option<String>>,
 }
 
 impl KvmVm {
@@ -366,15 +457,39 @@ impl KvmVm {
     fn poll_exit(&mut self) -> Result<Option<ExitStatus>, KvmError> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().map_err(KvmError::Wait)?;
+            if let Some(status) = self.exit {
+                self.ended(status);
+            }
         }
         Ok(self.exit)
+    }
+
+    /// Once, when the VMM has ended: asks its jail which wall, if any,
+    /// stopped it, and removes its cgroup.
+    fn ended(&mut self, status: ExitStatus) {
+        let stderr = file_text(&self.dir.path().join(VMM_LOG));
+        if let Some(jail) = self.jail.as_mut().filter(|j| j.ending.is_none()) {
+            let wall = match jail.prepared.ending(status, &stderr, None) {
+                Ok(ending) => vmm_jail::exit_code(ending).err().map(|e| e.to_string()),
+                Err(e) => Some(format!("cannot read how the jailed VMM ended: {e}")),
+            };
+            jail.ending = Some(wall);
+        }
+    }
+
+    /// The jail wall that stopped the VMM, if one did.
+    pub fn stopped_by_jail(&self) -> Option<&str> {
+        self.jail.as_ref()?.ending.as_ref()?.as_deref()
     }
 
     /// The error for a VM that already ended, if it did.
     fn ended_early(&mut self) -> Result<Option<KvmError>, KvmError> {
         let result = match (self.report(), self.poll_exit()?) {
             (Some(Ok(report)), _) => describe(&report),
-            (Some(Err(why)), Some(status)) => format!("{why} ({status})"),
+            (Some(Err(why)), Some(status)) => match self.stopped_by_jail() {
+                Some(wall) => wall.to_owned(),
+                None => format!("{why} ({status})"),
+            },
             (None | Some(Err(_)), _) => return Ok(None),
         };
         Ok(Some(KvmError::EndedEarly {
@@ -474,7 +589,10 @@ impl GuestVm for KvmVm {
             log::warn!("cannot kill vitrine-vmm pid {}: {e}", self.child.id());
         }
         match self.child.wait() {
-            Ok(status) => self.exit = Some(status),
+            Ok(status) => {
+                self.exit = Some(status);
+                self.ended(status);
+            }
             Err(e) => log::warn!("cannot reap vitrine-vmm pid {}: {e}", self.child.id()),
         }
     }
