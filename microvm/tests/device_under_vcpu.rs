@@ -175,12 +175,24 @@ fn rng_device_fills_a_buffer_for_a_real_vcpu_and_raises_its_interrupt() {
         1,
         "InterruptStatus showed a used-buffer notification"
     );
-    let (master_irr, slave_irr) = vm.kvm().pic_irr().unwrap();
-    let line_pending = if slot.irq < 8 {
-        master_irr & (1 << slot.irq)
-    } else {
-        slave_irr & (1 << (slot.irq - 8))
+    // The worker signals the irqfd right after publishing the used ring,
+    // and KVM injects from its own context, so the line may rise a moment
+    // after the guest saw InterruptStatus: poll briefly.
+    let pending = || {
+        let (master_irr, slave_irr) = vm.kvm().pic_irr().unwrap();
+        let line = if slot.irq < 8 {
+            master_irr & (1 << slot.irq)
+        } else {
+            slave_irr & (1 << (slot.irq - 8))
+        };
+        (line, master_irr, slave_irr)
     };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let (mut line_pending, mut master_irr, mut slave_irr) = pending();
+    while line_pending == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        (line_pending, master_irr, slave_irr) = pending();
+    }
     assert_ne!(
         line_pending, 0,
         "the irqfd raised GSI {} in KVM's PIC (IRR master {master_irr:#04x}, slave {slave_irr:#04x})",
