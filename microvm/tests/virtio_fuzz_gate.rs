@@ -1,4 +1,4 @@
-//! The CI stand-in for the cargo-fuzz targets in `microvm/fuzz`: the same
+//! The quick companion of the libFuzzer targets in `tests/fuzz`: the same
 //! harness (`virtio_driver::fuzz_case`) fed with proptest's random bytes,
 //! with a bounded case count so it runs in seconds. The harness checks the
 //! device's promises itself; a panic anywhere fails the case.

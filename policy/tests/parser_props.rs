@@ -1,7 +1,7 @@
 //! Property tests for the parser: arbitrary bytes and arbitrary mutations
 //! of real policy files never panic, and every diagnostic points inside
-//! the file it blames. This is the CI gate; `policy/fuzz` runs the same
-//! entry point under libFuzzer where a nightly toolchain is available.
+//! the file it blames. `tests/fuzz.sh` runs the parser under libFuzzer
+//! (target `policy_parse`) from the same seed corpus.
 
 mod fixture;
 
@@ -13,7 +13,7 @@ use vitrine_policy::{FileFacts, Origin, PolicySet, Request, SourceFile};
 /// The seed files: the example policy and the fuzz corpus.
 fn seeds() -> Vec<String> {
     let mut out = Vec::new();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/parse");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/corpus/policy_parse");
     for dir in [example_dir(), corpus] {
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

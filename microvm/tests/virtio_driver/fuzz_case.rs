@@ -2,7 +2,7 @@
 //! program) can do to a device, runs it, and checks the device's promises.
 //!
 //! Shared by the property tests (`virtio_fuzz_gate.rs`, run in CI) and the
-//! cargo-fuzz targets (`microvm/fuzz`), so both exercise the same harness.
+//! libFuzzer targets (`tests/fuzz`), so both exercise the same harness.
 //! Missing input bytes read as zero, so every byte string is a valid case.
 //!
 //! Promises checked after every case:
