@@ -160,6 +160,13 @@ impl QemuBackend {
         push(&["-m", &config.memory_mib.to_string()]);
         push(&["-smp", &config.vcpus.max(1).to_string()]);
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        // QEMU's own seccomp filter: no obsolete syscalls, no setuid, no
+        // fork/exec, no scheduler or affinity changes. The project's VMM
+        // has its own jail; this is what the fallback backend gets.
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
         args.push("-kernel".into());
         args.push(config.image.kernel.clone().into());
         args.push("-initrd".into());
@@ -469,6 +476,10 @@ mod tests {
         for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
             assert!(args.iter().any(|a| a == flag), "missing {flag}");
         }
+        assert_eq!(
+            arg_after(&args, "-sandbox"),
+            ["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
     }
 
     #[test]
