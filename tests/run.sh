@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every Vitrine test on this machine, installing what they need first.
 #
-#   tests/run.sh            packages, guest image (cached), fmt, clippy, cargo test
+#   tests/run.sh            packages, guest image (cached), fmt, clippy,
+#                           fuzzing (5.5 min), cargo test
 #
 # Debian 12 as root (or with sudo). The guest image is cached under
 # ~/.cache/vitrine keyed by its inputs, so only the first run builds a kernel.
@@ -20,7 +21,16 @@ say "Debian packages"
 # binutils assembles the KVM test guests; squashfs-tools makes the root disk
 # of the kernel-mode driver test; the image's lists cover the guest build,
 # QEMU and the OCR used by the end-to-end tests.
-ensure_packages binutils squashfs-tools "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}"
+# The daemon's tests need a private D-Bus (dbus-daemon, busctl, gdbus), an X
+# server to screenshot (Xvfb, xwd, xdotool, and the X libraries the viewer
+# loads at run time), the desktop-file tools, and g++ for libFuzzer.
+DESKTOP_TEST_PACKAGES=(
+  dbus systemd libglib2.0-bin xvfb xdotool x11-apps libxkbcommon-x11-0
+  libx11-xcb1 libxcursor1 libxrandr2 libxi6 desktop-file-utils xdg-utils
+  python3 g++
+)
+ensure_packages binutils squashfs-tools "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}" \
+  "${DESKTOP_TEST_PACKAGES[@]}"
 command -v cargo >/dev/null ||
   die "cargo is not installed: install a Rust toolchain >= 1.85 (rustup) and run again"
 
@@ -42,5 +52,8 @@ say "cargo fmt --check"
 cargo fmt --all -- --check
 say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+say "fuzzing every parser (tests/fuzz.sh; the build is cached in ~/.cache/vitrine)"
+FUZZ_TARGET_DIR=${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vitrine/fuzz-target} \
+  "$REPO/tests/fuzz.sh"
 say "cargo test (setup took $((SECONDS - started)) s)"
 cargo test --workspace --locked
