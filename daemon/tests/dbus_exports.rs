@@ -163,43 +163,12 @@ async fn export_approved_over_dbus_is_written_with_its_hash_checked() {
         return;
     };
     // Arrange: a policy that lets the user approve plain text.
-    let policy = work.path().join("policy.d");
-    std::fs::create_dir(&policy).unwrap();
-    std::fs::write(policy.join("10-asking.toml"), ASKING_POLICY).unwrap();
-    let bus = PrivateBus::start(
-        &[
-            "--policy-dir".as_ref(),
-            policy.as_os_str(),
-            "--image-dir".as_ref(),
-            image.as_os_str(),
-            "--no-windows".as_ref(),
-        ],
-        &[],
-    );
+    let bus = asking_daemon(&image, work.path());
     let export_dir = work.path().join("exports");
 
     // Act: wait for the request, then approve it with a real client.
     let (connection, mut signals, manager, task) = run_exporter(&bus, &program, &export_dir).await;
-    let requested = tokio::time::timeout(Duration::from_secs(120), async {
-        loop {
-            let msg = std::future::poll_fn(|cx| std::pin::Pin::new(&mut signals).poll_next(cx))
-                .await
-                .unwrap()
-                .unwrap();
-            let header = msg.header();
-            match header.member().map(|m| m.as_str()) {
-                Some("ExportRequested") => {
-                    let body: (OwnedObjectPath, String, u64, String) =
-                        msg.body().deserialize().unwrap();
-                    return body;
-                }
-                Some("TaskFinished") => panic!("finished without a request: {msg:?}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("no ExportRequested");
+    let requested = export_requested(&mut signals).await;
     let approved = bus.busctl(
         &[
             "call",
@@ -257,4 +226,90 @@ async fn export_approved_over_dbus_is_written_with_its_hash_checked() {
         "{:?}",
         receipt.body.outputs
     );
+}
+
+/// Waits for the next `ExportRequested` (panics on `TaskFinished` first).
+async fn export_requested(
+    signals: &mut zbus::MessageStream,
+) -> (OwnedObjectPath, String, u64, String) {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let msg = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *signals).poll_next(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            let header = msg.header();
+            match header.member().map(|m| m.as_str()) {
+                Some("ExportRequested") => return msg.body().deserialize().unwrap(),
+                Some("TaskFinished") => panic!("finished without a request: {msg:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("no ExportRequested")
+}
+
+/// A daemon whose policy is [`ASKING_POLICY`], and the work folder.
+fn asking_daemon(image: &Path, work: &Path) -> PrivateBus {
+    let policy = work.join("policy.d");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("10-asking.toml"), ASKING_POLICY).unwrap();
+    PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            policy.as_os_str(),
+            "--image-dir".as_ref(),
+            image.as_os_str(),
+            "--no-windows".as_ref(),
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_denied_with_the_cli_is_listed_as_denied_and_never_written() {
+    let test = "export_denied_with_the_cli_is_listed_as_denied_and_never_written";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    if !tool_or_skip(test, "dbus-daemon", "dbus") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(program) = static_program(test, "exporter", EXPORTER_C, work.path()) else {
+        return;
+    };
+    // Arrange
+    let bus = asking_daemon(&image, work.path());
+    let export_dir = work.path().join("exports");
+    let (connection, mut signals, manager, task) = run_exporter(&bus, &program, &export_dir).await;
+    let requested = export_requested(&mut signals).await;
+    let number = task.as_str().rsplit('/').next().unwrap().to_owned();
+
+    // Act: the user looks at the offer, then refuses it, with `vitrine`.
+    let pending = bus.vitrine(&["exports".as_ref()]);
+    let deny = bus.vitrine(&[
+        "exports".as_ref(),
+        "deny".as_ref(),
+        number.as_ref(),
+        "result.txt".as_ref(),
+    ]);
+    let verdict = wait_finished(&connection, &mut signals, &task, Duration::from_secs(60)).await;
+    let exports: Vec<ExportRow> = manager.call("ListExports", &()).await.unwrap();
+
+    // Assert
+    let listed = String::from_utf8_lossy(&pending.stdout);
+    assert!(
+        listed.contains("result.txt")
+            && listed.contains("pending")
+            && listed.contains(&requested.3),
+        "{}",
+        text(&pending)
+    );
+    assert!(deny.status.success(), "{}", text(&deny));
+    assert_eq!(verdict, "clean");
+    assert_eq!(exports.len(), 1, "{exports:?}");
+    assert_eq!(exports[0].4, "denied");
+    assert!(!export_dir.exists(), "a denied export was written");
 }
