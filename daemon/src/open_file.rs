@@ -18,6 +18,7 @@ use vitrine_shim::protocol::{
 };
 
 use crate::backend::{Accel, GuestImage, VmConfig};
+use crate::downloads_watch;
 
 /// Name the guest gets when the file's own name is not a plain file name.
 pub const FALLBACK_NAME: &str = "input";
@@ -93,6 +94,9 @@ impl Subject {
             return Err(OpenFileError::NotAFile(path.to_owned()));
         }
         let real = resolved_path(&file, path).map_err(read_err)?;
+        // The Downloads watcher's mark, read from the open file so a rename
+        // since cannot hide it.
+        let marked = downloads_watch::is_file_marked_untrusted(&file);
         let mut data = Vec::new();
         file.take(MAX_TASK_INPUT + 1)
             .read_to_end(&mut data)
@@ -103,7 +107,8 @@ impl Subject {
             });
         }
         let mime = sniff::sniff(&data[..data.len().min(sniff::SNIFF_LEN)]);
-        let origin = Origin::detect(&real, downloads_dirs);
+        let mut origin = Origin::detect(&real, downloads_dirs);
+        origin.quarantined |= marked;
         Ok(Self {
             given: path.to_owned(),
             guest_name: guest_name(&real),
@@ -132,6 +137,7 @@ impl Subject {
         if !file.metadata().map_err(read_err)?.is_file() {
             return Err(OpenFileError::NotAFile(given.clone()));
         }
+        let marked = downloads_watch::is_file_marked_untrusted(&file);
         let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .ok()
             .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
@@ -144,7 +150,8 @@ impl Subject {
         }
         let mime = sniff::sniff(&data[..data.len().min(sniff::SNIFF_LEN)]);
         let path = real.unwrap_or_else(|| given.clone());
-        let origin = Origin::detect(&path, downloads_dirs);
+        let mut origin = Origin::detect(&path, downloads_dirs);
+        origin.quarantined |= marked;
         let guest = match Path::new(name).file_name() {
             Some(_) => guest_name(Path::new(name)),
             None => guest_name(&path),
@@ -267,6 +274,33 @@ pub fn vm_config(
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn a_file_the_downloads_watcher_marked_counts_as_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("invoice.pdf");
+        fs::write(&file, b"%PDF-1.4\n...").unwrap();
+        assert!(!Subject::read(&file, &[]).unwrap().origin.quarantined);
+        if let Err(e) = rustix::fs::setxattr(
+            &file,
+            downloads_watch::UNTRUSTED_XATTR,
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            // The watcher falls back to its record file there; that path
+            // has its own tests in downloads_watch.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIPPED a_file_the_downloads_watcher_marked_counts_as_quarantined: {} refuses user xattrs: {e}", dir.path().display());
+            return;
+        }
+
+        let by_path = Subject::read(&file, &[]).unwrap();
+        let by_fd = Subject::from_file(fs::File::open(&file).unwrap(), "invoice.pdf", &[]).unwrap();
+
+        assert!(by_path.origin.quarantined);
+        assert!(by_fd.origin.quarantined);
+        assert!(by_path.origin_text().contains("quarantined"));
+    }
 
     #[test]
     fn read_sniffs_content_not_name_and_resolves_symlinks() {

@@ -46,6 +46,12 @@ pub enum ServiceError {
     /// Serving failed.
     #[error("D-Bus service")]
     Serve(#[from] bus::BusError),
+    /// The daemon could not drop what it does not need.
+    #[error("hardening the daemon")]
+    Harden(#[from] crate::vmm_jail::VmmJailError),
+    /// The config file is broken (the error names its line).
+    #[error(transparent)]
+    Config(#[from] crate::remote_admin::ConfigError),
 }
 
 /// Which backend runs the guests.
@@ -75,10 +81,21 @@ pub struct DaemonConfig {
     pub windows: bool,
     /// Bus address; `None`: the session bus.
     pub address: Option<String>,
+    /// Daemon config file with an optional `[remote_admin]` section; `None`:
+    /// no remote admin endpoint (the default).
+    pub config_file: Option<PathBuf>,
+    /// Mark new files in the watched download folders untrusted.
+    pub watch_downloads: bool,
 }
 
 /// Prepares everything and serves until the bus connection ends.
 pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
+    // Nothing the daemon starts (VMMs, viewers, QEMU) may gain privileges.
+    crate::vmm_jail::harden_daemon()?;
+    let remote_admin = match &config.config_file {
+        Some(path) => crate::remote_admin::RemoteAdminConfig::from_file(path)?,
+        None => None,
+    };
     let dirs = StateDirs::from_env()?;
     dirs.create()?;
     let signer = ReceiptSigner::load_or_create(&dirs.data)?;
@@ -152,6 +169,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         downloads_dirs: crate::open_file::default_downloads_dirs(),
         viewer,
     });
+    let _downloads = config.watch_downloads.then(watch_downloads);
+    if let Some(admin) = remote_admin {
+        let policy_dir = config.policy_dir.clone();
+        let audit_dir = ctx_audit_dir(&ctx.dirs);
+        tokio::spawn(async move {
+            if let Err(e) = crate::remote_admin::serve(admin, policy_dir, audit_dir).await {
+                eprintln!("vitrined: remote admin endpoint stopped: {e}");
+            }
+        });
+    }
     let builder = match &config.address {
         Some(address) => zbus::connection::Builder::address(address.as_str())?,
         None => zbus::connection::Builder::session()?,
@@ -159,4 +186,30 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
     let connection = builder.build().await?;
     bus::serve(connection, ctx, first_id).await?;
     Ok(())
+}
+
+/// The folder holding the audit log and its rotations.
+fn ctx_audit_dir(dirs: &StateDirs) -> PathBuf {
+    let log = dirs.audit_log();
+    log.parent()
+        .map_or(log.clone(), std::path::Path::to_path_buf)
+}
+
+/// Starts the Downloads watcher, which marks new files untrusted so that
+/// opening them goes to the sandbox. A folder that cannot be watched is
+/// reported, not fatal.
+fn watch_downloads() -> Option<crate::downloads_watch::DownloadsWatcher> {
+    let config = crate::downloads_watch::WatchConfig::from_env();
+    match crate::downloads_watch::DownloadsWatcher::start(config) {
+        Ok(w) => {
+            for dir in w.watched() {
+                eprintln!("vitrined: marking new files in {} untrusted", dir.display());
+            }
+            Some(w)
+        }
+        Err(e) => {
+            eprintln!("vitrined: the Downloads watcher is off: {e}");
+            None
+        }
+    }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -140,6 +141,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// The local file a `file://` URI (or a plain path) names; `None` for any
+/// other scheme.
+fn local_path(url: &str) -> Result<Option<PathBuf>> {
+    let Some(rest) = url.strip_prefix("file://") else {
+        return Ok((!url.contains("://")).then(|| PathBuf::from(url)));
+    };
+    let path = match rest.strip_prefix("localhost") {
+        Some(p) => p,
+        None if rest.starts_with('/') => rest,
+        None => bail!("{}: only local file:// URIs can be opened", one_line(url)),
+    };
+    let mut bytes = Vec::with_capacity(path.len());
+    let mut it = path.bytes();
+    while let Some(b) = it.next() {
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let hex = [it.next(), it.next()];
+        let byte = match hex {
+            [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                .ok()
+                .and_then(|s| u8::from_str_radix(s, 16).ok()),
+            _ => None,
+        };
+        match byte {
+            Some(b) => bytes.push(b),
+            None => bail!("{}: bad %-escape in the file URI", one_line(url)),
+        }
+    }
+    Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+}
+
 /// Text on one line of terminal output: control characters shown as U+FFFD.
 fn one_line(text: &str) -> String {
     printable(text).replace('\n', "\u{fffd}")
@@ -153,6 +187,11 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Open { png, wait, file } => open(&file, png.as_deref(), wait).await,
         Cmd::Url { url } => {
+            // The desktop handler passes files as file:// URIs (one entry
+            // serves files and links), and some callers pass plain paths.
+            if let Some(path) = local_path(&url)? {
+                return open(&path, None, false).await;
+            }
             let bus = Bus::connect().await?;
             let task = bus
                 .start(
@@ -536,4 +575,28 @@ struct Started {
 /// it private to this user only when there are pages to write).
 fn output_dir(dir: &Path) -> Result<PathBuf> {
     std::path::absolute(dir).with_context(|| format!("resolving {}", shown(dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_uris_and_plain_paths_name_local_files_and_links_do_not() {
+        let cases = [
+            (
+                "file:///home/u/Downloads/a%20b.pdf",
+                Some("/home/u/Downloads/a b.pdf"),
+            ),
+            ("file://localhost/tmp/x.pdf", Some("/tmp/x.pdf")),
+            ("/tmp/plain.pdf", Some("/tmp/plain.pdf")),
+            ("https://example.org/a.pdf", None),
+        ];
+        for (url, want) in cases {
+            assert_eq!(local_path(url).unwrap(), want.map(PathBuf::from), "{url}");
+        }
+        assert!(local_path("file://otherhost/x").is_err());
+        assert!(local_path("file:///bad%zz").is_err());
+        assert!(local_path("file:///cut%4").is_err());
+    }
 }

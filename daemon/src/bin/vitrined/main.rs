@@ -42,6 +42,25 @@ struct Args {
     /// Bus address (default: the session bus).
     #[arg(long, value_name = "ADDRESS")]
     address: Option<String>,
+    /// Daemon config file; its optional `[remote_admin]` section turns on
+    /// the mTLS admin endpoint (off by default). Default:
+    /// $XDG_CONFIG_HOME/vitrine/vitrined.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Do not mark new files in the download folders ($VITRINE_WATCH_DIRS,
+    /// else ~/Downloads) untrusted.
+    #[arg(long)]
+    no_watch_downloads: bool,
+}
+
+/// `$XDG_CONFIG_HOME/vitrine/vitrined.toml` (or under ~/.config), if it exists.
+fn default_config_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    let file = base.join("vitrine/vitrined.toml");
+    file.is_file().then_some(file)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,6 +91,8 @@ fn main() -> ExitCode {
         },
         windows: !args.no_windows,
         address: args.address,
+        config_file: args.config.or_else(default_config_file),
+        watch_downloads: !args.no_watch_downloads,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
