@@ -6,9 +6,9 @@
 # First the project's own KVM VMM probes this host, boots a test guest and
 # races QEMU on it. Then the guest image is built (cached), the shipped
 # example policy explains its decision for a sample 3-page PDF, and
-# `vitrine open` renders the PDF in a fresh VM (QEMU backend): only PNG
-# pages come back. With $DISPLAY set and an image viewer installed, the
-# first page is shown.
+# `vitrine open` asks vitrined (started by D-Bus activation on a private
+# bus) to render it in a fresh VM: only its pixels come back, in a viewer
+# window where $DISPLAY is set, else as PNG pages.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,7 +18,9 @@ die() { printf '[demo] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=../shim/image/lib/apt.sh
 source "$REPO/shim/image/lib/apt.sh"
 
-ensure_packages binutils qemu-system-x86
+# dbus: the private session bus the demo starts vitrined on; the X
+# libraries are what the viewer window loads at run time.
+ensure_packages binutils qemu-system-x86 dbus libxkbcommon-x11-0 libx11-xcb1 libxcursor1 libxrandr2 libxi6
 command -v cargo >/dev/null ||
   die "cargo is not installed: install a Rust toolchain >= 1.85 (rustup) and run again"
 target=${CARGO_TARGET_DIR:-$REPO/target}
@@ -41,8 +43,8 @@ VITRINE_IMAGE_DIR=$("$REPO/shim/image/build.sh" | tail -n 1)
 export VITRINE_IMAGE_DIR
 say "guest image: $VITRINE_IMAGE_DIR"
 
-say "building vitrine and vitrine-policy (release)"
-cargo build --quiet --release --locked -p vitrine-daemon --bin vitrine
+say "building vitrined, vitrine, vitrine-viewer and vitrine-policy (release)"
+cargo build --quiet --release --locked -p vitrine-daemon --bin vitrined --bin vitrine --bin vitrine-viewer
 cargo build --quiet --release --locked -p vitrine-policy --bin vitrine-policy
 policy=$REPO/policy/examples/policy.d
 sample=$REPO/shim/fixtures/three-pages.pdf
@@ -51,24 +53,28 @@ pages=$target/demo-pages
 say "vitrine-policy explain: what the example policy decides for $(basename "$sample"), and why"
 "$target/release/vitrine-policy" --dir "$policy" explain --action open-file --file "$sample"
 
-say "vitrine open: the policy decides, a fresh VM renders the PDF, only PNG pages come back"
+# A private session bus for the demo, on which `vitrine` starts vitrined by
+# D-Bus activation, as a desktop session would.
+bus_dir=$(mktemp -d)
+trap 'rm -rf "$bus_dir"' EXIT
+mkdir -p "$bus_dir/share/dbus-1/services"
+cat >"$bus_dir/share/dbus-1/services/org.vitrine.Sandbox1.service" <<EOF
+[D-BUS Service]
+Name=org.vitrine.Sandbox1
+Exec=$target/release/vitrined --policy-dir $policy --no-watch-downloads
+EOF
+on_private_bus() { XDG_DATA_DIRS=$bus_dir/share:/usr/share dbus-run-session -- "$@"; }
+
+if [[ -n ${DISPLAY:-} ]]; then
+  say "vitrine open: over D-Bus, vitrined asks the policy, a fresh VM renders the PDF, and only its pixels come back, in a window (close it to finish)"
+  on_private_bus "$target/release/vitrine" open --wait "$sample"
+  exit 0
+fi
+say "vitrine open --png: no \$DISPLAY, so the pixels come back as PNG pages (vitrined over D-Bus, a fresh VM per file)"
 mkdir -p "$pages"
 rm -f "$pages"/page-*.png
-"$target/release/vitrine" open --policy-dir "$policy" --png "$pages" "$sample"
+on_private_bus "$target/release/vitrine" open --png "$pages" "$sample"
 
 first=$pages/page-1.png
 [[ -f $first ]] || die "vitrine open wrote no $first"
-say "the pages of $(basename "$sample"), as pixels: $pages/page-*.png"
-if [[ -z ${DISPLAY:-} ]]; then
-  say "no \$DISPLAY: open $first with any image viewer"
-  exit 0
-fi
-for viewer in eog feh ristretto gpicview display xdg-open; do
-  if command -v "$viewer" >/dev/null; then
-    say "showing page 1 with $viewer"
-    "$viewer" "$first" >/dev/null 2>&1 &
-    disown
-    exit 0
-  fi
-done
-say "no image viewer found (eog, feh, ristretto, gpicview, display, xdg-open): open $first yourself"
+say "the pages of $(basename "$sample"), as pixels: $(ls "$pages"/page-*.png | tr '\n' ' ')"
