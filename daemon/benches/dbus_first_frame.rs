@@ -9,9 +9,8 @@
 //! - VM start to Ready: the backend's boot (fresh QEMU TCG guest);
 //! - transfer: the task and its input into the guest;
 //! - render: task sent to the first frame, less the transfer;
-//! - to viewer: first frame received to first frame written to the viewer
-//!   (the viewer's wire has no paint acknowledgement, so "on screen" is
-//!   the frame handed to the viewer process);
+//! - to viewer: first frame received to the viewer's acknowledgement that
+//!   it presented it (the viewer reports each redraw that drew new frames);
 //! - other: the rest (starting the viewer window, bookkeeping);
 //! - total: the call to that moment.
 //!
@@ -169,7 +168,7 @@ fn print_table(rows: &[Row], runs: usize) {
         ("VM start -> Ready (QEMU TCG boot)", |r| r.boot),
         ("transfer (task + input into guest)", |r| r.transfer),
         ("render (in guest, to first frame)", |r| r.render),
-        ("to viewer (frame -> viewer socket)", |r| r.to_viewer),
+        ("to viewer (frame -> viewer presented it)", |r| r.to_viewer),
         ("other (viewer start, bookkeeping)", |r| {
             r.total - r.policy - r.boot - r.transfer - r.render - r.to_viewer
         }),

@@ -271,7 +271,11 @@ impl Worker<'_> {
         self.emit(TaskEvent::Detail(key, value.into()));
     }
     fn timing(&self, key: &'static str) {
-        let us = u64::try_from(self.called.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.timing_at(key, Instant::now());
+    }
+    fn timing_at(&self, key: &'static str, at: Instant) {
+        let since = at.saturating_duration_since(self.called);
+        let us = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
         self.emit(TaskEvent::Timing(key, us));
     }
 }
@@ -517,8 +521,10 @@ impl Worker<'_> {
             pixels: ring::digest::Context::new(&ring::digest::SHA256),
             pixel_bytes: 0,
             first_frame: false,
+            shown_noted: false,
         };
         let result = run_task_observed(&mut channel, 1, &input, deadline, &mut observer);
+        observer.await_first_shown(FIRST_SHOWN_WAIT);
         let (pixels, pixel_bytes) = (observer.pixels.finish(), observer.pixel_bytes);
         self.receipt.outputs.push(ReceiptOutput {
             what: "pixels".into(),
@@ -763,6 +769,37 @@ impl Worker<'_> {
     }
 }
 
+/// How long a finished task waits for the viewer's acknowledgement of its
+/// first frame (a paint takes milliseconds).
+const FIRST_SHOWN_WAIT: Duration = Duration::from_secs(1);
+
+impl Streamer<'_, '_> {
+    /// After the run: gives the viewer up to `limit` to acknowledge the
+    /// first frame, if one was sent and not yet acknowledged.
+    fn await_first_shown(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.first_frame && !self.shown_noted && self.viewer.is_some() {
+            self.note_first_shown();
+            if self.shown_noted || Instant::now() >= until {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Records when the viewer first reported a frame on screen (its paint
+    /// acknowledgement), once.
+    fn note_first_shown(&mut self) {
+        if self.shown_noted {
+            return;
+        }
+        if let Some(at) = self.viewer.as_deref().and_then(ViewerLink::first_presented) {
+            self.worker.timing_at("first-frame-shown", at);
+            self.shown_noted = true;
+        }
+    }
+}
+
 /// Streams each checked frame to the viewer as it arrives, hashes the pixel
 /// stream for the receipt, and carries the viewer's input back.
 struct Streamer<'w, 'c> {
@@ -771,6 +808,8 @@ struct Streamer<'w, 'c> {
     pixels: ring::digest::Context,
     pixel_bytes: u64,
     first_frame: bool,
+    /// "first-frame-shown" was recorded.
+    shown_noted: bool,
 }
 
 impl TaskObserver for Streamer<'_, '_> {
@@ -785,8 +824,9 @@ impl TaskObserver for Streamer<'_, '_> {
                 log::warn!("task {}: viewer: {}", self.worker.id, chain(&e));
                 self.viewer = None;
             } else if !self.first_frame {
-                self.worker.timing("first-frame-shown");
+                self.worker.timing("first-frame-sent");
             }
+            self.note_first_shown();
         }
         self.first_frame = true;
     }
