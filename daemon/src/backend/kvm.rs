@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -30,6 +30,7 @@ use vitrine_microvm::status::{GuestReport, MAX_REPORT_BYTES};
 use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
+use super::process::VmProcess;
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Backend, GuestVm, VmConfig, VmExit};
 use crate::vmm_jail::{self, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
@@ -377,7 +378,7 @@ impl Backend for KvmBackend {
                 .map_err(KvmError::PrivateDir)?;
         }
         let mut vm = KvmVm {
-            child,
+            process: VmProcess::new(child, "vitrine-vmm"),
             dir,
             channel: None,
             ready: Ready {
@@ -385,7 +386,6 @@ impl Backend for KvmBackend {
                 capabilities: Vec::new(),
             },
             boot_time: Duration::ZERO,
-            exit: None,
             report,
             jail,
         };
@@ -423,12 +423,11 @@ impl Backend for KvmBackend {
 /// VMM and removes its private directory.
 #[derive(Debug)]
 pub struct KvmVm {
-    child: Child,
+    process: VmProcess,
     dir: tempfile::TempDir,
     channel: Option<GuestChannel>,
     ready: Ready,
     boot_time: Duration,
-    exit: Option<ExitStatus>,
     report: ReportSlot,
     jail: Option<VmJail>,
 }
@@ -446,7 +445,7 @@ struct VmJail {
 impl KvmVm {
     /// Process id of the VMM.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The VMM's report of the guest's result, once it has ended.
@@ -455,13 +454,11 @@ impl KvmVm {
     }
 
     fn poll_exit(&mut self) -> Result<Option<ExitStatus>, KvmError> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().map_err(KvmError::Wait)?;
-            if let Some(status) = self.exit {
-                self.ended(status);
-            }
+        let exit = self.process.poll_exit().map_err(KvmError::Wait)?;
+        if let Some(status) = exit {
+            self.ended(status);
         }
-        Ok(self.exit)
+        Ok(exit)
     }
 
     /// Once, when the VMM has ended: asks its jail which wall, if any,
@@ -568,32 +565,17 @@ impl GuestVm for KvmVm {
     }
 
     fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, KvmError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.poll_exit()? {
-                return Ok(VmExit::Exited(status));
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Ok(VmExit::Killed);
-            }
-            thread::sleep(POLL);
+        let exit = self.process.wait_or_kill(limit).map_err(KvmError::Wait)?;
+        if let Some(status) = self.process.exit() {
+            self.ended(status);
         }
+        Ok(exit)
     }
 
     fn kill(&mut self) {
-        if matches!(self.poll_exit(), Ok(Some(_))) {
-            return;
-        }
-        if let Err(e) = self.child.kill() {
-            log::warn!("cannot kill vitrine-vmm pid {}: {e}", self.child.id());
-        }
-        match self.child.wait() {
-            Ok(status) => {
-                self.exit = Some(status);
-                self.ended(status);
-            }
-            Err(e) => log::warn!("cannot reap vitrine-vmm pid {}: {e}", self.child.id()),
+        self.process.kill();
+        if let Some(status) = self.process.exit() {
+            self.ended(status);
         }
     }
 
@@ -665,7 +647,9 @@ mod tests {
 
     #[test]
     fn start_with_a_missing_binary_names_it() {
+        // Unjailed: the jail would first refuse the made-up image paths.
         let err = KvmBackend::with_binary("/nonexistent/vitrine-vmm")
+            .without_jail()
             .start(&config())
             .unwrap_err();
 

@@ -10,6 +10,7 @@
 pub mod channel;
 pub mod image;
 pub mod kvm;
+pub mod process;
 pub mod qemu;
 pub mod select;
 mod startup;

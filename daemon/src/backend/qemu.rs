@@ -12,13 +12,14 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
+use super::process::VmProcess;
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Accel, Backend, GuestVm, VmConfig, VmExit};
 
@@ -245,7 +246,7 @@ impl Backend for QemuBackend {
             dir.path().display()
         );
         let mut vm = QemuVm {
-            child,
+            process: VmProcess::new(child, "qemu"),
             dir,
             channel: None,
             ready: Ready {
@@ -253,7 +254,6 @@ impl Backend for QemuBackend {
                 capabilities: Vec::new(),
             },
             boot_time: Duration::ZERO,
-            exit: None,
         };
         let deadline = started + config.ready_timeout;
         let stream = vm.connect(&socket, deadline, config.ready_timeout)?;
@@ -269,18 +269,17 @@ impl Backend for QemuBackend {
 /// removes its private directory.
 #[derive(Debug)]
 pub struct QemuVm {
-    child: Child,
+    process: VmProcess,
     dir: tempfile::TempDir,
     channel: Option<GuestChannel>,
     ready: Ready,
     boot_time: Duration,
-    exit: Option<ExitStatus>,
 }
 
 impl QemuVm {
     /// Process id of QEMU (to check from outside that it is gone).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The VM's private directory (socket, serial log, QEMU log).
@@ -290,10 +289,7 @@ impl QemuVm {
 
     /// QEMU's exit status, if it has exited.
     fn poll_exit(&mut self) -> Result<Option<ExitStatus>, QemuError> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().map_err(QemuError::Wait)?;
-        }
-        Ok(self.exit)
+        self.process.poll_exit().map_err(QemuError::Wait)
     }
 
     fn connect(
@@ -395,30 +391,11 @@ impl GuestVm for QemuVm {
     }
 
     fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, QemuError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.poll_exit()? {
-                return Ok(VmExit::Exited(status));
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Ok(VmExit::Killed);
-            }
-            thread::sleep(POLL);
-        }
+        self.process.wait_or_kill(limit).map_err(QemuError::Wait)
     }
 
     fn kill(&mut self) {
-        if matches!(self.poll_exit(), Ok(Some(_))) {
-            return;
-        }
-        if let Err(e) = self.child.kill() {
-            log::warn!("cannot kill qemu pid {}: {e}", self.child.id());
-        }
-        match self.child.wait() {
-            Ok(status) => self.exit = Some(status),
-            Err(e) => log::warn!("cannot reap qemu pid {}: {e}", self.child.id()),
-        }
+        self.process.kill();
     }
 
     fn serial_log(&self) -> String {

@@ -12,12 +12,13 @@
 use std::ffi::OsString;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{GuestMessage, Ready};
 
+use crate::backend::process::VmProcess;
 use crate::backend::{Backend, ChannelError, GuestChannel, GuestVm, VmConfig, VmExit};
 
 /// A VM could not be started or driven.
@@ -136,7 +137,7 @@ pub struct LocalProcessBackend {
 /// A local guest process.
 #[derive(Debug)]
 pub struct LocalProcessVm {
-    child: Child,
+    process: VmProcess,
     channel: Option<GuestChannel>,
     ready: Ready,
     boot_time: Duration,
@@ -199,7 +200,7 @@ impl Backend for LocalProcessBackend {
             });
         match ready {
             Ok((channel, ready)) => Ok(LocalProcessVm {
-                child,
+                process: VmProcess::new(child, "local guest"),
                 channel: Some(channel),
                 ready,
                 boot_time: started.elapsed(),
@@ -227,23 +228,12 @@ impl GuestVm for LocalProcessVm {
         self.channel.take().ok_or(VmSeamError::ChannelTaken)
     }
     fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, VmSeamError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Ok(VmExit::Exited(status));
-            }
-            if Instant::now() >= deadline {
-                GuestVm::kill(self);
-                return Ok(VmExit::Killed);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.process
+            .wait_or_kill(limit)
+            .map_err(VmSeamError::Socket)
     }
     fn kill(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
+        self.process.kill();
     }
     fn serial_log(&self) -> String {
         String::new()
