@@ -30,7 +30,7 @@ fn sandboxed_link_ends_with_a_clear_verdict_and_a_dangerous_one_is_denied() {
     let started = Instant::now();
     let web = bus.vitrine(&["url".as_ref(), "https://example.org/report".as_ref()]);
     let web_took = started.elapsed();
-    let file = bus.vitrine(&["url".as_ref(), "file:///etc/passwd".as_ref()]);
+    let file = bus.vitrine(&["url".as_ref(), "javascript:alert(1)".as_ref()]);
     let ps = bus.vitrine(&["ps".as_ref()]);
     let cancel = bus.vitrine(&["cancel".as_ref(), "1".as_ref()]);
 

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
 /// other scheme.
 fn local_path(url: &str) -> Result<Option<PathBuf>> {
     let Some(rest) = url.strip_prefix("file://") else {
-        return Ok((!url.contains("://")).then(|| PathBuf::from(url)));
+        return Ok((!has_scheme(url)).then(|| PathBuf::from(url)));
     };
     let path = match rest.strip_prefix("localhost") {
         Some(p) => p,
@@ -172,6 +172,17 @@ fn local_path(url: &str) -> Result<Option<PathBuf>> {
         }
     }
     Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(bytes))))
+}
+
+/// Whether `text` starts with a URI scheme (`https:`, `javascript:`, ...):
+/// a letter, then letters, digits, `+`, `-` or `.`, then `:`.
+fn has_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
 }
 
 /// Text on one line of terminal output: control characters shown as U+FFFD.
@@ -591,6 +602,9 @@ mod tests {
             ("file://localhost/tmp/x.pdf", Some("/tmp/x.pdf")),
             ("/tmp/plain.pdf", Some("/tmp/plain.pdf")),
             ("https://example.org/a.pdf", None),
+            ("javascript:alert(1)", None),
+            ("data:text/html,hi", None),
+            ("./odd:name.pdf", Some("./odd:name.pdf")),
         ];
         for (url, want) in cases {
             assert_eq!(local_path(url).unwrap(), want.map(PathBuf::from), "{url}");
