@@ -464,9 +464,9 @@ impl KvmVm {
     /// Once, when the VMM has ended: asks its jail which wall, if any,
     /// stopped it, and removes its cgroup.
     fn ended(&mut self, status: ExitStatus) {
-        let stderr = file_text(&self.dir.path().join(VMM_LOG));
+        let log = self.dir.path().join(VMM_LOG);
         if let Some(jail) = self.jail.as_mut().filter(|j| j.ending.is_none()) {
-            let wall = match jail.prepared.ending(status, &stderr, None) {
+            let wall = match jail.prepared.ending(status, &file_text(&log), None) {
                 Ok(ending) => vmm_jail::exit_code(ending).err().map(|e| e.to_string()),
                 Err(e) => Some(format!("cannot read how the jailed VMM ended: {e}")),
             };
