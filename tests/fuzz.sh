@@ -51,6 +51,15 @@ if [ "${FUZZ_ASAN:-1}" = 1 ]; then
 fi
 export RUSTFLAGS
 
+# A new toolchain, lock file, profile or flag set rebuilds every crate beside
+# the old builds, which would then stay forever: start such a build afresh.
+build_key=$({ rustc -vV; cat "$FUZZ/Cargo.lock" "$FUZZ/Cargo.toml"; echo "$RUSTFLAGS"; } | sha256sum | cut -c1-16)
+if [ -d "$CARGO_TARGET_DIR" ] && [ "$(cat "$CARGO_TARGET_DIR/vitrine-build-key" 2>/dev/null)" != "$build_key" ]; then
+    echo "fuzz: toolchain, lock file or flags changed: clearing $CARGO_TARGET_DIR"
+    rm -rf "$CARGO_TARGET_DIR"
+fi
+mkdir -p "$CARGO_TARGET_DIR" && echo "$build_key" >"$CARGO_TARGET_DIR/vitrine-build-key"
+
 build_start=$(date +%s)
 echo "fuzz: building ${#TARGETS[@]} target(s) (target dir $CARGO_TARGET_DIR)"
 bins=()
@@ -60,6 +69,32 @@ if ! cargo build --manifest-path "$FUZZ/Cargo.toml" --release --target "$TRIPLE"
     exit 2
 fi
 echo "fuzz: build took $(($(date +%s) - build_start)) s"
+
+# Cargo never deletes the old build of a crate whose source changed, so in a
+# cache kept across commits every commit would leave behind another ASan
+# build of our crates and of each target binary. Keep only the newest build
+# of those; third-party crates change only with Cargo.lock and are kept.
+prune_stale_builds() {
+    local deps=$CARGO_TARGET_DIR/$TRIPLE/release/deps stem newest hash f freed=0
+    [ -d "$deps" ] || return 0
+    local stems=("${ALL_TARGETS[@]}")
+    while IFS= read -r stem; do stems+=("$stem"); done < <(
+        find "$deps" -maxdepth 1 -name 'vitrine_*-*.d' -printf '%f\n' | sed -E 's/-[0-9a-f]{16}\.d$//' | sort -u)
+    for stem in "${stems[@]}"; do
+        newest=$(ls -t "$deps/$stem"-* "$deps/lib$stem"-* 2>/dev/null | head -n 1) || true
+        [ -n "$newest" ] || continue
+        hash=$(basename "$newest" | sed -nE 's/.*-([0-9a-f]{16})(\..*)?$/\1/p')
+        [ -n "$hash" ] || continue
+        for f in "$deps/$stem"-* "$deps/lib$stem"-*; do
+            [ -e "$f" ] || continue
+            case $(basename "$f") in *"-$hash" | *"-$hash".*) continue ;; esac
+            freed=$((freed + $(stat -c %s "$f")))
+            rm -f "$f"
+        done
+    done
+    [ "$freed" -eq 0 ] || echo "fuzz: removed $((freed / 1048576)) MiB of stale builds of our own crates"
+}
+prune_stale_builds
 [ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 
 status=0

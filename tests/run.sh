@@ -17,6 +17,29 @@ die() { printf '[test] error: %s\n' "$*" >&2; exit 1; }
 source "$REPO/shim/image/lib/apt.sh"
 
 started=$SECONDS
+
+# A full disk shows up late and obscurely (as a linker error), so say up
+# front when space is short, and say it again if anything fails.
+CACHE_ROOT=${XDG_CACHE_HOME:-$HOME/.cache}/vitrine
+NEEDED_GIB=8
+free_gib() { df -P -B1G "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+mkdir -p "$CACHE_ROOT"
+for dir in "${CARGO_TARGET_DIR:-$REPO/target}" "$CACHE_ROOT"; do
+  mkdir -p "$dir"
+  free=$(free_gib "$dir")
+  if [ "${free:-0}" -lt "$NEEDED_GIB" ]; then
+    say "warning: only ${free:-?} GiB free for $dir; a first run needs about $NEEDED_GIB GiB" \
+      "(build outputs and the kernel build). Free some space if the build fails."
+  fi
+done
+on_failure() {
+  local rc=$? dir free
+  for dir in "${CARGO_TARGET_DIR:-$REPO/target}" "$CACHE_ROOT"; do
+    free=$(free_gib "$dir")
+    [ "${free:-0}" -ge 1 ] || say "failed (exit $rc) with ${free:-?} GiB free for $dir: the disk is full"
+  done
+}
+trap on_failure ERR
 say "Debian packages"
 # binutils assembles the KVM test guests; squashfs-tools makes the root disk
 # of the kernel-mode driver test; the image's lists cover the guest build,
