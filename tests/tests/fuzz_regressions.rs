@@ -171,6 +171,15 @@ fn write_seed_corpus() {
             level: LogLevel::Warn,
             text: "hello".into(),
         },
+        GuestMessage::EgressOpen {
+            host: "example.org".into(),
+            port: 443,
+        },
+        GuestMessage::EgressSend {
+            data: vec![0x16, 3, 1, 0, 4],
+        },
+        GuestMessage::EgressRecv { max: 16384 },
+        GuestMessage::EgressClose,
     ];
     let host = [
         HostMessage::Task(Task {
@@ -194,6 +203,8 @@ fn write_seed_corpus() {
             id: 9,
             kind: TaskKind::OpenUri {
                 uri: "https://example.org/".into(),
+                now_unix_secs: 1_795_000_000,
+                extra_roots: vec![ByteBuf::from(vec![0x30, 0x82, 0, 1])],
             },
             limits: Limits::default(),
         }),
@@ -218,6 +229,11 @@ fn write_seed_corpus() {
         }),
         HostMessage::FetchExport { id: 0 },
         HostMessage::Shutdown,
+        HostMessage::Egress(EgressReply::Connected),
+        HostMessage::Egress(EgressReply::Data(vec![0x17, 3, 3, 0, 1, 9])),
+        HostMessage::Egress(EgressReply::Data(Vec::new())),
+        HostMessage::Egress(EgressReply::Refused("example.net:80 is not allowed".into())),
+        HostMessage::Egress(EgressReply::Failed("connection refused".into())),
     ];
     let dir = corpus.join("protocol_decode");
     std::fs::create_dir_all(&dir).unwrap();

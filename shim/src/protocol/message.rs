@@ -5,9 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     MAX_ARGS, MAX_ARG_BYTES, MAX_CAPABILITIES, MAX_CHUNK_BYTES, MAX_DIM, MAX_EXPORTS,
-    MAX_EXPORT_BYTES, MAX_FRAME_PIXEL_BYTES, MAX_MIME_BYTES, MAX_NAME_BYTES, MAX_PAGES,
-    MAX_TASK_INPUT, MAX_TASK_PIXEL_BYTES, MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES,
-    MAX_VERSION_BYTES,
+    MAX_EXPORT_BYTES, MAX_EXTRA_ROOTS, MAX_FRAME_PIXEL_BYTES, MAX_HOST_BYTES, MAX_MIME_BYTES,
+    MAX_NAME_BYTES, MAX_PAGES, MAX_ROOT_BYTES, MAX_TASK_INPUT, MAX_TASK_PIXEL_BYTES,
+    MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES, MAX_VERSION_BYTES,
 };
 
 /// A decoded message broke one of the protocol's caps.
@@ -132,6 +132,29 @@ pub enum GuestMessage {
         /// Text.
         text: String,
     },
+    /// Open a TCP connection through the host's egress tunnel, replacing any
+    /// open one. The host answers with `Egress(Connected)` or a refusal.
+    EgressOpen {
+        /// DNS name or IP literal, as in the link.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// Bytes for the open connection (TLS records: TLS ends in the guest).
+    /// No answer; a failed write shows at the next `EgressRecv`.
+    EgressSend {
+        /// Bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Asks for at most `max` bytes from the connection; the host answers
+    /// with `Egress(Data)` (empty at the end of the stream) or `Failed`.
+    EgressRecv {
+        /// Most bytes wanted.
+        max: u32,
+    },
+    /// Closes the open connection. No answer.
+    EgressClose,
 }
 
 /// First message of the guest.
@@ -271,6 +294,21 @@ pub enum HostMessage {
     },
     /// Stop: the guest powers off.
     Shutdown,
+    /// The answer to `EgressOpen` or `EgressRecv`.
+    Egress(EgressReply),
+}
+
+/// The host's answer on the egress tunnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EgressReply {
+    /// The connection is open.
+    Connected,
+    /// Bytes from the connection; empty at its end.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The policy does not allow the connection; nothing was sent.
+    Refused(String),
+    /// The connection could not be made, or broke.
+    Failed(String),
 }
 
 /// A task header.
@@ -310,6 +348,13 @@ pub enum TaskKind {
     OpenUri {
         /// The URI.
         uri: String,
+        /// The host's clock, seconds since 1970, for certificate validity
+        /// (the guest has no clock of its own worth trusting).
+        now_unix_secs: u64,
+        /// DER certificates the guest trusts beside its built-in web roots
+        /// (an organisation's own CA).
+        #[serde(default)]
+        extra_roots: Vec<serde_bytes::ByteBuf>,
     },
     /// An untrusted program, run on a pty.
     RunProgram {
@@ -565,6 +610,34 @@ impl WireMessage for GuestMessage {
                 TaskStatus::Ok | TaskStatus::TimedOut => Ok(()),
             },
             GuestMessage::Log { text, .. } => check_len("log", text.len(), MAX_TEXT_BYTES),
+            GuestMessage::EgressOpen { host, port } => {
+                check_len("egress host", host.len(), MAX_HOST_BYTES)?;
+                if host.is_empty() {
+                    return Err(MessageError::BadName(host.clone()));
+                }
+                if *port == 0 {
+                    return Err(MessageError::Zero {
+                        field: "egress port",
+                    });
+                }
+                Ok(())
+            }
+            GuestMessage::EgressSend { data } => {
+                check_len("egress data", data.len(), MAX_CHUNK_BYTES)
+            }
+            GuestMessage::EgressRecv { max } => {
+                if *max == 0 {
+                    return Err(MessageError::Zero {
+                        field: "egress max",
+                    });
+                }
+                check_range(
+                    "egress max",
+                    (*max).into(),
+                    u64::try_from(MAX_CHUNK_BYTES).unwrap_or(u64::MAX),
+                )
+            }
+            GuestMessage::EgressClose => Ok(()),
         }
     }
 }
@@ -586,7 +659,16 @@ impl WireMessage for HostMessage {
                         }
                         check_range("input size", *size, MAX_TASK_INPUT)
                     }
-                    TaskKind::OpenUri { uri } => check_len("uri", uri.len(), MAX_URI_BYTES),
+                    TaskKind::OpenUri {
+                        uri, extra_roots, ..
+                    } => {
+                        check_len("uri", uri.len(), MAX_URI_BYTES)?;
+                        check_len("extra_roots", extra_roots.len(), MAX_EXTRA_ROOTS)?;
+                        for root in extra_roots {
+                            check_len("extra root", root.len(), MAX_ROOT_BYTES)?;
+                        }
+                        Ok(())
+                    }
                     TaskKind::RunProgram { size, args } => {
                         check_range("input size", *size, MAX_TASK_INPUT)?;
                         if *size == 0 {
@@ -625,6 +707,13 @@ impl WireMessage for HostMessage {
                 check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())
             }
             HostMessage::Shutdown => Ok(()),
+            HostMessage::Egress(reply) => match reply {
+                EgressReply::Connected => Ok(()),
+                EgressReply::Data(data) => check_len("egress data", data.len(), MAX_CHUNK_BYTES),
+                EgressReply::Refused(reason) | EgressReply::Failed(reason) => {
+                    check_len("reason", reason.len(), MAX_TEXT_BYTES)
+                }
+            },
         }
     }
 }

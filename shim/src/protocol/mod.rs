@@ -26,10 +26,12 @@ pub use budget::{BudgetError, PixelBudget};
 pub use codec::{decode_payload, encode_frame, encode_payload, CodecError};
 pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
-    Capability, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, Key, KeyEvent,
-    Limits, LogLevel, MessageError, Modifiers, PixelFormat, Ready, Rect, Task, TaskId, TaskKind,
-    TaskStatus, WireMessage,
+    Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
+    Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers, PixelFormat, Ready, Rect, Task,
+    TaskId, TaskKind, TaskStatus, WireMessage,
 };
+/// The byte-string type of `TaskKind::OpenUri::extra_roots`.
+pub use serde_bytes::ByteBuf;
 
 /// Checks that `name` is a plain file name (no path, not `.`/`..`, no NUL)
 /// of at most `MAX_NAME_BYTES`.
@@ -74,6 +76,12 @@ pub const MAX_MIME_BYTES: usize = 127;
 pub const MAX_URI_BYTES: usize = 8192;
 /// Most program arguments.
 pub const MAX_ARGS: usize = 64;
+/// Longest egress host name (a DNS name is at most 253 bytes).
+pub const MAX_HOST_BYTES: usize = 253;
+/// Most extra trust roots in an `OpenUri` task.
+pub const MAX_EXTRA_ROOTS: usize = 16;
+/// Largest extra trust root, DER.
+pub const MAX_ROOT_BYTES: usize = 16 * 1024;
 /// Longest program argument, in bytes.
 pub const MAX_ARG_BYTES: usize = 4096;
 /// Longest log line or typed text, in bytes.

@@ -64,6 +64,15 @@ fn all_guest_messages() -> Vec<GuestMessage> {
             level: LogLevel::Info,
             text: "hello".into(),
         },
+        GuestMessage::EgressOpen {
+            host: "example.org".into(),
+            port: 443,
+        },
+        GuestMessage::EgressSend {
+            data: vec![0x16, 3, 1, 0, 4],
+        },
+        GuestMessage::EgressRecv { max: 16384 },
+        GuestMessage::EgressClose,
     ]
 }
 
@@ -82,6 +91,8 @@ fn all_host_messages() -> Vec<HostMessage> {
             id: 9,
             kind: TaskKind::OpenUri {
                 uri: "https://example.org/".into(),
+                now_unix_secs: 1_795_000_000,
+                extra_roots: vec![ByteBuf::from(vec![0x30, 0x82, 0, 1])],
             },
             limits: Limits::default(),
         }),
@@ -105,6 +116,11 @@ fn all_host_messages() -> Vec<HostMessage> {
         }),
         HostMessage::FetchExport { id: 0 },
         HostMessage::Shutdown,
+        HostMessage::Egress(EgressReply::Connected),
+        HostMessage::Egress(EgressReply::Data(vec![0x17, 3, 3, 0, 1, 9])),
+        HostMessage::Egress(EgressReply::Data(Vec::new())),
+        HostMessage::Egress(EgressReply::Refused("example.net:80 is not allowed".into())),
+        HostMessage::Egress(EgressReply::Failed("connection refused".into())),
     ]
 }
 
