@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod desktop;
 pub mod downloads_watch;
+pub mod egress;
 pub mod fresh_guest;
 pub mod image_cache;
 pub mod open_file;

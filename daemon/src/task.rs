@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
-    BudgetError, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, Limits, PixelBudget,
-    Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
+    Limits, PixelBudget, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES,
+    MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -103,6 +104,20 @@ pub trait TaskObserver {
     /// User input to send to the guest now (called after each message).
     fn input(&mut self) -> Vec<InputEvent> {
         Vec::new()
+    }
+    /// An egress message from the guest (`EgressOpen`, `EgressSend`,
+    /// `EgressRecv`, `EgressClose`); `Some` is the answer. By default the
+    /// guest has no network.
+    fn egress(&mut self, msg: &GuestMessage, _deadline: Instant) -> Option<EgressReply> {
+        match msg {
+            GuestMessage::EgressOpen { host, port } => Some(EgressReply::Refused(format!(
+                "{host}:{port}: this task has no egress tunnel"
+            ))),
+            GuestMessage::EgressRecv { .. } => {
+                Some(EgressReply::Failed("no connection is open".into()))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -195,6 +210,22 @@ impl TaskInput {
                 size: u64::try_from(data.len()).unwrap_or(u64::MAX),
             },
             data,
+            limits,
+        }
+    }
+
+    /// A link for the guest to fetch through its egress tunnel.
+    pub fn uri(uri: &str, extra_roots: Vec<Vec<u8>>, limits: Limits) -> Self {
+        let now_unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Self {
+            kind: TaskKind::OpenUri {
+                uri: uri.to_owned(),
+                now_unix_secs,
+                extra_roots: extra_roots.into_iter().map(ByteBuf::from).collect(),
+            },
+            data: Vec::new(),
             limits,
         }
     }
@@ -373,6 +404,19 @@ pub fn run_task_observed(
                 observer.export_offer(&offer);
                 seen.push(format!("ExportOffer({})", offer.id));
                 run.exports.push(offer);
+            }
+            GuestMessage::EgressOpen { .. }
+            | GuestMessage::EgressSend { .. }
+            | GuestMessage::EgressRecv { .. }
+            | GuestMessage::EgressClose => {
+                if let GuestMessage::EgressOpen { host, port } = &msg {
+                    seen.push(format!("EgressOpen({host}:{port})"));
+                }
+                if let Some(reply) = observer.egress(&msg, deadline) {
+                    channel
+                        .send(&HostMessage::Egress(reply))
+                        .map_err(|e| fail(e, &seen))?;
+                }
             }
             other => {
                 let text = format!("{other:?}");

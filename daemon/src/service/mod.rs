@@ -86,6 +86,28 @@ pub struct DaemonConfig {
     pub config_file: Option<PathBuf>,
     /// Mark new files in the watched download folders untrusted.
     pub watch_downloads: bool,
+    /// DER certificates that guests trust for links beside the web's own
+    /// roots (an organisation's CA); see [`load_egress_roots`].
+    pub egress_roots: Vec<Vec<u8>>,
+}
+
+/// Reads the PEM certificates in `path`, for [`DaemonConfig::egress_roots`].
+pub fn load_egress_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect();
+    let certs = certs.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: holds no PEM certificate", path.display()));
+    }
+    let most = vitrine_shim::protocol::MAX_EXTRA_ROOTS;
+    if certs.len() > most {
+        return Err(format!("{}: more than {most} certificates", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Prepares everything and serves until the bus connection ends.
@@ -168,6 +190,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         dirs,
         downloads_dirs: crate::open_file::default_downloads_dirs(),
         viewer,
+        egress_roots: config.egress_roots.clone(),
     });
     let _downloads = config.watch_downloads.then(watch_downloads);
     if let Some(admin) = remote_admin {

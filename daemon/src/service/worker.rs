@@ -15,13 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vitrine_policy::{AuditLog, PolicyHandle, Profile, Request, Verdict};
-use vitrine_shim::protocol::{ExportOffer, Frame, HostMessage, InputEvent, TaskStatus};
+use vitrine_shim::protocol::{
+    EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, TaskStatus,
+};
 
 use super::export_gate::{self, OfferCheck};
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
 use super::state_dirs::StateDirs;
 use super::vm_seam::{RunningVm, VmStarter};
 use crate::backend::{Accel, GuestChannel, GuestImage};
+use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
 use crate::pages;
@@ -222,6 +225,8 @@ pub struct WorkerContext {
     pub downloads_dirs: Vec<PathBuf>,
     /// The viewer binary, where a display exists; `None`: no windows.
     pub viewer: Option<PathBuf>,
+    /// DER certificates guests trust for links beside the web's roots.
+    pub egress_roots: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -347,12 +352,14 @@ impl Worker<'_> {
 
     /// Reads the input and asks the policy. `Err` is the final verdict.
     fn decide(&mut self, payload: Payload) -> Result<Prepared, String> {
+        let mut link = None;
         let (request, input) = match payload {
             Payload::Uri(uri) => {
                 self.receipt.input_sha256 = sha256_hex(uri.as_bytes());
                 self.detail("name", uri.clone());
                 let request = Request::open_uri(&uri)
                     .map_err(|e| format!("error: not a link the policy can judge: {e}"))?;
+                link = Some(uri);
                 (request, None)
             }
             Payload::File { file, name } => {
@@ -388,11 +395,18 @@ impl Worker<'_> {
         };
         let profile = self.judge(&request)?;
         match input {
-            None => Err(format!(
-                "failed: links need the host's egress tunnel, which this daemon does not have \
-                 yet; nothing was fetched (decision {})",
-                self.receipt.decision
-            )),
+            None => {
+                let Some(uri) = link else {
+                    return Err("error: a link task without its link".into());
+                };
+                self.detail("egress", format!("allowed: {}", profile.egress));
+                let limits = open_file::task_limits(&profile);
+                Ok(Prepared {
+                    input: TaskInput::uri(&uri, self.ctx.egress_roots.clone(), limits),
+                    name: "link".into(),
+                    profile,
+                })
+            }
             Some(subject) => {
                 let limits = open_file::task_limits(&profile);
                 Ok(Prepared {
@@ -516,6 +530,7 @@ impl Worker<'_> {
         let limit = Duration::from_millis(input.limits.time_limit_ms.into()) + DONE_MARGIN;
         let deadline = (Instant::now() + limit).min(started + profile.time_limit);
         let mut observer = Streamer {
+            egress: EgressTunnel::new(&profile.name, profile.egress.clone()),
             worker: self,
             viewer: viewer.as_mut(),
             pixels: ring::digest::Context::new(&ring::digest::SHA256),
@@ -810,6 +825,8 @@ struct Streamer<'w, 'c> {
     first_frame: bool,
     /// "first-frame-shown" was recorded.
     shown_noted: bool,
+    /// The guest's only network.
+    egress: EgressTunnel,
 }
 
 impl TaskObserver for Streamer<'_, '_> {
@@ -845,6 +862,22 @@ impl TaskObserver for Streamer<'_, '_> {
             return Vec::new();
         }
         link.poll_input()
+    }
+
+    fn egress(&mut self, msg: &GuestMessage, deadline: Instant) -> Option<EgressReply> {
+        let control = &self.worker.control;
+        let before = self.egress.records().len();
+        let reply = self.egress.handle(msg, deadline, &|| control.cancelled());
+        if self.egress.records().len() != before {
+            let list: Vec<String> = self
+                .egress
+                .records()
+                .iter()
+                .map(|r| format!("{} {}", r.target, r.outcome))
+                .collect();
+            self.worker.detail("connections", list.join("; "));
+        }
+        reply
     }
 }
 

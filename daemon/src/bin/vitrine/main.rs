@@ -72,6 +72,13 @@ enum Cmd {
     },
     /// Open a link safely.
     Url {
+        /// Write the pages as PNG files into OUTDIR (created if needed)
+        /// instead of showing a window.
+        #[arg(long = "png", value_name = "OUTDIR")]
+        png: Option<PathBuf>,
+        /// Stay until the viewer window is closed.
+        #[arg(long)]
+        wait: bool,
         /// The link.
         url: String,
     },
@@ -196,23 +203,14 @@ fn shown(path: &Path) -> String {
 
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Open { png, wait, file } => open(&file, png.as_deref(), wait).await,
-        Cmd::Url { url } => {
+        Cmd::Open { png, wait, file } => open(Target::file(&file)?, png.as_deref(), wait).await,
+        Cmd::Url { png, wait, url } => {
             // The desktop handler passes files as file:// URIs (one entry
             // serves files and links), and some callers pass plain paths.
-            if let Some(path) = local_path(&url)? {
-                return open(&path, None, false).await;
+            match local_path(&url)? {
+                Some(path) => open(Target::file(&path)?, png.as_deref(), wait).await,
+                None => open(Target::Link(&url), png.as_deref(), wait).await,
             }
-            let bus = Bus::connect().await?;
-            let task = bus
-                .start(
-                    "OpenUri",
-                    &(url.as_str(), HashMap::<&str, Value<'_>>::new()),
-                )
-                .await?;
-            let done = bus.wait(task).await?;
-            report(&done, &url);
-            Ok(exit_for(&done.verdict))
         }
         Cmd::Run {
             export_dir,
@@ -343,8 +341,21 @@ fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-async fn open(file_path: &Path, png: Option<&Path>, wait: bool) -> Result<ExitCode> {
-    let file = open_regular(file_path)?;
+/// What `open` shows: a file, opened here (so that a bad path fails before
+/// the bus is asked), or a link.
+#[derive(Debug)]
+enum Target<'a> {
+    File(&'a Path, std::fs::File),
+    Link(&'a str),
+}
+
+impl<'a> Target<'a> {
+    fn file(path: &'a Path) -> Result<Self> {
+        Ok(Target::File(path, open_regular(path)?))
+    }
+}
+
+async fn open(target: Target<'_>, png: Option<&Path>, wait: bool) -> Result<ExitCode> {
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
     let png_dir = match png {
         Some(dir) => Some(output_dir(dir)?),
@@ -363,10 +374,17 @@ async fn open(file_path: &Path, png: Option<&Path>, wait: bool) -> Result<ExitCo
         options.insert("png-dir", Value::from(dir.to_string_lossy().into_owned()));
         options.insert("viewer", Value::from(false));
     }
-    let name = file_path.to_string_lossy().into_owned();
-    let fd = zbus::zvariant::Fd::from(&file);
-    let task = bus.start("OpenFile", &(fd, name.as_str(), options)).await?;
-    drop(file);
+    let (task, name) = match target {
+        Target::File(path, file) => {
+            let name = path.to_string_lossy().into_owned();
+            let fd = zbus::zvariant::Fd::from(&file);
+            (
+                bus.start("OpenFile", &(fd, name.as_str(), options)).await?,
+                name,
+            )
+        }
+        Target::Link(url) => (bus.start("OpenUri", &(url, options)).await?, url.to_owned()),
+    };
     let done = bus.wait(task).await?;
     report(&done, &name);
     if let Some(dir) = png_dir.filter(|_| done.verdict.starts_with("clean")) {
@@ -445,6 +463,12 @@ fn report(done: &Finished, name: &str) {
     }
     if done.details.contains_key("profile") {
         println!("profile   {}", d("profile"));
+    }
+    if done.details.contains_key("egress") {
+        println!("egress    {}", d("egress"));
+    }
+    if done.details.contains_key("connections") {
+        println!("network   {}", d("connections"));
     }
     if let Some(boot) = done.details.get("boot-ms") {
         println!(

@@ -51,6 +51,10 @@ struct Args {
     /// else ~/Downloads) untrusted.
     #[arg(long)]
     no_watch_downloads: bool,
+    /// PEM certificates that guests trust for links, beside the web's own
+    /// roots (an organisation's CA).
+    #[arg(long, value_name = "FILE", env = "VITRINE_EGRESS_CA")]
+    egress_ca: Option<PathBuf>,
 }
 
 /// `$XDG_CONFIG_HOME/vitrine/vitrined.toml` (or under ~/.config), if it exists.
@@ -77,6 +81,14 @@ enum AccelArg {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let egress_roots = match args.egress_ca.as_deref().map(service::load_egress_roots) {
+        None => Vec::new(),
+        Some(Ok(roots)) => roots,
+        Some(Err(why)) => {
+            eprintln!("vitrined: --egress-ca: {why}");
+            return ExitCode::from(2);
+        }
+    };
     let config = DaemonConfig {
         policy_dir: args.policy_dir,
         image_dir: args.image_dir,
@@ -93,6 +105,7 @@ fn main() -> ExitCode {
         address: args.address,
         config_file: args.config.or_else(default_config_file),
         watch_downloads: !args.no_watch_downloads,
+        egress_roots,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
