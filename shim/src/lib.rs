@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod export;
+pub mod fetch;
 pub mod init;
 pub mod protocol;
 pub mod raster;
