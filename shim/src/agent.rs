@@ -12,9 +12,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
 use crate::export::{Exports, CHUNK};
+use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
 use crate::protocol::{
-    Capability, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage, InputEvent,
-    Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind, TaskStatus, MAX_TEXT_BYTES,
+    Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage,
+    InputEvent, Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind, TaskStatus,
+    MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
 };
 use crate::raster::Raster;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
@@ -195,6 +197,24 @@ impl Agent {
         }
     }
 
+    /// Like `next_host`, but gives up at `deadline`.
+    fn next_host_until(&mut self, deadline: Instant) -> Result<Waited, AgentError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(Event::Host(msg)) => {
+                    return Ok(match msg? {
+                        Some(msg) => Waited::Message(msg),
+                        None => Waited::Closed,
+                    })
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return Ok(Waited::TimedOut),
+                Err(RecvTimeoutError::Disconnected) => return Ok(Waited::Closed),
+            }
+        }
+    }
+
     fn run(&mut self) -> Result<(), AgentError> {
         let mut capabilities = vec![
             Capability::Image,
@@ -335,33 +355,36 @@ impl Agent {
         view: &mut View,
     ) -> Result<(), Stop> {
         match &task.kind {
-            TaskKind::OpenUri { .. } => Err(failed(
-                "OpenUri needs the host egress tunnel, which this guest does not have",
-            )),
+            TaskKind::OpenUri {
+                uri,
+                now_unix_secs,
+                extra_roots,
+            } => {
+                let roots = extra_roots.iter().map(|r| r.to_vec()).collect();
+                let trust = Trust::new(*now_unix_secs, roots);
+                let fetched = self.fetch_uri(uri, &trust, deadline)?;
+                // The body replaces the (empty) input file, then renders as a file would.
+                std::fs::write(input, &fetched.body).map_err(failed)?;
+                let name = Url::parse(&fetched.final_uri)
+                    .ok()
+                    .and_then(|u| u.file_name())
+                    .unwrap_or_else(|| "index.html".into());
+                let doc = FileDoc {
+                    input,
+                    name: &name,
+                    mime_hint: fetched.content_type.as_deref(),
+                };
+                self.render_file(task, &doc, work, deadline, budget, view)
+            }
             TaskKind::OpenFile {
                 name, mime_hint, ..
             } => {
-                let mut head = [0u8; 1024];
-                let n = File::open(input)
-                    .and_then(|mut f| f.read(&mut head))
-                    .map_err(failed)?;
-                let kind = DocKind::detect(&head[..n], name, mime_hint.as_deref());
-                self.log(
-                    LogLevel::Info,
-                    format!("rendering {} as {}", name, kind.as_str()),
-                )?;
-                let mut doc = Document {
-                    kind,
-                    input: input.to_path_buf(),
-                    out_dir: work.join("out"),
-                    pages: Vec::new(),
-                    width: task.limits.max_width.min(900),
-                    height: task.limits.max_height.min(1100),
-                    renders: 0,
+                let doc = FileDoc {
+                    input,
+                    name,
+                    mime_hint: mime_hint.as_deref(),
                 };
-                let result = self.render_document(&mut doc, task, deadline, budget);
-                *view = View::Document(doc);
-                result
+                self.render_file(task, &doc, work, deadline, budget, view)
             }
             TaskKind::RunProgram { args, .. } => {
                 let result = self.run_program(task, input, args, work, deadline, budget, view);
@@ -377,6 +400,70 @@ impl Agent {
                 result
             }
         }
+    }
+
+    /// Fetches `uri` through the host's egress tunnel before `deadline`.
+    fn fetch_uri(&mut self, uri: &str, trust: &Trust, deadline: Instant) -> Result<Fetched, Stop> {
+        self.log(LogLevel::Info, format!("fetching {uri}"))?;
+        let mut tunnel = HostTunnel {
+            agent: self,
+            deadline,
+            stop: None,
+        };
+        let result = fetch(&mut tunnel, uri, trust, &FetchLimits::until(deadline));
+        if let Some(stop) = tunnel.stop.take() {
+            return Err(stop);
+        }
+        let fetched = match result {
+            Ok(fetched) => fetched,
+            Err(FetchError::TimedOut) => return Err(Stop::Task(TaskStatus::TimedOut)),
+            Err(e) => return Err(failed(e)),
+        };
+        self.log(
+            LogLevel::Info,
+            format!(
+                "fetched {}: {} bytes, {}, {}",
+                fetched.final_uri,
+                fetched.body.len(),
+                fetched.content_type.as_deref().unwrap_or("no content type"),
+                fetched.tls.as_deref().unwrap_or("plain http"),
+            ),
+        )?;
+        Ok(fetched)
+    }
+
+    /// Renders a document file: the renderer is chosen from its first bytes,
+    /// then its name and MIME hint.
+    fn render_file(
+        &mut self,
+        task: &Task,
+        file: &FileDoc<'_>,
+        work: &Path,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+        view: &mut View,
+    ) -> Result<(), Stop> {
+        let mut head = [0u8; 1024];
+        let n = File::open(file.input)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(failed)?;
+        let kind = DocKind::detect(&head[..n], file.name, file.mime_hint);
+        self.log(
+            LogLevel::Info,
+            format!("rendering {} as {}", file.name, kind.as_str()),
+        )?;
+        let mut doc = Document {
+            kind,
+            input: file.input.to_path_buf(),
+            out_dir: work.join("out"),
+            pages: Vec::new(),
+            width: task.limits.max_width.min(900),
+            height: task.limits.max_height.min(1100),
+            renders: 0,
+        };
+        let result = self.render_document(&mut doc, task, deadline, budget);
+        *view = View::Document(doc);
+        result
     }
 
     fn send_raster(
@@ -796,6 +883,124 @@ impl Agent {
         }
         self.writer.send(&GuestMessage::ExportEnd { id })?;
         Ok(())
+    }
+}
+
+/// A document file to render and what is known of its type.
+struct FileDoc<'a> {
+    input: &'a Path,
+    name: &'a str,
+    mime_hint: Option<&'a str>,
+}
+
+/// What waiting for the host gave.
+enum Waited {
+    Message(HostMessage),
+    /// The host went away.
+    Closed,
+    TimedOut,
+}
+
+/// The host's egress tunnel, spoken as `Egress*` messages on the host link.
+/// A stop (Shutdown, a broken link) is kept in `stop` for the agent, and the
+/// fetch sees `Interrupted`.
+struct HostTunnel<'a> {
+    agent: &'a mut Agent,
+    deadline: Instant,
+    stop: Option<Stop>,
+}
+
+impl HostTunnel<'_> {
+    fn interrupt(&mut self, stop: Stop) -> FetchError {
+        self.stop = Some(stop);
+        FetchError::Interrupted
+    }
+
+    fn send(&mut self, msg: GuestMessage) -> Result<(), FetchError> {
+        if self.stop.is_some() {
+            return Err(FetchError::Interrupted);
+        }
+        self.agent
+            .send(msg)
+            .map_err(|e| self.interrupt(Stop::Link(e)))
+    }
+
+    /// Waits for the host's `Egress` answer.
+    fn reply(&mut self) -> Result<EgressReply, FetchError> {
+        loop {
+            let msg = match self.agent.next_host_until(self.deadline) {
+                Ok(Waited::Message(msg)) => msg,
+                Ok(Waited::TimedOut) => return Err(FetchError::TimedOut),
+                Ok(Waited::Closed) => return Err(self.interrupt(Stop::Shutdown)),
+                Err(e) => return Err(self.interrupt(Stop::Link(e))),
+            };
+            let ignored = match msg {
+                HostMessage::Egress(reply) => return Ok(reply),
+                HostMessage::Shutdown => return Err(self.interrupt(Stop::Shutdown)),
+                HostMessage::Input(event) => format!("input while fetching dropped: {event:?}"),
+                other => format!("ignored while fetching: {other:?}"),
+            };
+            if let Err(e) = self.agent.log(LogLevel::Warn, ignored) {
+                return Err(self.interrupt(Stop::Link(e)));
+            }
+        }
+    }
+}
+
+impl Tunnel for HostTunnel<'_> {
+    fn open(&mut self, host: &str, port: u16) -> Result<(), FetchError> {
+        self.send(GuestMessage::EgressOpen {
+            host: host.to_owned(),
+            port,
+        })?;
+        let (host, port) = (host.to_owned(), port);
+        match self.reply()? {
+            EgressReply::Connected => Ok(()),
+            EgressReply::Refused(reason) => Err(FetchError::Refused { host, port, reason }),
+            EgressReply::Failed(reason) => Err(FetchError::Connect { host, port, reason }),
+            EgressReply::Data(_) => Err(FetchError::Link(
+                "the host answered an open with data".into(),
+            )),
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) -> Result<(), FetchError> {
+        for piece in data.chunks(MAX_CHUNK_BYTES) {
+            HostTunnel::send(
+                self,
+                GuestMessage::EgressSend {
+                    data: piece.to_vec(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, max: u32) -> Result<Vec<u8>, FetchError> {
+        let cap = u32::try_from(MAX_CHUNK_BYTES).unwrap_or(u32::MAX);
+        let max = max.clamp(1, cap);
+        HostTunnel::send(self, GuestMessage::EgressRecv { max })?;
+        match self.reply()? {
+            EgressReply::Data(data) if u32::try_from(data.len()).is_ok_and(|n| n <= max) => {
+                Ok(data)
+            }
+            EgressReply::Data(data) => Err(FetchError::Link(format!(
+                "the host sent {} bytes for a read of at most {max}",
+                data.len()
+            ))),
+            EgressReply::Failed(reason) => Err(FetchError::Link(reason)),
+            EgressReply::Refused(reason) => Err(FetchError::Link(format!("refused: {reason}"))),
+            EgressReply::Connected => Err(FetchError::Link(
+                "the host answered a read with Connected".into(),
+            )),
+        }
+    }
+
+    fn close(&mut self) {
+        // After a stop the link is gone or going; nothing to close.
+        if self.stop.is_none() {
+            let _ = HostTunnel::send(self, GuestMessage::EgressClose);
+        }
     }
 }
 

@@ -2,6 +2,11 @@
 //! certificate for `localhost` from a test CA, reached through a `Tunnel`
 //! over TCP that does what the host daemon does (connect host:port, relay
 //! bytes). Each server thread ends after its connections.
+//!
+//! The last tests run the real `vitrine-shim` binary on an `OpenUri` task
+//! and play the host's side of the egress tunnel over its socket.
+
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,7 +17,11 @@ use rustls_ring as rustls;
 
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use support::{limits as task_limits, Guest, Outcome};
 use vitrine_shim::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel};
+use vitrine_shim::protocol::{
+    EgressReply, GuestMessage, HostMessage, InputEvent, Limits, TaskKind, TaskStatus,
+};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -363,4 +372,239 @@ fn server_that_answers_without_tls_fails_cleanly() {
         err.starts_with(&format!("localhost:{port} did not answer with TLS (")),
         "{err}"
     );
+}
+
+/// The host's answer to every `EgressOpen` in an agent test.
+enum Policy {
+    /// Connect to this local port and relay.
+    Relay(u16),
+    /// Refuse with this reason.
+    Refuse(&'static str),
+    /// Never answer; send this message instead while the guest waits.
+    Silent(Option<HostMessage>),
+}
+
+/// Submits an `OpenUri` task and plays the host's egress side until Done.
+fn open_uri(
+    guest: &mut Guest,
+    uri: &str,
+    roots: Vec<Vec<u8>>,
+    limits: Limits,
+    mut policy: Policy,
+) -> (Outcome, Vec<(String, u16)>) {
+    let kind = TaskKind::OpenUri {
+        uri: uri.into(),
+        now_unix_secs: HOST_NOW,
+        extra_roots: roots.into_iter().map(serde_bytes::ByteBuf::from).collect(),
+    };
+    let t0 = Instant::now();
+    guest.submit(kind, &[], limits);
+    let mut out = Outcome::default();
+    let mut opened = Vec::new();
+    let mut stream: Option<TcpStream> = None;
+    loop {
+        let msg = guest
+            .reader
+            .recv()
+            .unwrap()
+            .expect("shim closed before Done");
+        let reply = match msg {
+            GuestMessage::EgressOpen { host, port } => {
+                opened.push((host, port));
+                match &mut policy {
+                    Policy::Relay(local) => {
+                        let s = TcpStream::connect(("127.0.0.1", *local)).unwrap();
+                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        stream = Some(s);
+                        Some(EgressReply::Connected)
+                    }
+                    Policy::Refuse(reason) => Some(EgressReply::Refused(reason.to_string())),
+                    Policy::Silent(meanwhile) => {
+                        if let Some(msg) = meanwhile.take() {
+                            guest.send(msg);
+                        }
+                        None
+                    }
+                }
+            }
+            GuestMessage::EgressSend { data } => {
+                stream.as_mut().unwrap().write_all(&data).unwrap();
+                None
+            }
+            GuestMessage::EgressRecv { max } => {
+                let mut buf = vec![0u8; usize::try_from(max).unwrap().min(64 * 1024)];
+                Some(match stream.as_mut().unwrap().read(&mut buf) {
+                    Ok(n) => EgressReply::Data(buf[..n].to_vec()),
+                    Err(e) => EgressReply::Failed(e.to_string()),
+                })
+            }
+            GuestMessage::EgressClose => {
+                stream = None;
+                None
+            }
+            other => {
+                if guest.apply(&mut out, other, t0) {
+                    return (out, opened);
+                }
+                None
+            }
+        };
+        if let Some(reply) = reply {
+            guest.send(HostMessage::Egress(reply));
+        }
+    }
+}
+
+#[test]
+fn open_uri_task_fetches_through_the_tunnel_and_renders_the_page() {
+    // Arrange
+    let pki = pki();
+    let html = "<!doctype html><html><body><h1>Fetched through the tunnel</h1>\
+                <p>Rendered in the guest.</p></body></html>";
+    let server = tls_server(pki.config.clone(), 1, move |_, _| {
+        page("text/html; charset=utf-8", html)
+    });
+    let uri = format!("https://localhost:{}/news/today", server.port);
+    let mut guest = Guest::start();
+
+    // Act
+    let (out, opened) = open_uri(
+        &mut guest,
+        &uri,
+        vec![pki.ca_der.clone()],
+        task_limits(20_000),
+        Policy::Relay(server.port),
+    );
+
+    // Assert
+    assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
+    assert_eq!(opened, [("localhost".to_string(), server.port)]);
+    assert!(
+        out.logs.contains(&format!("fetching {uri}")),
+        "{:?}",
+        out.logs
+    );
+    let fetched = format!(
+        "fetched {uri}: {} bytes, text/html; charset=utf-8, TLSv1_3 TLS13_",
+        html.len()
+    );
+    assert!(
+        out.logs.iter().any(|l| l.starts_with(&fetched)),
+        "{:?}",
+        out.logs
+    );
+    assert!(
+        out.logs.contains(&"rendering today as html".to_string()),
+        "{:?}",
+        out.logs
+    );
+    assert_eq!(out.page_count, Some(1));
+    let page = &out.pages[&0];
+    assert!(page.dark_pixels() > 200, "page has little ink: {page:?}");
+    guest.shutdown();
+}
+
+#[test]
+fn open_uri_refused_by_the_egress_policy_fails_with_the_reason() {
+    // Arrange
+    let mut guest = Guest::start();
+
+    // Act
+    let (out, opened) = open_uri(
+        &mut guest,
+        "https://blocked.example/",
+        Vec::new(),
+        task_limits(20_000),
+        Policy::Refuse("blocked.example:443 is not in profile `links`' egress list"),
+    );
+
+    // Assert
+    assert_eq!(opened, [("blocked.example".to_string(), 443)]);
+    assert_eq!(
+        out.status,
+        Some(TaskStatus::Failed(
+            "the host's egress policy refused blocked.example:443: \
+             blocked.example:443 is not in profile `links`' egress list"
+                .into()
+        ))
+    );
+    guest.shutdown();
+}
+
+#[test]
+fn open_uri_with_a_bad_link_fails_before_any_egress() {
+    // Arrange
+    let mut guest = Guest::start();
+
+    // Act
+    let (out, opened) = open_uri(
+        &mut guest,
+        "ftp://files.example/x",
+        Vec::new(),
+        task_limits(20_000),
+        Policy::Refuse("unused"),
+    );
+
+    // Assert
+    assert!(opened.is_empty());
+    assert_eq!(
+        out.status,
+        Some(TaskStatus::Failed(
+            "\"ftp://files.example/x\" is not a link the guest can fetch: \
+             scheme \"ftp\" is not http or https"
+                .into()
+        ))
+    );
+    guest.shutdown();
+}
+
+#[test]
+fn open_uri_times_out_when_the_host_never_answers_and_drops_input_meanwhile() {
+    // Arrange
+    let mut guest = Guest::start();
+    let input = HostMessage::Input(InputEvent::PageChange { page: 3 });
+
+    // Act
+    let t0 = Instant::now();
+    let (out, _) = open_uri(
+        &mut guest,
+        "https://slow.example/",
+        Vec::new(),
+        task_limits(1_500),
+        Policy::Silent(Some(input)),
+    );
+
+    // Assert
+    assert_eq!(out.status, Some(TaskStatus::TimedOut), "{:?}", out.logs);
+    assert!(t0.elapsed() >= Duration::from_millis(1_400));
+    assert!(
+        out.logs
+            .iter()
+            .any(|l| l.starts_with("input while fetching dropped: PageChange")),
+        "{:?}",
+        out.logs
+    );
+    guest.shutdown();
+}
+
+#[test]
+fn shutdown_while_the_fetch_waits_ends_the_shim_cleanly() {
+    // Arrange
+    let mut guest = Guest::start();
+    let kind = TaskKind::OpenUri {
+        uri: "https://slow.example/".into(),
+        now_unix_secs: HOST_NOW,
+        extra_roots: Vec::new(),
+    };
+    guest.submit(kind, &[], task_limits(20_000));
+    loop {
+        match guest.reader.recv().unwrap() {
+            Some(GuestMessage::EgressOpen { .. }) => break,
+            Some(GuestMessage::Log { .. }) => {}
+            other => panic!("expected EgressOpen, got {other:?}"),
+        }
+    }
+
+    // Act + Assert: `shutdown` checks that the shim exits 0 on its own.
+    guest.shutdown();
 }
