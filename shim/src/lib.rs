@@ -4,7 +4,8 @@
 //! The protocol module is all the host needs. The rest is the guest side:
 //! `init` (PID 1 duties), `transport` (vsock, virtio-serial, Unix socket),
 //! `agent` (the session), `render` (renderers), `sandbox` (limited children),
-//! `raster` (pixels and PPM), `export` (files offered back).
+//! `raster` (pixels and PPM), `export` (files offered back), `fetch` (links
+//! over the host's egress tunnel; TLS ends in the guest).
 
 pub mod agent;
 pub mod export;
