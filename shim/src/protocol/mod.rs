@@ -93,5 +93,7 @@ pub const MAX_CAPABILITIES: usize = 32;
 /// Longest time limit a host may ask for (10 minutes).
 pub const MAX_TIME_LIMIT_MS: u32 = 10 * 60 * 1000;
 
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 #[cfg(test)]
 mod tests;

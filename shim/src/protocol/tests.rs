@@ -2,133 +2,13 @@ use std::io::Cursor;
 
 use super::*;
 
-fn sample_frame() -> Frame {
-    Frame {
-        page: 2,
-        width: 10,
-        height: 8,
-        rect: Rect {
-            x: 3,
-            y: 4,
-            w: 2,
-            h: 3,
-        },
-        format: PixelFormat::Rgba8,
-        pixels: (0..24).collect(),
-    }
-}
-
-fn sample_task() -> Task {
-    Task {
-        id: 7,
-        kind: TaskKind::OpenFile {
-            name: "report.pdf".into(),
-            mime_hint: Some("application/pdf".into()),
-            size: 1234,
-        },
-        limits: Limits::default(),
-    }
-}
-
-fn all_guest_messages() -> Vec<GuestMessage> {
-    vec![
-        GuestMessage::Ready(Ready {
-            shim_version: "0.1.0".into(),
-            capabilities: vec![Capability::Pdf, Capability::Terminal],
-        }),
-        GuestMessage::Accepted { task: 7 },
-        GuestMessage::PageInfo { task: 7, count: 3 },
-        GuestMessage::Frame(sample_frame()),
-        GuestMessage::ExportOffer(ExportOffer {
-            id: 0,
-            name: "page-1.png".into(),
-            size: 99,
-            sha256: [0xab; 32],
-            mime: "image/png".into(),
-        }),
-        GuestMessage::ExportChunk {
-            id: 0,
-            offset: 0,
-            data: vec![1, 2, 3],
-        },
-        GuestMessage::ExportEnd { id: 0 },
-        GuestMessage::ProgramExited {
-            code: Some(0),
-            signal: None,
-        },
-        GuestMessage::Done {
-            task: 7,
-            status: TaskStatus::Failed("bad xref".into()),
-        },
-        GuestMessage::Log {
-            level: LogLevel::Info,
-            text: "hello".into(),
-        },
-        GuestMessage::EgressOpen {
-            host: "example.org".into(),
-            port: 443,
-        },
-        GuestMessage::EgressSend {
-            data: vec![0x16, 3, 1, 0, 4],
-        },
-        GuestMessage::EgressRecv { max: 16384 },
-        GuestMessage::EgressClose,
-    ]
-}
-
-fn all_host_messages() -> Vec<HostMessage> {
-    vec![
-        HostMessage::Task(sample_task()),
-        HostMessage::Task(Task {
-            id: 8,
-            kind: TaskKind::RunProgram {
-                size: 10,
-                args: vec!["-v".into()],
-            },
-            limits: Limits::default(),
-        }),
-        HostMessage::Task(Task {
-            id: 9,
-            kind: TaskKind::OpenUri {
-                uri: "https://example.org/".into(),
-                now_unix_secs: 1_795_000_000,
-                extra_roots: vec![ByteBuf::from(vec![0x30, 0x82, 0, 1])],
-            },
-            limits: Limits::default(),
-        }),
-        HostMessage::TaskData {
-            offset: 0,
-            data: vec![9; 100],
-        },
-        HostMessage::Input(InputEvent::Key(KeyEvent {
-            key: Key::Char('q'),
-            modifiers: Modifiers {
-                ctrl: true,
-                ..Modifiers::default()
-            },
-        })),
-        HostMessage::Input(InputEvent::Text("ls\n".into())),
-        HostMessage::Input(InputEvent::Scroll { dx: 0, dy: -3 }),
-        HostMessage::Input(InputEvent::PageChange { page: 1 }),
-        HostMessage::Input(InputEvent::Resize {
-            width: 800,
-            height: 600,
-        }),
-        HostMessage::FetchExport { id: 0 },
-        HostMessage::Shutdown,
-        HostMessage::Egress(EgressReply::Connected),
-        HostMessage::Egress(EgressReply::Data(vec![0x17, 3, 3, 0, 1, 9])),
-        HostMessage::Egress(EgressReply::Data(Vec::new())),
-        HostMessage::Egress(EgressReply::Refused("example.net:80 is not allowed".into())),
-        HostMessage::Egress(EgressReply::Failed("connection refused".into())),
-    ]
-}
+use super::samples;
 
 #[test]
 fn every_message_round_trips_through_a_stream() {
     // Arrange
-    let guest = all_guest_messages();
-    let host = all_host_messages();
+    let guest = samples::guest_messages();
+    let host = samples::host_messages();
     let mut gw = FrameWriter::new(Vec::new());
     let mut hw = FrameWriter::new(Vec::new());
 
@@ -223,7 +103,7 @@ fn clean_close_between_frames_is_none_and_inside_prefix_is_truncated() {
 
 #[test]
 fn frame_whose_rect_leaves_the_page_is_refused_on_both_sides() {
-    let mut frame = sample_frame();
+    let mut frame = samples::frame();
     frame.rect.x = 9; // 9 + 2 > width 10
     let msg = GuestMessage::Frame(frame);
 
@@ -245,7 +125,7 @@ fn frame_whose_rect_leaves_the_page_is_refused_on_both_sides() {
 
 #[test]
 fn frame_with_wrong_pixel_count_is_refused() {
-    let mut frame = sample_frame();
+    let mut frame = samples::frame();
     frame.pixels.pop();
 
     let err = frame.validate().unwrap_err();
@@ -261,7 +141,7 @@ fn frame_with_wrong_pixel_count_is_refused() {
 
 #[test]
 fn rect_overflowing_u32_is_outside_not_a_panic() {
-    let mut frame = sample_frame();
+    let mut frame = samples::frame();
     frame.rect.x = u32::MAX;
 
     assert!(matches!(
@@ -272,7 +152,7 @@ fn rect_overflowing_u32_is_outside_not_a_panic() {
 
 #[test]
 fn dimensions_above_max_dim_are_refused() {
-    let mut frame = sample_frame();
+    let mut frame = samples::frame();
     frame.width = MAX_DIM + 1;
 
     assert!(matches!(
@@ -284,7 +164,7 @@ fn dimensions_above_max_dim_are_refused() {
 #[test]
 fn path_like_names_are_refused() {
     for bad in ["", ".", "..", "a/b", "../etc/passwd", "x\0y"] {
-        let mut task = sample_task();
+        let mut task = samples::task();
         task.kind = TaskKind::OpenFile {
             name: bad.into(),
             mime_hint: None,
@@ -299,7 +179,7 @@ fn path_like_names_are_refused() {
 
 #[test]
 fn task_input_above_cap_is_refused() {
-    let mut task = sample_task();
+    let mut task = samples::task();
     task.kind = TaskKind::OpenFile {
         name: "a".into(),
         mime_hint: None,
@@ -340,9 +220,9 @@ fn trailing_bytes_after_message_are_refused() {
 fn pixel_budget_refuses_the_frame_that_would_overspend() {
     let mut budget = PixelBudget::new(50);
 
-    budget.charge_frame(&sample_frame()).unwrap(); // 24
-    budget.charge_frame(&sample_frame()).unwrap(); // 48
-    let err = budget.charge_frame(&sample_frame()).unwrap_err();
+    budget.charge_frame(&samples::frame()).unwrap(); // 24
+    budget.charge_frame(&samples::frame()).unwrap(); // 48
+    let err = budget.charge_frame(&samples::frame()).unwrap_err();
 
     assert_eq!(budget.used(), 48);
     assert!(matches!(err, BudgetError::Exhausted { wanted: 24, .. }));
