@@ -47,6 +47,19 @@ enum Command {
         #[command(subcommand)]
         test: SelfTest,
     },
+    /// Enter the jail given with --jail (its spec with seccomp off), then
+    /// execve PROGRAM inside it: how the daemon runs QEMU jailed.
+    #[command(hide = true)]
+    Exec {
+        /// Absolute path of the program inside the jail, and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "PROGRAM"
+        )]
+        argv: Vec<std::ffi::OsString>,
+    },
     /// Boot a kernel and run it until it stops.
     Run {
         #[command(flatten)]
@@ -206,6 +219,11 @@ struct OutputArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Exec { argv } = &cli.command {
+        let e = jail_cli::exec_in_jail(&cli.jail, argv);
+        eprintln!("vitrine-vmm: error: {}", error_chain(&e));
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = jail_cli::enter_if_asked(&cli.jail) {
         eprintln!("vitrine-vmm: error: {}", error_chain(&e));
         return ExitCode::FAILURE;
@@ -221,6 +239,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe { json } => return probe_command(json),
         Command::SelfTest { test } => return jail_cli::run_self_test(test),
+        // Dispatched before the jail above; exec only returns on failure.
+        Command::Exec { .. } => return ExitCode::FAILURE,
         Command::Run { boot, out } => run_command(boot, out, started, &mut status),
         Command::Snapshot {
             boot,
@@ -265,9 +285,10 @@ fn main() -> ExitCode {
 fn status_fd(command: &Command) -> Result<Option<StatusFd>, StatusError> {
     let out = match command {
         Command::Run { out, .. } | Command::Restore { out, .. } => out,
-        Command::Snapshot { .. } | Command::Probe { .. } | Command::SelfTest { .. } => {
-            return Ok(None)
-        }
+        Command::Snapshot { .. }
+        | Command::Probe { .. }
+        | Command::SelfTest { .. }
+        | Command::Exec { .. } => return Ok(None),
     };
     let stdout_free = out.serial_log.is_some();
     out.status_fd

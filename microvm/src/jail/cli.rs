@@ -3,6 +3,8 @@
 //! install the main thread's filter before the guest runs, and dispatch the
 //! hidden self-tests.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +27,14 @@ pub enum JailCliError {
     Jail(#[from] JailError),
     #[error("cannot arm seccomp")]
     Seccomp(#[from] SeccompError),
+    #[error("`exec` runs a program inside the jail, so it needs --jail")]
+    ExecWithoutJail,
+    #[error("the program to exec must be an absolute path inside the jail, not {0:?}")]
+    ExecPath(OsString),
+    #[error("the jail's seccomp filters are for vitrine-vmm's own threads; `exec` needs a spec with seccomp off")]
+    ExecWithSeccomp,
+    #[error("cannot exec {0:?} inside the jail")]
+    Exec(OsString, #[source] std::io::Error),
 }
 
 /// Enters the jail if `--jail` was given and arms the per-thread filters
@@ -44,6 +54,43 @@ pub fn enter_if_asked(args: &JailArgs) -> Result<(), JailCliError> {
         if spec.seccomp { "armed" } else { "off" }
     );
     Ok(())
+}
+
+/// `exec -- PROGRAM ARGS...` (instead of [`enter_if_asked`]): enters the
+/// jail, then replaces this process (PID 1 of the jail's namespace) with
+/// PROGRAM, which keeps every wall of the jail: namespaces, private root,
+/// landlock, rlimits, cgroup, no_new_privs, no capabilities. PROGRAM must
+/// be a jail path marked read-execute (or below one). Returns only on
+/// failure, before or after entering: the caller exits non-zero and
+/// nothing runs unjailed.
+pub fn exec_in_jail(args: &JailArgs, argv: &[OsString]) -> JailCliError {
+    let Some(path) = &args.jail else {
+        return JailCliError::ExecWithoutJail;
+    };
+    let Some((program, rest)) = argv.split_first() else {
+        return JailCliError::ExecPath(OsString::new());
+    };
+    if !std::path::Path::new(program).is_absolute() {
+        return JailCliError::ExecPath(program.clone());
+    }
+    let spec = match JailSpec::read(path) {
+        Ok(spec) => spec,
+        Err(e) => return e.into(),
+    };
+    if spec.seccomp {
+        return JailCliError::ExecWithSeccomp;
+    }
+    let report = match enter(&spec) {
+        Ok(report) => report,
+        Err(e) => return e.into(),
+    };
+    eprintln!(
+        "vitrine-vmm: jail: {report}; seccomp off; exec {}",
+        std::path::Path::new(program).display()
+    );
+    // The launcher cleared the environment; the program gets it as is.
+    let err = std::process::Command::new(program).args(rest).exec();
+    JailCliError::Exec(program.clone(), err)
 }
 
 /// Call right before the guest's first instruction, on the main thread:
@@ -110,5 +157,51 @@ pub fn run_self_test(test: SelfTest) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_without_a_jail_is_refused_before_anything_runs() {
+        let argv = [OsString::from("/bin/true")];
+
+        let err = exec_in_jail(&JailArgs::default(), &argv);
+
+        assert!(matches!(err, JailCliError::ExecWithoutJail), "{err:?}");
+    }
+
+    #[test]
+    fn exec_of_a_relative_program_is_refused() {
+        let args = JailArgs {
+            jail: Some(PathBuf::from("/nonexistent/spec.json")),
+        };
+
+        let err = exec_in_jail(&args, &[OsString::from("qemu-system-x86_64")]);
+
+        assert!(matches!(err, JailCliError::ExecPath(_)), "{err:?}");
+    }
+
+    #[test]
+    fn exec_refuses_a_spec_that_arms_vitrine_vmm_s_own_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("spec.json");
+        JailSpec {
+            root: dir.path().to_owned(),
+            paths: Vec::new(),
+            dev_kvm: false,
+            cgroup: None,
+            rlimits: Default::default(),
+            seccomp: true,
+        }
+        .write(&spec)
+        .unwrap();
+        let args = JailArgs { jail: Some(spec) };
+
+        let err = exec_in_jail(&args, &[OsString::from("/bin/true")]);
+
+        assert!(matches!(err, JailCliError::ExecWithSeccomp), "{err:?}");
     }
 }

@@ -85,12 +85,17 @@ pub fn restrict(
         .create()?;
     let mut rules: Vec<(&Path, _)> = paths
         .iter()
-        .map(|p| {
+        .filter_map(|p| {
             let access = match p.access {
                 PathAccess::ReadOnly => read,
                 PathAccess::ReadWrite => all,
+                // `from_read` holds Execute too: for read-only paths the
+                // noexec bind is what forbids running files.
+                PathAccess::ReadExecute => read | AccessFs::Execute,
+                // Following a symlink needs no right; its target has a rule.
+                PathAccess::Symlink => return None,
             };
-            (p.path.as_path(), access)
+            Some((p.path.as_path(), access))
         })
         .collect();
     let kvm = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev;

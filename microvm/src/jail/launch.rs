@@ -275,6 +275,21 @@ fn classify(
     }
 }
 
+/// Sends SIGKILL to the jailed process of the keeper `keeper` (its only
+/// child), so the keeper reaps it and exits by itself: killing the keeper
+/// first would leave the jailed process to be reaped by the host's init.
+pub fn kill_jailed(keeper: u32) {
+    for pid in children_of(keeper) {
+        if let Ok(pid) = libc::pid_t::try_from(pid) {
+            // SAFETY: kill takes plain integers. `pid` was, microseconds
+            // ago, a child of our own unreaped keeper; for it to name
+            // another process the keeper must reap it and the kernel
+            // reuse the pid within that window.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Direct children of `pid`, from /proc/*/stat.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {

@@ -18,6 +18,11 @@
 //!    no_new_privs, landlock rules for exactly those paths, and drops every
 //!    capability (bounding, ambient, effective, permitted, inheritable).
 //!
+//! `vitrine-vmm --jail <spec.json> exec -- PROGRAM ARGS...` enters the same
+//! jail and then execve()s PROGRAM (QEMU, for hosts whose KVM cannot run
+//! full guests); PROGRAM, its loader and libraries must be jail paths
+//! marked [`Access::ReadExecute`] (or [`Access::Symlink`]).
+//!
 //! Seccomp comes last and per thread: the binary arms it
 //! ([`crate::seccomp::arm`]) and installs the main thread's filter just
 //! before the guest runs.
@@ -45,6 +50,8 @@ pub enum JailError {
     ParseSpec(PathBuf, #[source] serde_json::Error),
     #[error("jail path {0} must be absolute and free of `..`")]
     BadPath(PathBuf),
+    #[error("jail path {0} is marked as a symlink but is not one")]
+    NotSymlink(PathBuf),
     #[error("jail path {0} does not exist")]
     MissingPath(PathBuf, #[source] std::io::Error),
     #[error("cannot join the cgroup")]
@@ -74,6 +81,14 @@ pub enum Access {
     ReadOnly,
     /// Also create, write and remove beneath it (socket dir, snapshot to write).
     ReadWrite,
+    /// Read and execute: a program the jail execs (`vitrine-vmm exec`),
+    /// its dynamic loader and libraries (`/usr`). Nothing is writable.
+    ReadExecute,
+    /// Not bound: the host's symlink at this path is made again in the
+    /// private root with the same target (merged-/usr's `/lib64 ->
+    /// usr/lib64`, where the dynamic loader is looked up). The target
+    /// needs a jail path of its own.
+    Symlink,
 }
 
 /// One host path that the jailed VMM sees, at the same absolute path.
@@ -139,6 +154,14 @@ impl JailSpec {
             }
             std::fs::symlink_metadata(p).map_err(|e| JailError::MissingPath(p.clone(), e))?;
         }
+        for p in self.paths.iter().filter(|p| p.access == Access::Symlink) {
+            let is_link = std::fs::symlink_metadata(&p.path)
+                .map_err(|e| JailError::MissingPath(p.path.clone(), e))?
+                .is_symlink();
+            if !is_link {
+                return Err(JailError::NotSymlink(p.path.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -187,4 +210,56 @@ pub fn enter(spec: &JailSpec) -> Result<JailReport, JailError> {
         cgroup: spec.cgroup.as_ref().map(|c| c.to_string()),
         user_namespace,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(paths: Vec<JailPath>) -> JailSpec {
+        JailSpec {
+            root: std::env::temp_dir(),
+            paths,
+            dev_kvm: false,
+            cgroup: None,
+            rlimits: Rlimits::default(),
+            seccomp: false,
+        }
+    }
+
+    #[test]
+    fn a_path_marked_symlink_must_be_one_on_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("lib64");
+        std::os::unix::fs::symlink("usr/lib64", &link).unwrap();
+        let as_link = |path: &Path| JailPath {
+            path: path.to_owned(),
+            access: Access::Symlink,
+        };
+
+        let ok = spec(vec![as_link(&link)]).validate();
+        let err = spec(vec![as_link(dir.path())]).validate().unwrap_err();
+
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(
+            matches!(err, JailError::NotSymlink(ref p) if p == dir.path()),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn read_execute_and_symlink_paths_survive_the_spec_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("spec.json");
+        let written = spec(vec![JailPath {
+            path: PathBuf::from("/usr"),
+            access: Access::ReadExecute,
+        }]);
+
+        written.write(&file).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+
+        assert!(text.contains("\"read_execute\""), "{text}");
+        assert_eq!(JailSpec::read(&file).unwrap(), written);
+    }
 }

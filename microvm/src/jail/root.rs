@@ -1,5 +1,6 @@
 //! The private root: a small tmpfs holding bind mounts of exactly the
-//! spec's paths (at their host paths), /dev/kvm and a PID-only /proc, made
+//! spec's paths (at their host paths; noexec unless marked read-execute),
+//! the spec's symlinks, /dev/kvm and a PID-only /proc, made
 //! the process's `/` with pivot_root. The old root is detached, so no path
 //! leads back to the host's filesystem.
 
@@ -83,6 +84,20 @@ fn bind(root: &Path, source: &Path, extra: libc::c_ulong) -> Result<(), JailErro
     )
 }
 
+/// Makes the host's symlink `link` again under `root`, same target.
+fn symlink(root: &Path, link: &Path) -> Result<(), JailError> {
+    let target = fs::read_link(link).map_err(|e| JailError::MissingPath(link.to_path_buf(), e))?;
+    let inner = inside(root, link);
+    if let Some(parent) = inner.parent() {
+        fs::create_dir_all(parent).map_err(sys(format!("mkdir {}", parent.display())))?;
+    }
+    std::os::unix::fs::symlink(&target, &inner).map_err(sys(format!(
+        "symlink {} -> {}",
+        link.display(),
+        target.display()
+    )))
+}
+
 pub fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
     let root = spec.root.as_path();
     // Nothing below propagates back to the host's mount namespace.
@@ -105,11 +120,17 @@ pub fn build_and_pivot(spec: &JailSpec) -> Result<(), JailError> {
     let mut paths: Vec<_> = spec.paths.iter().collect();
     paths.sort_by_key(|p| p.path.components().count());
     for p in paths {
-        let ro = match p.access {
-            Access::ReadOnly => libc::MS_RDONLY,
-            Access::ReadWrite => 0,
+        let flags = match p.access {
+            Access::ReadOnly => libc::MS_RDONLY | libc::MS_NOEXEC,
+            Access::ReadWrite => libc::MS_NOEXEC,
+            // The one kind of bind a program may be executed from.
+            Access::ReadExecute => libc::MS_RDONLY,
+            Access::Symlink => {
+                symlink(root, &p.path)?;
+                continue;
+            }
         };
-        bind(root, &p.path, libc::MS_NODEV | libc::MS_NOEXEC | ro)?;
+        bind(root, &p.path, libc::MS_NODEV | flags)?;
     }
     if spec.dev_kvm {
         // The one device node: nodev is left off this mount only.
