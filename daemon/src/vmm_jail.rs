@@ -12,6 +12,10 @@
 //!   (and a snapshot being written) read-write, /dev/kvm; nothing else;
 //! - time: the profile's time limit plus [`WALL_MARGIN`], then killed.
 //!
+//! QEMU (the backend for hosts whose KVM cannot run full guests) runs in
+//! the same jail through `vitrine-vmm exec`, with [`VmmLimits::for_qemu`]
+//! and [`ProgramFiles`] for its binary and libraries.
+//!
 //! The daemon itself never runs guest data; [`harden_daemon`] is what it
 //! applies to itself at start-up.
 
@@ -32,6 +36,16 @@ pub const PIDS_BASE: u32 = 16;
 /// more than they touch.
 const ADDRESS_SPACE_SLACK: u64 = 2 << 30;
 const OPEN_FILES: u64 = 256;
+/// QEMU's TCG translation buffer, set with `-accel tcg,tb-size=`: QEMU
+/// 7.2 otherwise reserves 1 GiB for it, all of which it may touch.
+pub const TCG_CODE_BUFFER_MIB: u64 = 256;
+/// Memory QEMU needs beyond guest RAM: the TCG buffer plus its binary,
+/// libraries, heap and thread stacks (about 60 MiB resident under TCG
+/// with the guest image, measured; doubled for headroom).
+pub const QEMU_OVERHEAD_MIB: u64 = TCG_CODE_BUFFER_MIB + 128;
+/// QEMU's threads beyond one per vCPU: main, RCU, the I/O thread pool
+/// (it starts up to 64 only under block I/O, which these VMs do not have).
+pub const QEMU_PIDS_BASE: u32 = 32;
 /// Time past the profile's limit before the launcher kills the VMM (the
 /// VMM's own --time-limit should have ended it first).
 pub const WALL_MARGIN: Duration = Duration::from_secs(10);
@@ -95,6 +109,66 @@ impl VmmLimits {
             },
             wall,
         }
+    }
+}
+
+impl VmmLimits {
+    /// The limits of QEMU running a VM with `memory_mib` of guest RAM and
+    /// `vcpus`. RLIMIT_AS counts reservations, not use: it leaves room for
+    /// guest RAM, the TCG buffer and glibc's per-thread arenas; the cgroup
+    /// bounds what QEMU actually touches.
+    pub fn for_qemu(memory_mib: u32, vcpus: u32, wall: Duration) -> Self {
+        let memory = (u64::from(memory_mib) + QEMU_OVERHEAD_MIB) << 20;
+        let pids = QEMU_PIDS_BASE + vcpus;
+        Self {
+            cgroup: CgroupLimits {
+                memory_bytes: memory,
+                cpus: vcpus.max(1),
+                pids,
+            },
+            rlimits: Rlimits {
+                address_space: Some(memory + ADDRESS_SPACE_SLACK),
+                open_files: Some(OPEN_FILES),
+                processes: Some(u64::from(pids)),
+            },
+            wall,
+        }
+    }
+}
+
+/// What a program the jail execs needs beyond its VM's files: where its
+/// binary, dynamic loader and libraries live, and the host symlinks that
+/// lead there (merged-/usr's `/lib64 -> usr/lib64`).
+#[derive(Clone, Debug, Default)]
+pub struct ProgramFiles {
+    /// The program itself; bound read-only and executable.
+    pub program: PathBuf,
+    /// Directories bound read-only and executable (`/usr`).
+    pub read_execute: Vec<PathBuf>,
+    /// Host symlinks made again in the jail's root, same targets.
+    pub symlinks: Vec<PathBuf>,
+}
+
+impl ProgramFiles {
+    fn jail_paths(&self) -> Result<Vec<JailPath>, VmmJailError> {
+        let program = std::iter::once(&self.program)
+            .filter(|p| !self.read_execute.iter().any(|d| p.starts_with(d)))
+            .map(|p| (p, Access::ReadExecute));
+        let rx = self.read_execute.iter().map(|p| (p, Access::ReadExecute));
+        let links = self.symlinks.iter().map(|p| (p, Access::Symlink));
+        program
+            .chain(rx)
+            .chain(links)
+            .map(|(p, access)| {
+                if !p.is_absolute() {
+                    return Err(VmmJailError::RelativePath(p.clone()));
+                }
+                Ok(JailPath {
+                    path: p.clone(),
+                    access,
+                })
+            })
+            .collect()
     }
 }
 
@@ -174,13 +248,25 @@ impl VmmLauncher {
         files: &VmmFiles,
         args: Vec<OsString>,
     ) -> Result<(LaunchPlan, VmmLimits), VmmJailError> {
+        self.plan_for(name, limits, files.jail_paths()?, true, true, args)
+    }
+
+    fn plan_for(
+        &self,
+        name: &str,
+        limits: VmmLimits,
+        paths: Vec<JailPath>,
+        dev_kvm: bool,
+        seccomp: bool,
+        args: Vec<OsString>,
+    ) -> Result<(LaunchPlan, VmmLimits), VmmJailError> {
         let plan = LaunchPlan {
             vmm: self.vmm.clone(),
             name: name.to_owned(),
             workdir: self.work_root.join(name),
-            paths: files.jail_paths()?,
-            dev_kvm: true,
-            seccomp: true,
+            paths,
+            dev_kvm,
+            seccomp,
             cgroup: limits.cgroup.clone(),
             rlimits: limits.rlimits.clone(),
             args,
@@ -234,6 +320,40 @@ impl VmmLauncher {
     ) -> Result<PreparedJail, VmmJailError> {
         let (plan, _) = self.plan_with(name, limits, files, Vec::new())?;
         Ok(PreparedJail::prepare(&plan)?)
+    }
+}
+
+impl VmmLauncher {
+    /// The jail for running `program` (QEMU) with `limits`, access to
+    /// `files` and its own binaries, and `/dev/kvm` only if `dev_kvm`.
+    /// Seccomp is off in the spec: the jail's filters are for
+    /// vitrine-vmm's threads, and QEMU brings its own (`-sandbox`). Spawn
+    /// [`Self::exec_command`]; the rest is as for [`Self::prepare`].
+    pub fn prepare_exec(
+        &self,
+        name: &str,
+        limits: VmmLimits,
+        files: &VmmFiles,
+        program: &ProgramFiles,
+        dev_kvm: bool,
+    ) -> Result<PreparedJail, VmmJailError> {
+        let mut paths = program.jail_paths()?;
+        paths.extend(files.jail_paths()?);
+        let (plan, _) = self.plan_for(name, limits, paths, dev_kvm, false, Vec::new())?;
+        Ok(PreparedJail::prepare(&plan)?)
+    }
+
+    /// `vitrine-vmm --jail <spec> exec -- <program> <args>`, empty
+    /// environment.
+    pub fn exec_command(
+        &self,
+        jail: &PreparedJail,
+        program: &std::path::Path,
+        args: &[OsString],
+    ) -> std::process::Command {
+        let mut argv: Vec<OsString> = vec!["exec".into(), "--".into(), program.into()];
+        argv.extend(args.iter().cloned());
+        jail.command(&self.vmm, &argv)
     }
 }
 
@@ -357,6 +477,51 @@ mod tests {
                 .to_string(),
             "the VMM ran past its time limit of 1s and was killed"
         );
+    }
+
+    #[test]
+    fn qemu_limits_leave_room_for_the_tcg_buffer() {
+        let limits = VmmLimits::for_qemu(512, 2, Duration::MAX);
+
+        assert_eq!(
+            limits.cgroup.memory_bytes,
+            (512 + TCG_CODE_BUFFER_MIB + 128) << 20
+        );
+        assert_eq!(limits.cgroup.pids, QEMU_PIDS_BASE + 2);
+        assert!(limits.rlimits.address_space.unwrap() > limits.cgroup.memory_bytes + (1 << 30));
+    }
+
+    #[test]
+    fn a_program_outside_its_executable_dirs_is_bound_on_its_own() {
+        let inside = ProgramFiles {
+            program: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            read_execute: vec![PathBuf::from("/usr")],
+            symlinks: vec![PathBuf::from("/lib64")],
+        };
+        let outside = ProgramFiles {
+            program: PathBuf::from("/opt/qemu/qemu"),
+            ..inside.clone()
+        };
+
+        let inside = inside.jail_paths().unwrap();
+        let outside = outside.jail_paths().unwrap();
+
+        assert_eq!(
+            inside,
+            [
+                JailPath {
+                    path: "/usr".into(),
+                    access: Access::ReadExecute
+                },
+                JailPath {
+                    path: "/lib64".into(),
+                    access: Access::Symlink
+                }
+            ]
+        );
+        assert_eq!(outside.len(), 3);
+        assert_eq!(outside[0].path, PathBuf::from("/opt/qemu/qemu"));
+        assert_eq!(outside[0].access, Access::ReadExecute);
     }
 
     #[test]

@@ -2,6 +2,18 @@
 //! the shim is reached through a virtio-serial port that QEMU binds to a Unix
 //! socket in the VM's private directory.
 //!
+//! QEMU runs in the same jail as the project's VMM (crate::vmm_jail):
+//! `vitrine-vmm --jail <spec> exec -- qemu-system-x86_64 ...` enters new
+//! mount, PID, network, IPC and UTS namespaces, a private root holding only
+//! `/usr` (read-only; QEMU, its libraries, firmware and modules), the
+//! loader's symlinks, the kernel and initrd (read-only) and the VM's
+//! directory, landlock for those paths, rlimits, a memory/CPU/pids cgroup
+//! sized from the VM, no_new_privs and no capabilities, and then execs
+//! QEMU. QEMU's own `-sandbox` seccomp filter applies inside it. If the
+//! jail cannot be set up, the VM does not start: there is no fallback to
+//! an unjailed QEMU ([`QemuBackend::without_jail`] exists for tests and
+//! measurements only).
+//!
 //! vhost-vsock would need `/dev/vhost-vsock` and a host-side AF_VSOCK
 //! listener; [`vhost_vsock_available`] reports whether the host has the
 //! device, but this backend always uses virtio-serial, which every host has
@@ -13,15 +25,19 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vitrine_microvm::jail::launch::{self, PreparedJail};
 use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
+use super::kvm::KvmBackend;
 use super::process::VmProcess;
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Accel, Backend, GuestVm, VmConfig, VmExit};
+use crate::vmm_jail::{self, ProgramFiles, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
 
 /// QEMU binary used when `VITRINE_QEMU` is not set.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
@@ -31,6 +47,18 @@ pub const SHIM_PORT_NAME: &str = "org.vitrine.0";
 const POLL: Duration = Duration::from_millis(10);
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// Where QEMU, its libraries, firmware (`/usr/share/qemu`) and modules
+/// (`/usr/lib/x86_64-linux-gnu/qemu`) live; bound read-only, executable.
+const SYSTEM_PROGRAMS: &str = "/usr";
+/// Where the dynamic loader is looked up (`/lib64/ld-linux-x86-64.so.2`)
+/// and glibc's default library path; symlinks into /usr on merged-/usr
+/// systems such as Debian 12.
+const LOADER_DIRS: [&str; 2] = ["/lib64", "/lib"];
+/// How long a killed jailed QEMU has to be reaped by its keeper.
+const REAP_WAIT: Duration = Duration::from_secs(2);
+
+/// Names each jail (and cgroup) uniquely on this host.
+static NEXT_VM: AtomicU64 = AtomicU64::new(0);
 
 /// A QEMU VM could not be started or used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +80,31 @@ pub enum QemuError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// The jail QEMU runs in could not be set up, so QEMU was not started.
+    #[error("cannot set up the jail for QEMU; QEMU is not started without it")]
+    Jail(#[from] VmmJailError),
+    /// `vitrine-vmm`, which jails QEMU, could not be started.
+    #[error("cannot start {vmm}, the jail QEMU runs in (build it with `cargo build -p vitrine-microvm` or set VITRINE_VMM); QEMU is not started without it")]
+    SpawnJail {
+        /// The `vitrine-vmm` binary.
+        vmm: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A file the jail must hold is missing.
+    #[error("cannot find {0} for QEMU's jail")]
+    JailFile(PathBuf, #[source] io::Error),
+    /// A wall of the jail stopped QEMU (its memory limit, a signal).
+    #[error("{wall}\n--- serial console (tail) ---\n{serial_tail}\n--- QEMU output (tail) ---\n{qemu_tail}")]
+    StoppedByJail {
+        /// The wall, in words.
+        wall: String,
+        /// End of the guest's serial console.
+        serial_tail: String,
+        /// End of QEMU's own stderr (and the jail's).
+        qemu_tail: String,
     },
     /// QEMU ended before the shim said Ready.
     #[error("QEMU exited ({status}) before the shim was ready\n--- serial console (tail) ---\n{serial_tail}\n--- QEMU output (tail) ---\n{qemu_tail}")]
@@ -107,10 +160,13 @@ pub fn vhost_vsock_available() -> bool {
     Path::new("/dev/vhost-vsock").exists()
 }
 
-/// Starts guests under QEMU.
+/// Starts guests under QEMU, jailed.
 #[derive(Debug, Clone)]
 pub struct QemuBackend {
     binary: PathBuf,
+    /// The `vitrine-vmm` that jails QEMU; `None` only after
+    /// [`Self::without_jail`].
+    jail_vmm: Option<PathBuf>,
 }
 
 impl Default for QemuBackend {
@@ -128,11 +184,102 @@ impl QemuBackend {
         Self::with_binary(binary)
     }
 
-    /// Uses the given QEMU binary.
+    /// Uses the given QEMU binary, jailed by the `vitrine-vmm` the KVM
+    /// backend would use (`$VITRINE_VMM`, beside this program, or `PATH`).
     pub fn with_binary(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
+            jail_vmm: Some(KvmBackend::new().binary().to_owned()),
         }
+    }
+
+    /// Jails QEMU with this `vitrine-vmm` binary.
+    pub fn with_jail_vmm(mut self, vmm: impl Into<PathBuf>) -> Self {
+        self.jail_vmm = Some(vmm.into());
+        self
+    }
+
+    /// Runs QEMU without the jail, under its `-sandbox` filter only: for
+    /// tests that need a QEMU stand-in and for measuring what the jail
+    /// costs. The daemon never calls this.
+    pub fn without_jail(mut self) -> Self {
+        self.jail_vmm = None;
+        self
+    }
+
+    /// Whether QEMU runs jailed.
+    pub fn jailed(&self) -> bool {
+        self.jail_vmm.is_some()
+    }
+
+    /// The command that starts QEMU for `config` with its files in `dir`:
+    /// `vitrine-vmm --jail <spec> exec -- <qemu> ...` with the jail
+    /// prepared, or QEMU itself when unjailed.
+    fn command(
+        &self,
+        config: &VmConfig,
+        dir: &Path,
+    ) -> Result<(Command, Option<QemuJail>), QemuError> {
+        let Some(vmm) = &self.jail_vmm else {
+            let mut cmd = Command::new(&self.binary);
+            cmd.args(self.args(config, dir));
+            return Ok((cmd, None));
+        };
+        let program = find_program(&self.binary).map_err(|source| QemuError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        let absolute =
+            |p: &Path| std::fs::canonicalize(p).map_err(|e| QemuError::JailFile(p.to_owned(), e));
+        // Inside the jail only the canonical paths exist.
+        let mut config = config.clone();
+        config.image.kernel = absolute(&config.image.kernel)?;
+        config.image.initrd = absolute(&config.image.initrd)?;
+        let dir = absolute(dir)?;
+        let files = VmmFiles {
+            read_only: vec![config.image.kernel.clone(), config.image.initrd.clone()],
+            read_write: vec![dir.clone()],
+        };
+        let mut programs = ProgramFiles {
+            program: program.clone(),
+            read_execute: vec![PathBuf::from(SYSTEM_PROGRAMS)],
+            symlinks: Vec::new(),
+        };
+        for d in LOADER_DIRS.map(PathBuf::from) {
+            match std::fs::symlink_metadata(&d) {
+                Ok(m) if m.is_symlink() => programs.symlinks.push(d),
+                Ok(_) => programs.read_execute.push(d),
+                Err(_) => {}
+            }
+        }
+        // The jail's own work dir (spec, root mount point) stays outside
+        // every path QEMU can reach.
+        let work = tempfile::Builder::new()
+            .prefix("vitrine-jail-")
+            .tempdir()
+            .map_err(QemuError::PrivateDir)?;
+        let name = format!(
+            "vitrine-qemu-{}-{}",
+            std::process::id(),
+            NEXT_VM.fetch_add(1, Ordering::Relaxed)
+        );
+        // No wall-clock limit here: the task's deadline and Drop end QEMU.
+        let limits = VmmLimits::for_qemu(config.memory_mib, u32::from(config.vcpus), Duration::MAX);
+        let launcher = VmmLauncher::new(vmm, work.path());
+        let prepared =
+            launcher.prepare_exec(&name, limits, &files, &programs, config.accel == Accel::Kvm)?;
+        if let Some(why) = prepared.cgroup_skipped() {
+            log::warn!("vm {name}: no memory/CPU cgroup on this host: {why}");
+        }
+        let cmd = launcher.exec_command(&prepared, &program, &self.args(&config, &dir));
+        Ok((
+            cmd,
+            Some(QemuJail {
+                prepared,
+                _work: work,
+                wall: None,
+            }),
+        ))
     }
 
     /// The arguments QEMU gets for `config`, with its files in `dir`.
@@ -142,8 +289,10 @@ impl QemuBackend {
             cmdline.push(' ');
             cmdline.push_str(&config.extra_cmdline);
         }
+        // A bounded TCG buffer, so the jail's memory limit can cover it.
+        let tcg = format!("tcg,tb-size={}", vmm_jail::TCG_CODE_BUFFER_MIB);
         let accel = match config.accel {
-            Accel::Tcg => "tcg",
+            Accel::Tcg => tcg.as_str(),
             Accel::Kvm => "kvm",
         };
         let mut args: Vec<OsString> = Vec::new();
@@ -161,9 +310,8 @@ impl QemuBackend {
         push(&["-m", &config.memory_mib.to_string()]);
         push(&["-smp", &config.vcpus.max(1).to_string()]);
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        // QEMU's own seccomp filter: no obsolete syscalls, no setuid, no
-        // fork/exec, no scheduler or affinity changes. The project's VMM
-        // has its own jail; this is what the fallback backend gets.
+        // QEMU's own seccomp filter, inside the jail: no obsolete syscalls,
+        // no setuid, no fork/exec, no scheduler or affinity changes.
         push(&[
             "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
@@ -197,6 +345,27 @@ const SERIAL_LOG: &str = "serial.log";
 const QEMU_LOG: &str = "qemu.log";
 const SHIM_SOCKET: &str = "shim.sock";
 
+/// `binary` as an absolute, canonical path: as given if it holds a `/`,
+/// else the first match on `PATH` (the jail execs by path, not by search).
+fn find_program(binary: &Path) -> io::Result<PathBuf> {
+    if binary.components().count() > 1 || binary.is_absolute() {
+        return std::fs::canonicalize(binary);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .map_or_else(
+            || {
+                Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{} is not on PATH", binary.display()),
+                ))
+            },
+            std::fs::canonicalize,
+        )
+}
+
 /// A path as a QEMU option value: commas are doubled, as QEMU's parser wants.
 fn qemu_path_value(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
@@ -229,24 +398,36 @@ impl Backend for QemuBackend {
         let qemu_log = File::create(dir.path().join(QEMU_LOG)).map_err(QemuError::PrivateDir)?;
         let qemu_log_err = qemu_log.try_clone().map_err(QemuError::PrivateDir)?;
 
+        let (mut cmd, jail) = self.command(config, dir.path())?;
         let started = Instant::now();
-        let child = Command::new(&self.binary)
-            .args(self.args(config, dir.path()))
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(qemu_log)
             .stderr(qemu_log_err)
             .spawn()
-            .map_err(|source| QemuError::Spawn {
-                binary: self.binary.clone(),
-                source,
+            .map_err(|source| match &self.jail_vmm {
+                Some(vmm) => QemuError::SpawnJail {
+                    vmm: vmm.clone(),
+                    source,
+                },
+                None => QemuError::Spawn {
+                    binary: self.binary.clone(),
+                    source,
+                },
             })?;
         log::debug!(
-            "qemu pid {} started in {}",
+            "qemu pid {} ({}) started in {}",
             child.id(),
+            if jail.is_some() {
+                "jail keeper"
+            } else {
+                "unjailed"
+            },
             dir.path().display()
         );
         let mut vm = QemuVm {
             process: VmProcess::new(child, "qemu"),
+            jail,
             dir,
             channel: None,
             ready: Ready {
@@ -269,17 +450,58 @@ impl Backend for QemuBackend {
 /// removes its private directory.
 #[derive(Debug)]
 pub struct QemuVm {
+    /// QEMU, or the keeper of its jail.
     process: VmProcess,
+    jail: Option<QemuJail>,
     dir: tempfile::TempDir,
     channel: Option<GuestChannel>,
     ready: Ready,
     boot_time: Duration,
 }
 
+/// QEMU's jail, kept until QEMU has ended so its cgroup can say why and
+/// be removed.
+#[derive(Debug)]
+struct QemuJail {
+    prepared: PreparedJail,
+    _work: tempfile::TempDir,
+    /// Once QEMU has ended: the wall that stopped it, if one did.
+    wall: Option<Option<String>>,
+}
+
 impl QemuVm {
-    /// Process id of QEMU (to check from outside that it is gone).
+    /// Process id of the process the backend started: the jail's keeper
+    /// (QEMU itself when unjailed). To check from outside that it is gone.
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// Process id of QEMU itself, as the host sees it (PID 1 of the jail's
+    /// namespace); `None` once it has ended.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        if self.jail.is_none() {
+            return Some(self.process.pid());
+        }
+        launch::children_of(self.process.pid()).into_iter().next()
+    }
+
+    /// The wall of the jail that stopped QEMU, once it has ended, if one did.
+    pub fn stopped_by_jail(&self) -> Option<&str> {
+        self.jail.as_ref()?.wall.as_ref()?.as_deref()
+    }
+
+    /// Once, when QEMU (its keeper) has ended: asks the jail which wall,
+    /// if any, stopped it, and removes its cgroup.
+    fn ended(&mut self, status: ExitStatus) {
+        let log = self.dir.path().join(QEMU_LOG);
+        if let Some(jail) = self.jail.as_mut().filter(|j| j.wall.is_none()) {
+            let wall = match jail.prepared.ending(status, &file_text(&log), None) {
+                // QEMU's own exit status is not a wall.
+                Ok(ending) => vmm_jail::exit_code(ending).err().map(|e| e.to_string()),
+                Err(e) => Some(format!("cannot read how jailed QEMU ended: {e}")),
+            };
+            jail.wall = Some(wall);
+        }
     }
 
     /// The VM's private directory (socket, serial log, QEMU log).
@@ -289,7 +511,11 @@ impl QemuVm {
 
     /// QEMU's exit status, if it has exited.
     fn poll_exit(&mut self) -> Result<Option<ExitStatus>, QemuError> {
-        self.process.poll_exit().map_err(QemuError::Wait)
+        let exit = self.process.poll_exit().map_err(QemuError::Wait)?;
+        if let Some(status) = exit {
+            self.ended(status);
+        }
+        Ok(exit)
     }
 
     fn connect(
@@ -363,6 +589,13 @@ impl QemuVm {
     }
 
     fn exited_early(&self, status: ExitStatus) -> QemuError {
+        if let Some(wall) = self.stopped_by_jail() {
+            return QemuError::StoppedByJail {
+                wall: wall.to_owned(),
+                serial_tail: self.serial_tail(),
+                qemu_tail: file_tail(&self.dir.path().join(QEMU_LOG)),
+            };
+        }
         QemuError::ExitedEarly {
             status,
             serial_tail: self.serial_tail(),
@@ -391,11 +624,30 @@ impl GuestVm for QemuVm {
     }
 
     fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, QemuError> {
-        self.process.wait_or_kill(limit).map_err(QemuError::Wait)
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.poll_exit()? {
+                return Ok(VmExit::Exited(status));
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Ok(VmExit::Killed);
+            }
+            thread::sleep(POLL);
+        }
     }
 
     fn kill(&mut self) {
+        if self.jail.is_some() && matches!(self.process.poll_exit(), Ok(None)) {
+            // QEMU first, so its keeper reaps it and exits by itself; the
+            // keeper is killed only if it does not.
+            launch::kill_jailed(self.process.pid());
+            let _ = self.process.wait_or_kill(REAP_WAIT);
+        }
         self.process.kill();
+        if let Some(status) = self.process.exit() {
+            self.ended(status);
+        }
     }
 
     fn serial_log(&self) -> String {
@@ -440,7 +692,7 @@ mod tests {
             arg_after(&args, "-M"),
             ["microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off"]
         );
-        assert_eq!(arg_after(&args, "-accel"), ["tcg"]);
+        assert_eq!(arg_after(&args, "-accel"), ["tcg,tb-size=256"]);
         assert_eq!(arg_after(&args, "-kernel"), ["/images/vmlinux"]);
         assert_eq!(arg_after(&args, "-initrd"), ["/images/initrd.gz"]);
         assert_eq!(arg_after(&args, "-append"), ["console=ttyS0 quiet"]);
@@ -485,21 +737,75 @@ mod tests {
 
     #[test]
     fn start_with_a_missing_binary_names_it() {
-        let backend = QemuBackend::with_binary("/nonexistent/qemu-system-x86_64");
+        for backend in [
+            QemuBackend::with_binary("/nonexistent/qemu-system-x86_64"),
+            QemuBackend::with_binary("/nonexistent/qemu-system-x86_64").without_jail(),
+        ] {
+            let err = backend.start(&config()).unwrap_err();
 
-        let err = backend.start(&config()).unwrap_err();
-
-        assert!(matches!(err, QemuError::Spawn { .. }), "{err:?}");
-        assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
+            assert!(matches!(err, QemuError::Spawn { .. }), "{err:?}");
+            assert!(err.to_string().contains("/nonexistent/qemu"), "{err}");
+        }
     }
 
     #[test]
     fn start_reports_qemu_output_when_qemu_exits_before_ready() {
         // `false` exits at once with status 1, as QEMU does on a bad option.
-        let backend = QemuBackend::with_binary("false");
+        // Unjailed: the jail would first refuse the made-up image paths.
+        let backend = QemuBackend::with_binary("false").without_jail();
 
         let err = backend.start(&config()).unwrap_err();
 
         assert!(matches!(err, QemuError::ExitedEarly { .. }), "{err:?}");
+    }
+
+    /// Real (empty) image files, so the jail gets as far as starting.
+    fn config_with_files(dir: &Path) -> VmConfig {
+        let kernel = dir.join("vmlinux");
+        let initrd = dir.join("initrd.gz");
+        std::fs::write(&kernel, b"").unwrap();
+        std::fs::write(&initrd, b"").unwrap();
+        VmConfig::new(GuestImage {
+            kernel,
+            initrd,
+            cmdline: "console=ttyS0".to_owned(),
+        })
+    }
+
+    #[test]
+    fn start_without_the_jail_binary_fails_instead_of_running_qemu_unjailed() {
+        let images = tempfile::tempdir().unwrap();
+        let backend = QemuBackend::with_binary("true").with_jail_vmm("/nonexistent/vitrine-vmm");
+
+        let err = backend
+            .start(&config_with_files(images.path()))
+            .unwrap_err();
+
+        assert!(matches!(err, QemuError::SpawnJail { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/vitrine-vmm"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn start_with_a_missing_image_names_it_before_anything_runs() {
+        let backend = QemuBackend::with_binary("true");
+
+        let err = backend.start(&config()).unwrap_err();
+
+        assert!(
+            matches!(err, QemuError::JailFile(ref p, _) if p.ends_with("vmlinux")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn find_program_resolves_a_bare_name_on_path_to_an_absolute_path() {
+        let found = find_program(Path::new("true")).unwrap();
+
+        assert!(found.is_absolute(), "{}", found.display());
+        assert!(found.ends_with("true"), "{}", found.display());
+        assert!(find_program(Path::new("no-such-program-vitrine")).is_err());
     }
 }
