@@ -108,6 +108,21 @@ impl GuestChannel {
         self.recv_until(Instant::now() + timeout)
     }
 
+    /// Whether the guest's end is still open and has sent nothing unasked,
+    /// checked without blocking: what a VM kept warm must look like.
+    pub fn idle_and_open(&self) -> bool {
+        if self.broken {
+            return false;
+        }
+        let stream = &self.reader.get_ref().stream;
+        let mut byte = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(
+            rustix::net::recv(stream, &mut byte, flags),
+            Err(rustix::io::Errno::AGAIN)
+        )
+    }
+
     fn fail(&mut self, e: FramingError) -> ChannelError {
         self.broken = true;
         ChannelError::Framing(e)

@@ -9,6 +9,7 @@ pub mod export_gate;
 pub mod receipt;
 pub mod state_dirs;
 pub mod vm_seam;
+pub mod warm_pool;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use crate::viewer::viewer_binary;
 use receipt::ReceiptSigner;
 use state_dirs::StateDirs;
 use vm_seam::{LocalProcessBackend, VmStarter};
+use warm_pool::WarmPool;
 use worker::{image_info, WorkerContext};
 
 /// The daemon could not start.
@@ -89,6 +91,10 @@ pub struct DaemonConfig {
     /// DER certificates that guests trust for links beside the web's own
     /// roots (an organisation's CA); see [`load_egress_roots`].
     pub egress_roots: Vec<Vec<u8>>,
+    /// VMs kept booted ahead per VM shape (0: boot each on demand).
+    pub warm_pool: usize,
+    /// The profile whose VM shape is warmed at start (if the policy has it).
+    pub warm_profile: Option<String>,
 }
 
 /// Reads the PEM certificates in `path`, for [`DaemonConfig::egress_roots`].
@@ -156,27 +162,28 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         eprintln!("vitrined: no guest image, sandboxed tasks will fail: {why}");
     }
     let mut accel = config.accel;
-    let backend: Box<dyn VmStarter> = match &config.backend {
+    let backend: Arc<dyn VmStarter> = match &config.backend {
         BackendChoice::Auto => {
             let chosen = HostBackend::choose();
             eprintln!("vitrined: backend {}", chosen.describe());
             accel = chosen.accel();
-            Box::new(chosen)
+            Arc::new(chosen)
         }
-        BackendChoice::Qemu => Box::new(QemuBackend::new()),
+        BackendChoice::Qemu => Arc::new(QemuBackend::new()),
         BackendChoice::LocalProcess(program) => {
             eprintln!(
                 "vitrined: WARNING: guests run as LOCAL PROCESSES ({}) with NO VM ISOLATION; \
                  this backend is for tests only",
                 program.display()
             );
-            Box::new(LocalProcessBackend {
+            Arc::new(LocalProcessBackend {
                 program: program.clone(),
                 env: Vec::new(),
                 ready_timeout: Duration::from_secs(20),
             })
         }
     };
+    let pool = WarmPool::new(Arc::clone(&backend), config.warm_pool);
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
     let viewer = (config.windows && display).then(viewer_binary);
     let first_id = dirs.next_task_number();
@@ -191,7 +198,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         downloads_dirs: crate::open_file::default_downloads_dirs(),
         viewer,
         egress_roots: config.egress_roots.clone(),
+        pool,
     });
+    if let Some(name) = &config.warm_profile {
+        ctx.prewarm(name);
+    }
     let _downloads = config.watch_downloads.then(watch_downloads);
     if let Some(admin) = remote_admin {
         let policy_dir = config.policy_dir.clone();

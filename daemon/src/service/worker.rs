@@ -23,7 +23,8 @@ use super::export_gate::{self, OfferCheck};
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
 use super::state_dirs::StateDirs;
 use super::vm_seam::{RunningVm, VmStarter};
-use crate::backend::{Accel, GuestChannel, GuestImage};
+use super::warm_pool::WarmPool;
+use crate::backend::{Accel, GuestChannel, GuestImage, VmConfig};
 use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
@@ -212,7 +213,9 @@ pub struct WorkerContext {
     /// Where decisions are logged.
     pub audit: Option<AuditLog>,
     /// Starts VMs.
-    pub backend: Box<dyn VmStarter>,
+    pub backend: Arc<dyn VmStarter>,
+    /// VMs booted ahead.
+    pub pool: WarmPool,
     /// How the VM's vCPUs run.
     pub accel: Accel,
     /// The guest image, or why there is none.
@@ -227,6 +230,39 @@ pub struct WorkerContext {
     pub viewer: Option<PathBuf>,
     /// DER certificates guests trust for links beside the web's roots.
     pub egress_roots: Vec<Vec<u8>>,
+}
+
+impl WorkerContext {
+    /// Starts booting VMs of profile `name`'s shape ahead of any task (when
+    /// the pool keeps any, the policy has the profile and there is an image).
+    pub fn prewarm(&self, name: &str) {
+        if self.pool.size() == 0 {
+            return;
+        }
+        let Ok(image) = &self.image else { return };
+        let policy = self.policy.current();
+        let Some(profile) = policy.profile(name) else {
+            log::info!("warm pool: the policy has no profile `{name}` to warm");
+            return;
+        };
+        match task_vm_config(profile, image.image.clone(), self.accel) {
+            Ok(config) => self.pool.refill(&config),
+            Err(why) => log::warn!("warm pool: profile `{name}`: {why}"),
+        }
+    }
+}
+
+/// The VM a task of `profile` runs in.
+fn task_vm_config(profile: &Profile, image: GuestImage, accel: Accel) -> Result<VmConfig, String> {
+    let mut config = open_file::vm_config(profile, image, accel).map_err(|e| chain(&e))?;
+    // Many TCG guests booting at once on few cores take a while, and so
+    // slowly that the guest kernel's IO-APIC timer check can fail and
+    // panic (seen with 10 at once on 2 cores): skip that check there.
+    config.ready_timeout = profile.time_limit.min(READY_WAIT);
+    if accel == Accel::Tcg {
+        config.extra_cmdline = "no_timer_check".to_owned();
+    }
+    Ok(config)
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -485,25 +521,35 @@ impl Worker<'_> {
             profile,
         } = prepared;
         self.state("starting");
-        let mut config = match open_file::vm_config(&profile, image.image, self.ctx.accel) {
+        let config = match task_vm_config(&profile, image.image, self.ctx.accel) {
             Ok(c) => c,
-            Err(e) => return format!("error: {}", chain(&e)),
+            Err(e) => return format!("error: {e}"),
         };
-        // Many TCG guests booting at once on few cores take a while, and so
-        // slowly that the guest kernel's IO-APIC timer check can fail and
-        // panic (seen with 10 at once on 2 cores): skip that check there.
-        config.ready_timeout = profile.time_limit.min(READY_WAIT);
-        if self.ctx.accel == Accel::Tcg {
-            config.extra_cmdline = "no_timer_check".to_owned();
-        }
         let started = Instant::now();
-        let mut vm = match self.ctx.backend.start(&config) {
-            Ok(vm) => vm,
-            Err(e) => return format!("error: the VM did not start: {}", chain(&e)),
+        let (vm, channel) = match self.ctx.pool.take(&config) {
+            Some(warm) => {
+                self.detail(
+                    "vm",
+                    format!(
+                        "warm: booted ahead in {} ms, never used, waited {} s",
+                        warm.vm.boot_time().as_millis(),
+                        warm.idle.as_secs()
+                    ),
+                );
+                (warm.vm, Ok(warm.channel))
+            }
+            None => {
+                let mut vm = match self.ctx.backend.start(&config) {
+                    Ok(vm) => vm,
+                    Err(e) => return format!("error: the VM did not start: {}", chain(&e)),
+                };
+                self.detail("vm", "booted for this task");
+                let channel = vm.take_channel();
+                (vm, channel)
+            }
         };
         self.timing("vm-ready");
         self.detail("boot-ms", vm.boot_time().as_millis().to_string());
-        let channel = vm.take_channel();
         self.control.hold(vm);
         let mut channel = match channel {
             Ok(c) => c,
@@ -539,6 +585,9 @@ impl Worker<'_> {
             shown_noted: false,
         };
         let result = run_task_observed(&mut channel, 1, &input, deadline, &mut observer);
+        // The next task of this shape finds a VM ready: booted now, on the
+        // pool's own thread, once this one no longer needs the CPU to render.
+        self.ctx.pool.refill(&config);
         observer.await_first_shown(FIRST_SHOWN_WAIT);
         let (pixels, pixel_bytes) = (observer.pixels.finish(), observer.pixel_bytes);
         self.receipt.outputs.push(ReceiptOutput {

@@ -470,6 +470,9 @@ fn report(done: &Finished, name: &str) {
     if done.details.contains_key("connections") {
         println!("network   {}", d("connections"));
     }
+    if done.details.contains_key("vm") {
+        println!("vm        {}", d("vm"));
+    }
     if let Some(boot) = done.details.get("boot-ms") {
         println!(
             "timings   boot to Ready {boot} ms, transfer in {} ms, first frame {} ms after the \

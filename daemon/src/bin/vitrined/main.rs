@@ -55,6 +55,13 @@ struct Args {
     /// roots (an organisation's CA).
     #[arg(long, value_name = "FILE", env = "VITRINE_EGRESS_CA")]
     egress_ca: Option<PathBuf>,
+    /// VMs to keep booted ahead for each VM shape tasks use (each one
+    /// serves one task and is destroyed after it; 0: boot on demand).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    warm_pool: usize,
+    /// Profile whose VM is booted ahead at start ("" for none).
+    #[arg(long, value_name = "PROFILE", default_value = "document")]
+    warm_profile: String,
 }
 
 /// `$XDG_CONFIG_HOME/vitrine/vitrined.toml` (or under ~/.config), if it exists.
@@ -106,6 +113,8 @@ fn main() -> ExitCode {
         config_file: args.config.or_else(default_config_file),
         watch_downloads: !args.no_watch_downloads,
         egress_roots,
+        warm_pool: args.warm_pool,
+        warm_profile: Some(args.warm_profile).filter(|p| !p.is_empty()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
