@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
@@ -75,13 +75,31 @@ pub fn restrict(
     dev_kvm: bool,
     proc: bool,
 ) -> Result<LandlockOutcome, FsRulesError> {
+    restrict_scoped(paths, dev_kvm, proc, Scope::from_all(WANTED))
+}
+
+/// The keeper's rules: no file, no TCP, no abstract unix socket; but it
+/// may still signal the jailed process, which lives outside its landlock
+/// domain (it was forked before the keeper restricted itself). With
+/// signals scoped, neither its forwarded SIGTERM nor the SIGKILL of
+/// PR_SET_PDEATHSIG when the keeper dies would reach the jailed process.
+pub fn restrict_keeper() -> Result<LandlockOutcome, FsRulesError> {
+    restrict_scoped(&[], false, false, Scope::AbstractUnixSocket.into())
+}
+
+fn restrict_scoped(
+    paths: &[JailPath],
+    dev_kvm: bool,
+    proc: bool,
+    scopes: BitFlags<Scope>,
+) -> Result<LandlockOutcome, FsRulesError> {
     let read = AccessFs::from_read(WANTED);
     let all = AccessFs::from_all(WANTED);
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(all)?
         .handle_access(AccessNet::from_all(WANTED))?
-        .scope(Scope::from_all(WANTED))?
+        .scope(scopes)?
         .create()?;
     let mut rules: Vec<(&Path, _)> = paths
         .iter()

@@ -86,7 +86,7 @@ fn keep(child: libc::pid_t) -> ! {
         unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
     }
     let lockdown = super::privileges::set_no_new_privs()
-        .and_then(|()| super::fs_rules::restrict(&[], false, false).map_err(JailError::from))
+        .and_then(|()| super::fs_rules::restrict_keeper().map_err(JailError::from))
         .and_then(|_| super::privileges::drop_capabilities())
         .map_err(|e| e.to_string())
         .and_then(|()| seccomp::install(ThreadKind::Keeper, "keeper").map_err(|e| e.to_string()));
