@@ -231,6 +231,57 @@ fn dropping_a_jailed_vm_kills_qemu_and_its_keeper() {
     assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
+/// Whether `pid` has ended: gone, or a zombie waiting for the host's init
+/// (a jailed process whose keeper died is reparented there).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+fn ends_within(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ended(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ended(pid)
+}
+
+#[test]
+fn qemu_ends_when_its_keeper_is_told_to_or_killed() {
+    let test = "qemu_ends_when_its_keeper_is_told_to_or_killed";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    for signal in ["-TERM", "-KILL"] {
+        let mut vm = QemuBackend::new().start(&config(&image)).unwrap();
+        let (keeper, qemu) = (vm.pid(), vm.qemu_pid().unwrap());
+
+        // TERM: the keeper forwards it; KILL: PR_SET_PDEATHSIG kills QEMU.
+        let sent = std::process::Command::new("kill")
+            .args([signal, &keeper.to_string()])
+            .status()
+            .unwrap();
+
+        assert!(sent.success(), "kill {signal} {keeper}");
+        assert!(
+            ends_within(qemu, Duration::from_secs(5)),
+            "QEMU {qemu} outlived its keeper after {signal}"
+        );
+        let exit = vm.wait_or_kill(Duration::from_secs(5)).unwrap();
+        assert!(
+            matches!(exit, vitrine_daemon::backend::VmExit::Exited(_)),
+            "{exit:?}"
+        );
+    }
+}
+
 /// A measurement, not a check: boot to Ready of the same image, jailed
 /// and unjailed, median of a few runs. Run it with `--ignored`.
 #[test]
