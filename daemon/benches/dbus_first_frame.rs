@@ -6,7 +6,8 @@
 //! waits for `TaskFinished`, and reads the task's `Timings` and `Details`:
 //!
 //! - policy: call to the policy's decision (reading the fd, sniffing);
-//! - VM start to Ready: the backend's boot (fresh QEMU TCG guest);
+//! - VM: decision to a VM at Ready: a QEMU TCG boot without the warm pool,
+//!   taking a VM booted ahead with it;
 //! - transfer: the task and its input into the guest;
 //! - render: task sent to the first frame, less the transfer;
 //! - to viewer: first frame received to the viewer's acknowledgement that
@@ -14,8 +15,11 @@
 //! - other: the rest (starting the viewer window, bookkeeping);
 //! - total: the call to that moment.
 //!
-//! Prints a table with p50 and p90 over `VITRINE_BENCH_RUNS` runs (default
-//! 5). Without the guest image, dbus-daemon or Xvfb it says what is missing
+//! Runs twice in the same bus set-up, `vitrined --warm-pool 0` (every task
+//! boots its VM) and `--warm-pool 1` (the pool boots the next VM after each
+//! task's render; each run waits for it), and prints a table for each with
+//! p50 and p90 over `VITRINE_BENCH_RUNS` runs (default 5), then the warm/cold
+//! ratio of the totals. Without the guest image, dbus-daemon or Xvfb it says what is missing
 //! and exits 0.
 
 #[path = "../tests/dbus_support/mod.rs"]
@@ -50,15 +54,30 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let rows = rt.block_on(measure(&image, runs));
-    print_table(&rows, runs);
+    let cold = rt.block_on(measure(&image, runs, 0));
+    let warm = rt.block_on(measure(&image, runs, 1));
+    print_table("no warm pool: each task boots its VM", &cold, runs);
+    print_table(
+        "warm pool of 1: each task takes a VM booted ahead",
+        &warm,
+        runs,
+    );
+    let total =
+        |rows: &[Row]| percentile(&mut rows.iter().map(|r| r.total).collect::<Vec<_>>(), 50);
+    println!();
+    println!(
+        "call -> first frame on screen, p50: warm {:.0} ms / cold {:.0} ms = {:.2}",
+        total(&warm),
+        total(&cold),
+        total(&warm) / total(&cold)
+    );
 }
 
 /// One run's steps, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
 struct Row {
     policy: f64,
-    boot: f64,
+    vm: f64,
     transfer: f64,
     render: f64,
     to_viewer: f64,
@@ -66,14 +85,17 @@ struct Row {
     wall_to_finished: f64,
 }
 
-async fn measure(image: &std::path::Path, runs: usize) -> Vec<Row> {
+async fn measure(image: &std::path::Path, runs: usize, pool: usize) -> Vec<Row> {
     let x = Xvfb::start();
+    let pool = pool.to_string();
     let bus = PrivateBus::start(
         &[
             "--policy-dir".as_ref(),
             example_policy().as_os_str(),
             "--image-dir".as_ref(),
             image.as_os_str(),
+            "--warm-pool".as_ref(),
+            pool.as_ref(),
         ],
         &[
             ("DISPLAY", OsStr::new(&x.display)),
@@ -103,6 +125,10 @@ async fn measure(image: &std::path::Path, runs: usize) -> Vec<Row> {
     let pdf = repo().join("shim/fixtures/three-pages.pdf");
     let mut rows = Vec::new();
     for run in 0..runs {
+        if pool != "0" {
+            // The pool boots the next VM after each task's render.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         let file = std::fs::File::open(&pdf).unwrap();
         let called = Instant::now();
         let task: OwnedObjectPath = manager
@@ -138,14 +164,14 @@ async fn measure(image: &std::path::Path, runs: usize) -> Vec<Row> {
         };
         let row = Row {
             policy: us("policy"),
-            boot: ms("boot-ms"),
+            vm: us("vm-ready") - us("policy"),
             transfer: ms("transfer-ms"),
             render: ms("first-frame-ms") - ms("transfer-ms"),
             to_viewer: us("first-frame-shown") - us("first-frame"),
             total: us("first-frame-shown"),
             wall_to_finished: wall.as_secs_f64() * 1e3,
         };
-        eprintln!("{NAME}: run {}: {row:?}", run + 1);
+        eprintln!("{NAME}: pool {pool}, run {}: {row:?}", run + 1);
         rows.push(row);
         // Close this run's window before the next.
         let _: () = proxy.call("Cancel", &()).await.unwrap();
@@ -162,21 +188,21 @@ fn percentile(values: &mut [f64], pct: usize) -> f64 {
 /// Reads one step out of a run.
 type Column = fn(&Row) -> f64;
 
-fn print_table(rows: &[Row], runs: usize) {
+fn print_table(title: &str, rows: &[Row], runs: usize) {
     let columns: [(&str, Column); 8] = [
         ("policy decision (call -> decision)", |r| r.policy),
-        ("VM start -> Ready (QEMU TCG boot)", |r| r.boot),
+        ("VM (decision -> VM at Ready)", |r| r.vm),
         ("transfer (task + input into guest)", |r| r.transfer),
         ("render (in guest, to first frame)", |r| r.render),
         ("to viewer (frame -> viewer presented it)", |r| r.to_viewer),
         ("other (viewer start, bookkeeping)", |r| {
-            r.total - r.policy - r.boot - r.transfer - r.render - r.to_viewer
+            r.total - r.policy - r.vm - r.transfer - r.render - r.to_viewer
         }),
         ("TOTAL call -> first frame on screen", |r| r.total),
         ("call -> TaskFinished (3 pages)", |r| r.wall_to_finished),
     ];
     println!();
-    println!("D-Bus OpenFile -> first frame on screen, {runs} runs (ms)");
+    println!("D-Bus OpenFile -> first frame on screen, {runs} runs (ms); {title}");
     println!(
         "{:<38} {:>9} {:>9} {:>9} {:>9}",
         "step", "p50", "p90", "min", "max"
