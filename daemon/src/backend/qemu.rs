@@ -405,15 +405,23 @@ impl Backend for QemuBackend {
             .stdout(qemu_log)
             .stderr(qemu_log_err)
             .spawn()
-            .map_err(|source| match &self.jail_vmm {
-                Some(vmm) => QemuError::SpawnJail {
-                    vmm: vmm.clone(),
-                    source,
-                },
-                None => QemuError::Spawn {
-                    binary: self.binary.clone(),
-                    source,
-                },
+            .map_err(|source| {
+                // Nothing will join the cgroup the jail made: remove it.
+                if let Some(cg) = jail.as_ref().and_then(|j| j.prepared.cgroup()) {
+                    if let Err(e) = cg.remove() {
+                        log::warn!("cannot remove QEMU's unused cgroup {cg}: {e}");
+                    }
+                }
+                match &self.jail_vmm {
+                    Some(vmm) => QemuError::SpawnJail {
+                        vmm: vmm.clone(),
+                        source,
+                    },
+                    None => QemuError::Spawn {
+                        binary: self.binary.clone(),
+                        source,
+                    },
+                }
             })?;
         log::debug!(
             "qemu pid {} ({}) started in {}",
