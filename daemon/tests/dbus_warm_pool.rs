@@ -4,7 +4,7 @@
 //! task has rendered, so the second PDF is warm too. "Warm" must mean booted
 //! before the call: the first frame comes sooner after the call than the
 //! VM took to boot. Each VM serves one task: after both, the only QEMU left
-//! is the one waiting in the pool.
+//! is the one waiting in the pool, and it goes when the daemon does.
 //!
 //! Needs dbus, QEMU and the guest image; each missing piece prints SKIPPED.
 
@@ -103,5 +103,17 @@ fn documents_open_in_vms_booted_before_the_call_and_each_vm_serves_one_task() {
         left.len(),
         1,
         "only the pool's next VM may be left: {left:?}"
+    );
+
+    // The daemon exits with its bus, and its waiting VM with it.
+    drop(bus);
+    let pooled = format!("/proc/{}", left[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&pooled).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !Path::new(&pooled).exists(),
+        "the pooled VM outlived its daemon"
     );
 }

@@ -218,7 +218,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         None => zbus::connection::Builder::session()?,
     };
     let connection = builder.build().await?;
-    bus::serve(connection, ctx, first_id).await?;
+    let served = bus::serve(connection, Arc::clone(&ctx), first_id).await;
+    // The process ends next, without dropping what the bus objects hold:
+    // VMs waiting in the pool must not outlive the daemon.
+    ctx.pool.shutdown();
+    served?;
     Ok(())
 }
 

@@ -152,6 +152,9 @@ impl WarmPool {
         let give_up = Instant::now() + config.ready_timeout;
         let mut state = lock.lock().ok()?;
         loop {
+            if state.closed {
+                return None;
+            }
             expire(&mut state);
             while let Some(i) = state.ready.iter().position(|p| p.key == key) {
                 let mut pooled = state.ready.swap_remove(i);
@@ -181,6 +184,9 @@ impl WarmPool {
         let key = shape(config);
         let (lock, _) = &*self.state;
         let Ok(mut state) = lock.lock() else { return };
+        if state.closed {
+            return;
+        }
         expire(&mut state);
         let have = state.ready.iter().filter(|p| p.key == key).count()
             + state.filling.get(&key).copied().unwrap_or(0);
@@ -211,15 +217,26 @@ fn expire(state: &mut State) {
     }
 }
 
-impl Drop for WarmPool {
-    fn drop(&mut self) {
-        let (lock, _) = &*self.state;
+impl WarmPool {
+    /// Kills every waiting VM; one still booting is killed when it is up
+    /// (or with its booting thread, for a jailed VM). Takes nothing after.
+    pub fn shutdown(&self) {
+        let (lock, ready) = &*self.state;
         if let Ok(mut state) = lock.lock() {
             state.closed = true;
             for mut pooled in state.ready.drain(..) {
-                pooled.vm.kill();
+                // Kills and reaps.
+                let _ = pooled.vm.wait_or_kill(Duration::ZERO);
             }
+            state.filling.clear();
         }
+        ready.notify_all();
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -345,5 +362,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         drop(pool);
         assert_eq!(backend.killed.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn after_shutdown_nothing_is_served_or_booted() {
+        let backend = Arc::new(PairBackend::default());
+        let pool = WarmPool::new(backend.clone(), 1);
+        pool.refill(&config(512));
+        assert!(pool.take(&config(512)).is_some());
+
+        pool.shutdown();
+        pool.refill(&config(512));
+        let taken = pool.take(&config(512));
+
+        assert!(taken.is_none());
+        assert_eq!(backend.boots.load(Ordering::SeqCst), 1);
     }
 }
