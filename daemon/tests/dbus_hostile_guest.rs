@@ -225,7 +225,9 @@ async fn garbage_frames_fail_the_task_and_the_daemon_serves_the_next() {
     assert_eq!(after_verdict, "clean");
     assert_eq!(bus.daemon_pid(), daemon, "the daemon restarted");
     assert!(daemon.is_some(), "no daemon");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each guest is reaped after its task's verdict; a loaded 2-core host
+    // has taken over 10 s for the last one.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !bus.daemon_children().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
