@@ -25,6 +25,9 @@ use vitrine_shim::protocol::{
 use crate::backend::{ChannelError, GuestChannel};
 use crate::pages::{page_bytes, PageImage, PagesError};
 
+/// Longest a user's input waits while the guest is silent.
+const INPUT_POLL: Duration = Duration::from_millis(25);
+
 /// Size of the input chunks sent (1 MiB; the protocol allows up to 4 MiB).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const _: () = assert!(CHUNK_BYTES <= MAX_CHUNK_BYTES);
@@ -343,6 +346,18 @@ pub fn run_task_observed(
     run.times.input_sent = Some(sent.elapsed());
 
     loop {
+        // Wait in short slices, so that the user's input (and a closed
+        // window) reaches a guest that is silent, such as a program waiting
+        // for a key.
+        while Instant::now() < deadline
+            && !channel.wait_readable(INPUT_POLL.min(deadline - Instant::now()))
+        {
+            for event in observer.input() {
+                channel
+                    .send(&HostMessage::Input(event))
+                    .map_err(|e| fail(e, &seen))?;
+            }
+        }
         let msg = channel.recv_until(deadline).map_err(|e| fail(e, &seen))?;
         let at = Some(sent.elapsed());
         match msg {
@@ -780,6 +795,78 @@ mod tests {
         assert!(
             matches!(&err, TaskError::ExportMismatch { reason, .. } if reason.contains("more than")),
             "{err:?}"
+        );
+    }
+
+    /// A user who types one key 300 ms in, after the guest fell silent.
+    struct LateKey {
+        from: Instant,
+        typed: bool,
+    }
+
+    impl TaskObserver for LateKey {
+        fn input(&mut self) -> Vec<InputEvent> {
+            if self.typed || self.from.elapsed() < Duration::from_millis(300) {
+                return Vec::new();
+            }
+            self.typed = true;
+            vec![InputEvent::Text("y".into())]
+        }
+    }
+
+    #[test]
+    fn input_reaches_a_guest_that_waits_silently_for_it() {
+        // Arrange: a guest that, like a program at a prompt, sends nothing
+        // until it gets a key, then ends.
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let guest = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            let task = reader.recv().unwrap().unwrap();
+            assert!(matches!(task, HostMessage::Task(_)));
+            writer.send(&GuestMessage::Accepted { task: 7 }).unwrap();
+            let key = reader.recv().unwrap().unwrap();
+            writer
+                .send(&GuestMessage::Done {
+                    task: 7,
+                    status: TaskStatus::Ok,
+                })
+                .unwrap();
+            key
+        });
+        let input = TaskInput {
+            kind: TaskKind::OpenUri {
+                uri: "https://example.org/".into(),
+                now_unix_secs: 0,
+                extra_roots: Vec::new(),
+            },
+            data: Vec::new(),
+            limits: limits(),
+        };
+        let started = Instant::now();
+
+        // Act
+        let run = run_task_observed(
+            &mut channel,
+            7,
+            &input,
+            started + Duration::from_secs(5),
+            &mut LateKey {
+                from: started,
+                typed: false,
+            },
+        )
+        .unwrap();
+
+        // Assert
+        let key = guest.join().unwrap();
+        assert_eq!(key, HostMessage::Input(InputEvent::Text("y".into())));
+        assert_eq!(run.status, Some(TaskStatus::Ok));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
         );
     }
 

@@ -108,6 +108,23 @@ impl GuestChannel {
         self.recv_until(Instant::now() + timeout)
     }
 
+    /// Waits up to `timeout` for the guest to send something (or close its
+    /// end); `false` when it stayed silent. A frame is read whole by
+    /// [`recv_until`](Self::recv_until), so nothing waits in a buffer that
+    /// this would miss.
+    pub fn wait_readable(&self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let stream = &self.reader.get_ref().stream;
+        let timeout = Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(stream, PollFlags::IN)];
+        // An error (EINTR) counts as readable: the receive that follows
+        // then reports whatever is wrong.
+        poll(&mut fds, Some(&timeout)).map_or(true, |n| n > 0)
+    }
+
     /// Whether the guest's end is still open and has sent nothing unasked,
     /// checked without blocking: what a VM kept warm must look like.
     pub fn idle_and_open(&self) -> bool {
