@@ -354,7 +354,7 @@ pub fn run_task_observed(
         {
             for event in observer.input() {
                 channel
-                    .send(&HostMessage::Input(event))
+                    .send(&HostMessage::Input(within(event, &input.limits)))
                     .map_err(|e| fail(e, &seen))?;
             }
         }
@@ -441,9 +441,22 @@ pub fn run_task_observed(
         }
         for event in observer.input() {
             channel
-                .send(&HostMessage::Input(event))
+                .send(&HostMessage::Input(within(event, &input.limits)))
                 .map_err(|e| fail(e, &seen))?;
         }
+    }
+}
+
+/// `event`, with a resize cut to the task's page limits: a window larger
+/// than the profile's display must not ask the guest for a page the host
+/// would then refuse (and end the task for).
+fn within(event: InputEvent, limits: &Limits) -> InputEvent {
+    match event {
+        InputEvent::Resize { width, height } => InputEvent::Resize {
+            width: width.clamp(1, limits.max_width.max(1)),
+            height: height.clamp(1, limits.max_height.max(1)),
+        },
+        other => other,
     }
 }
 
@@ -868,6 +881,43 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_resize_past_the_page_limits_is_cut_to_them() {
+        let limits = limits();
+
+        let big = within(
+            InputEvent::Resize {
+                width: 872,
+                height: 968,
+            },
+            &limits,
+        );
+        let small = within(
+            InputEvent::Resize {
+                width: 5,
+                height: 6,
+            },
+            &limits,
+        );
+        let key = within(InputEvent::Text("a".into()), &limits);
+
+        assert_eq!(
+            big,
+            InputEvent::Resize {
+                width: 8,
+                height: 8
+            }
+        );
+        assert_eq!(
+            small,
+            InputEvent::Resize {
+                width: 5,
+                height: 6
+            }
+        );
+        assert_eq!(key, InputEvent::Text("a".into()));
     }
 
     #[test]

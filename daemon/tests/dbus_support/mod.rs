@@ -389,9 +389,7 @@ impl Xvfb {
     /// Starts Xvfb (1280x1024, 24 bits) on the first free display from :90.
     pub fn start() -> Xvfb {
         for n in 90..140 {
-            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
-                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
-            {
+            if display_in_use(n) {
                 continue;
             }
             let display = format!(":{n}");
@@ -426,8 +424,27 @@ impl Xvfb {
     }
 }
 
+/// Whether display `:n` has a live server: its lock file names a running
+/// process. A lock left by a killed server is stale, and Xvfb replaces it.
+fn display_in_use(n: u32) -> bool {
+    match std::fs::read_to_string(format!("/tmp/.X{n}-lock")) {
+        Ok(pid) => Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        Err(_) => false,
+    }
+}
+
 impl Drop for Xvfb {
     fn drop(&mut self) {
+        // SIGTERM first, so that the server removes its lock and socket.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
