@@ -282,6 +282,30 @@ fn qemu_ends_when_its_keeper_is_told_to_or_killed() {
     }
 }
 
+#[test]
+fn a_jailed_qemu_dies_with_the_thread_that_started_it() {
+    let test = "a_jailed_qemu_dies_with_the_thread_that_started_it";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    // Arrange: a VM started by a thread that then ends, as a daemon's
+    // threads all end when it exits or crashes.
+    let config = config(&image);
+    let mut vm = std::thread::spawn(move || QemuBackend::new().start(&config).unwrap())
+        .join()
+        .unwrap();
+    let qemu = vm.qemu_pid().unwrap();
+
+    // Act: nothing; the launcher is gone.
+
+    // Assert: the VM object is still held here, but QEMU is not running.
+    assert!(
+        ends_within(qemu, Duration::from_secs(5)),
+        "QEMU {qemu} outlived the thread that started it"
+    );
+    let _ = vm.wait_or_kill(Duration::from_secs(5));
+}
+
 /// A measurement, not a check: boot to Ready of the same image, jailed
 /// and unjailed, median of a few runs. Run it with `--ignored`.
 #[test]

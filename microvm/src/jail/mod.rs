@@ -56,6 +56,8 @@ pub enum JailError {
     MissingPath(PathBuf, #[source] std::io::Error),
     #[error("cannot join the cgroup")]
     Cgroup(#[from] CgroupError),
+    #[error("the process that started the jail ended before it was entered")]
+    LauncherGone,
     #[error("{what} failed")]
     Sys {
         what: String,
@@ -194,6 +196,7 @@ pub fn enter(spec: &JailSpec) -> Result<JailReport, JailError> {
     if threads != 1 {
         return Err(JailError::Threaded(threads));
     }
+    namespaces::die_with_launcher()?;
     if let Some(cg) = &spec.cgroup {
         cg.join_self()?;
     }

@@ -45,6 +45,27 @@ fn unshare(flags: libc::c_int, what: &str) -> Result<(), JailError> {
     Ok(())
 }
 
+/// Makes this process (the keeper to be) die with the thread that started
+/// it: a jail whose launcher is gone (a daemon that exited or crashed, a
+/// warm-pool thread) has nobody left to stop its VM, which would otherwise
+/// run on as an orphan. The VMM in turn dies with the keeper.
+pub fn die_with_launcher() -> Result<(), JailError> {
+    // SAFETY: getppid takes no arguments and cannot fail.
+    let launcher = unsafe { libc::getppid() };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(sys("prctl(PR_SET_PDEATHSIG)")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // The launcher may have ended before the prctl took effect.
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } != launcher {
+        return Err(JailError::LauncherGone);
+    }
+    Ok(())
+}
+
 /// The VMM's PID, seen from the keeper, for forwarding signals.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
