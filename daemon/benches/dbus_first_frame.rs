@@ -30,8 +30,8 @@ use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, image_or_skip, manager_signals, repo, tool_or_skip, wait_finished, PrivateBus,
-    Xvfb,
+    example_policy, image_or_skip, manager_proxy, manager_signals, repo, task_proxy, tool_or_skip,
+    wait_finished, PrivateBus, Xvfb,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -107,14 +107,7 @@ async fn measure(image: &std::path::Path, runs: usize, pool: usize) -> Vec<Row> 
     );
     let connection = bus.connect().await;
     let mut signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
     let activation = Instant::now();
     let _: Vec<(OwnedObjectPath, String, String, String, String)> =
         manager.call("ListTasks", &()).await.unwrap();
@@ -146,14 +139,7 @@ async fn measure(image: &std::path::Path, runs: usize, pool: usize) -> Vec<Row> 
             wait_finished(&connection, &mut signals, &task, Duration::from_secs(180)).await;
         let wall = called.elapsed();
         assert_eq!(verdict, "clean", "run {run}");
-        let proxy = zbus::Proxy::new(
-            &connection,
-            "org.vitrine.Sandbox1",
-            task.as_str(),
-            "org.vitrine.Sandbox1.Task",
-        )
-        .await
-        .unwrap();
+        let proxy = task_proxy(&connection, task.as_str()).await;
         let t: HashMap<String, u64> = proxy.get_property("Timings").await.unwrap();
         let d: HashMap<String, String> = proxy.get_property("Details").await.unwrap();
         let us = |k: &str| t.get(k).copied().unwrap_or_default() as f64 / 1e3;

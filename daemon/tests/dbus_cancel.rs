@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, image_or_skip, loud, manager_signals, static_program, text, tool_or_skip,
-    wait_finished, PrivateBus,
+    example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program,
+    task_proxy, text, tool_or_skip, wait_finished, PrivateBus,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -50,14 +50,7 @@ async fn task_cancelled_mid_render_ends_cancelled_and_its_vm_is_gone() {
     );
     let connection = bus.connect().await;
     let mut signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
     let file = std::fs::File::open(&program).unwrap();
     let task: OwnedObjectPath = manager
         .call(
@@ -70,14 +63,7 @@ async fn task_cancelled_mid_render_ends_cancelled_and_its_vm_is_gone() {
         )
         .await
         .unwrap();
-    let proxy = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        task.as_str(),
-        "org.vitrine.Sandbox1.Task",
-    )
-    .await
-    .unwrap();
+    let proxy = task_proxy(&connection, task.as_str()).await;
     // Wait for the first frame: the program is running and rendering.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

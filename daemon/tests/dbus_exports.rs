@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use dbus_support::{
-    example_policy, image_or_skip, loud, manager_signals, static_program, text, tool_or_skip,
-    wait_finished, PrivateBus,
+    example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program, text,
+    tool_or_skip, wait_finished, PrivateBus,
 };
 use vitrine_daemon::service::receipt::{sha256_hex, verify_file};
 use zbus::export::futures_core::Stream;
@@ -68,14 +68,7 @@ async fn run_exporter(
 ) {
     let connection = bus.connect().await;
     let signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new_owned(
-        connection.clone(),
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
     let file = std::fs::File::open(program).unwrap();
     let mut options: HashMap<&str, Value<'_>> = HashMap::new();
     options.insert(

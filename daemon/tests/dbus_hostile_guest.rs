@@ -18,7 +18,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, loud, manager_signals, tool_or_skip, wait_finished, PrivateBus,
+    example_policy, loud, manager_proxy, manager_signals, task_proxy, tool_or_skip, wait_finished,
+    PrivateBus,
 };
 use vitrine_shim::protocol::{
     Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, PixelFormat, Ready,
@@ -131,14 +132,7 @@ async fn garbage_frames_fail_the_task_and_the_daemon_serves_the_next() {
     let files = tempfile::tempdir().unwrap();
     let connection = bus.connect().await;
     let mut signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
     let open = |name: &str| {
         let path = files.path().join(name);
         std::fs::write(&path, b"some plain text\n").unwrap();
@@ -189,14 +183,7 @@ async fn garbage_frames_fail_the_task_and_the_daemon_serves_the_next() {
         .unwrap();
     let honest_verdict = {
         // `honest` may have finished before the hostile one: ask its property.
-        let task = zbus::Proxy::new(
-            &connection,
-            "org.vitrine.Sandbox1",
-            honest.as_str(),
-            "org.vitrine.Sandbox1.Task",
-        )
-        .await
-        .unwrap();
+        let task = task_proxy(&connection, honest.as_str()).await;
         let v: String = task.get_property("Verdict").await.unwrap();
         if v.is_empty() {
             wait_finished(&connection, &mut signals, &honest, Duration::from_secs(60)).await

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, image_or_skip, loud, manager_signals, static_program, tool_or_skip,
-    wait_finished, PrivateBus, Xvfb,
+    example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program,
+    task_proxy, tool_or_skip, wait_finished, PrivateBus, Xvfb,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -79,14 +79,7 @@ async fn a_program_at_a_prompt_gets_the_line_typed_into_its_window() {
     );
     let connection = bus.connect().await;
     let mut signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
     let file = std::fs::File::open(&program).unwrap();
     let task: OwnedObjectPath = manager
         .call(
@@ -99,14 +92,7 @@ async fn a_program_at_a_prompt_gets_the_line_typed_into_its_window() {
         )
         .await
         .unwrap();
-    let proxy = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        task.as_str(),
-        "org.vitrine.Sandbox1.Task",
-    )
-    .await
-    .unwrap();
+    let proxy = task_proxy(&connection, task.as_str()).await;
 
     // Act: once the window is up and the program has sat at its prompt for
     // a while (its guest silent), type the word and Enter.

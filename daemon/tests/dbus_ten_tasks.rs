@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, image_or_skip, loud, manager_signals, repo, tool_or_skip, wait_finished,
-    PrivateBus,
+    example_policy, image_or_skip, loud, manager_proxy, manager_signals, repo, task_proxy,
+    tool_or_skip, wait_finished, PrivateBus,
 };
 use vitrine_daemon::pages::PageImage;
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
@@ -44,14 +44,7 @@ async fn ten_pdf_tasks_at_once_all_render_and_leave_no_vm() {
     let pdf = repo().join("shim/fixtures/three-pages.pdf");
     let connection = bus.connect().await;
     let mut signals = manager_signals(&connection).await;
-    let manager = zbus::Proxy::new(
-        &connection,
-        "org.vitrine.Sandbox1",
-        "/org/vitrine/Sandbox1",
-        "org.vitrine.Sandbox1",
-    )
-    .await
-    .unwrap();
+    let manager = manager_proxy(&connection).await;
 
     // Act: every call returns at once; the work runs behind it.
     let started = Instant::now();
@@ -72,14 +65,7 @@ async fn ten_pdf_tasks_at_once_all_render_and_leave_no_vm() {
         manager.call("ListTasks", &()).await.unwrap();
     let mut verdicts = Vec::new();
     for task in &tasks {
-        let proxy = zbus::Proxy::new(
-            &connection,
-            "org.vitrine.Sandbox1",
-            task.as_str(),
-            "org.vitrine.Sandbox1.Task",
-        )
-        .await
-        .unwrap();
+        let proxy = task_proxy(&connection, task.as_str()).await;
         let v: String = proxy.get_property("Verdict").await.unwrap();
         let v = if v.is_empty() {
             wait_finished(&connection, &mut signals, task, Duration::from_secs(240)).await

@@ -334,6 +334,30 @@ pub async fn wait_finished(
 }
 
 /// A stream of the manager's signals (subscribe before calling).
+/// A proxy for the manager object, `/org/vitrine/Sandbox1`.
+pub async fn manager_proxy(connection: &zbus::Connection) -> zbus::Proxy<'static> {
+    zbus::Proxy::new_owned(
+        connection.clone(),
+        "org.vitrine.Sandbox1",
+        "/org/vitrine/Sandbox1",
+        "org.vitrine.Sandbox1",
+    )
+    .await
+    .unwrap()
+}
+
+/// A proxy for one task object.
+pub async fn task_proxy(connection: &zbus::Connection, task: &str) -> zbus::Proxy<'static> {
+    zbus::Proxy::new_owned(
+        connection.clone(),
+        "org.vitrine.Sandbox1",
+        task.to_owned(),
+        "org.vitrine.Sandbox1.Task",
+    )
+    .await
+    .unwrap()
+}
+
 pub async fn manager_signals(connection: &zbus::Connection) -> zbus::MessageStream {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
