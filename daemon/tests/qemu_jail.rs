@@ -291,10 +291,15 @@ fn a_jailed_qemu_dies_with_the_thread_that_started_it() {
     // Arrange: a VM started by a thread that then ends, as a daemon's
     // threads all end when it exits or crashes.
     let config = config(&image);
-    let mut vm = std::thread::spawn(move || QemuBackend::new().start(&config).unwrap())
-        .join()
-        .unwrap();
-    let qemu = vm.qemu_pid().unwrap();
+    // QEMU's pid is read while the launcher still runs: once it ends, QEMU
+    // may already be gone.
+    let (mut vm, qemu) = std::thread::spawn(move || {
+        let vm = QemuBackend::new().start(&config).unwrap();
+        let qemu = vm.qemu_pid().unwrap();
+        (vm, qemu)
+    })
+    .join()
+    .unwrap();
 
     // Act: nothing; the launcher is gone.
 
