@@ -158,19 +158,7 @@ impl ProgramFiles {
             .map(|p| (p, Access::ReadExecute));
         let rx = self.read_execute.iter().map(|p| (p, Access::ReadExecute));
         let links = self.symlinks.iter().map(|p| (p, Access::Symlink));
-        program
-            .chain(rx)
-            .chain(links)
-            .map(|(p, access)| {
-                if !p.is_absolute() {
-                    return Err(VmmJailError::RelativePath(p.clone()));
-                }
-                Ok(JailPath {
-                    path: p.clone(),
-                    access,
-                })
-            })
-            .collect()
+        program.chain(rx).chain(links).map(jail_path).collect()
     }
 }
 
@@ -187,18 +175,19 @@ impl VmmFiles {
     fn jail_paths(&self) -> Result<Vec<JailPath>, VmmJailError> {
         let ro = self.read_only.iter().map(|p| (p, Access::ReadOnly));
         let rw = self.read_write.iter().map(|p| (p, Access::ReadWrite));
-        ro.chain(rw)
-            .map(|(p, access)| {
-                if !p.is_absolute() {
-                    return Err(VmmJailError::RelativePath(p.clone()));
-                }
-                Ok(JailPath {
-                    path: p.clone(),
-                    access,
-                })
-            })
-            .collect()
+        ro.chain(rw).map(jail_path).collect()
     }
+}
+
+/// One host path bound into a jail; it must be absolute.
+fn jail_path((path, access): (&PathBuf, Access)) -> Result<JailPath, VmmJailError> {
+    if !path.is_absolute() {
+        return Err(VmmJailError::RelativePath(path.clone()));
+    }
+    Ok(JailPath {
+        path: path.clone(),
+        access,
+    })
 }
 
 /// Starts `vitrine-vmm` processes jailed.

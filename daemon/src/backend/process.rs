@@ -49,18 +49,29 @@ impl VmProcess {
         Ok(self.exit)
     }
 
-    /// Waits up to `limit` for the process to end by itself, then kills it.
-    pub fn wait_or_kill(&mut self, limit: Duration) -> io::Result<VmExit> {
+    /// Waits up to `limit` for the process to end by itself; `None` when
+    /// it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> io::Result<Option<ExitStatus>> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.poll_exit()? {
-                return Ok(VmExit::Exited(status));
+                return Ok(Some(status));
             }
             if Instant::now() >= deadline {
-                self.kill();
-                return Ok(VmExit::Killed);
+                return Ok(None);
             }
             thread::sleep(POLL);
+        }
+    }
+
+    /// Waits up to `limit` for the process to end by itself, then kills it.
+    pub fn wait_or_kill(&mut self, limit: Duration) -> io::Result<VmExit> {
+        match self.wait_exit(limit)? {
+            Some(status) => Ok(VmExit::Exited(status)),
+            None => {
+                self.kill();
+                Ok(VmExit::Killed)
+            }
         }
     }
 

@@ -632,16 +632,16 @@ impl GuestVm for QemuVm {
     }
 
     fn wait_or_kill(&mut self, limit: Duration) -> Result<VmExit, QemuError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.poll_exit()? {
-                return Ok(VmExit::Exited(status));
+        match self.process.wait_exit(limit).map_err(QemuError::Wait)? {
+            Some(status) => {
+                self.ended(status);
+                Ok(VmExit::Exited(status))
             }
-            if Instant::now() >= deadline {
+            // Killed the jailed way, QEMU before its keeper.
+            None => {
                 self.kill();
-                return Ok(VmExit::Killed);
+                Ok(VmExit::Killed)
             }
-            thread::sleep(POLL);
         }
     }
 
