@@ -10,7 +10,7 @@ use vitrine_shim::protocol::HostMessage;
 
 use crate::backend::qemu::{QemuBackend, QemuError, DEFAULT_QEMU};
 use crate::backend::{Backend, GuestVm, VmConfig, VmExit};
-use crate::task::{run_task, TaskError, TaskInput, TaskRun};
+use crate::task::{give_identity, run_task, TaskError, TaskInput, TaskRun};
 
 /// Time the host waits for `Done` beyond the task's own limit (TCG is slow).
 pub const DONE_MARGIN: Duration = Duration::from_secs(45);
@@ -103,7 +103,8 @@ pub fn run_in_fresh_guest(
     if let Some(lifetime) = deadlines.lifetime {
         deadline = deadline.min(started + lifetime);
     }
-    let result = run_task(&mut channel, 1, input, deadline);
+    let result = give_identity(&mut channel, 1, deadline)
+        .and_then(|_| run_task(&mut channel, 1, input, deadline));
     // The task may have broken the channel; the VM ends either way.
     let _ = channel.send(&HostMessage::Shutdown);
     let exit = vm.wait_or_kill(deadlines.shutdown_wait)?;

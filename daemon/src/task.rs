@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
-    BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
-    Limits, PixelBudget, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES,
-    MAX_TASK_INPUT,
+    BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
+    IdentityApplied, InputEvent, Limits, PixelBudget, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
+    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -86,6 +86,12 @@ pub enum TaskError {
     /// the task's budget.
     #[error("guest overspent the task's pixel budget")]
     Budget(#[from] BudgetError),
+    /// No fresh seed could be drawn for the VM's identity.
+    #[error("cannot draw a seed for the VM's identity: {0}")]
+    Seed(String),
+    /// The guest answered the identity with something else.
+    #[error("the guest answered its identity with {0}")]
+    IdentityRefused(String),
     /// An export came back other than it was offered.
     #[error("export {id} broke its offer: {reason}")]
     ExportMismatch {
@@ -535,6 +541,53 @@ pub fn fetch_export(
         ));
     }
     Ok(data)
+}
+
+/// Gives the VM a fresh identity before its task: a 32-byte seed from the
+/// host's CSPRNG that the guest mixes in before it reseeds its kernel CRNG,
+/// the host's clock, and the task id. A VM cloned from a template wakes
+/// with the template's CRNG state and clock; this is what makes two clones
+/// differ. The guest refuses a task before it.
+pub fn give_identity(
+    channel: &mut GuestChannel,
+    task: u64,
+    deadline: Instant,
+) -> Result<IdentityApplied, TaskError> {
+    let started = Instant::now();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| TaskError::Seed(e.to_string()))?;
+    let clock_unix_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(1);
+    let channel_error = |source| TaskError::Channel {
+        source,
+        after: started.elapsed(),
+        seen: "identity".to_owned(),
+    };
+    channel
+        .send(&HostMessage::Identity(Identity {
+            seed,
+            clock_unix_ns,
+            task,
+        }))
+        .map_err(channel_error)?;
+    loop {
+        match channel.recv_until(deadline).map_err(channel_error)? {
+            GuestMessage::IdentityApplied(applied) => return Ok(applied),
+            // A guest may log while it applies it.
+            GuestMessage::Log { level, text } => log::debug!("guest {level:?}: {text}"),
+            GuestMessage::Done {
+                status: TaskStatus::Failed(why),
+                ..
+            } => return Err(TaskError::IdentityRefused(format!("a failure: {why}"))),
+            other => {
+                let name = format!("{other:?}");
+                let name = name.split([' ', '(', '{']).next().unwrap_or("?").to_owned();
+                return Err(TaskError::IdentityRefused(name));
+            }
+        }
+    }
 }
 
 fn check_task(want: u64, got: u64) -> Result<(), TaskError> {

@@ -22,8 +22,8 @@ use dbus_support::{
     PrivateBus,
 };
 use vitrine_shim::protocol::{
-    Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, PixelFormat, Ready,
-    Rect, TaskKind, TaskStatus,
+    Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, IdentityApplied,
+    PixelFormat, Ready, Rect, TaskKind, TaskStatus,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -60,6 +60,16 @@ fn guest(socket: &str) -> ExitCode {
         capabilities: vec![Capability::Text],
     });
     if writer.send(&ready).is_err() {
+        return ExitCode::FAILURE;
+    }
+    let Ok(Some(HostMessage::Identity(_))) = reader.recv() else {
+        return ExitCode::FAILURE;
+    };
+    let applied = GuestMessage::IdentityApplied(IdentityApplied {
+        random_digest: [0; 32],
+        clock_unix_ns: 1,
+    });
+    if writer.send(&applied).is_err() {
         return ExitCode::FAILURE;
     }
     let Ok(Some(HostMessage::Task(task))) = reader.recv() else {

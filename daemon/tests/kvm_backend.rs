@@ -13,7 +13,7 @@ use vitrine_daemon::backend::select::HostBackend;
 use vitrine_daemon::backend::{Accel, Backend, GuestImage, GuestVm, VmConfig};
 use vitrine_daemon::fresh_guest::process_exists;
 use vitrine_daemon::image_cache;
-use vitrine_daemon::task::{run_task, TaskInput};
+use vitrine_daemon::task::{give_identity, run_task, TaskInput};
 use vitrine_microvm::jail::launch::children_of;
 use vitrine_microvm::test_guests;
 use vitrine_shim::protocol::{HostMessage, Limits};
@@ -238,6 +238,7 @@ fn the_guest_image_renders_a_pdf_under_the_projects_vmm() {
 
     let mut vm = backend.start(&config).unwrap();
     let mut channel = vm.take_channel().unwrap();
+    give_identity(&mut channel, 1, Instant::now() + Duration::from_secs(10)).unwrap();
     let run = run_task(
         &mut channel,
         1,

@@ -13,7 +13,7 @@ use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
 use vitrine_daemon::fresh_guest::{process_exists, qemu_installed};
 use vitrine_daemon::image_cache::{self, ImageCacheError};
-use vitrine_daemon::task::{run_task, TaskInput};
+use vitrine_daemon::task::{give_identity, run_task, TaskInput};
 use vitrine_daemon::vmm_jail::QEMU_OVERHEAD_MIB;
 use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
 
@@ -190,6 +190,7 @@ fn qemu_runs_walled_off_from_the_host_and_still_renders_a_task() {
         b"hello from inside the jail\n".to_vec(),
         Limits::default(),
     );
+    give_identity(&mut channel, 1, Instant::now() + Duration::from_secs(10)).unwrap();
     let run = run_task(
         &mut channel,
         1,

@@ -7,6 +7,7 @@ pub mod arch;
 pub mod boot;
 pub mod bus;
 pub mod devices;
+pub mod guest_entropy;
 pub mod jail;
 pub mod kvm;
 pub mod lifecycle;

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use crate::export::{Exports, CHUNK};
 use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
+use crate::identity;
 use crate::protocol::{
     Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage,
-    InputEvent, Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind, TaskStatus,
-    MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
+    Identity as VmIdentity, InputEvent, Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind,
+    TaskStatus, MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
 };
 use crate::raster::Raster;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
@@ -229,9 +230,27 @@ impl Agent {
             shim_version: SHIM_VERSION.into(),
             capabilities,
         }))?;
+        let mut identity_applied = false;
         let task = loop {
             match self.next_host()? {
-                Some(HostMessage::Task(task)) => break task,
+                Some(HostMessage::Identity(identity)) => {
+                    if !self.apply_identity(&identity)? {
+                        return Ok(());
+                    }
+                    identity_applied = true;
+                }
+                Some(HostMessage::Task(task)) if identity_applied => break task,
+                Some(HostMessage::Task(task)) => {
+                    // A clone without its own seed would share the
+                    // template's random stream with every other clone.
+                    self.send(GuestMessage::Done {
+                        task: task.id,
+                        status: TaskStatus::Failed(
+                            "refused: the task came before the VM's fresh identity".into(),
+                        ),
+                    })?;
+                    return Ok(());
+                }
                 Some(HostMessage::Shutdown) | None => return Ok(()),
                 Some(other) => {
                     self.log(LogLevel::Warn, format!("ignored before task: {other:?}"))?
@@ -242,6 +261,47 @@ impl Agent {
         let result = self.run_task(&task, &work);
         let _ = std::fs::remove_dir_all(&work);
         result
+    }
+
+    /// Applies the host's seed and clock and answers with the digest.
+    /// `false`: it failed in the guest's init, and the session ends.
+    fn apply_identity(&mut self, identity: &VmIdentity) -> Result<bool, AgentError> {
+        let applied = match identity::apply(identity) {
+            Ok(applied) => applied,
+            // PID 1 is the guest's init: there the kernel must take it.
+            Err(e) if std::process::id() == 1 => {
+                self.send(GuestMessage::Done {
+                    task: identity.task,
+                    status: TaskStatus::Failed(format!(
+                        "cannot apply the VM's fresh identity: {}",
+                        chain(&e)
+                    )),
+                })?;
+                return Ok(false);
+            }
+            // A local process (tests) may not reseed or set the host's clock.
+            Err(e) => {
+                self.log(
+                    LogLevel::Warn,
+                    format!(
+                        "not the guest's init, identity not applied to the kernel: {}",
+                        chain(&e)
+                    ),
+                )?;
+                match identity::digest_after_reseed() {
+                    Ok(applied) => applied,
+                    Err(e) => {
+                        self.send(GuestMessage::Done {
+                            task: identity.task,
+                            status: TaskStatus::Failed(chain(&e)),
+                        })?;
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        self.send(GuestMessage::IdentityApplied(applied))?;
+        Ok(true)
     }
 
     fn make_workdir(&self, task: u64) -> Result<PathBuf, AgentError> {

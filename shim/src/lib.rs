@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod export;
 pub mod fetch;
+pub mod identity;
 pub mod init;
 pub mod protocol;
 pub mod raster;

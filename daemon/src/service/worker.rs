@@ -29,7 +29,7 @@ use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
 use crate::pages;
-use crate::task::{fetch_export, run_task_observed, TaskInput, TaskObserver, TaskRun};
+use crate::task::{self, fetch_export, run_task_observed, TaskInput, TaskObserver, TaskRun};
 use crate::viewer::ViewerLink;
 
 /// How long the VM may take to end after `Shutdown` before it is killed.
@@ -41,6 +41,8 @@ const EXPORT_DECISION_WAIT: Duration = Duration::from_secs(10 * 60);
 const EXPORT_FETCH_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait for a VM to boot to `Ready`, within the profile's limit.
 const READY_WAIT: Duration = Duration::from_secs(180);
+/// Longest a VM takes to apply its fresh identity (a reseed and a clock).
+const IDENTITY_WAIT: Duration = Duration::from_secs(10);
 /// How often a worker with an open window looks for it to close.
 const VIEWER_POLL: Duration = Duration::from_millis(100);
 
@@ -561,6 +563,32 @@ impl Worker<'_> {
         if self.control.cancelled() {
             self.teardown(None);
             return "cancelled".to_owned();
+        }
+        let identity_deadline = Instant::now() + IDENTITY_WAIT;
+        match task::give_identity(&mut channel, self.id, identity_deadline) {
+            Ok(applied) => {
+                let host_ns = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let skew_ms = (i128::try_from(applied.clock_unix_ns).unwrap_or(0)
+                    - i128::try_from(host_ns).unwrap_or(0))
+                    / 1_000_000;
+                self.detail(
+                    "identity",
+                    format!(
+                        "fresh seed applied; first random bytes hash {}; guest clock {skew_ms:+} ms from the host's",
+                        hex(&applied.random_digest)
+                    ),
+                );
+                self.timing("identity");
+            }
+            Err(e) => {
+                self.teardown(Some(channel));
+                return format!(
+                    "error: the VM did not take its fresh identity: {}",
+                    chain(&e)
+                );
+            }
         }
         self.state("running");
         let want_viewer = options.viewer.unwrap_or(true) && options.png_dir.is_none();

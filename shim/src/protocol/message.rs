@@ -155,6 +155,19 @@ pub enum GuestMessage {
     },
     /// Closes the open connection. No answer.
     EgressClose,
+    /// The answer to `HostMessage::Identity`: the seed is mixed in, the
+    /// kernel CRNG reseeded and the clock set.
+    IdentityApplied(IdentityApplied),
+}
+
+/// What the guest says once its fresh identity is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityApplied {
+    /// SHA-256 of the first 32 bytes `getrandom` gave after the reseed.
+    /// For tests that two clones differ; never used as a key.
+    pub random_digest: [u8; 32],
+    /// The guest's wall clock after it was set, in ns since the epoch.
+    pub clock_unix_ns: u64,
 }
 
 /// First message of the guest.
@@ -296,6 +309,31 @@ pub enum HostMessage {
     Shutdown,
     /// The answer to `EgressOpen` or `EgressRecv`.
     Egress(EgressReply),
+    /// A fresh identity, before the task: a VM cloned from a template
+    /// wakes with the template's CRNG state and clock. The guest refuses a
+    /// `Task` that comes before it.
+    Identity(Identity),
+}
+
+/// The identity one VM gets before its task.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Mixed into the kernel's entropy pool, then the CRNG is reseeded.
+    pub seed: [u8; 32],
+    /// The host's wall clock, in ns since the epoch.
+    pub clock_unix_ns: u64,
+    /// The task this VM will serve.
+    pub task: TaskId,
+}
+
+impl std::fmt::Debug for Identity {
+    // The seed stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("clock_unix_ns", &self.clock_unix_ns)
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The host's answer on the egress tunnel.
@@ -637,7 +675,7 @@ impl WireMessage for GuestMessage {
                     u64::try_from(MAX_CHUNK_BYTES).unwrap_or(u64::MAX),
                 )
             }
-            GuestMessage::EgressClose => Ok(()),
+            GuestMessage::EgressClose | GuestMessage::IdentityApplied(_) => Ok(()),
         }
     }
 }
@@ -707,6 +745,12 @@ impl WireMessage for HostMessage {
                 check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())
             }
             HostMessage::Shutdown => Ok(()),
+            HostMessage::Identity(identity) => {
+                if identity.clock_unix_ns == 0 {
+                    return Err(MessageError::Zero { field: "clock" });
+                }
+                Ok(())
+            }
             HostMessage::Egress(reply) => match reply {
                 EgressReply::Connected => Ok(()),
                 EgressReply::Data(data) => check_len("egress data", data.len(), MAX_CHUNK_BYTES),

@@ -26,9 +26,9 @@ pub use budget::{BudgetError, PixelBudget};
 pub use codec::{decode_payload, encode_frame, encode_payload, CodecError};
 pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
-    Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
-    Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers, PixelFormat, Ready, Rect, Task,
-    TaskId, TaskKind, TaskStatus, WireMessage,
+    Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
+    IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers,
+    PixelFormat, Ready, Rect, Task, TaskId, TaskKind, TaskStatus, WireMessage,
 };
 /// The byte-string type of `TaskKind::OpenUri::extra_roots`.
 pub use serde_bytes::ByteBuf;
@@ -43,7 +43,7 @@ pub fn check_export_name(name: &str) -> Result<(), MessageError> {
 pub use async_framing::{AsyncFrameReader, AsyncFrameWriter};
 
 /// Version of the wire protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX_BYTES: usize = 4;

@@ -78,6 +78,10 @@ pub fn guest_messages() -> Vec<GuestMessage> {
         },
         GuestMessage::EgressRecv { max: 16384 },
         GuestMessage::EgressClose,
+        GuestMessage::IdentityApplied(IdentityApplied {
+            random_digest: [0xd1; 32],
+            clock_unix_ns: 1_795_000_000_000_000_000,
+        }),
     ]
 }
 
@@ -127,5 +131,10 @@ pub fn host_messages() -> Vec<HostMessage> {
         HostMessage::Egress(EgressReply::Data(Vec::new())),
         HostMessage::Egress(EgressReply::Refused("example.net:80 is not allowed".into())),
         HostMessage::Egress(EgressReply::Failed("connection refused".into())),
+        HostMessage::Identity(Identity {
+            seed: [0x5e; 32],
+            clock_unix_ns: 1_795_000_000_000_000_000,
+            task: 7,
+        }),
     ]
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
-    Capability, ExportOffer, FrameReader, FrameWriter, GuestMessage, HostMessage, InputEvent,
-    Limits, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
+    Capability, ExportOffer, FrameReader, FrameWriter, GuestMessage, HostMessage, Identity,
+    InputEvent, Limits, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
 };
 use vitrine_shim::raster::{Raster, Rgb};
 
@@ -77,11 +77,22 @@ impl Guest {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         let mut reader = FrameReader::new(stream.try_clone().unwrap());
-        let writer = FrameWriter::new(stream);
+        let mut writer = FrameWriter::new(stream);
         let capabilities = match reader.recv().expect("recv Ready") {
             Some(GuestMessage::Ready(ready)) => ready.capabilities,
             other => panic!("expected Ready, got {other:?}"),
         };
+        writer
+            .send(&HostMessage::Identity(Identity {
+                seed: [0x42; 32],
+                clock_unix_ns: 1_795_000_000_000_000_000,
+                task: 1,
+            }))
+            .unwrap();
+        match reader.recv().expect("recv IdentityApplied") {
+            Some(GuestMessage::IdentityApplied(_)) => {}
+            other => panic!("expected IdentityApplied, got {other:?}"),
+        }
         Guest {
             child,
             reader,
