@@ -264,12 +264,25 @@ impl Agent {
     }
 
     /// Applies the host's seed and clock and answers with the digest.
-    /// `false`: it failed in the guest's init, and the session ends.
+    /// `false`: it failed, and the session ends. Only the guest's init
+    /// (PID 1) touches the kernel: a shim run as a local process (tests)
+    /// must never reseed or set the clock of the machine it runs on.
     fn apply_identity(&mut self, identity: &VmIdentity) -> Result<bool, AgentError> {
-        let applied = match identity::apply(identity) {
-            Ok(applied) => applied,
-            // PID 1 is the guest's init: there the kernel must take it.
-            Err(e) if std::process::id() == 1 => {
+        let applied = if std::process::id() == 1 {
+            identity::apply(identity)
+        } else {
+            eprintln!(
+                "vitrine-shim: a local process, not the guest's init: the identity's seed \
+                 and clock are not applied to this kernel"
+            );
+            identity::digest_after_reseed()
+        };
+        match applied {
+            Ok(applied) => {
+                self.send(GuestMessage::IdentityApplied(applied))?;
+                Ok(true)
+            }
+            Err(e) => {
                 self.send(GuestMessage::Done {
                     task: identity.task,
                     status: TaskStatus::Failed(format!(
@@ -277,31 +290,9 @@ impl Agent {
                         chain(&e)
                     )),
                 })?;
-                return Ok(false);
+                Ok(false)
             }
-            // A local process (tests) may not reseed or set the host's clock.
-            Err(e) => {
-                self.log(
-                    LogLevel::Warn,
-                    format!(
-                        "not the guest's init, identity not applied to the kernel: {}",
-                        chain(&e)
-                    ),
-                )?;
-                match identity::digest_after_reseed() {
-                    Ok(applied) => applied,
-                    Err(e) => {
-                        self.send(GuestMessage::Done {
-                            task: identity.task,
-                            status: TaskStatus::Failed(chain(&e)),
-                        })?;
-                        return Ok(false);
-                    }
-                }
-            }
-        };
-        self.send(GuestMessage::IdentityApplied(applied))?;
-        Ok(true)
+        }
     }
 
     fn make_workdir(&self, task: u64) -> Result<PathBuf, AgentError> {

@@ -33,7 +33,8 @@ pub enum IdentityError {
 }
 
 /// Credits the seed, reseeds the CRNG, sets the wall clock, and returns
-/// the digest of the first random bytes drawn after that.
+/// the digest of the first random bytes drawn after that. For the guest's
+/// init only: it changes the clock of the kernel it runs on.
 pub fn apply(identity: &Identity) -> Result<IdentityApplied, IdentityError> {
     reseed(&identity.seed)?;
     set_clock(identity.clock_unix_ns)?;
@@ -41,7 +42,7 @@ pub fn apply(identity: &Identity) -> Result<IdentityApplied, IdentityError> {
 }
 
 /// The digest without touching the kernel: for a shim that runs as a
-/// local process (tests), which may not reseed or set the host's clock.
+/// local process (tests), which must not reseed or set the host's clock.
 pub fn digest_after_reseed() -> Result<IdentityApplied, IdentityError> {
     let mut first = [0u8; 32];
     getrandom::fill(&mut first).map_err(|e| IdentityError::GetRandom(std::io::Error::other(e)))?;

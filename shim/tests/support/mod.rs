@@ -24,6 +24,9 @@ pub fn unique_uid() -> u32 {
 }
 
 /// A running shim and our end of its socket.
+/// The clock sent in every identity: 2001-09-09.
+const FAKE_CLOCK_NS: u64 = 1_000_000_000_000_000_000;
+
 pub struct Guest {
     pub child: Child,
     pub reader: FrameReader<UnixStream, GuestMessage>,
@@ -85,12 +88,24 @@ impl Guest {
         writer
             .send(&HostMessage::Identity(Identity {
                 seed: [0x42; 32],
-                clock_unix_ns: 1_795_000_000_000_000_000,
+                // 2001: a shim that set the clock it runs on would show.
+                clock_unix_ns: FAKE_CLOCK_NS,
                 task: 1,
             }))
             .unwrap();
         match reader.recv().expect("recv IdentityApplied") {
-            Some(GuestMessage::IdentityApplied(_)) => {}
+            Some(GuestMessage::IdentityApplied(applied)) => {
+                // A local shim is not the guest's init: this machine's
+                // clock must not have moved to the identity's.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                assert!(
+                    now.as_secs() > 1_700_000_000,
+                    "the local shim set the host clock"
+                );
+                assert!(applied.clock_unix_ns > 1_700_000_000_000_000_000);
+            }
             other => panic!("expected IdentityApplied, got {other:?}"),
         }
         Guest {
