@@ -12,8 +12,10 @@ pub mod image;
 pub mod kvm;
 pub mod process;
 pub mod qemu;
+pub mod qmp;
 pub mod select;
 mod startup;
+pub mod template;
 
 use std::process::ExitStatus;
 use std::time::Duration;

@@ -22,10 +22,12 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,7 @@ use vitrine_shim::protocol::Ready;
 use super::channel::{ChannelError, GuestChannel};
 use super::kvm::KvmBackend;
 use super::process::VmProcess;
+use super::qmp::{Qmp, QmpError};
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Accel, Backend, GuestVm, VmConfig, VmExit};
 use crate::vmm_jail::{self, ProgramFiles, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
@@ -150,6 +153,17 @@ pub enum QemuError {
     /// The channel was taken before.
     #[error("the guest channel was already taken")]
     ChannelTaken,
+    /// QEMU's monitor refused or failed a step of a template save or clone.
+    #[error("{step}\n--- QEMU output (tail) ---\n{qemu_tail}")]
+    Monitor {
+        /// What was being done.
+        step: &'static str,
+        /// Why.
+        #[source]
+        source: QmpError,
+        /// End of QEMU's own stderr.
+        qemu_tail: String,
+    },
     /// The QEMU process could not be waited for.
     #[error("cannot wait for the QEMU process")]
     Wait(#[source] io::Error),
@@ -207,6 +221,32 @@ impl QemuBackend {
         self
     }
 
+    /// QEMU's version line (`QEMU emulator version 7.2.22 (Debian ...)`),
+    /// part of a template's key: another QEMU may not load its state.
+    pub fn version(&self) -> Result<String, QemuError> {
+        let spawn = |source| QemuError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        };
+        let out = Command::new(&self.binary)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(spawn)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text
+            .lines()
+            .next()
+            .filter(|l| out.status.success() && !l.is_empty())
+        {
+            Some(line) => Ok(line.trim().to_owned()),
+            None => Err(spawn(io::Error::other(format!(
+                "`--version` printed no version ({})",
+                out.status
+            )))),
+        }
+    }
+
     /// Whether QEMU runs jailed.
     pub fn jailed(&self) -> bool {
         self.jail_vmm.is_some()
@@ -219,10 +259,14 @@ impl QemuBackend {
         &self,
         config: &VmConfig,
         dir: &Path,
+        launch: &Launch,
     ) -> Result<(Command, Option<QemuJail>), QemuError> {
         let Some(vmm) = &self.jail_vmm else {
             let mut cmd = Command::new(&self.binary);
-            cmd.args(self.args(config, dir));
+            cmd.args(self.launch_args(config, dir, launch));
+            if let Some(ram) = launch.ram() {
+                launch::pass_fd(&mut cmd, Arc::clone(ram), RAM_FD);
+            }
             return Ok((cmd, None));
         };
         let program = find_program(&self.binary).map_err(|source| QemuError::Spawn {
@@ -271,7 +315,15 @@ impl QemuBackend {
         if let Some(why) = prepared.cgroup_skipped() {
             log::warn!("vm {name}: no memory/CPU cgroup on this host: {why}");
         }
-        let cmd = launcher.exec_command(&prepared, &program, &self.args(&config, &dir));
+        let mut cmd = launcher.exec_command(
+            &prepared,
+            &program,
+            &self.launch_args(&config, &dir, launch),
+        );
+        // The jail passes it on to QEMU, which opens it as /proc/self/fd/N.
+        if let Some(ram) = launch.ram() {
+            launch::pass_fd(&mut cmd, Arc::clone(ram), RAM_FD);
+        }
         Ok((
             cmd,
             Some(QemuJail {
@@ -282,8 +334,15 @@ impl QemuBackend {
         ))
     }
 
-    /// The arguments QEMU gets for `config`, with its files in `dir`.
+    /// The arguments QEMU gets to boot `config`, with its files in `dir`.
     pub fn args(&self, config: &VmConfig, dir: &Path) -> Vec<OsString> {
+        self.launch_args(config, dir, &Launch::Boot)
+    }
+
+    /// The arguments for `launch`: a boot, a template VM whose RAM is a
+    /// shared memfd, or a clone that maps a template's RAM private and
+    /// waits for its state on the monitor.
+    pub fn launch_args(&self, config: &VmConfig, dir: &Path, launch: &Launch) -> Vec<OsString> {
         let mut cmdline = config.image.cmdline.clone();
         if !config.extra_cmdline.is_empty() {
             cmdline.push(' ');
@@ -299,15 +358,28 @@ impl QemuBackend {
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
         // acpi=off: the guest kernel has no ACPI, and without ACPI tables QEMU
         // lists the virtio-mmio devices on the kernel command line instead.
-        push(&[
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
-            "-cpu",
-            "max",
-            "-accel",
-            accel,
-        ]);
+        let mut machine = "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off".to_owned();
+        if launch.ram().is_some() {
+            machine.push_str(",memory-backend=ram0");
+        }
+        push(&["-M", &machine, "-cpu", "max", "-accel", accel]);
         push(&["-m", &config.memory_mib.to_string()]);
+        if let Some(share) = launch.share() {
+            // QEMU 7.2 opens mem-path read-write even for share=off; the
+            // memfd's seals are what keep a clone from writing it.
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-file,id=ram0,size={}M,mem-path=/proc/self/fd/{RAM_FD},share={share}",
+                    config.memory_mib
+                ),
+            ]);
+            let monitor = qemu_path_value(&dir.join(QMP_SOCKET));
+            push(&["-qmp", &format!("unix:{monitor},server=on,wait=off")]);
+        }
+        if matches!(launch, Launch::Clone { .. }) {
+            push(&["-incoming", "defer"]);
+        }
         push(&["-smp", &config.vcpus.max(1).to_string()]);
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
         // QEMU's own seccomp filter, inside the jail: no obsolete syscalls,
@@ -342,6 +414,49 @@ impl QemuBackend {
 }
 
 const SERIAL_LOG: &str = "serial.log";
+const QMP_SOCKET: &str = "qmp.sock";
+/// The descriptor number guest RAM has in QEMU (`/proc/self/fd/N`).
+pub const RAM_FD: i32 = 100;
+
+/// How a QEMU VM starts.
+#[derive(Debug, Clone)]
+pub enum Launch {
+    /// Boots the image, with anonymous RAM.
+    Boot,
+    /// Boots the image with its RAM in `ram`, a memfd mapped shared, and a
+    /// monitor: the VM a template is saved from.
+    TemplateSource {
+        /// Guest RAM.
+        ram: Arc<OwnedFd>,
+    },
+    /// Clones a template: its sealed RAM memfd mapped private, its saved
+    /// state loaded from `state` over the monitor.
+    Clone {
+        /// The template's guest RAM.
+        ram: Arc<OwnedFd>,
+        /// The template's saved state, read from its start.
+        state: Arc<OwnedFd>,
+        /// What the shim said before the template was saved.
+        ready: Ready,
+    },
+}
+
+impl Launch {
+    fn ram(&self) -> Option<&Arc<OwnedFd>> {
+        match self {
+            Self::Boot => None,
+            Self::TemplateSource { ram } | Self::Clone { ram, .. } => Some(ram),
+        }
+    }
+
+    fn share(&self) -> Option<&'static str> {
+        match self {
+            Self::Boot => None,
+            Self::TemplateSource { .. } => Some("on"),
+            Self::Clone { .. } => Some("off"),
+        }
+    }
+}
 const QEMU_LOG: &str = "qemu.log";
 const SHIM_SOCKET: &str = "shim.sock";
 
@@ -380,6 +495,17 @@ impl Backend for QemuBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<QemuVm, QemuError> {
+        self.start_with(config, &Launch::Boot)
+    }
+}
+
+impl QemuBackend {
+    /// Starts a VM the way `launch` says: [`Launch::Boot`] and
+    /// [`Launch::TemplateSource`] boot the image to the shim's `Ready`;
+    /// [`Launch::Clone`] loads a template's state over the monitor, resumes
+    /// it, and takes the template's `Ready` as its own (the shim said it
+    /// before the template was saved, and waits for its identity now).
+    pub fn start_with(&self, config: &VmConfig, launch: &Launch) -> Result<QemuVm, QemuError> {
         if config.accel == Accel::Kvm {
             OpenOptions::new()
                 .read(true)
@@ -398,7 +524,7 @@ impl Backend for QemuBackend {
         let qemu_log = File::create(dir.path().join(QEMU_LOG)).map_err(QemuError::PrivateDir)?;
         let qemu_log_err = qemu_log.try_clone().map_err(QemuError::PrivateDir)?;
 
-        let (mut cmd, jail) = self.command(config, dir.path())?;
+        let (mut cmd, jail) = self.command(config, dir.path(), launch)?;
         let started = Instant::now();
         let child = cmd
             .stdin(Stdio::null())
@@ -445,6 +571,15 @@ impl Backend for QemuBackend {
             boot_time: Duration::ZERO,
         };
         let deadline = started + config.ready_timeout;
+        if let Launch::Clone { state, ready, .. } = launch {
+            vm.incoming(state, deadline)?;
+            let stream = vm.connect(&socket, deadline, config.ready_timeout)?;
+            let channel = GuestChannel::new(stream).map_err(|source| vm.handshake_error(source))?;
+            vm.ready = ready.clone();
+            vm.boot_time = started.elapsed();
+            vm.channel = Some(channel);
+            return Ok(vm);
+        }
         let stream = vm.connect(&socket, deadline, config.ready_timeout)?;
         let mut channel = GuestChannel::new(stream).map_err(|source| vm.handshake_error(source))?;
         vm.ready = vm.await_ready(&mut channel, deadline, config.ready_timeout)?;
@@ -613,6 +748,79 @@ impl QemuVm {
 
     fn serial_tail(&self) -> String {
         file_tail(&self.dir.path().join(SERIAL_LOG))
+    }
+
+    fn monitor(&self, deadline: Instant) -> Result<Qmp, QemuError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        Qmp::connect(&self.dir.path().join(QMP_SOCKET), deadline, left.max(POLL))
+            .map_err(|source| self.monitor_error("cannot reach QEMU's monitor", source))
+    }
+
+    fn checked<T>(&self, step: &'static str, r: Result<T, QmpError>) -> Result<T, QemuError> {
+        r.map_err(|e| self.monitor_error(step, e))
+    }
+
+    fn monitor_error(&self, step: &'static str, source: QmpError) -> QemuError {
+        QemuError::Monitor {
+            step,
+            source,
+            qemu_tail: file_tail(&self.dir.path().join(QEMU_LOG)),
+        }
+    }
+
+    /// A clone: loads the template's state (`state`) with `x-ignore-shared`
+    /// (RAM is already there, mapped from the template) and resumes the
+    /// guest.
+    fn incoming(&mut self, state: &Arc<OwnedFd>, deadline: Instant) -> Result<(), QemuError> {
+        let mut qmp = self.monitor(deadline)?;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        self.checked("cannot turn on x-ignore-shared", qmp.ignore_shared_ram())?;
+        self.checked(
+            "cannot pass the template state to QEMU",
+            qmp.send_fd("state", state.as_ref()),
+        )?;
+        let incoming = qmp.execute(
+            "migrate-incoming",
+            Some(serde_json::json!({ "uri": "fd:state" })),
+        );
+        self.checked("QEMU refused the template state", incoming)?;
+        if let Err(e) = qmp.wait_incoming(left()) {
+            // A state QEMU cannot load ends it: say how.
+            thread::sleep(Duration::from_millis(50));
+            if let Some(status) = self.poll_exit()? {
+                return Err(self.exited_early(status));
+            }
+            return Err(self.monitor_error("QEMU did not load the template state", e));
+        }
+        self.checked("QEMU did not resume the clone", qmp.execute("cont", None))?;
+        Ok(())
+    }
+
+    /// The template VM, once its shim said Ready: stops the guest for good
+    /// and saves its device and CPU state into `state` with
+    /// `x-ignore-shared` (its RAM stays in the shared memfd), then ends
+    /// QEMU. Returns the migration's own account of what it wrote.
+    pub fn save_template(
+        &mut self,
+        state: &File,
+        deadline: Instant,
+    ) -> Result<serde_json::Value, QemuError> {
+        let mut qmp = self.monitor(deadline)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.checked("cannot stop the template VM", qmp.execute("stop", None))?;
+        self.checked("cannot turn on x-ignore-shared", qmp.ignore_shared_ram())?;
+        self.checked(
+            "cannot pass the state file to QEMU",
+            qmp.send_fd("state", state),
+        )?;
+        let migrate = qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:state" })));
+        self.checked("QEMU refused to save the template", migrate)?;
+        let info = self.checked("QEMU did not save the template", qmp.wait_migration(left))?;
+        // Stopped for good: nothing may write the RAM after this.
+        let _ = qmp.execute("quit", None);
+        let _ = self.process.wait_exit(REAP_WAIT);
+        self.kill();
+        Ok(info)
     }
 }
 

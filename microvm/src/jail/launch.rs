@@ -6,8 +6,10 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cgroup::{Cgroup, CgroupError, CgroupLimits};
@@ -287,6 +289,38 @@ pub fn kill_jailed(keeper: u32) {
             // reuse the pid within that window.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// Makes `fd` the child's descriptor number `target`, open across exec
+/// (for QEMU's guest RAM: a sealed memfd it opens as `/proc/self/fd/N`).
+/// Every other descriptor keeps its close-on-exec flag, so nothing else
+/// leaks into the child, however many threads spawn at once.
+pub fn pass_fd(cmd: &mut Command, fd: Arc<OwnedFd>, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || {
+        let source = fd.as_raw_fd();
+        if source == target {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it instead.
+            // SAFETY: fcntl on a descriptor this closure keeps open (it
+            // holds the Arc); F_SETFD takes an int and touches no memory.
+            if unsafe { libc::fcntl(target, libc::F_SETFD, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            return Ok(());
+        }
+        // SAFETY: dup2 is async-signal-safe, so it may run between fork and
+        // exec; `source` stays open because the closure holds its Arc, and
+        // the new descriptor has no close-on-exec flag.
+        if unsafe { libc::dup2(source, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls dup2 or fcntl, both async-signal-safe; it
+    // allocates nothing and takes no lock, as code between fork and exec must.
+    unsafe {
+        cmd.pre_exec(hook);
     }
 }
 
