@@ -112,4 +112,10 @@ pub trait GuestVm {
 
     /// What the guest wrote to its serial console so far (lossy UTF-8).
     fn serial_log(&self) -> String;
+
+    /// How the VM came to be, for a task's details: `booted`, or `cloned
+    /// from template ID`.
+    fn origin(&self) -> String {
+        "booted".to_owned()
+    }
 }

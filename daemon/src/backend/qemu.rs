@@ -438,6 +438,8 @@ pub enum Launch {
         state: Arc<OwnedFd>,
         /// What the shim said before the template was saved.
         ready: Ready,
+        /// The template's id, for the VM's origin.
+        template: String,
     },
 }
 
@@ -569,9 +571,17 @@ impl QemuBackend {
                 capabilities: Vec::new(),
             },
             boot_time: Duration::ZERO,
+            cloned_from: None,
         };
         let deadline = started + config.ready_timeout;
-        if let Launch::Clone { state, ready, .. } = launch {
+        if let Launch::Clone {
+            state,
+            ready,
+            template,
+            ..
+        } = launch
+        {
+            vm.cloned_from = Some(template.clone());
             vm.incoming(state, deadline)?;
             let stream = vm.connect(&socket, deadline, config.ready_timeout)?;
             let channel = GuestChannel::new(stream).map_err(|source| vm.handshake_error(source))?;
@@ -600,6 +610,8 @@ pub struct QemuVm {
     channel: Option<GuestChannel>,
     ready: Ready,
     boot_time: Duration,
+    /// The template this VM is a clone of.
+    cloned_from: Option<String>,
 }
 
 /// QEMU's jail, kept until QEMU has ended so its cgroup can say why and
@@ -868,6 +880,13 @@ impl GuestVm for QemuVm {
 
     fn serial_log(&self) -> String {
         file_text(&self.dir.path().join(SERIAL_LOG))
+    }
+
+    fn origin(&self) -> String {
+        match &self.cloned_from {
+            Some(t) => format!("cloned from template {t}"),
+            None => "booted".to_owned(),
+        }
     }
 }
 

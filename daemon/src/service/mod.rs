@@ -21,6 +21,8 @@ use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatch
 
 use crate::backend::qemu::QemuBackend;
 use crate::backend::select::HostBackend;
+use crate::backend::template::store::TemplateStore;
+use crate::backend::template::TemplateCloner;
 use crate::backend::{Accel, GuestImage};
 use crate::image_cache;
 use crate::viewer::viewer_binary;
@@ -93,6 +95,9 @@ pub struct DaemonConfig {
     pub egress_roots: Vec<Vec<u8>>,
     /// VMs kept booted ahead per VM shape (0: boot each on demand).
     pub warm_pool: usize,
+    /// Under QEMU, clone task VMs from a template per VM shape (else boot
+    /// each from scratch).
+    pub templates: bool,
     /// The profile whose VM shape is warmed at start (if the policy has it).
     pub warm_profile: Option<String>,
 }
@@ -167,9 +172,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             let chosen = HostBackend::choose();
             eprintln!("vitrined: backend {}", chosen.describe());
             accel = chosen.accel();
-            Arc::new(chosen)
+            match chosen {
+                HostBackend::Qemu { backend, .. } => qemu_starter(backend, &image, config.templates),
+                kvm @ HostBackend::Kvm(_) => Arc::new(kvm),
+            }
         }
-        BackendChoice::Qemu => Arc::new(QemuBackend::new()),
+        BackendChoice::Qemu => qemu_starter(QemuBackend::new(), &image, config.templates),
         BackendChoice::LocalProcess(program) => {
             eprintln!(
                 "vitrined: WARNING: guests run as LOCAL PROCESSES ({}) with NO VM ISOLATION; \
@@ -224,6 +232,29 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
     ctx.pool.shutdown();
     served?;
     Ok(())
+}
+
+/// QEMU, cloning each VM from its shape's template when `templates` (and
+/// there is an image to key them by), else booting each.
+fn qemu_starter(
+    qemu: QemuBackend,
+    image: &Result<worker::ImageInfo, String>,
+    templates: bool,
+) -> Arc<dyn VmStarter> {
+    match image {
+        Ok(info) if templates => {
+            let store = TemplateStore::from_env();
+            eprintln!(
+                "vitrined: task VMs are clones of a template per VM shape (cache {})",
+                store.root().display()
+            );
+            Arc::new(TemplateCloner::new(qemu, store, info.sha256.clone()))
+        }
+        _ => {
+            eprintln!("vitrined: task VMs boot from scratch (no templates)");
+            Arc::new(qemu)
+        }
+    }
 }
 
 /// The folder holding the audit log and its rotations.

@@ -76,6 +76,10 @@ pub trait RunningVm: Send {
     fn kill(&mut self);
     /// The guest's serial console so far.
     fn serial_log(&self) -> String;
+    /// `booted`, or `cloned from template ID`.
+    fn origin(&self) -> String {
+        "booted".to_owned()
+    }
 }
 
 impl<V> RunningVm for V
@@ -96,6 +100,9 @@ where
     }
     fn serial_log(&self) -> String {
         GuestVm::serial_log(self)
+    }
+    fn origin(&self) -> String {
+        GuestVm::origin(self)
     }
 }
 

@@ -533,7 +533,8 @@ impl Worker<'_> {
                 self.detail(
                     "vm",
                     format!(
-                        "warm: booted ahead in {} ms, never used, waited {} s",
+                        "warm: {} ahead in {} ms, never used, waited {} s",
+                        warm.vm.origin(),
                         warm.vm.boot_time().as_millis(),
                         warm.idle.as_secs()
                     ),
@@ -545,7 +546,14 @@ impl Worker<'_> {
                     Ok(vm) => vm,
                     Err(e) => return format!("error: the VM did not start: {}", chain(&e)),
                 };
-                self.detail("vm", "booted for this task");
+                self.detail(
+                    "vm",
+                    format!(
+                        "{} for this task in {} ms",
+                        vm.origin(),
+                        vm.boot_time().as_millis()
+                    ),
+                );
                 let channel = vm.take_channel();
                 (vm, channel)
             }

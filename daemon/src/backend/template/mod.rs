@@ -219,6 +219,7 @@ impl TemplateCloner {
             ram: Arc::clone(&template.memory),
             state: Arc::new(template.state_fd()?),
             ready: template.meta.ready.clone(),
+            template: template.meta.key.id(),
         };
         let vm = self.qemu.start_with(config, &launch)?;
         let origin = CloneOrigin {

@@ -55,10 +55,15 @@ struct Args {
     /// roots (an organisation's CA).
     #[arg(long, value_name = "FILE", env = "VITRINE_EGRESS_CA")]
     egress_ca: Option<PathBuf>,
-    /// VMs to keep booted ahead for each VM shape tasks use (each one
-    /// serves one task and is destroyed after it; 0: boot on demand).
+    /// VMs to keep ready ahead for each VM shape tasks use (each one
+    /// serves one task and is destroyed after it; 0: clone or boot on
+    /// demand).
     #[arg(long, value_name = "N", default_value_t = 1)]
     warm_pool: usize,
+    /// Boot every VM from scratch instead of cloning it from the VM
+    /// shape's template (for measuring what templates save).
+    #[arg(long)]
+    no_templates: bool,
     /// Profile whose VM is booted ahead at start ("" for none).
     #[arg(long, value_name = "PROFILE", default_value = "document")]
     warm_profile: String,
@@ -114,6 +119,7 @@ fn main() -> ExitCode {
         watch_downloads: !args.no_watch_downloads,
         egress_roots,
         warm_pool: args.warm_pool,
+        templates: !args.no_templates,
         warm_profile: Some(args.warm_profile).filter(|p| !p.is_empty()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
