@@ -26,11 +26,13 @@ use vitrine_microvm::lifecycle::GuestExit;
 use vitrine_microvm::snapshot::identity::CloneIdentity;
 use vitrine_microvm::vmm::{DiskBacking, RestoreOptions, Vm};
 
-const TEST: &str = "a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_devices";
-/// The last line before the root is mounted in this kernel's boot: every
-/// device's driver has probed (virtio_vsock's transport registers at
-/// module init, before the late initcalls), the root is not mounted.
-const SNAPSHOT_LINE: &str = "Waiting for root device";
+const TEST: &str =
+    "a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_devices";
+/// `rootdelay=` makes the kernel say so after every initcall has run (all
+/// drivers probed) and right before it mounts the root: the snapshot
+/// point. Each clone then sleeps the second and mounts.
+const ROOT_DELAY: &str = "rootdelay=1";
+const SNAPSHOT_LINE: &str = "Waiting 1 sec before mounting root device";
 
 struct Clone {
     vm: Vm,
@@ -73,13 +75,18 @@ fn run_clone(mut clone: Clone) -> std::thread::JoinHandle<(Clone, DriveResult, D
         let started = Instant::now();
         let lifecycle = clone.vm.lifecycle().clone();
         let (serial, uds) = (clone.serial.clone(), clone.uds.clone());
-        let driver =
-            std::thread::spawn(move || kernel_mode::drive_to_init(&serial, &lifecycle, &uds, |_| true));
+        let driver = std::thread::spawn(move || {
+            kernel_mode::drive_to_init(&serial, &lifecycle, &uds, |_| true)
+        });
         let exit = clone.vm.run();
         let drive = driver.join().unwrap();
         let took = started.elapsed();
         let text = kernel_mode::text_of(&clone.serial);
-        assert!(exit.is_ok(), "clone run ended with {exit:?}:\n{}", kernel_mode::tail(&text));
+        assert!(
+            exit.is_ok(),
+            "clone run ended with {exit:?}:\n{}",
+            kernel_mode::tail(&text)
+        );
         (clone, drive, took)
     })
 }
@@ -100,6 +107,7 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
         &kernel,
         &root,
         &dir.path().join("template.sock"),
+        ROOT_DELAY,
         SerialSink::Capture(template_serial.clone()),
     );
     template.pause_on_serial(SNAPSHOT_LINE);
@@ -170,7 +178,10 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
             "clone {i}: no vsock transport reset event reached the guest"
         );
         assert_eq!(identities[i].generation, template_generation + 1);
-        assert_eq!(identities[i].vsock_cid, kernel_mode::GUEST_CID + 1 + i as u64);
+        assert_eq!(
+            identities[i].vsock_cid,
+            kernel_mode::GUEST_CID + 1 + i as u64
+        );
         assert!(clone.disk.exists());
     }
     assert_ne!(

@@ -31,8 +31,13 @@ fn linux_virtio_drivers_probe_and_use_the_devices_in_kernel_mode() {
     let root_bytes = std::fs::metadata(&root).unwrap().len();
     let uds = dir.path().join("vsock.sock");
     let serial = Arc::new(Mutex::new(Vec::new()));
-    let (mut vm, devices) =
-        kernel_mode::booted_vm(&kernel, &root, &uds, SerialSink::Capture(serial.clone()));
+    let (mut vm, devices) = kernel_mode::booted_vm(
+        &kernel,
+        &root,
+        &uds,
+        "",
+        SerialSink::Capture(serial.clone()),
+    );
     let lifecycle = vm.lifecycle().clone();
     let runner = std::thread::spawn(move || {
         let exit = vm.run();
@@ -45,7 +50,11 @@ fn linux_virtio_drivers_probe_and_use_the_devices_in_kernel_mode() {
     let (vm, exit) = runner.join().unwrap();
 
     let text = kernel_mode::text_of(&serial);
-    assert!(exit.is_ok(), "run ended with {exit:?}:\n{}", kernel_mode::tail(&text));
+    assert!(
+        exit.is_ok(),
+        "run ended with {exit:?}:\n{}",
+        kernel_mode::tail(&text)
+    );
     kernel_mode::assert_booted_with_devices(
         &text,
         &vm,

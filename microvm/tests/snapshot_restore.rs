@@ -161,8 +161,7 @@ fn a_guest_paused_on_a_serial_line_stops_right_after_it_and_a_clone_goes_on() {
 
 #[test]
 fn vitrine_vmm_snapshot_on_a_serial_line_that_never_comes_writes_nothing() {
-    if !tier::kvm_or_skip("vitrine_vmm_snapshot_on_a_serial_line_that_never_comes_writes_nothing")
-    {
+    if !tier::kvm_or_skip("vitrine_vmm_snapshot_on_a_serial_line_that_never_comes_writes_nothing") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

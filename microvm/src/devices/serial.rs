@@ -186,7 +186,11 @@ impl SerialDevice {
 
     /// Whether the watch has fired.
     pub fn watch_fired(&self) -> bool {
-        self.serial.writer().watch.as_ref().is_some_and(SerialWatch::fired)
+        self.serial
+            .writer()
+            .watch
+            .as_ref()
+            .is_some_and(SerialWatch::fired)
     }
 }
 

@@ -106,7 +106,10 @@ impl Devices {
     #[allow(dead_code)] // only linux_clones restores
     pub fn of(vm: &Vm) -> Self {
         let [blk, rng, vsock] = vm.virtio_devices() else {
-            panic!("expected blk, rng and vsock; the VM has {:?}", vm.virtio_devices());
+            panic!(
+                "expected blk, rng and vsock; the VM has {:?}",
+                vm.virtio_devices()
+            );
         };
         Self {
             blk: blk.clone(),
@@ -116,11 +119,18 @@ impl Devices {
     }
 }
 
-/// The kernel-mode VM, booted and ready to run, its serial captured.
-pub fn booted_vm(kernel: &Path, root: &Path, uds: &Path, serial: SerialSink) -> (Vm, Devices) {
+/// The kernel-mode VM, booted and ready to run, with `extra` on its
+/// command line.
+pub fn booted_vm(
+    kernel: &Path,
+    root: &Path,
+    uds: &Path,
+    extra: &str,
+    serial: SerialSink,
+) -> (Vm, Devices) {
     let mask = "nested-safe".parse::<CpuidMask>().unwrap();
     let mut config = VmConfig::new(kernel);
-    config.cmdline = format!("{CMDLINE} clearcpuid={}", mask_without_xsave(&mask));
+    config.cmdline = format!("{CMDLINE} clearcpuid={} {extra}", mask_without_xsave(&mask));
     config.mem_mib = 256;
     config.cpuid_mask = mask;
     config.vsock_cid = GUEST_CID;
