@@ -24,20 +24,24 @@ use kernel_mode::{Devices, DriveResult, RingMarks};
 use vitrine_microvm::devices::serial::SerialSink;
 use vitrine_microvm::lifecycle::GuestExit;
 use vitrine_microvm::snapshot::identity::CloneIdentity;
+use vitrine_microvm::snapshot::STATE_FILE;
 use vitrine_microvm::vmm::{DiskBacking, RestoreOptions, Vm};
 
 const TEST: &str =
     "a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_devices";
 /// `rootdelay=` makes the kernel say so after every initcall has run (all
 /// drivers probed) and right before it mounts the root: the snapshot
-/// point. Each clone then sleeps the second and mounts.
-const ROOT_DELAY: &str = "rootdelay=1";
-const SNAPSHOT_LINE: &str = "Waiting 1 sec before mounting root device";
+/// point. Each clone then sleeps that long and mounts. The delay is what
+/// lets a clone read the rng: once the CRNG is ready, Linux's hwrng
+/// thread reads the device and then sleeps half the uptime (drivers/char/
+/// random.c, crng_reseed_interval()), so a clone restored at uptime U
+/// reads it again within U/2. Boots to this point take 40 to 90 s here.
+const ROOT_DELAY_S: u64 = 60;
+const SNAPSHOT_LINE: &str = "Waiting 60 sec before mounting root device";
 
 struct Clone {
     vm: Vm,
     devices: Devices,
-    marks: RingMarks,
     serial: Arc<Mutex<Vec<u8>>>,
     uds: std::path::PathBuf,
     disk: std::path::PathBuf,
@@ -57,11 +61,9 @@ fn restore_clone(snapshot: &Path, dir: &Path, root: &Path, n: u64) -> Clone {
     });
     let vm = Vm::restore(snapshot, options).unwrap();
     let devices = Devices::of(&vm);
-    let marks = RingMarks::read(&vm, &devices);
     Clone {
         vm,
         devices,
-        marks,
         serial,
         uds,
         disk,
@@ -103,11 +105,11 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
 
     // The template: boot until the console names the snapshot point.
     let template_serial = Arc::new(Mutex::new(Vec::new()));
-    let (mut template, _) = kernel_mode::booted_vm(
+    let (mut template, template_devices) = kernel_mode::booted_vm(
         &kernel,
         &root,
         &dir.path().join("template.sock"),
-        ROOT_DELAY,
+        &format!("rootdelay={ROOT_DELAY_S}"),
         SerialSink::Capture(template_serial.clone()),
     );
     template.pause_on_serial(SNAPSHOT_LINE);
@@ -139,6 +141,15 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
     let info = template.snapshot(&snapshot).unwrap();
     let saved_in = saving.elapsed();
     let template_generation = template.identity().unwrap().generation;
+    // Where the rings stood in the template: everything past it is a
+    // clone's own (the vsock reset event is written at the restore).
+    let marks = RingMarks::read(&template, &template_devices);
+    let uptime = Duration::from_nanos(
+        vitrine_microvm::snapshot::file::read(&snapshot.join(STATE_FILE))
+            .unwrap()
+            .clock
+            .clock,
+    );
     drop(template);
 
     // Two clones, alive at once, each with its own disk copy and socket.
@@ -162,6 +173,13 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
             "clone {i} did not mount its root and reach init itself:\n{}",
             kernel_mode::tail(&own)
         );
+        assert!(
+            kernel_mode::used_idx(&clone.vm, &clone.devices.rng, 0) > marks.rng,
+            "clone {i}: the guest never read the rng after the restore; its hwrng \
+             thread sleeps up to half the uptime at the snapshot ({:.0} s of {uptime:?}), \
+             which must stay under rootdelay ({ROOT_DELAY_S} s)",
+            uptime.as_secs_f64() / 2.0
+        );
         // The clone's whole kernel log: the template's, then its own.
         let text = format!("{template_text}{own}");
         kernel_mode::assert_booted_with_devices(
@@ -169,12 +187,12 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
             &clone.vm,
             &clone.devices,
             root_bytes,
-            clone.marks,
+            marks,
             drive,
         );
         assert!(
             kernel_mode::used_idx(&clone.vm, &clone.devices.vsock, kernel_mode::VSOCK_EVENT)
-                > clone.marks.vsock_event,
+                > marks.vsock_event,
             "clone {i}: no vsock transport reset event reached the guest"
         );
         assert_eq!(identities[i].generation, template_generation + 1);
@@ -190,7 +208,8 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
     );
     let total = test_started.elapsed();
     kernel_mode::report(&format!(
-        "kernel-mode clones on vitrine-vmm: template boot to '{SNAPSHOT_LINE}' {:.1} s; \
+        "kernel-mode clones on vitrine-vmm: template boot to '{SNAPSHOT_LINE}' {:.1} s \
+         (guest uptime {uptime:.1?}); \
          snapshot {:.0} ms (state {} B, memory {} MiB sparse); two restores {:.0} ms; \
          clone 0 to 'Run /' {:.2} s, clone 1 {:.2} s; whole test {:.1} s; \
          clone 0 lines after the restore:\n  {}",
