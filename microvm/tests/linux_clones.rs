@@ -197,6 +197,11 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
         );
         assert_eq!(identities[i].generation, template_generation + 1);
         assert_eq!(
+            CloneIdentity::read(clone.vm.memory()).as_ref(),
+            Some(&identities[i]),
+            "clone {i}: the kernel overwrote its identity page while it ran"
+        );
+        assert_eq!(
             identities[i].vsock_cid,
             kernel_mode::GUEST_CID + 1 + i as u64
         );

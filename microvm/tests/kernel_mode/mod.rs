@@ -130,7 +130,10 @@ pub fn booted_vm(
 ) -> (Vm, Devices) {
     let mask = "nested-safe".parse::<CpuidMask>().unwrap();
     let mut config = VmConfig::new(kernel);
-    config.cmdline = format!("{CMDLINE} clearcpuid={} {extra}", mask_without_xsave(&mask));
+    config.cmdline = format!("{CMDLINE} clearcpuid={}", mask_without_xsave(&mask));
+    if !extra.is_empty() {
+        config.cmdline = format!("{} {extra}", config.cmdline);
+    }
     config.mem_mib = 256;
     config.cpuid_mask = mask;
     config.vsock_cid = GUEST_CID;
