@@ -24,7 +24,7 @@ use kernel_mode::{Devices, DriveResult, RingMarks};
 use vitrine_microvm::devices::serial::SerialSink;
 use vitrine_microvm::lifecycle::GuestExit;
 use vitrine_microvm::snapshot::identity::CloneIdentity;
-use vitrine_microvm::snapshot::STATE_FILE;
+use vitrine_microvm::snapshot::{MEMORY_FILE, STATE_FILE};
 use vitrine_microvm::vmm::{DiskBacking, RestoreOptions, Vm};
 
 const TEST: &str =
@@ -68,6 +68,21 @@ fn restore_clone(snapshot: &Path, dir: &Path, root: &Path, n: u64) -> Clone {
         uds,
         disk,
     }
+}
+
+/// This process's private (copy-on-write) mappings of `file`.
+fn private_mappings_of(file: &Path) -> usize {
+    let name = file.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with(name.as_str()))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|p| p.ends_with('p'))
+        })
+        .count()
 }
 
 /// Runs a clone to init on its own thread, the host driving its vsock
@@ -153,6 +168,8 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
     drop(template);
 
     // Two clones, alive at once, each with its own disk copy and socket.
+    let memory_file = snapshot.join(MEMORY_FILE);
+    let memory_before = crc32fast::hash(&std::fs::read(&memory_file).unwrap());
     let restoring = Instant::now();
     let clones = [
         restore_clone(&snapshot, dir.path(), &root, 0),
@@ -163,6 +180,7 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
         .iter()
         .map(|c| CloneIdentity::read(c.vm.memory()).expect("no identity page in a clone"))
         .collect();
+    let private_maps = private_mappings_of(&memory_file);
     let runs: Vec<_> = clones.into_iter().map(run_clone).collect();
     let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
 
@@ -207,6 +225,15 @@ fn a_kernel_snapshotted_mid_boot_finishes_booting_in_two_clones_on_their_own_dev
         );
         assert!(clone.disk.exists());
     }
+    assert!(
+        private_maps >= 2,
+        "the clones do not map the snapshot's memory MAP_PRIVATE ({private_maps} mappings)"
+    );
+    assert_eq!(
+        crc32fast::hash(&std::fs::read(&memory_file).unwrap()),
+        memory_before,
+        "a clone wrote the snapshot's memory file"
+    );
     assert_ne!(
         identities[0].seed, identities[1].seed,
         "two clones got the same identity seed"
