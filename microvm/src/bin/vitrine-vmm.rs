@@ -86,6 +86,9 @@ enum Command {
         /// the serial text has not come after this many seconds.
         #[arg(long, conflicts_with = "pause_after")]
         time_limit: Option<f64>,
+        /// Write guest serial output here instead of stdout.
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
     },
     /// Restore a clone from a snapshot and run it until it stops.
     Restore {
@@ -256,13 +259,20 @@ fn main() -> ExitCode {
             pause_after,
             snapshot_on_serial,
             time_limit,
+            serial_log,
         } => {
             let point = match (pause_after, snapshot_on_serial) {
                 (Some(s), _) => SnapshotPoint::After(s),
                 (None, Some(text)) => SnapshotPoint::Serial(text),
                 (None, None) => SnapshotPoint::Ready,
             };
-            snapshot_command(boot, out, point, time_limit)
+            let serial = OutputArgs {
+                time_limit,
+                serial_log,
+                stats: false,
+                status_fd: None,
+            };
+            snapshot_command(boot, out, point, serial)
         }
         Command::Restore {
             snapshot,
@@ -496,10 +506,10 @@ fn snapshot_command(
     boot: BootArgs,
     out: PathBuf,
     point: SnapshotPoint,
-    time_limit: Option<f64>,
+    run: OutputArgs,
 ) -> anyhow::Result<ExitCode> {
-    let limit = seconds("--time-limit", time_limit)?;
-    let mut vm = booted_vm(boot, limit, SerialSink::stdout())?;
+    let limit = seconds("--time-limit", run.time_limit)?;
+    let mut vm = booted_vm(boot, limit, serial_sink(&run)?)?;
     if let SnapshotPoint::Serial(text) = &point {
         if text.is_empty() || text.contains('\n') {
             bail!("--snapshot-on-serial needs a non-empty text within one line");
