@@ -21,7 +21,7 @@ use crate::bus::{Bus, BusError, SharedDevice};
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::i8042::I8042;
 use crate::devices::ready::ReadyPort;
-use crate::devices::serial::{SerialDevice, SerialPersistError, SerialSink};
+use crate::devices::serial::{SerialDevice, SerialPersistError, SerialSink, SerialWatch};
 use crate::devices::virtio::block::{BlockConstructorArgs, BlockDevice, BlockError};
 use crate::devices::virtio::mmio::{MmioConstructorArgs, MmioError, MMIO_SIZE, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::rng::{RngConstructorArgs, RngDevice};
@@ -413,6 +413,25 @@ impl Vm {
     /// The identity this VM was given (at boot or restore).
     pub fn identity(&self) -> Option<&CloneIdentity> {
         self.identity.as_ref()
+    }
+
+    /// Pauses the next run ([`GuestExit::Paused`]) as soon as the guest's
+    /// serial console prints `text` within one line: a snapshot point named
+    /// by the guest's own log rather than by a time.
+    pub fn pause_on_serial(&mut self, text: impl Into<Vec<u8>>) {
+        let watch = SerialWatch::new(text, self.lifecycle.clone());
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_watch(watch);
+    }
+
+    /// Whether [`Vm::pause_on_serial`]'s text has been printed.
+    pub fn serial_watch_fired(&self) -> bool {
+        self.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_fired()
     }
 
     /// The attached virtio devices, in the order they were attached.

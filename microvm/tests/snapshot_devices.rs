@@ -442,12 +442,14 @@ fn a_snapshot_taken_again_keeps_serving_after_the_next_run() {
 const RX: Ring = Ring::at(0x40_0000);
 const TX: Ring = Ring::at(0x41_0000);
 const EV: Ring = Ring::at(0x42_0000);
-const RX_BUF: [u64; 2] = [0x50_0000, 0x50_1000];
+const RX_BUF: [u64; 3] = [0x50_0000, 0x50_1000, 0x50_2000];
 const RX_LEN: u32 = 256;
-const TX_BUF: [u64; 2] = [0x51_0000, 0x51_1000];
+const TX_BUF: [u64; 3] = [0x51_0000, 0x51_1000, 0x51_2000];
 const EV_BUF: u64 = 0x52_0000;
 const TEMPLATE_CID: u64 = 3;
 const GUEST_PORT: u32 = 1234;
+/// The clone's new connection after the reset comes from here.
+const NEW_GUEST_PORT: u32 = 1235;
 const HOST_PORT: u32 = 52;
 
 fn guest_packet(cid: u64, op: u16, len: u32) -> PacketHeader {
@@ -475,8 +477,10 @@ struct VsockResults {
 /// A template whose guest connected to host port 52 over vsock (the host
 /// side accepted) and paused with the connection open. Each clone's
 /// script then waits for the transport reset event, reads the config
-/// space, and sends data on the old connection (tx descriptor 1, which
-/// the test fills in per clone) and waits for the answer.
+/// space, sends data on the old connection (tx descriptor 1, which the
+/// test fills in per clone) and waits for the answer, then opens a new
+/// connection (tx descriptor 2, filled in per clone) and waits for the
+/// answer to that.
 fn vsock_template(
     dir: &Path,
     uds: &Path,
@@ -497,14 +501,16 @@ fn vsock_template(
         RX.set_desc(&mem, i, buf, RX_LEN, VRING_DESC_F_WRITE);
         RX.offer(&mem, i, i);
     }
-    RX.set_avail_idx(&mem, 2);
+    RX.set_avail_idx(&mem, 3);
     let request = guest_packet(TEMPLATE_CID, OP_REQUEST, 0);
     mem.write_slice(&request.to_bytes(), GuestAddress(TX_BUF[0]))
         .unwrap();
     TX.set_desc(&mem, 0, TX_BUF[0], HEADER_LEN, 0);
     TX.set_desc(&mem, 1, TX_BUF[1], HEADER_LEN + 2, 0);
+    TX.set_desc(&mem, 2, TX_BUF[2], HEADER_LEN, 0);
     TX.offer(&mem, 0, 0);
     TX.offer(&mem, 1, 1);
+    TX.offer(&mem, 2, 2);
     TX.set_avail_idx(&mem, 1);
     EV.set_desc(&mem, 0, EV_BUF, 8, VRING_DESC_F_WRITE);
     EV.offer(&mem, 0, 0);
@@ -529,6 +535,9 @@ fn vsock_template(
     s.write(base + QUEUE_NOTIFY, 1);
     s.poll16(TX.used_idx_addr(), 2);
     s.poll16(RX.used_idx_addr(), 2);
+    s.write16(TX.avail_idx_addr(), 3);
+    s.write(base + QUEUE_NOTIFY, 1);
+    s.poll16(RX.used_idx_addr(), 3);
     s.load(&vm);
 
     vm.boot().unwrap();
@@ -551,9 +560,10 @@ fn vsock_template(
 }
 
 #[test]
-fn vsock_clones_get_their_own_cid_a_transport_reset_and_no_old_connection() {
-    if !tier::kvm_or_skip("vsock_clones_get_their_own_cid_a_transport_reset_and_no_old_connection")
-    {
+fn vsock_clones_get_their_own_cid_a_reset_no_old_connection_and_working_new_ones() {
+    if !tier::kvm_or_skip(
+        "vsock_clones_get_their_own_cid_a_reset_no_old_connection_and_working_new_ones",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -578,8 +588,22 @@ fn vsock_clones_get_their_own_cid_a_transport_reset_and_no_old_connection() {
             .memory()
             .write_slice(&data, GuestAddress(TX_BUF[1]))
             .unwrap();
+        // Then a new connection, which the clone's own socket must take.
+        let mut request = guest_packet(cid, OP_REQUEST, 0);
+        request.src_port = NEW_GUEST_PORT;
+        clone
+            .memory()
+            .write_slice(&request.to_bytes(), GuestAddress(TX_BUF[2]))
+            .unwrap();
+        let port_path = sockets.path().join(format!("c{cid}.sock_{HOST_PORT}"));
+        let listener = UnixListener::bind(&port_path).unwrap();
         let exit = clone.run().unwrap();
         assert_eq!(exit, GuestExit::DebugExit(0), "clone {cid}: {}", text(&out));
+        listener.set_nonblocking(true).unwrap();
+        assert!(
+            listener.accept().is_ok(),
+            "clone {cid}'s new connection reached its own socket"
+        );
         clones.push(clone);
     }
 
@@ -612,6 +636,16 @@ fn vsock_clones_get_their_own_cid_a_transport_reset_and_no_old_connection() {
             "answered as the clone"
         );
         assert_eq!((answer.src_port, answer.dst_port), (HOST_PORT, GUEST_PORT));
+        let new = packet_at(mem, RX_BUF[2]);
+        assert_eq!(
+            new.op, OP_RESPONSE,
+            "a new connection after the reset works"
+        );
+        assert_eq!(
+            (new.dst_cid, new.dst_port),
+            (cid, NEW_GUEST_PORT),
+            "accepted for the clone"
+        );
     }
     assert_eq!(result(&template_mem, at.generation_before), 0);
     assert_ne!(

@@ -121,6 +121,70 @@ fn a_pause_at_any_instant_resumes_without_losing_or_repeating_output() {
 }
 
 #[test]
+fn a_guest_paused_on_a_serial_line_stops_right_after_it_and_a_clone_goes_on() {
+    if !tier::kvm_or_skip(
+        "a_guest_paused_on_a_serial_line_stops_right_after_it_and_a_clone_goes_on",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 300;
+    let needle = "count 0000000000000064";
+    let mut config = VmConfig::new(test_guests::path("counter"));
+    config.mem_mib = 64;
+    config.time_limit = Some(Duration::from_secs(20));
+    let template_out = Output::default();
+    let mut template = Vm::new(config, SerialSink::Capture(template_out.clone())).unwrap();
+    template
+        .memory()
+        .write_slice(&counter::params(None, limit), GuestAddress(counter::PARAMS))
+        .unwrap();
+    template.boot().unwrap();
+    template.pause_on_serial(needle);
+
+    let exit = template.run().unwrap();
+    template.snapshot(dir.path()).unwrap();
+    let (mut clone, clone_out) = restore(dir.path(), 3);
+    let clone_exit = clone.run().unwrap();
+
+    assert_eq!(exit, GuestExit::Paused);
+    assert!(template.serial_watch_fired());
+    let before = text(&template_out);
+    assert!(
+        before.ends_with(needle),
+        "the guest ran on past the line: ...{}",
+        &before[before.len().saturating_sub(60)..]
+    );
+    assert_eq!(before + &text(&clone_out), count_lines(0..=limit));
+    assert_eq!(clone_exit, GuestExit::DebugExit(0));
+}
+
+#[test]
+fn vitrine_vmm_snapshot_on_a_serial_line_that_never_comes_writes_nothing() {
+    if !tier::kvm_or_skip("vitrine_vmm_snapshot_on_a_serial_line_that_never_comes_writes_nothing") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("snap");
+
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_vitrine-vmm"))
+        .args(["snapshot", "--test-guest", "hello", "--snapshot-on-serial"])
+        .arg("Goodbye")
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("before it reached its snapshot point"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no snapshot directory for a missed point");
+}
+
+#[test]
 fn clones_diverge_and_never_write_the_template() {
     if !tier::kvm_or_skip("clones_diverge_and_never_write_the_template") {
         return;

@@ -76,8 +76,19 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Pause after this many seconds instead of waiting for ready.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "snapshot_on_serial")]
         pause_after: Option<f64>,
+        /// Pause as soon as the guest's serial console prints this text
+        /// (within one line) instead of waiting for ready.
+        #[arg(long, value_name = "TEXT")]
+        snapshot_on_serial: Option<String>,
+        /// Give up (exit status 124, no snapshot) if the ready point or
+        /// the serial text has not come after this many seconds.
+        #[arg(long, conflicts_with = "pause_after")]
+        time_limit: Option<f64>,
+        /// Write guest serial output here instead of stdout.
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
     },
     /// Restore a clone from a snapshot and run it until it stops.
     Restore {
@@ -246,7 +257,23 @@ fn main() -> ExitCode {
             boot,
             out,
             pause_after,
-        } => snapshot_command(boot, out, pause_after),
+            snapshot_on_serial,
+            time_limit,
+            serial_log,
+        } => {
+            let point = match (pause_after, snapshot_on_serial) {
+                (Some(s), _) => SnapshotPoint::After(s),
+                (None, Some(text)) => SnapshotPoint::Serial(text),
+                (None, None) => SnapshotPoint::Ready,
+            };
+            let serial = OutputArgs {
+                time_limit,
+                serial_log,
+                stats: false,
+                status_fd: None,
+            };
+            snapshot_command(boot, out, point, serial)
+        }
         Command::Restore {
             snapshot,
             cid,
@@ -465,21 +492,51 @@ fn restore_command(
     finish(result, out.stats, run.started)
 }
 
+/// Where `snapshot` pauses the guest.
+enum SnapshotPoint {
+    /// The guest writes the ready port.
+    Ready,
+    /// This many seconds after the start.
+    After(f64),
+    /// The serial console prints this text.
+    Serial(String),
+}
+
 fn snapshot_command(
     boot: BootArgs,
     out: PathBuf,
-    pause_after: Option<f64>,
+    point: SnapshotPoint,
+    run: OutputArgs,
 ) -> anyhow::Result<ExitCode> {
-    let pause_after = seconds("--pause-after", pause_after)?;
-    let mut vm = booted_vm(boot, None, SerialSink::stdout())?;
-    jail_cli::guest_about_to_run()?;
-    let exit = match pause_after {
-        Some(d) => vm.run_for(d),
-        None => vm.run(),
+    let limit = seconds("--time-limit", run.time_limit)?;
+    let mut vm = booted_vm(boot, limit, serial_sink(&run)?)?;
+    if let SnapshotPoint::Serial(text) = &point {
+        if text.is_empty() || text.contains('\n') {
+            bail!("--snapshot-on-serial needs a non-empty text within one line");
+        }
+        vm.pause_on_serial(text.as_bytes());
     }
-    .map_err(vm_err)?;
+    jail_cli::guest_about_to_run()?;
+    let on_serial = matches!(point, SnapshotPoint::Serial(_));
+    let result = match point {
+        SnapshotPoint::After(s) => {
+            let d = seconds("--pause-after", Some(s))?.unwrap_or_default();
+            vm.run_for(d)
+        }
+        SnapshotPoint::Ready | SnapshotPoint::Serial(_) => vm.run(),
+    };
+    let exit = match result {
+        Err(VmError::Guest(fault @ GuestFault::TimedOut(_))) => {
+            eprintln!("vitrine-vmm: error: {fault}; nothing to snapshot");
+            return Ok(ExitCode::from(EXIT_TIMED_OUT));
+        }
+        r => r.map_err(vm_err)?,
+    };
     if !matches!(exit, GuestExit::Ready | GuestExit::Paused) {
-        bail!("guest ended ({exit:?}) before it reached its ready point; nothing to snapshot");
+        bail!("guest ended ({exit:?}) before it reached its snapshot point; nothing to snapshot");
+    }
+    if on_serial && !vm.serial_watch_fired() {
+        bail!("guest paused ({exit:?}) before it printed the --snapshot-on-serial text; nothing to snapshot");
     }
     let info = vm.snapshot(&out).map_err(vm_err)?;
     eprintln!(

@@ -1,4 +1,6 @@
-//! The 8250 UART at COM1 (vm-superio), with its output sent to a sink.
+//! The 8250 UART at COM1 (vm-superio), with its output sent to a sink,
+//! and optionally watched for a line that pauses the guest (so a kernel
+//! can be snapshotted at a point of its boot named by its own log).
 
 use std::fs::File;
 use std::io::{self, LineWriter, Write};
@@ -9,6 +11,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::lifecycle::{GuestExit, Lifecycle};
 use crate::snapshot::Persist;
 
 /// Captured output beyond this is dropped: a guest cannot grow the VMM.
@@ -78,8 +81,84 @@ impl Trigger for IrqLine {
     }
 }
 
+/// Pauses the guest ([`GuestExit::Paused`]) the moment its serial output
+/// contains `needle` within one line. Fires once.
+#[derive(Debug)]
+pub struct SerialWatch {
+    needle: Vec<u8>,
+    /// The current line, at most `needle.len()` bytes of its end.
+    tail: Vec<u8>,
+    lifecycle: Arc<Lifecycle>,
+    fired: bool,
+}
+
+impl SerialWatch {
+    pub fn new(needle: impl Into<Vec<u8>>, lifecycle: Arc<Lifecycle>) -> Self {
+        Self {
+            needle: needle.into(),
+            tail: Vec::new(),
+            lifecycle,
+            fired: false,
+        }
+    }
+
+    /// Whether the text has been seen (and the pause asked for).
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+
+    fn observe(&mut self, bytes: &[u8]) {
+        if self.fired || self.needle.is_empty() {
+            return;
+        }
+        for &b in bytes {
+            if b == b'\n' {
+                self.tail.clear();
+                continue;
+            }
+            if self.tail.len() == self.needle.len() {
+                self.tail.remove(0);
+            }
+            self.tail.push(b);
+            if self.tail == self.needle {
+                self.fired = true;
+                // The vCPU printing this stops at its next exit check; the
+                // rest of its line reaches the sink of whoever runs next.
+                self.lifecycle.finish(Ok(GuestExit::Paused));
+                return;
+            }
+        }
+    }
+}
+
+/// The UART's output: the sink, seen by the watch first.
+#[derive(Debug)]
+struct WatchedSink {
+    sink: SerialSink,
+    watch: Option<SerialWatch>,
+}
+
+impl Write for WatchedSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(w) = &mut self.watch {
+            w.observe(buf);
+        }
+        self.sink.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush()
+    }
+}
+
+impl WatchedSink {
+    fn new(sink: SerialSink) -> Self {
+        Self { sink, watch: None }
+    }
+}
+
 pub struct SerialDevice {
-    serial: Serial<IrqLine, vm_superio::serial::NoEvents, SerialSink>,
+    serial: Serial<IrqLine, vm_superio::serial::NoEvents, WatchedSink>,
 }
 
 impl std::fmt::Debug for SerialDevice {
@@ -91,13 +170,27 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     pub fn new(irq: EventFd, sink: SerialSink) -> Self {
         Self {
-            serial: Serial::new(IrqLine(irq), sink),
+            serial: Serial::new(IrqLine(irq), WatchedSink::new(sink)),
         }
     }
 
     pub fn flush(&mut self) {
         // Nothing useful can be done if the sink is gone (a closed pipe).
-        let _ = self.serial.writer_mut().flush_all();
+        let _ = self.serial.writer_mut().sink.flush_all();
+    }
+
+    /// Watches the output from now on, replacing any earlier watch.
+    pub fn set_watch(&mut self, watch: SerialWatch) {
+        self.serial.writer_mut().watch = Some(watch);
+    }
+
+    /// Whether the watch has fired.
+    pub fn watch_fired(&self) -> bool {
+        self.serial
+            .writer()
+            .watch
+            .as_ref()
+            .is_some_and(SerialWatch::fired)
     }
 }
 
@@ -161,8 +254,13 @@ impl<'a> Persist<'a> for SerialDevice {
             scratch: state.scratch,
             in_buffer: state.in_buffer.clone(),
         };
-        let serial = Serial::from_state(&s, IrqLine(irq), vm_superio::serial::NoEvents, sink)
-            .map_err(|_| SerialPersistError::FifoOverflow)?;
+        let serial = Serial::from_state(
+            &s,
+            IrqLine(irq),
+            vm_superio::serial::NoEvents,
+            WatchedSink::new(sink),
+        )
+        .map_err(|_| SerialPersistError::FifoOverflow)?;
         Ok(Self { serial })
     }
 }
@@ -254,6 +352,30 @@ mod tests {
         let r = SerialDevice::restore((EventFd::new(0).unwrap(), SerialSink::Discard), &state);
 
         assert!(matches!(r, Err(SerialPersistError::FifoOverflow)));
+    }
+
+    #[test]
+    fn a_watched_line_pauses_the_guest_once_even_split_across_writes() {
+        let lifecycle = Arc::new(Lifecycle::new());
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut dev = SerialDevice::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            SerialSink::Capture(buf.clone()),
+        );
+        dev.set_watch(SerialWatch::new("Run /init", lifecycle.clone()));
+
+        for b in b"Run /\ninit\nxx Run /in" {
+            dev.write(0, &[*b]);
+        }
+        let before = lifecycle.should_stop();
+        for b in b"it as init process\n" {
+            dev.write(0, &[*b]);
+        }
+
+        assert!(!before, "a needle split by a newline must not match");
+        assert!(dev.watch_fired());
+        assert_eq!(lifecycle.wait(None), Some(Ok(GuestExit::Paused)));
+        assert!(buf.lock().unwrap().ends_with(b"init process\n"));
     }
 
     #[test]
