@@ -582,8 +582,11 @@ impl QemuBackend {
         } = launch
         {
             vm.cloned_from = Some(template.clone());
-            vm.incoming(state, deadline)?;
+            // Connected before the guest runs: the template was saved with
+            // its port connected, and a clone that woke to a closed port
+            // would read end-of-file and its shim would end.
             let stream = vm.connect(&socket, deadline, config.ready_timeout)?;
+            vm.incoming(state, deadline)?;
             let channel = GuestChannel::new(stream).map_err(|source| vm.handshake_error(source))?;
             vm.ready = ready.clone();
             vm.boot_time = started.elapsed();

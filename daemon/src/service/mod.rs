@@ -173,7 +173,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             eprintln!("vitrined: backend {}", chosen.describe());
             accel = chosen.accel();
             match chosen {
-                HostBackend::Qemu { backend, .. } => qemu_starter(backend, &image, config.templates),
+                HostBackend::Qemu { backend, .. } => {
+                    qemu_starter(backend, &image, config.templates)
+                }
                 kvm @ HostBackend::Kvm(_) => Arc::new(kvm),
             }
         }

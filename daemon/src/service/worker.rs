@@ -578,7 +578,7 @@ impl Worker<'_> {
                 let host_ns = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
-                let skew_ms = (i128::try_from(applied.clock_unix_ns).unwrap_or(0)
+                let skew_ms = (i128::from(applied.clock_unix_ns)
                     - i128::try_from(host_ns).unwrap_or(0))
                     / 1_000_000;
                 self.detail(
