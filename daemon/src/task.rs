@@ -31,6 +31,11 @@ const INPUT_POLL: Duration = Duration::from_millis(25);
 /// Size of the input chunks sent (1 MiB; the protocol allows up to 4 MiB).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const _: () = assert!(CHUNK_BYTES <= MAX_CHUNK_BYTES);
+// The policy refuses a profile time limit the protocol could not carry.
+const _: () = assert!(
+    vitrine_policy::profile::limits::TIME_LIMIT.1.as_millis()
+        == vitrine_shim::protocol::MAX_TIME_LIMIT_MS as u128
+);
 
 /// A task could not be driven to its end.
 #[derive(Debug, thiserror::Error)]

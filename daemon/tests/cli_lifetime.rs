@@ -69,12 +69,13 @@ async fn tasks(bus: &PrivateBus) -> Vec<TaskRow> {
         .unwrap()
 }
 
-/// Waits until a task is `running` and its VM process is up; returns the
-/// task's row and the VM's pid.
-async fn running_task(bus: &PrivateBus) -> (TaskRow, u32) {
+/// Waits until a task other than `earlier` is `running` and its VM process
+/// is up; returns the task's row and the VM's pid.
+async fn running_task(bus: &PrivateBus, earlier: &[OwnedObjectPath]) -> (TaskRow, u32) {
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let rows = tasks(bus).await;
+        let mut rows = tasks(bus).await;
+        rows.retain(|r| !earlier.contains(&r.0));
         let vms: Vec<u32> = bus
             .daemon_children()
             .into_iter()
@@ -134,7 +135,7 @@ async fn cli_exits_within_two_seconds_with_a_message_when_vitrined_stops_mid_tas
         return;
     };
     let mut cli = spawn_vitrine(&bus, &["run"], &program);
-    let (row, vm) = running_task(&bus).await;
+    let (row, vm) = running_task(&bus, &[]).await;
     let daemon = bus.daemon_pid().expect("vitrined runs");
 
     // Act
@@ -168,9 +169,11 @@ async fn killing_the_cli_cancels_its_task_and_its_vm_goes() {
     let Some((bus, program, _work)) = setup(test) else {
         return;
     };
+    let mut earlier = Vec::new();
     for (signal, name, code) in [("-TERM", "SIGTERM", 143), ("-INT", "SIGINT", 130)] {
         let mut cli = spawn_vitrine(&bus, &["run"], &program);
-        let (row, vm) = running_task(&bus).await;
+        let (row, vm) = running_task(&bus, &earlier).await;
+        earlier.push(row.0.clone());
 
         // Act
         kill(signal, cli.id());
@@ -215,7 +218,7 @@ async fn detached_task_outlives_the_cli_until_cancelled() {
         .arg(&program)
         .output()
         .unwrap();
-    let (row, vm) = running_task(&bus).await;
+    let (row, vm) = running_task(&bus, &[]).await;
 
     // Assert
     let report = dbus_support::text(&out);

@@ -644,7 +644,10 @@ impl Worker<'_> {
                 verdict = format!("clean, {written} export(s) written");
             }
         }
-        if let Some(dir) = &options.png_dir {
+        // A task that drew nothing leaves no (empty) folder behind.
+        if let (Some(_), true) = (&options.png_dir, run.pages.is_empty()) {
+            self.detail("png-pages", "0");
+        } else if let Some(dir) = &options.png_dir {
             let made = std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

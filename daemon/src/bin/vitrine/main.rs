@@ -414,15 +414,18 @@ fn detached(task: &Started) -> ExitCode {
 
 async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCode> {
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
+    let mut made = None;
     let png_dir = match png {
         Some(dir) => Some(output_dir(dir)?),
-        None if !display => Some(
-            tempfile::Builder::new()
+        None if !display => {
+            let dir = tempfile::Builder::new()
                 .prefix("vitrine-pages-")
                 .tempdir()
                 .context("creating a directory for the pages")?
-                .keep(),
-        ),
+                .keep();
+            made = Some(RemovedIfEmpty(dir.clone()));
+            Some(dir)
+        }
         None => None,
     };
     let bus = Bus::connect().await?;
@@ -447,10 +450,20 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
     }
     let done = bus.wait(task).await?;
     report(&done, &name);
+    if let Some(dir) = png_dir.as_ref().filter(|_| done.verdict.starts_with("host")) {
+        println!(
+            "pages     none: nothing was sandboxed, so no pages were written to {}",
+            shown(dir)
+        );
+    }
     if let Some(dir) = png_dir.filter(|_| done.verdict.starts_with("clean")) {
         let count = done.detail("png-pages");
         let announced = done.detail("pages");
         match (count.parse::<u32>(), announced.parse::<u32>()) {
+            (Ok(0), _) => println!(
+                "pages     none: the task drew no page, so nothing was written to {}",
+                shown(&dir)
+            ),
             (Ok(c), Ok(a)) if a > c => println!(
                 "pages     {c} of {a} (the rest are past the page limit), written to {}:",
                 shown(&dir)
@@ -474,7 +487,19 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
             bus.wait_window(&done.path).await?;
         }
     }
+    drop(made);
     Ok(exit_for(&done.verdict))
+}
+
+/// A folder this command made for the pages: removed again on every way
+/// out if no page was written into it.
+struct RemovedIfEmpty(PathBuf);
+
+impl Drop for RemovedIfEmpty {
+    fn drop(&mut self) {
+        // remove_dir fails on a folder that holds pages: those stay.
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 fn exit_for(verdict: &str) -> ExitCode {
@@ -533,15 +558,8 @@ fn report(done: &Finished, name: &str) {
     if done.details.contains_key("vm") {
         println!("vm        {}", d("vm"));
     }
-    if let Some(boot) = done.details.get("boot-ms") {
-        println!(
-            "timings   boot to Ready {boot} ms, transfer in {} ms, first frame {} ms after the \
-             task was sent, {} ms after the call; total {} ms",
-            d("transfer-ms"),
-            d("first-frame-ms"),
-            done.ms("first-frame").unwrap_or_default(),
-            done.ms("vm-gone").unwrap_or_default(),
-        );
+    if let Some(line) = timings_line(done) {
+        println!("timings   {line}");
     }
     let verdict = one_line(&done.verdict);
     println!("verdict   {verdict}");
@@ -564,6 +582,29 @@ fn report(done: &Finished, name: &str) {
     } else if !done.verdict.starts_with("clean") {
         eprintln!("vitrine: error: {name}: {verdict}");
     }
+}
+
+/// The steps' times that the task reached, on one line; `None` before a VM
+/// was taken. A step that never happened is left out, not shown blank.
+fn timings_line(done: &Finished) -> Option<String> {
+    let boot = done.details.get("boot-ms")?;
+    let mut parts = vec![format!("boot to Ready {boot} ms")];
+    if let Some(t) = done.details.get("transfer-ms") {
+        parts.push(format!("transfer in {t} ms"));
+    }
+    match (done.details.get("first-frame-ms"), done.ms("first-frame")) {
+        (Some(sent), Some(call)) => parts.push(format!(
+            "first frame {sent} ms after the task was sent, {call} ms after the call"
+        )),
+        (None, Some(call)) => parts.push(format!("first frame {call} ms after the call")),
+        (Some(sent), None) => parts.push(format!("first frame {sent} ms after the task was sent")),
+        (None, None) => parts.push("no frame arrived".to_owned()),
+    }
+    let mut line = parts.join(", ");
+    if let Some(total) = done.ms("vm-gone") {
+        line.push_str(&format!("; total {total} ms"));
+    }
+    Some(one_line(&line))
 }
 
 /// The connection and the manager proxy.
@@ -805,6 +846,43 @@ fn output_dir(dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(details: &[(&str, &str)], timings: &[(&str, u64)]) -> Finished {
+        Finished {
+            path: task_path("7").unwrap(),
+            verdict: "error: x".into(),
+            details: details
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            timings: timings.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn timings_leave_out_the_steps_a_failed_task_never_reached() {
+        let failed = finished(&[("boot-ms", "812")], &[("vm-gone", 905_000)]);
+        let full = finished(
+            &[
+                ("boot-ms", "812"),
+                ("transfer-ms", "3"),
+                ("first-frame-ms", "40"),
+            ],
+            &[("first-frame", 860_000), ("vm-gone", 905_000)],
+        );
+        let refused = finished(&[], &[]);
+
+        assert_eq!(
+            timings_line(&failed).unwrap(),
+            "boot to Ready 812 ms, no frame arrived; total 905 ms"
+        );
+        assert_eq!(
+            timings_line(&full).unwrap(),
+            "boot to Ready 812 ms, transfer in 3 ms, first frame 40 ms after the task was sent, \
+             860 ms after the call; total 905 ms"
+        );
+        assert_eq!(timings_line(&refused), None);
+    }
 
     #[test]
     fn file_uris_and_plain_paths_name_local_files_and_links_do_not() {
