@@ -54,6 +54,14 @@ pub enum TaskError {
         /// Short list of what arrived.
         seen: String,
     },
+    /// The task's deadline (its time limit) passed before `Done`.
+    #[error("the time limit was reached after {after:?} (messages so far: {seen})")]
+    TimeLimit {
+        /// Time since the task was sent.
+        after: Duration,
+        /// Short list of what arrived.
+        seen: String,
+    },
     /// A frame did not fit the page it named.
     #[error("frame does not fit its page")]
     Page(#[from] PagesError),
@@ -325,10 +333,17 @@ pub fn run_task_observed(
     let mut run = TaskRun::default();
     let mut bounds = Bounds::new(input.limits);
     let mut seen: Vec<String> = Vec::new();
-    let fail = |source, seen: &[String]| TaskError::Channel {
-        source,
-        after: sent.elapsed(),
-        seen: summary(seen),
+    let fail = |source, seen: &[String]| match source {
+        // The wait was cut by the deadline: the time limit, not the guest's silence.
+        ChannelError::TimedOut(_) if Instant::now() >= deadline => TaskError::TimeLimit {
+            after: sent.elapsed(),
+            seen: summary(seen),
+        },
+        source => TaskError::Channel {
+            source,
+            after: sent.elapsed(),
+            seen: summary(seen),
+        },
     };
 
     channel
@@ -934,6 +949,41 @@ mod tests {
         assert!(
             matches!(&err, TaskError::Channel { seen, source: ChannelError::Closed, .. } if seen == "Accepted"),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_guest_silent_past_the_deadline_ends_at_the_time_limit_not_a_0ns_wait() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let silent = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            let _task = reader.recv();
+            let _input = reader.recv();
+            writer.send(&GuestMessage::Accepted { task: 7 }).unwrap();
+            // Stays silent (and open) until the host gives up.
+            let _ = reader.recv();
+        });
+
+        let err = run_task(
+            &mut channel,
+            7,
+            &pdf_input(),
+            Instant::now() + Duration::from_millis(300),
+        )
+        .unwrap_err();
+        drop(channel);
+        silent.join().unwrap();
+
+        assert!(
+            matches!(&err, TaskError::TimeLimit { seen, .. } if seen == "Accepted"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the time limit was reached after ") && !text.contains("0ns"),
+            "{text}"
         );
     }
 }
