@@ -97,7 +97,7 @@ pub enum TaskError {
     },
     /// The guest sent more pixels, or made the host hold more pages, than
     /// the task's budget.
-    #[error("guest overspent the task's pixel budget")]
+    #[error("the guest did not stop at the task's pixel budget")]
     Budget(#[from] BudgetError),
     /// An export came back other than it was offered.
     #[error("export {id} broke its offer: {reason}")]
