@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
     BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
-    Limits, PixelBudget, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES,
-    MAX_TASK_INPUT,
+    Limits, MessageError, PixelBudget, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
+    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -43,6 +43,10 @@ pub enum TaskError {
     /// The input is larger than the protocol carries.
     #[error("input is {0} bytes, more than the {MAX_TASK_INPUT} a task may carry")]
     InputTooLarge(u64),
+    /// The task breaks one of the protocol's caps (a link too long, too many
+    /// arguments...): the guest would refuse it, so no VM is taken for it.
+    #[error("refused before any VM was taken")]
+    BreaksCap(#[source] MessageError),
     /// The channel failed (time-out, closed stream, bad frame).
     #[error("guest channel failed after {after:?} (messages so far: {seen})")]
     Channel {
@@ -244,6 +248,22 @@ impl TaskInput {
             data: Vec::new(),
             limits,
         }
+    }
+
+    /// Checks the task against the protocol's caps as the guest will, so
+    /// that a task that breaks one is refused before a VM is taken for it.
+    pub fn check(&self) -> Result<(), TaskError> {
+        let size = u64::try_from(self.data.len()).unwrap_or(u64::MAX);
+        if size > MAX_TASK_INPUT {
+            return Err(TaskError::InputTooLarge(size));
+        }
+        HostMessage::Task(Task {
+            id: 0,
+            kind: self.kind.clone(),
+            limits: self.limits,
+        })
+        .validate()
+        .map_err(TaskError::BreaksCap)
     }
 
     /// A program to run on a terminal.
@@ -985,5 +1005,19 @@ mod tests {
             text.starts_with("the time limit was reached after ") && !text.contains("0ns"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_link_past_the_protocol_cap_is_refused_before_a_vm() {
+        let long = format!("https://example.org/{}", "a".repeat(100_000));
+        let input = TaskInput::uri(&long, Vec::new(), limits());
+
+        let err = input.check().unwrap_err();
+
+        assert_eq!(
+            crate::service::worker::chain(&err),
+            "refused before any VM was taken: uri is 100020 bytes, more than the cap of 8192"
+        );
+        assert!(pdf_input().check().is_ok());
     }
 }

@@ -255,6 +255,7 @@ impl Manager {
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
         self.start(
             Payload::File {
                 file,
@@ -273,6 +274,11 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
+        within_cap(
+            "the link",
+            uri.len(),
+            vitrine_shim::protocol::MAX_URI_BYTES,
+        )?;
         self.start(Payload::Uri(uri.clone()), uri, options).await
     }
 
@@ -284,7 +290,9 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
+        program_args_checked(&args)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
         self.start(Payload::Program { file, args }, "program".into(), options)
             .await
     }
@@ -382,6 +390,47 @@ impl Manager {
 
 fn options_checked(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions> {
     options(map)
+}
+
+/// Refuses, before any task or VM, input that the guest protocol could not
+/// carry (its caps in `vitrine_shim::protocol`).
+fn within_cap(what: &str, len: usize, cap: usize) -> fdo::Result<()> {
+    if len > cap {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "{what} is {len} bytes, more than the {cap} a task may carry; nothing was started"
+        )));
+    }
+    Ok(())
+}
+
+fn program_args_checked(args: &[String]) -> fdo::Result<()> {
+    use vitrine_shim::protocol::{MAX_ARGS, MAX_ARG_BYTES};
+    if args.len() > MAX_ARGS {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "{} arguments, more than the {MAX_ARGS} a program may get; nothing was started",
+            args.len()
+        )));
+    }
+    for (i, arg) in args.iter().enumerate() {
+        within_cap(&format!("argument {}", i + 1), arg.len(), MAX_ARG_BYTES)?;
+    }
+    Ok(())
+}
+
+/// The passed file's size, refused past the protocol's input cap.
+fn file_size_checked(file: &File) -> fdo::Result<()> {
+    use vitrine_shim::protocol::MAX_TASK_INPUT;
+    let size = file
+        .metadata()
+        .map_err(|e| fdo::Error::InvalidArgs(format!("cannot read the passed file: {e}")))?
+        .len();
+    if size > MAX_TASK_INPUT {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "the file is {size} bytes, more than the {MAX_TASK_INPUT} a task may carry; \
+             nothing was started"
+        )));
+    }
+    Ok(())
 }
 
 #[interface(name = "org.vitrine.Sandbox1.Task")]

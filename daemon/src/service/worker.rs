@@ -376,6 +376,9 @@ impl Worker<'_> {
             Ok(p) => p,
             Err(verdict) => return verdict,
         };
+        if let Err(e) = prepared.input.check() {
+            return format!("error: {}", chain(&e));
+        }
         if self.control.cancelled() {
             return "cancelled".to_owned();
         }
