@@ -147,7 +147,38 @@ fn system_document_is_left_to_the_host_without_pages() {
         stdout.contains("would open normally on the host"),
         "{report}"
     );
+    assert!(
+        stdout.contains(&format!(
+            "pages     none: nothing was sandboxed, so no pages were written to {}",
+            pages.display()
+        )),
+        "{report}"
+    );
     assert!(!pages.exists(), "{report}");
+}
+
+#[test]
+fn a_refused_task_leaves_no_empty_page_folder_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.iso");
+    std::fs::write(&file, b"text\n").unwrap();
+    let bus = PrivateBus::start(&["--policy-dir".as_ref(), example_policy().as_os_str()], &[]);
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    // No --png and no display: vitrine makes a folder for the pages itself.
+    let out = bus
+        .command(env!("CARGO_BIN_EXE_vitrine"))
+        .env("TMPDIR", &tmp)
+        .arg("open")
+        .arg(&file)
+        .output()
+        .unwrap();
+
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{report}");
+    assert_eq!(file_names(&tmp), Vec::<String>::new(), "{report}");
 }
 
 #[test]
