@@ -192,14 +192,19 @@ async fn killing_the_cli_cancels_its_task_and_its_vm_goes() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        loud(&format!("{test}: {name}: exit {status} in {took:?}; {after:?}\n{output}"));
+        loud(&format!(
+            "{test}: {name}: exit {status} in {took:?}; {after:?}\n{output}"
+        ));
         assert_eq!(status.code(), Some(code), "{output}");
         let n = row.0.as_str().rsplit('/').next().unwrap().to_owned();
         assert!(
             output.contains(&format!("vitrine: stopped by {name}: task {n} cancelled")),
             "{output}"
         );
-        assert_eq!((after.3.as_str(), after.4.as_str()), ("finished", "cancelled"));
+        assert_eq!(
+            (after.3.as_str(), after.4.as_str()),
+            ("finished", "cancelled")
+        );
         assert!(gone(vm), "QEMU pid {vm} outlived the cancel");
     }
 }

@@ -162,7 +162,10 @@ fn a_refused_task_leaves_no_empty_page_folder_behind() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.iso");
     std::fs::write(&file, b"text\n").unwrap();
-    let bus = PrivateBus::start(&["--policy-dir".as_ref(), example_policy().as_os_str()], &[]);
+    let bus = PrivateBus::start(
+        &["--policy-dir".as_ref(), example_policy().as_os_str()],
+        &[],
+    );
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
 
@@ -177,7 +180,10 @@ fn a_refused_task_leaves_no_empty_page_folder_behind() {
 
     let report = text(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{report}"
+    );
     assert_eq!(file_names(&tmp), Vec::<String>::new(), "{report}");
 }
 

@@ -22,7 +22,8 @@ use crate::raster::Raster;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
 use crate::render::{page_file, pdf, DocKind};
 use crate::sandbox::{
-    describe, failure_reason, limited_command, tail_of, ChildLimits, Identity, RunOutcome, Supervised,
+    describe, failure_reason, limited_command, tail_of, ChildLimits, Identity, RunOutcome,
+    Supervised,
 };
 use crate::transport::Connection;
 

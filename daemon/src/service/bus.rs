@@ -274,11 +274,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
-        within_cap(
-            "the link",
-            uri.len(),
-            vitrine_shim::protocol::MAX_URI_BYTES,
-        )?;
+        within_cap("the link", uri.len(), vitrine_shim::protocol::MAX_URI_BYTES)?;
         self.start(Payload::Uri(uri.clone()), uri, options).await
     }
 

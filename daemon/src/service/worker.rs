@@ -29,9 +29,7 @@ use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
 use crate::pages;
-use crate::task::{
-    fetch_export, run_task_observed, TaskError, TaskInput, TaskObserver, TaskRun,
-};
+use crate::task::{fetch_export, run_task_observed, TaskError, TaskInput, TaskObserver, TaskRun};
 use crate::viewer::ViewerLink;
 
 /// How long the VM may take to end after `Shutdown` before it is killed.

@@ -450,7 +450,10 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
     }
     let done = bus.wait(task).await?;
     report(&done, &name);
-    if let Some(dir) = png_dir.as_ref().filter(|_| done.verdict.starts_with("host")) {
+    if let Some(dir) = png_dir
+        .as_ref()
+        .filter(|_| done.verdict.starts_with("host"))
+    {
         println!(
             "pages     none: nothing was sandboxed, so no pages were written to {}",
             shown(dir)
@@ -739,9 +742,7 @@ impl Bus {
                     }
                 }
             }
-            bail!(
-                "the session bus connection ended before task {n} finished: its result is lost"
-            )
+            bail!("the session bus connection ended before task {n} finished: its result is lost")
         };
         let verdict = tokio::time::timeout(TASK_WAIT, wait)
             .await
@@ -770,7 +771,10 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 async fn cancel_quietly(task: &zbus::Proxy<'static>) {
     match tokio::time::timeout(CANCEL_WAIT, task.call::<_, _, ()>("Cancel", &())).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("vitrine: cancelling the task failed: {}", one_line(&e.to_string())),
+        Ok(Err(e)) => eprintln!(
+            "vitrine: cancelling the task failed: {}",
+            one_line(&e.to_string())
+        ),
         Err(_) => eprintln!("vitrine: vitrined did not answer the cancel in time"),
     }
 }
