@@ -16,7 +16,11 @@ type TaskRow = (OwnedObjectPath, String, String, String, String);
 fn invalid_args(err: zbus::Error) -> String {
     match err {
         zbus::Error::MethodError(name, text, _) => {
-            assert_eq!(name.as_str(), "org.freedesktop.DBus.Error.InvalidArgs");
+            assert_eq!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.InvalidArgs",
+                "{text:?}"
+            );
             text.unwrap_or_default()
         }
         other => panic!("not a D-Bus error reply: {other:?}"),
@@ -75,6 +79,40 @@ async fn input_past_a_protocol_cap_is_refused_before_any_task_starts() {
     assert_eq!(
         invalid_args(arg.unwrap_err()),
         "argument 1 is 5000 bytes, more than the 4096 a task may carry; nothing was started"
+    );
+    assert!(tasks.is_empty(), "{tasks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_the_wrong_argument_types_gets_invalid_args() {
+    let test = "a_call_with_the_wrong_argument_types_gets_invalid_args";
+    if !tool_or_skip(test, "dbus-daemon", "dbus") {
+        return;
+    }
+    let bus = PrivateBus::start(
+        &["--policy-dir".as_ref(), example_policy().as_os_str()],
+        &[],
+    );
+    let connection = bus.connect().await;
+    let manager = manager_proxy(&connection).await;
+
+    // Act
+    let one = manager
+        .call::<_, _, OwnedObjectPath>("OpenUri", &("https://example.org/",))
+        .await;
+    let three = manager
+        .call::<_, _, OwnedObjectPath>("OpenFile", &("a", "b", 3u32))
+        .await;
+    let tasks: Vec<TaskRow> = manager.call("ListTasks", &()).await.unwrap();
+
+    // Assert
+    assert_eq!(
+        invalid_args(one.unwrap_err()),
+        "OpenUri takes arguments of signature \"sa{sv}\", not \"s\""
+    );
+    assert_eq!(
+        invalid_args(three.unwrap_err()),
+        "OpenFile takes arguments of signature \"hsa{sv}\", not \"ssu\""
     );
     assert!(tasks.is_empty(), "{tasks:?}");
 }

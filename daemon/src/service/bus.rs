@@ -19,6 +19,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::{fdo, interface, Connection};
 
+use super::call_signature::SignatureChecked;
 use super::worker::{
     self, Payload, TaskControl, TaskEvent, TaskOptions, TaskRequest, WorkerCommand, WorkerContext,
 };
@@ -31,6 +32,17 @@ pub const MANAGER_PATH: &str = "/org/vitrine/Sandbox1";
 pub const MANAGER_INTERFACE: &str = "org.vitrine.Sandbox1";
 /// A task object's interface.
 pub const TASK_INTERFACE: &str = "org.vitrine.Sandbox1.Task";
+/// The manager's methods and their argument signatures: a call with other
+/// arguments is answered `org.freedesktop.DBus.Error.InvalidArgs`.
+const MANAGER_SIGNATURES: &[(&str, &str)] = &[
+    ("OpenFile", "hsa{sv}"),
+    ("OpenUri", "sa{sv}"),
+    ("RunProgram", "hasa{sv}"),
+    ("ListTasks", ""),
+    ("ListExports", ""),
+    ("ApproveExport", "os"),
+    ("DenyExport", "os"),
+];
 /// Finished tasks kept listed before the oldest are dropped.
 const MAX_FINISHED_KEPT: usize = 256;
 
@@ -507,7 +519,13 @@ pub async fn serve(
         events,
         connection: connection.clone(),
     };
-    connection.object_server().at(MANAGER_PATH, manager).await?;
+    connection
+        .object_server()
+        .at(
+            MANAGER_PATH,
+            SignatureChecked::new(manager, MANAGER_SIGNATURES),
+        )
+        .await?;
     connection.request_name(BUS_NAME).await?;
     let manager_emitter = SignalEmitter::new(&connection, MANAGER_PATH)?;
     let bus = fdo::DBusProxy::new(&connection).await?;
