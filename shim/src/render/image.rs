@@ -146,4 +146,16 @@ mod tests {
         assert_eq!(text.matches(cause.as_str()).count(), 1, "{text}");
         assert!(text.starts_with("image decoding failed: "), "{text}");
     }
+
+    #[test]
+    fn a_jpeg_cut_after_its_header_fails_with_no_more_bytes_said_once() {
+        let header_only = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
+
+        let err = render(header_only, 100, 100).unwrap_err();
+
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(err)),
+            "image decoding failed: Format error decoding Jpeg: \"No more bytes\""
+        );
+    }
 }
