@@ -104,8 +104,24 @@ async fn a_call_with_the_wrong_argument_types_gets_invalid_args() {
         .call::<_, _, OwnedObjectPath>("OpenFile", &("a", "b", 3u32))
         .await;
     let tasks: Vec<TaskRow> = manager.call("ListTasks", &()).await.unwrap();
+    // A task object (this one fails at once: the daemon has no image).
+    let task: OwnedObjectPath = manager
+        .call(
+            "OpenUri",
+            &("https://example.org/", HashMap::<&str, Value<'_>>::new()),
+        )
+        .await
+        .unwrap();
+    let cancel = dbus_support::task_proxy(&connection, task.as_str())
+        .await
+        .call::<_, _, ()>("Cancel", &("now",))
+        .await;
 
     // Assert
+    assert_eq!(
+        invalid_args(cancel.unwrap_err()),
+        "Cancel takes arguments of signature \"\", not \"s\""
+    );
     assert_eq!(
         invalid_args(one.unwrap_err()),
         "OpenUri takes arguments of signature \"sa{sv}\", not \"s\""

@@ -43,6 +43,8 @@ const MANAGER_SIGNATURES: &[(&str, &str)] = &[
     ("ApproveExport", "os"),
     ("DenyExport", "os"),
 ];
+/// A task object's methods and their argument signatures.
+const TASK_SIGNATURES: &[(&str, &str)] = &[("Cancel", "")];
 /// Finished tasks kept listed before the oldest are dropped.
 const MAX_FINISHED_KEPT: usize = 256;
 
@@ -177,10 +179,13 @@ impl Manager {
             .object_server()
             .at(
                 &path,
-                TaskObject {
-                    id,
-                    shared: self.shared.clone(),
-                },
+                SignatureChecked::new(
+                    TaskObject {
+                        id,
+                        shared: self.shared.clone(),
+                    },
+                    TASK_SIGNATURES,
+                ),
             )
             .await
             .map_err(|e| fdo::Error::Failed(format!("cannot publish the task object: {e}")))?;
@@ -221,7 +226,7 @@ impl Manager {
             let _ = self
                 .connection
                 .object_server()
-                .remove::<TaskObject, _>(task_path(id))
+                .remove::<SignatureChecked<TaskObject>, _>(task_path(id))
                 .await;
         }
     }
@@ -562,25 +567,25 @@ async fn apply(
     let path = task_path(id);
     let iface = connection
         .object_server()
-        .interface::<_, TaskObject>(&path)
+        .interface::<_, SignatureChecked<TaskObject>>(&path)
         .await?;
     let emitter = iface.signal_emitter();
     match event {
         TaskEvent::State(s) => {
             set(shared, id, |t| t.state = s.to_owned());
-            iface.get().await.state_changed(emitter).await?;
+            iface.get().await.inner().state_changed(emitter).await?;
         }
         TaskEvent::Detail(key, value) => {
             set(shared, id, |t| {
                 t.details.insert(key.to_owned(), value);
             });
-            iface.get().await.details_changed(emitter).await?;
+            iface.get().await.inner().details_changed(emitter).await?;
         }
         TaskEvent::Timing(key, us) => {
             set(shared, id, |t| {
                 t.timings.insert(key.to_owned(), us);
             });
-            iface.get().await.timings_changed(emitter).await?;
+            iface.get().await.inner().timings_changed(emitter).await?;
         }
         TaskEvent::Export {
             name,
@@ -609,8 +614,8 @@ async fn apply(
                 t.verdict = verdict.clone();
                 t.state = "finished".to_owned();
             });
-            iface.get().await.verdict_changed(emitter).await?;
-            iface.get().await.state_changed(emitter).await?;
+            iface.get().await.inner().verdict_changed(emitter).await?;
+            iface.get().await.inner().state_changed(emitter).await?;
             Manager::task_finished(manager, path.as_ref(), &verdict).await?;
         }
     }

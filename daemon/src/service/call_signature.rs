@@ -28,6 +28,11 @@ impl<I> SignatureChecked<I> {
         Self { inner, methods }
     }
 
+    /// The wrapped interface (to emit its property changes).
+    pub fn inner(&self) -> &I {
+        &self.inner
+    }
+
     /// Why a call of `method` with arguments of signature `got` is refused;
     /// `None` when it has the method's signature (or is not listed).
     fn mismatch(&self, method: &str, got: &str) -> Option<String> {
