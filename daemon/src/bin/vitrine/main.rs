@@ -446,6 +446,13 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
         Target::Link(url) => (bus.start("OpenUri", &(url, options)).await?, url.to_owned()),
     };
     if how.detach {
+        if let Some(dir) = &png_dir {
+            println!("pages     will be written to {}", shown(dir));
+        }
+        // The task writes there after this command has gone.
+        if let Some(made) = made {
+            made.keep();
+        }
         return Ok(detached(&task));
     }
     let done = bus.wait(task).await?;
@@ -498,10 +505,19 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
 /// out if no page was written into it.
 struct RemovedIfEmpty(PathBuf);
 
+impl RemovedIfEmpty {
+    /// Keeps the folder whatever it holds (a detached task fills it later).
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
 impl Drop for RemovedIfEmpty {
     fn drop(&mut self) {
         // remove_dir fails on a folder that holds pages: those stay.
-        let _ = std::fs::remove_dir(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir(&self.0);
+        }
     }
 }
 
