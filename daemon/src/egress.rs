@@ -105,7 +105,7 @@ impl EgressTunnel {
     fn open(&mut self, host: &str, port: u16, deadline: Instant) -> EgressReply {
         self.close();
         let host = host.to_ascii_lowercase();
-        let target = format!("{host}:{port}");
+        let target = endpoint_text(&host, port);
         let result = self.connect(&host, port, deadline);
         let (reply, outcome) = match result {
             Ok((stream, addr)) => {
@@ -151,13 +151,14 @@ impl EgressTunnel {
             Egress::Allow(list) => list,
         };
         let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let target = endpoint_text(host, port);
         let matching: Vec<_> = list
             .iter()
             .filter(|e| e.allows(host, port) || e.allows(bare, port))
             .collect();
         if matching.is_empty() {
             return Err(Refusal::Policy(format!(
-                "{host}:{port} is not in profile `{}`'s egress list ({})",
+                "{target} is not in profile `{}`'s egress list ({})",
                 self.profile, self.allow
             )));
         }
@@ -180,7 +181,7 @@ impl EgressTunnel {
             let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
             return Err(Refusal::Policy(format!(
                 "{host} resolves only to local or private addresses ({}), which a wildcard \
-                 egress entry does not reach; name {host}:{port} in the profile to allow it",
+                 egress entry does not reach; name {target} in the profile to allow it",
                 shown.join(", ")
             )));
         }
@@ -314,6 +315,17 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (first == 0x0064 && ip.segments()[1] == 0xff9b))
 }
 
+/// `host:port` as a URL writes it: an IPv6 address in brackets
+/// (`[::1]:443`), whether or not the guest sent them.
+fn endpoint_text(host: &str, port: u16) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
@@ -333,6 +345,32 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(20)
+    }
+
+    #[test]
+    fn an_ipv6_target_is_written_in_brackets_in_the_refusal_and_the_record() {
+        let mut tunnel = EgressTunnel::new("web", allow(&["*:443"]));
+
+        let reply = tunnel.handle(
+            &GuestMessage::EgressOpen {
+                host: "::1".into(),
+                port: 443,
+            },
+            soon(),
+            &|| false,
+        );
+
+        let Some(EgressReply::Refused(why)) = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(
+            why,
+            "::1 resolves only to local or private addresses (::1), which a wildcard egress \
+             entry does not reach; name [::1]:443 in the profile to allow it"
+        );
+        assert_eq!(tunnel.records()[0].target, "[::1]:443");
+        assert_eq!(endpoint_text("[2001:db8::1]", 8443), "[2001:db8::1]:8443");
+        assert_eq!(endpoint_text("example.org", 443), "example.org:443");
     }
 
     fn open(t: &mut EgressTunnel, host: &str, port: u16) -> EgressReply {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
     BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
-    IdentityApplied, InputEvent, Limits, PixelBudget, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
-    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    IdentityApplied, InputEvent, Limits, MessageError, PixelBudget, Task, TaskKind, TaskStatus,
+    WireMessage, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -31,6 +31,11 @@ const INPUT_POLL: Duration = Duration::from_millis(25);
 /// Size of the input chunks sent (1 MiB; the protocol allows up to 4 MiB).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const _: () = assert!(CHUNK_BYTES <= MAX_CHUNK_BYTES);
+// The policy refuses a profile time limit the protocol could not carry.
+const _: () = assert!(
+    vitrine_policy::profile::limits::TIME_LIMIT.1.as_millis()
+        == vitrine_shim::protocol::MAX_TIME_LIMIT_MS as u128
+);
 
 /// A task could not be driven to its end.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +43,24 @@ pub enum TaskError {
     /// The input is larger than the protocol carries.
     #[error("input is {0} bytes, more than the {MAX_TASK_INPUT} a task may carry")]
     InputTooLarge(u64),
+    /// The task breaks one of the protocol's caps (a link too long, too many
+    /// arguments...): the guest would refuse it, so no VM is taken for it.
+    #[error("refused before any VM was taken")]
+    BreaksCap(#[source] MessageError),
     /// The channel failed (time-out, closed stream, bad frame).
     #[error("guest channel failed after {after:?} (messages so far: {seen})")]
     Channel {
         /// Why.
         #[source]
         source: ChannelError,
+        /// Time since the task was sent.
+        after: Duration,
+        /// Short list of what arrived.
+        seen: String,
+    },
+    /// The task's deadline (its time limit) passed before `Done`.
+    #[error("the time limit was reached after {after:?} (messages so far: {seen})")]
+    TimeLimit {
         /// Time since the task was sent.
         after: Duration,
         /// Short list of what arrived.
@@ -84,7 +101,7 @@ pub enum TaskError {
     },
     /// The guest sent more pixels, or made the host hold more pages, than
     /// the task's budget.
-    #[error("guest overspent the task's pixel budget")]
+    #[error("the guest did not stop at the task's pixel budget")]
     Budget(#[from] BudgetError),
     /// No fresh seed could be drawn for the VM's identity.
     #[error("cannot draw a seed for the VM's identity: {0}")]
@@ -239,6 +256,22 @@ impl TaskInput {
         }
     }
 
+    /// Checks the task against the protocol's caps as the guest will, so
+    /// that a task that breaks one is refused before a VM is taken for it.
+    pub fn check(&self) -> Result<(), TaskError> {
+        let size = u64::try_from(self.data.len()).unwrap_or(u64::MAX);
+        if size > MAX_TASK_INPUT {
+            return Err(TaskError::InputTooLarge(size));
+        }
+        HostMessage::Task(Task {
+            id: 0,
+            kind: self.kind.clone(),
+            limits: self.limits,
+        })
+        .validate()
+        .map_err(TaskError::BreaksCap)
+    }
+
     /// A program to run on a terminal.
     pub fn program(data: Vec<u8>, limits: Limits) -> Self {
         Self {
@@ -326,10 +359,17 @@ pub fn run_task_observed(
     let mut run = TaskRun::default();
     let mut bounds = Bounds::new(input.limits);
     let mut seen: Vec<String> = Vec::new();
-    let fail = |source, seen: &[String]| TaskError::Channel {
-        source,
-        after: sent.elapsed(),
-        seen: summary(seen),
+    let fail = |source, seen: &[String]| match source {
+        // The wait was cut by the deadline: the time limit, not the guest's silence.
+        ChannelError::TimedOut(_) if Instant::now() >= deadline => TaskError::TimeLimit {
+            after: sent.elapsed(),
+            seen: summary(seen),
+        },
+        source => TaskError::Channel {
+            source,
+            after: sent.elapsed(),
+            seen: summary(seen),
+        },
     };
 
     channel
@@ -983,5 +1023,54 @@ mod tests {
             matches!(&err, TaskError::Channel { seen, source: ChannelError::Closed, .. } if seen == "Accepted"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_guest_silent_past_the_deadline_ends_at_the_time_limit_not_a_0ns_wait() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let silent = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            let _task = reader.recv();
+            let _input = reader.recv();
+            writer.send(&GuestMessage::Accepted { task: 7 }).unwrap();
+            // Stays silent (and open) until the host gives up.
+            let _ = reader.recv();
+        });
+
+        let err = run_task(
+            &mut channel,
+            7,
+            &pdf_input(),
+            Instant::now() + Duration::from_millis(300),
+        )
+        .unwrap_err();
+        drop(channel);
+        silent.join().unwrap();
+
+        assert!(
+            matches!(&err, TaskError::TimeLimit { seen, .. } if seen == "Accepted"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.starts_with("the time limit was reached after ") && !text.contains("0ns"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_link_past_the_protocol_cap_is_refused_before_a_vm() {
+        let long = format!("https://example.org/{}", "a".repeat(100_000));
+        let input = TaskInput::uri(&long, Vec::new(), limits());
+
+        let err = input.check().unwrap_err();
+
+        assert_eq!(
+            crate::service::worker::chain(&err),
+            "refused before any VM was taken: uri is 100020 bytes, more than the cap of 8192"
+        );
+        assert!(pdf_input().check().is_ok());
     }
 }

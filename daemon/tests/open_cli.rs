@@ -147,7 +147,44 @@ fn system_document_is_left_to_the_host_without_pages() {
         stdout.contains("would open normally on the host"),
         "{report}"
     );
+    assert!(
+        stdout.contains(&format!(
+            "pages     none: nothing was sandboxed, so no pages were written to {}",
+            pages.display()
+        )),
+        "{report}"
+    );
     assert!(!pages.exists(), "{report}");
+}
+
+#[test]
+fn a_refused_task_leaves_no_empty_page_folder_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.iso");
+    std::fs::write(&file, b"text\n").unwrap();
+    let bus = PrivateBus::start(
+        &["--policy-dir".as_ref(), example_policy().as_os_str()],
+        &[],
+    );
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    // No --png and no display: vitrine makes a folder for the pages itself.
+    let out = bus
+        .command(env!("CARGO_BIN_EXE_vitrine"))
+        .env("TMPDIR", &tmp)
+        .arg("open")
+        .arg(&file)
+        .output()
+        .unwrap();
+
+    let report = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{report}"
+    );
+    assert_eq!(file_names(&tmp), Vec::<String>::new(), "{report}");
 }
 
 #[test]
@@ -214,4 +251,40 @@ fn hostile_file_name_cannot_drive_the_terminal() {
         stdout.contains("decision  deny, by rule `disk-images-by-name`"),
         "{report}"
     );
+}
+
+#[test]
+fn a_detached_open_keeps_the_page_folder_it_made_for_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"text\n").unwrap();
+    let bus = PrivateBus::start(
+        &["--policy-dir".as_ref(), example_policy().as_os_str()],
+        &[],
+    );
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    let out = bus
+        .command(env!("CARGO_BIN_EXE_vitrine"))
+        .env("TMPDIR", &tmp)
+        .args(["open", "--detach"])
+        .arg(&file)
+        .output()
+        .unwrap();
+
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let made = file_names(&tmp);
+    assert_eq!(made.len(), 1, "{report}");
+    assert!(made[0].starts_with("vitrine-pages-"), "{made:?}");
+    assert!(
+        stdout.contains(&format!(
+            "pages     will be written to {}",
+            tmp.join(&made[0]).display()
+        )),
+        "{report}"
+    );
+    assert!(stdout.contains(" started, detached"), "{report}");
 }

@@ -455,7 +455,7 @@ impl<'a> Parser<'a> {
     }
 
     fn duration(&mut self, item: &Item, key: &str) -> Option<std::time::Duration> {
-        let hint = || Some("write a duration such as \"90s\", \"15m\" or \"1h30m\"".to_owned());
+        let hint = || Some("write a duration such as \"90s\", \"5m\" or \"9m30s\"".to_owned());
         if let Item::Value(Value::Integer(_)) = item {
             self.wrong_type(item, key, "a duration string", hint());
             return None;
@@ -463,10 +463,27 @@ impl<'a> Parser<'a> {
         let (s, span) = self.string(item, key)?;
         match profile::parse_duration(s) {
             Ok(d) if (limits::TIME_LIMIT.0..=limits::TIME_LIMIT.1).contains(&d) => Some(d),
-            Ok(_) => {
+            Ok(d) if d > limits::TIME_LIMIT.1 => {
+                let max = profile::format_duration(limits::TIME_LIMIT.1);
                 self.error(
                     span,
-                    format!("`{key}` must be between 1s and 24h, found \"{s}\""),
+                    format!("`{key}` is \"{s}\", longer than the {max} a task may run"),
+                    Some(format!(
+                        "write {key} = \"{max}\" or less: a task is stopped after {max} \
+                         whatever the profile says"
+                    )),
+                );
+                None
+            }
+            Ok(_) => {
+                let (min, max) = limits::TIME_LIMIT;
+                self.error(
+                    span,
+                    format!(
+                        "`{key}` must be between {} and {}, found \"{s}\"",
+                        profile::format_duration(min),
+                        profile::format_duration(max)
+                    ),
                     None,
                 );
                 None

@@ -26,8 +26,11 @@ pub mod limits {
     use std::time::Duration;
     pub const MEMORY_MIB: (u32, u32) = (64, 65_536);
     pub const VCPUS: (u32, u32) = (1, 64);
+    /// Up to the guest protocol's cap on one task (`MAX_TIME_LIMIT_MS` in
+    /// `vitrine_shim::protocol`; the daemon asserts they agree): a longer
+    /// limit could not be honoured, and is refused rather than cut.
     pub const TIME_LIMIT: (Duration, Duration) =
-        (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+        (Duration::from_secs(1), Duration::from_secs(10 * 60));
     pub const DISPLAY_SIDE: (u32, u32) = (64, 8192);
     pub const FPS: (u32, u32) = (1, 240);
     pub const EXPORT_BYTES: (u64, u64) = (1, 16 << 30);

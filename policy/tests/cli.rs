@@ -183,7 +183,7 @@ const BROKEN: &[(&str, &str, &str, Option<&str>)] = &[
         "24-bad-time-limit.toml",
         "2:14",
         "`10 minutes` is not a duration",
-        Some("\"15m\""),
+        Some("\"5m\""),
     ),
     (
         "25-bad-clipboard.toml",
@@ -249,7 +249,13 @@ const BROKEN: &[(&str, &str, &str, Option<&str>)] = &[
         "35-time-limit-integer.toml",
         "2:14",
         "`time_limit` must be a duration string, found integer",
-        Some("\"1h30m\""),
+        Some("\"9m30s\""),
+    ),
+    (
+        "36-time-limit-above-the-task-cap.toml",
+        "2:14",
+        "`time_limit` is \"30m\", longer than the 10m a task may run",
+        Some("write time_limit = \"10m\" or less: a task is stopped after 10m whatever the profile says"),
     ),
 ];
 
@@ -603,7 +609,7 @@ fn list_and_show_describe_the_policy() {
         stdout(&out)
     );
     let v = json(&cli(&["--dir", s(&dir), "--json", "show", "web"]));
-    assert_eq!(v[0]["time_limit"], 3600);
+    assert_eq!(v[0]["time_limit"], 600);
     assert_eq!(v[0]["clipboard"], "both");
 
     let out = cli(&["--dir", s(&dir), "show", "nonesuch"]);

@@ -21,7 +21,7 @@ fn every_profile_field_is_parsed_into_its_typed_value() {
 description = "all fields"
 memory_mib = 2048
 vcpus = 4
-time_limit = "1h30m"
+time_limit = "9m30s"
 display = { max_width = 2560, max_height = 1440, max_fps = 60 }
 egress = ["*.wikipedia.org:443", "example.org:8443", "[2001:db8::1]:443"]
 clipboard = "both"
@@ -35,7 +35,7 @@ flatten = false
     );
     assert_eq!(p.description.as_deref(), Some("all fields"));
     assert_eq!((p.memory_mib, p.vcpus), (2048, 4));
-    assert_eq!(p.time_limit, Duration::from_secs(5400));
+    assert_eq!(p.time_limit, Duration::from_secs(570));
     assert_eq!(
         p.display,
         DisplayLimits {

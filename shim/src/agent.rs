@@ -23,7 +23,8 @@ use crate::raster::Raster;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
 use crate::render::{page_file, pdf, DocKind};
 use crate::sandbox::{
-    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, Supervised,
+    describe, failure_reason, limited_command, tail_of, ChildLimits, Identity, RunOutcome,
+    Supervised,
 };
 use crate::transport::Connection;
 
@@ -588,11 +589,10 @@ impl Agent {
         match child.wait().map_err(failed)? {
             RunOutcome::TimedOut => return Err(Stop::Task(TaskStatus::TimedOut)),
             RunOutcome::Exited(s) if !s.success() => {
-                return Err(failed(format!(
-                    "{} renderer failed ({}): {}",
-                    doc.kind.as_str(),
-                    describe(s),
-                    tail_of(&stderr_path, 400)
+                return Err(failed(failure_reason(
+                    &format!("{} renderer", doc.kind.as_str()),
+                    s,
+                    &tail_of(&stderr_path, 400),
                 )))
             }
             RunOutcome::Exited(_) => {}

@@ -144,7 +144,7 @@ pub enum FetchError {
         reason: String,
     },
     /// The host's egress policy said no.
-    #[error("the host's egress policy refused {host}:{port}: {reason}")]
+    #[error("the host's egress policy refused {}: {reason}", endpoint(host, *port))]
     Refused {
         /// Host asked for.
         host: String,
@@ -154,7 +154,7 @@ pub enum FetchError {
         reason: String,
     },
     /// The host could not connect (DNS, TCP).
-    #[error("could not connect to {host}:{port}: {reason}")]
+    #[error("could not connect to {}: {reason}", endpoint(host, *port))]
     Connect {
         /// Host asked for.
         host: String,
@@ -213,7 +213,7 @@ pub enum FetchError {
         detail: String,
     },
     /// The server answered with something other than TLS.
-    #[error("{host}:{port} did not answer with TLS ({detail})")]
+    #[error("{} did not answer with TLS ({detail})", endpoint(host, *port))]
     NotTls {
         /// Server name.
         host: String,
@@ -1421,6 +1421,16 @@ fn utc(secs: u64) -> String {
     )
 }
 
+/// `host:port` as a URL writes it: an IPv6 address in brackets.
+fn endpoint(host: &str, port: u16) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2142,5 +2152,19 @@ mod tests {
             let base = Url::parse("https://h.test/a/b").unwrap();
             let _ = base.join(&text);
         }
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_is_written_in_brackets() {
+        let refused = FetchError::Refused {
+            host: "::1".into(),
+            port: 443,
+            reason: "not allowed".into(),
+        };
+
+        assert_eq!(
+            refused.to_string(),
+            "the host's egress policy refused [::1]:443: not allowed"
+        );
     }
 }

@@ -19,6 +19,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::{fdo, interface, Connection};
 
+use super::call_signature::SignatureChecked;
 use super::worker::{
     self, Payload, TaskControl, TaskEvent, TaskOptions, TaskRequest, WorkerCommand, WorkerContext,
 };
@@ -31,6 +32,19 @@ pub const MANAGER_PATH: &str = "/org/vitrine/Sandbox1";
 pub const MANAGER_INTERFACE: &str = "org.vitrine.Sandbox1";
 /// A task object's interface.
 pub const TASK_INTERFACE: &str = "org.vitrine.Sandbox1.Task";
+/// The manager's methods and their argument signatures: a call with other
+/// arguments is answered `org.freedesktop.DBus.Error.InvalidArgs`.
+const MANAGER_SIGNATURES: &[(&str, &str)] = &[
+    ("OpenFile", "hsa{sv}"),
+    ("OpenUri", "sa{sv}"),
+    ("RunProgram", "hasa{sv}"),
+    ("ListTasks", ""),
+    ("ListExports", ""),
+    ("ApproveExport", "os"),
+    ("DenyExport", "os"),
+];
+/// A task object's methods and their argument signatures.
+const TASK_SIGNATURES: &[(&str, &str)] = &[("Cancel", "")];
 /// Finished tasks kept listed before the oldest are dropped.
 const MAX_FINISHED_KEPT: usize = 256;
 
@@ -165,10 +179,13 @@ impl Manager {
             .object_server()
             .at(
                 &path,
-                TaskObject {
-                    id,
-                    shared: self.shared.clone(),
-                },
+                SignatureChecked::new(
+                    TaskObject {
+                        id,
+                        shared: self.shared.clone(),
+                    },
+                    TASK_SIGNATURES,
+                ),
             )
             .await
             .map_err(|e| fdo::Error::Failed(format!("cannot publish the task object: {e}")))?;
@@ -209,7 +226,7 @@ impl Manager {
             let _ = self
                 .connection
                 .object_server()
-                .remove::<TaskObject, _>(task_path(id))
+                .remove::<SignatureChecked<TaskObject>, _>(task_path(id))
                 .await;
         }
     }
@@ -255,6 +272,7 @@ impl Manager {
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
         self.start(
             Payload::File {
                 file,
@@ -273,6 +291,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
+        within_cap("the link", uri.len(), vitrine_shim::protocol::MAX_URI_BYTES)?;
         self.start(Payload::Uri(uri.clone()), uri, options).await
     }
 
@@ -284,7 +303,9 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
+        program_args_checked(&args)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
         self.start(Payload::Program { file, args }, "program".into(), options)
             .await
     }
@@ -384,6 +405,47 @@ fn options_checked(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions
     options(map)
 }
 
+/// Refuses, before any task or VM, input that the guest protocol could not
+/// carry (its caps in `vitrine_shim::protocol`).
+fn within_cap(what: &str, len: usize, cap: usize) -> fdo::Result<()> {
+    if len > cap {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "{what} is {len} bytes, more than the {cap} a task may carry; nothing was started"
+        )));
+    }
+    Ok(())
+}
+
+fn program_args_checked(args: &[String]) -> fdo::Result<()> {
+    use vitrine_shim::protocol::{MAX_ARGS, MAX_ARG_BYTES};
+    if args.len() > MAX_ARGS {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "{} arguments, more than the {MAX_ARGS} a program may get; nothing was started",
+            args.len()
+        )));
+    }
+    for (i, arg) in args.iter().enumerate() {
+        within_cap(&format!("argument {}", i + 1), arg.len(), MAX_ARG_BYTES)?;
+    }
+    Ok(())
+}
+
+/// The passed file's size, refused past the protocol's input cap.
+fn file_size_checked(file: &File) -> fdo::Result<()> {
+    use vitrine_shim::protocol::MAX_TASK_INPUT;
+    let size = file
+        .metadata()
+        .map_err(|e| fdo::Error::InvalidArgs(format!("cannot read the passed file: {e}")))?
+        .len();
+    if size > MAX_TASK_INPUT {
+        return Err(fdo::Error::InvalidArgs(format!(
+            "the file is {size} bytes, more than the {MAX_TASK_INPUT} a task may carry; \
+             nothing was started"
+        )));
+    }
+    Ok(())
+}
+
 #[interface(name = "org.vitrine.Sandbox1.Task")]
 impl TaskObject {
     /// Stops the task: its VM is killed, its window closed.
@@ -462,7 +524,13 @@ pub async fn serve(
         events,
         connection: connection.clone(),
     };
-    connection.object_server().at(MANAGER_PATH, manager).await?;
+    connection
+        .object_server()
+        .at(
+            MANAGER_PATH,
+            SignatureChecked::new(manager, MANAGER_SIGNATURES),
+        )
+        .await?;
     connection.request_name(BUS_NAME).await?;
     let manager_emitter = SignalEmitter::new(&connection, MANAGER_PATH)?;
     let bus = fdo::DBusProxy::new(&connection).await?;
@@ -499,25 +567,25 @@ async fn apply(
     let path = task_path(id);
     let iface = connection
         .object_server()
-        .interface::<_, TaskObject>(&path)
+        .interface::<_, SignatureChecked<TaskObject>>(&path)
         .await?;
     let emitter = iface.signal_emitter();
     match event {
         TaskEvent::State(s) => {
             set(shared, id, |t| t.state = s.to_owned());
-            iface.get().await.state_changed(emitter).await?;
+            iface.get().await.inner().state_changed(emitter).await?;
         }
         TaskEvent::Detail(key, value) => {
             set(shared, id, |t| {
                 t.details.insert(key.to_owned(), value);
             });
-            iface.get().await.details_changed(emitter).await?;
+            iface.get().await.inner().details_changed(emitter).await?;
         }
         TaskEvent::Timing(key, us) => {
             set(shared, id, |t| {
                 t.timings.insert(key.to_owned(), us);
             });
-            iface.get().await.timings_changed(emitter).await?;
+            iface.get().await.inner().timings_changed(emitter).await?;
         }
         TaskEvent::Export {
             name,
@@ -546,8 +614,8 @@ async fn apply(
                 t.verdict = verdict.clone();
                 t.state = "finished".to_owned();
             });
-            iface.get().await.verdict_changed(emitter).await?;
-            iface.get().await.state_changed(emitter).await?;
+            iface.get().await.inner().verdict_changed(emitter).await?;
+            iface.get().await.inner().state_changed(emitter).await?;
             Manager::task_finished(manager, path.as_ref(), &verdict).await?;
         }
     }

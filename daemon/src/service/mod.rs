@@ -5,6 +5,7 @@
 //! plugs in.
 
 pub mod bus;
+pub mod call_signature;
 pub mod export_gate;
 pub mod receipt;
 pub mod state_dirs;

@@ -29,7 +29,9 @@ use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
 use crate::pages;
-use crate::task::{self, fetch_export, run_task_observed, TaskInput, TaskObserver, TaskRun};
+use crate::task::{
+    self, fetch_export, run_task_observed, TaskError, TaskInput, TaskObserver, TaskRun,
+};
 use crate::viewer::ViewerLink;
 
 /// How long the VM may take to end after `Shutdown` before it is killed.
@@ -376,6 +378,9 @@ impl Worker<'_> {
             Ok(p) => p,
             Err(verdict) => return verdict,
         };
+        if let Err(e) = prepared.input.check() {
+            return format!("error: {}", chain(&e));
+        }
         if self.control.cancelled() {
             return "cancelled".to_owned();
         }
@@ -638,7 +643,7 @@ impl Worker<'_> {
         let verdict = match result {
             Err(e) => {
                 self.teardown(Some(channel));
-                return format!("error: {}", chain(&e));
+                return error_verdict(&e, &profile);
             }
             Ok(run) => self.after_done(&mut channel, &run, &profile, options, deadline),
         };
@@ -668,7 +673,7 @@ impl Worker<'_> {
         let mut verdict = match &run.status {
             Some(TaskStatus::Ok) => "clean".to_owned(),
             Some(TaskStatus::Failed(reason)) => format!("failed: {reason}"),
-            Some(TaskStatus::TimedOut) => "timed-out".to_owned(),
+            Some(TaskStatus::TimedOut) => time_limit_verdict(profile),
             None => "error: the guest ended the task without a status".to_owned(),
         };
         if let Some((code, signal)) = run.program_exit {
@@ -680,7 +685,10 @@ impl Worker<'_> {
                 verdict = format!("clean, {written} export(s) written");
             }
         }
-        if let Some(dir) = &options.png_dir {
+        // A task that drew nothing leaves no (empty) folder behind.
+        if let (Some(_), true) = (&options.png_dir, run.pages.is_empty()) {
+            self.detail("png-pages", "0");
+        } else if let Some(dir) = &options.png_dir {
             let made = std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -966,6 +974,22 @@ impl TaskObserver for Streamer<'_, '_> {
     }
 }
 
+/// The verdict of a task that ended before `Done`.
+fn error_verdict(e: &TaskError, profile: &Profile) -> String {
+    match e {
+        TaskError::TimeLimit { .. } => time_limit_verdict(profile),
+        other => format!("error: {}", chain(other)),
+    }
+}
+
+/// The verdict of a task stopped by its profile's time limit.
+fn time_limit_verdict(profile: &Profile) -> String {
+    format!(
+        "timed-out: time limit of {} reached",
+        vitrine_policy::profile::format_duration(profile.time_limit)
+    )
+}
+
 /// An error and its causes on one line.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -997,4 +1021,23 @@ pub fn image_info(image: GuestImage) -> Result<ImageInfo, String> {
         image,
         sha256: hex(ctx.finish().as_ref()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_stopped_by_its_time_limit_says_which_limit() {
+        let mut profile = Profile::strict();
+        profile.time_limit = Duration::from_secs(20);
+        let err = TaskError::TimeLimit {
+            after: Duration::from_secs(20),
+            seen: "Accepted".into(),
+        };
+
+        let verdict = error_verdict(&err, &profile);
+
+        assert_eq!(verdict, "timed-out: time limit of 20s reached");
+    }
 }

@@ -5,8 +5,12 @@ use super::message::Frame;
 /// A frame would push the task over its pixel budget.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BudgetError {
-    /// The budget is spent.
-    #[error("task pixel budget of {limit} bytes spent ({used} used, frame needs {wanted})")]
+    /// The budget is spent: the task drew more than it may send.
+    #[error(
+        "the output exceeded {} of frames, the most one task may send ({} sent before a \
+         frame of {} that did not fit)",
+        size_text(*limit), size_text(*used), size_text(*wanted)
+    )]
     Exhausted {
         /// Budget.
         limit: u64,
@@ -15,6 +19,15 @@ pub enum BudgetError {
         /// Bytes the frame needs.
         wanted: u64,
     },
+}
+
+/// Bytes in MiB where that reads better.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// Counts pixel bytes of one task against a limit. Both sides keep one: the
@@ -56,5 +69,24 @@ impl PixelBudget {
     /// Bytes charged so far.
     pub fn used(&self) -> u64 {
         self.used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_says_the_output_was_too_large() {
+        let mut budget = PixelBudget::new(256 << 20);
+        budget.charge(255 << 20).unwrap();
+
+        let err = budget.charge(4 << 20).unwrap_err();
+
+        assert_eq!(
+            err.to_string(),
+            "the output exceeded 256 MiB of frames, the most one task may send (255 MiB sent \
+             before a frame of 4 MiB that did not fit)"
+        );
     }
 }

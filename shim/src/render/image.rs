@@ -18,9 +18,11 @@ pub enum ImageError {
     /// Not one of the four formats.
     #[error("not a PNG, JPEG, GIF or WebP image")]
     UnknownFormat,
-    /// The decoder refused the input or hit a limit.
-    #[error("image decoding failed")]
-    Decode(#[from] image::ImageError),
+    /// The decoder refused the input or hit a limit. Not a `source`: the
+    /// `image` crate's message already ends with its cause, and its
+    /// `source()` is that same cause, so a chain would print it twice.
+    #[error("image decoding failed: {0}")]
+    Decode(image::ImageError),
     /// The output raster could not be made.
     #[error("cannot make the page raster")]
     Raster(#[from] RasterError),
@@ -46,7 +48,7 @@ pub fn render(bytes: &[u8], max_w: u32, max_h: u32) -> Result<Raster, ImageError
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
-    let decoded = reader.decode()?;
+    let decoded = reader.decode().map_err(ImageError::Decode)?;
     let fitted = if decoded.width() > max_w || decoded.height() > max_h {
         decoded.thumbnail(max_w, max_h)
     } else {
@@ -128,5 +130,32 @@ mod tests {
         junk.extend((0..200u8).map(|i| i.wrapping_mul(37)));
 
         assert!(render(&junk, 100, 100).is_err());
+    }
+
+    #[test]
+    fn a_truncated_jpeg_names_its_cause_once() {
+        let img = image::RgbaImage::from_pixel(64, 64, image::Rgba([30, 60, 90, 255]));
+        let jpeg = encode(&img, ImageFormat::Jpeg);
+        let cut = &jpeg[..jpeg.len() / 2];
+
+        let err = render(cut, 100, 100).unwrap_err();
+
+        // As the render worker prints it: every cause in the chain.
+        let text = format!("{:#}", anyhow::Error::new(err));
+        let cause = text.rsplit(": ").next().unwrap().to_owned();
+        assert_eq!(text.matches(cause.as_str()).count(), 1, "{text}");
+        assert!(text.starts_with("image decoding failed: "), "{text}");
+    }
+
+    #[test]
+    fn a_jpeg_cut_after_its_header_fails_with_no_more_bytes_said_once() {
+        let header_only = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
+
+        let err = render(header_only, 100, 100).unwrap_err();
+
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(err)),
+            "image decoding failed: Format error decoding Jpeg: \"No more bytes\""
+        );
     }
 }

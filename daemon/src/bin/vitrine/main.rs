@@ -35,7 +35,12 @@ const AFTER_HELP: &str = "vitrine talks to vitrined over the session bus (org.vi
 D-Bus activation starts it when it is not running. The file is passed as
 an open descriptor, never as a path.
 
-Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage error.";
+Killing vitrine (SIGINT, SIGTERM, SIGHUP) cancels its task; with --detach the
+task outlives it. If vitrined stops or the bus connection drops while vitrine
+waits, it says so and exits 1 at once.
+
+Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage error;
+128+N killed by signal N (the task was cancelled).";
 
 /// How often `--wait` looks whether the window is still open.
 const WINDOW_POLL: Duration = Duration::from_millis(250);
@@ -67,6 +72,10 @@ enum Cmd {
         /// ends with this command, as `dbus-run-session -- vitrine open`).
         #[arg(long)]
         wait: bool,
+        /// Start the task and return at once: it outlives this command
+        /// (see `vitrine ps`, `vitrine cancel`).
+        #[arg(long, conflicts_with = "wait")]
+        detach: bool,
         /// The file to open.
         file: PathBuf,
     },
@@ -79,6 +88,9 @@ enum Cmd {
         /// Stay until the viewer window is closed.
         #[arg(long)]
         wait: bool,
+        /// Start the task and return at once: it outlives this command.
+        #[arg(long, conflicts_with = "wait")]
+        detach: bool,
         /// The link.
         url: String,
     },
@@ -87,6 +99,9 @@ enum Cmd {
         /// Write approved exports here (default ~/Downloads/Vitrine).
         #[arg(long, value_name = "DIR")]
         export_dir: Option<PathBuf>,
+        /// Start the task and return at once: it outlives this command.
+        #[arg(long)]
+        detach: bool,
         /// The program.
         program: PathBuf,
         /// Its arguments.
@@ -139,6 +154,11 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.cmd)) {
         Ok(code) => code,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("vitrine: {e}");
+            e.downcast_ref::<Interrupted>()
+                .map_or(ExitCode::FAILURE, Interrupted::exit_code)
+        }
         Err(e) => {
             // Errors can quote the guest and hostile file names: keep their
             // control characters out of the terminal.
@@ -203,17 +223,32 @@ fn shown(path: &Path) -> String {
 
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
-        Cmd::Open { png, wait, file } => open(Target::file(&file)?, png.as_deref(), wait).await,
-        Cmd::Url { png, wait, url } => {
+        Cmd::Open {
+            png,
+            wait,
+            detach,
+            file,
+        } => {
+            let how = How { wait, detach };
+            open(Target::file(&file)?, png.as_deref(), how).await
+        }
+        Cmd::Url {
+            png,
+            wait,
+            detach,
+            url,
+        } => {
+            let how = How { wait, detach };
             // The desktop handler passes files as file:// URIs (one entry
             // serves files and links), and some callers pass plain paths.
             match local_path(&url)? {
-                Some(path) => open(Target::file(&path)?, png.as_deref(), wait).await,
-                None => open(Target::Link(&url), png.as_deref(), wait).await,
+                Some(path) => open(Target::file(&path)?, png.as_deref(), how).await,
+                None => open(Target::Link(&url), png.as_deref(), how).await,
             }
         }
         Cmd::Run {
             export_dir,
+            detach,
             program,
             args,
         } => {
@@ -229,6 +264,9 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
             let fd = zbus::zvariant::Fd::from(&file);
             let task = bus.start("RunProgram", &(fd, args, options)).await?;
+            if detach {
+                return Ok(detached(&task));
+            }
             let done = bus.wait(task).await?;
             report(&done, &program.to_string_lossy());
             Ok(exit_for(&done.verdict))
@@ -355,17 +393,39 @@ impl<'a> Target<'a> {
     }
 }
 
-async fn open(target: Target<'_>, png: Option<&Path>, wait: bool) -> Result<ExitCode> {
+/// How `open` and `url` stay with their task.
+#[derive(Debug, Clone, Copy)]
+struct How {
+    /// Stay until the window closes.
+    wait: bool,
+    /// Return once the task has started.
+    detach: bool,
+}
+
+/// Says how to follow a task that this command leaves running.
+fn detached(task: &Started) -> ExitCode {
+    let n = task_number(&task.path);
+    println!(
+        "task      {n} started, detached: it runs on without this command (`vitrine ps` shows \
+         it, `vitrine cancel {n}` stops it)"
+    );
+    ExitCode::SUCCESS
+}
+
+async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCode> {
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
+    let mut made = None;
     let png_dir = match png {
         Some(dir) => Some(output_dir(dir)?),
-        None if !display => Some(
-            tempfile::Builder::new()
+        None if !display => {
+            let dir = tempfile::Builder::new()
                 .prefix("vitrine-pages-")
                 .tempdir()
                 .context("creating a directory for the pages")?
-                .keep(),
-        ),
+                .keep();
+            made = Some(RemovedIfEmpty(dir.clone()));
+            Some(dir)
+        }
         None => None,
     };
     let bus = Bus::connect().await?;
@@ -385,12 +445,35 @@ async fn open(target: Target<'_>, png: Option<&Path>, wait: bool) -> Result<Exit
         }
         Target::Link(url) => (bus.start("OpenUri", &(url, options)).await?, url.to_owned()),
     };
+    if how.detach {
+        if let Some(dir) = &png_dir {
+            println!("pages     will be written to {}", shown(dir));
+        }
+        // The task writes there after this command has gone.
+        if let Some(made) = made {
+            made.keep();
+        }
+        return Ok(detached(&task));
+    }
     let done = bus.wait(task).await?;
     report(&done, &name);
+    if let Some(dir) = png_dir
+        .as_ref()
+        .filter(|_| done.verdict.starts_with("host"))
+    {
+        println!(
+            "pages     none: nothing was sandboxed, so no pages were written to {}",
+            shown(dir)
+        );
+    }
     if let Some(dir) = png_dir.filter(|_| done.verdict.starts_with("clean")) {
         let count = done.detail("png-pages");
         let announced = done.detail("pages");
         match (count.parse::<u32>(), announced.parse::<u32>()) {
+            (Ok(0), _) => println!(
+                "pages     none: the task drew no page, so nothing was written to {}",
+                shown(&dir)
+            ),
             (Ok(c), Ok(a)) if a > c => println!(
                 "pages     {c} of {a} (the rest are past the page limit), written to {}:",
                 shown(&dir)
@@ -410,11 +493,32 @@ async fn open(target: Target<'_>, png: Option<&Path>, wait: bool) -> Result<Exit
     }
     if done.detail("window") == "open" {
         println!("window    the pages are in the viewer window; close it when done");
-        if wait {
+        if how.wait {
             bus.wait_window(&done.path).await?;
         }
     }
+    drop(made);
     Ok(exit_for(&done.verdict))
+}
+
+/// A folder this command made for the pages: removed again on every way
+/// out if no page was written into it.
+struct RemovedIfEmpty(PathBuf);
+
+impl RemovedIfEmpty {
+    /// Keeps the folder whatever it holds (a detached task fills it later).
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
+    }
+}
+
+impl Drop for RemovedIfEmpty {
+    fn drop(&mut self) {
+        // remove_dir fails on a folder that holds pages: those stay.
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
 }
 
 fn exit_for(verdict: &str) -> ExitCode {
@@ -473,15 +577,8 @@ fn report(done: &Finished, name: &str) {
     if done.details.contains_key("vm") {
         println!("vm        {}", d("vm"));
     }
-    if let Some(boot) = done.details.get("boot-ms") {
-        println!(
-            "timings   boot to Ready {boot} ms, transfer in {} ms, first frame {} ms after the \
-             task was sent, {} ms after the call; total {} ms",
-            d("transfer-ms"),
-            d("first-frame-ms"),
-            done.ms("first-frame").unwrap_or_default(),
-            done.ms("vm-gone").unwrap_or_default(),
-        );
+    if let Some(line) = timings_line(done) {
+        println!("timings   {line}");
     }
     let verdict = one_line(&done.verdict);
     println!("verdict   {verdict}");
@@ -504,6 +601,29 @@ fn report(done: &Finished, name: &str) {
     } else if !done.verdict.starts_with("clean") {
         eprintln!("vitrine: error: {name}: {verdict}");
     }
+}
+
+/// The steps' times that the task reached, on one line; `None` before a VM
+/// was taken. A step that never happened is left out, not shown blank.
+fn timings_line(done: &Finished) -> Option<String> {
+    let boot = done.details.get("boot-ms")?;
+    let mut parts = vec![format!("boot to Ready {boot} ms")];
+    if let Some(t) = done.details.get("transfer-ms") {
+        parts.push(format!("transfer in {t} ms"));
+    }
+    match (done.details.get("first-frame-ms"), done.ms("first-frame")) {
+        (Some(sent), Some(call)) => parts.push(format!(
+            "first frame {sent} ms after the task was sent, {call} ms after the call"
+        )),
+        (None, Some(call)) => parts.push(format!("first frame {call} ms after the call")),
+        (Some(sent), None) => parts.push(format!("first frame {sent} ms after the task was sent")),
+        (None, None) => parts.push("no frame arrived".to_owned()),
+    }
+    let mut line = parts.join(", ");
+    if let Some(total) = done.ms("vm-gone") {
+        line.push_str(&format!("; total {total} ms"));
+    }
+    Some(one_line(&line))
 }
 
 /// The connection and the manager proxy.
@@ -542,18 +662,37 @@ impl Bus {
     }
 
     /// Calls `method`, which returns a task path. Listens for
-    /// `TaskFinished` first, so that a quick task is not missed.
+    /// `TaskFinished`, for the daemon's name changing owner and for the
+    /// signals that kill this command first, so that nothing is missed.
     async fn start<B>(&self, method: &str, body: &B) -> Result<Started>
     where
         B: serde::Serialize + zbus::zvariant::DynamicType,
     {
         let finished = self.manager.receive_signal("TaskFinished").await?;
-        let path: OwnedObjectPath = self
+        let owners = zbus::fdo::DBusProxy::new(&self.connection)
+            .await?
+            .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
+            .await?;
+        let interrupts = Interrupts::install()?;
+        let reply = self
             .manager
-            .call(method, body)
+            .call_method(method, body)
             .await
             .with_context(|| format!("calling vitrined's {method}"))?;
-        Ok(Started { path, finished })
+        let path: OwnedObjectPath = reply.body().deserialize()?;
+        // The instance that took the task: only its end loses the task.
+        let daemon = reply
+            .header()
+            .sender()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        Ok(Started {
+            path,
+            finished,
+            owners,
+            daemon,
+            interrupts,
+        })
     }
 
     /// Returns once the task's viewer window is closed.
@@ -572,23 +711,54 @@ impl Bus {
         }
     }
 
+    /// Waits for the task's end. Returns early with an error when the
+    /// daemon that runs it goes away or the bus connection ends, and with
+    /// [`Interrupted`] (after cancelling the task) when this command is
+    /// told to stop.
     async fn wait(&self, started: Started) -> Result<Finished> {
-        let Started { path, finished } = started;
+        let Started {
+            path,
+            finished,
+            owners,
+            daemon,
+            mut interrupts,
+        } = started;
         let mut finished = std::pin::pin!(finished);
+        let mut owners = std::pin::pin!(owners);
         let task = self.task(&path).await?;
+        let n = task_number(&path);
         let wait = async {
             // It may have finished before the signal stream was read.
             let verdict: String = task.get_property("Verdict").await?;
             if !verdict.is_empty() {
                 return Ok::<String, anyhow::Error>(verdict);
             }
-            while let Some(msg) = std::future::poll_fn(|cx| finished.as_mut().poll_next(cx)).await {
-                let (p, verdict): (OwnedObjectPath, String) = msg.body().deserialize()?;
-                if p == path {
-                    return Ok(verdict);
+            loop {
+                tokio::select! {
+                    msg = next(&mut finished) => {
+                        let Some(msg) = msg else { break };
+                        let (p, verdict): (OwnedObjectPath, String) = msg.body().deserialize()?;
+                        if p == path {
+                            return Ok(verdict);
+                        }
+                    }
+                    change = next(&mut owners) => {
+                        let Some(change) = change else { break };
+                        let args = change.args()?;
+                        if args.old_owner().as_ref().is_some_and(|o| o.as_str() == daemon) {
+                            bail!(
+                                "vitrined stopped before task {n} finished ({BUS_NAME} lost its \
+                                 owner): the task and its result are lost; run the command again"
+                            );
+                        }
+                    }
+                    signal = interrupts.next() => {
+                        cancel_quietly(&task).await;
+                        return Err(Interrupted { signal, task: n.clone() }.into());
+                    }
                 }
             }
-            bail!("the bus connection ended before the task finished")
+            bail!("the session bus connection ended before task {n} finished: its result is lost")
         };
         let verdict = tokio::time::timeout(TASK_WAIT, wait)
             .await
@@ -604,9 +774,87 @@ impl Bus {
     }
 }
 
+/// The next item of a stream.
+async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Longest wait for `Cancel` when this command is told to stop.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// Cancels `task`, waiting at most [`CANCEL_WAIT`]; a daemon that does not
+/// answer is not waited for (this command is being stopped).
+async fn cancel_quietly(task: &zbus::Proxy<'static>) {
+    match tokio::time::timeout(CANCEL_WAIT, task.call::<_, _, ()>("Cancel", &())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!(
+            "vitrine: cancelling the task failed: {}",
+            one_line(&e.to_string())
+        ),
+        Err(_) => eprintln!("vitrine: vitrined did not answer the cancel in time"),
+    }
+}
+
+/// A started task and what its waiter listens to.
 struct Started {
     path: OwnedObjectPath,
     finished: zbus::proxy::SignalStream<'static>,
+    owners: zbus::fdo::NameOwnerChangedStream,
+    /// Unique bus name of the daemon that took the task.
+    daemon: String,
+    interrupts: Interrupts,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught while a task runs so that killing
+/// this command cancels its task.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("catching SIGHUP")?,
+        })
+    }
+
+    /// The next signal that arrives.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+}
+
+/// This command was told to stop while its task ran; the task was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by {}: task {task} cancelled", signal_name(*.signal))]
+struct Interrupted {
+    signal: i32,
+    task: String,
+}
+
+impl Interrupted {
+    /// 128 + N, as a shell reports a command killed by signal N.
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::from(u8::try_from(128 + self.signal).unwrap_or(1))
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 /// `--png OUTDIR` as an absolute path (the daemon writes it, and creates
@@ -618,6 +866,43 @@ fn output_dir(dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(details: &[(&str, &str)], timings: &[(&str, u64)]) -> Finished {
+        Finished {
+            path: task_path("7").unwrap(),
+            verdict: "error: x".into(),
+            details: details
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            timings: timings.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+
+    #[test]
+    fn timings_leave_out_the_steps_a_failed_task_never_reached() {
+        let failed = finished(&[("boot-ms", "812")], &[("vm-gone", 905_000)]);
+        let full = finished(
+            &[
+                ("boot-ms", "812"),
+                ("transfer-ms", "3"),
+                ("first-frame-ms", "40"),
+            ],
+            &[("first-frame", 860_000), ("vm-gone", 905_000)],
+        );
+        let refused = finished(&[], &[]);
+
+        assert_eq!(
+            timings_line(&failed).unwrap(),
+            "boot to Ready 812 ms, no frame arrived; total 905 ms"
+        );
+        assert_eq!(
+            timings_line(&full).unwrap(),
+            "boot to Ready 812 ms, transfer in 3 ms, first frame 40 ms after the task was sent, \
+             860 ms after the call; total 905 ms"
+        );
+        assert_eq!(timings_line(&refused), None);
+    }
 
     #[test]
     fn file_uris_and_plain_paths_name_local_files_and_links_do_not() {
