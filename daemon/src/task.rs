@@ -160,6 +160,12 @@ pub struct TaskRun {
     pub status: Option<TaskStatus>,
     /// Exit code and signal of a program task.
     pub program_exit: Option<(Option<i32>, Option<i32>)>,
+    /// The guest's kernel killed the program for want of memory (the
+    /// shim's `program-exit: out-of-memory` log line).
+    pub program_oom: bool,
+    /// The document had more pages than were sent: (shown, total, why),
+    /// from the shim's `page cap: shown=N total=M reason=R` log line.
+    pub pages_cut: Option<PagesCut>,
     /// Files the guest offered for export, in order.
     pub exports: Vec<ExportOffer>,
     /// Log lines of the guest.
@@ -190,6 +196,50 @@ impl TaskRun {
             _ => self.times.input_sent,
         }
     }
+}
+
+/// A document cut short by the task's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagesCut {
+    /// Pages sent.
+    pub shown: u32,
+    /// Pages the document has.
+    pub total: u32,
+    /// Which limit cut it.
+    pub by: CutBy,
+}
+
+/// The limit that cut a document short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutBy {
+    /// The task's page cap (`Limits::max_pages`).
+    PageCap,
+    /// The task's pixel budget (`Limits::max_pixel_bytes`).
+    PixelBudget,
+}
+
+/// Reads the shim's `page cap: shown=N total=M reason=R` line. The host
+/// words the cut itself; the guest gives only numbers and a keyword.
+fn parse_pages_cut(text: &str) -> Option<PagesCut> {
+    let rest = text.strip_prefix("page cap: ")?;
+    let mut shown = None;
+    let mut total = None;
+    let mut by = None;
+    for field in rest.split(' ') {
+        match field.split_once('=')? {
+            ("shown", n) => shown = n.parse().ok(),
+            ("total", n) => total = n.parse().ok(),
+            ("reason", "page-cap") => by = Some(CutBy::PageCap),
+            ("reason", "pixel-budget") => by = Some(CutBy::PixelBudget),
+            _ => return None,
+        }
+    }
+    let (shown, total) = (shown?, total?);
+    (shown < total).then_some(PagesCut {
+        shown,
+        total,
+        by: by?,
+    })
 }
 
 /// One task to send: header kind, its input bytes and limits.
@@ -407,6 +457,12 @@ pub fn run_task_observed(
                 return Ok(run);
             }
             GuestMessage::Log { level, text } => {
+                if text == "program-exit: out-of-memory" {
+                    run.program_oom = true;
+                }
+                if let Some(cut) = parse_pages_cut(&text) {
+                    run.pages_cut = Some(cut);
+                }
                 run.logs.push(format!("{level:?}: {text}"));
             }
             GuestMessage::ExportOffer(offer) => {
@@ -651,6 +707,40 @@ mod tests {
         assert_eq!(run.guest_input_time(), Some(Duration::from_millis(12)));
         assert!(run.transfer_in().unwrap() >= Duration::from_millis(12));
         assert!(run.times.first_frame.is_some());
+    }
+
+    #[test]
+    fn run_task_reads_the_guests_page_cap_and_out_of_memory_lines() {
+        let log = |text: &str| GuestMessage::Log {
+            level: LogLevel::Info,
+            text: text.into(),
+        };
+        let script = vec![
+            GuestMessage::Accepted { task: 7 },
+            log("page cap: shown=2 total=900 reason=pixel-budget"),
+            log("page cap: shown=9 total=9 reason=page-cap"),
+            log("program-exit: out-of-memory"),
+            GuestMessage::Done {
+                task: 7,
+                status: TaskStatus::Ok,
+            },
+        ];
+
+        let run = run_against(pdf_input(), script).unwrap();
+
+        assert_eq!(
+            run.pages_cut,
+            Some(PagesCut {
+                shown: 2,
+                total: 900,
+                by: CutBy::PixelBudget
+            })
+        );
+        assert!(run.program_oom);
+        assert_eq!(
+            parse_pages_cut("page cap: shown=2 total=3 reason=lies"),
+            None
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bus;
 pub mod export_gate;
 pub mod receipt;
 pub mod state_dirs;
+pub mod verdict;
 pub mod vm_seam;
 pub mod warm_pool;
 pub mod worker;

@@ -5,6 +5,8 @@
 mod document;
 mod memory;
 
+use memory::OomWatch;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -470,7 +472,8 @@ impl Agent {
             .stdin(slave(&pty)?)
             .stdout(slave(&pty)?)
             .stderr(slave(&pty)?);
-        let mut child = Supervised::spawn(cmd, self.identity, deadline).map_err(failed)?;
+        let oom = OomWatch::start();
+        let mut child = oom.spawn(cmd, self.identity, deadline).map_err(failed)?;
         // Only the program may hold the slave, or the master never sees EOF.
         pty.close_slave();
 
@@ -493,7 +496,7 @@ impl Agent {
             pty,
             keys: Some(keys_tx),
         };
-        let result = self.terminal_loop(&mut term, &mut child, budget);
+        let result = self.terminal_loop(&mut term, &mut child, oom, budget);
         child.kill();
         // Final picture, whatever the outcome.
         let damage = term.screen.paint();
@@ -510,6 +513,7 @@ impl Agent {
         &mut self,
         term: &mut Terminal,
         child: &mut Supervised,
+        oom: OomWatch,
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
         let mut processed = 0u64;
@@ -562,6 +566,11 @@ impl Agent {
                         LogLevel::Info,
                         format!("program ended: {}", describe(status)),
                     )?;
+                    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+                    if signal == Some(9) && oom.struck() {
+                        // The host's verdict reads this exact line.
+                        self.log(LogLevel::Info, "program-exit: out-of-memory")?;
+                    }
                     return Ok(());
                 }
             }
