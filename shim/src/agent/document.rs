@@ -261,7 +261,7 @@ impl Agent {
         let mut cmd = limited_command(limits, self.identity, false, &exe, &args).map_err(failed)?;
         cmd.stdout(Stdio::from(pipe_w))
             .stderr(Stdio::from(File::create(&stderr_path).map_err(failed)?));
-        let oom = OomWatch::start();
+        let mut oom = OomWatch::start();
         let mut child = oom.spawn(cmd, self.identity, deadline).map_err(failed)?;
 
         // Reader: pages off the pipe, one in flight, so the worker runs at

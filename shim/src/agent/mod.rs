@@ -472,7 +472,7 @@ impl Agent {
             .stdin(slave(&pty)?)
             .stdout(slave(&pty)?)
             .stderr(slave(&pty)?);
-        let oom = OomWatch::start();
+        let mut oom = OomWatch::start();
         let mut child = oom.spawn(cmd, self.identity, deadline).map_err(failed)?;
         // Only the program may hold the slave, or the master never sees EOF.
         pty.close_slave();
@@ -496,7 +496,7 @@ impl Agent {
             pty,
             keys: Some(keys_tx),
         };
-        let result = self.terminal_loop(&mut term, &mut child, oom, budget);
+        let result = self.terminal_loop(&mut term, &mut child, &mut oom, budget);
         child.kill();
         // Final picture, whatever the outcome.
         let damage = term.screen.paint();
@@ -513,7 +513,7 @@ impl Agent {
         &mut self,
         term: &mut Terminal,
         child: &mut Supervised,
-        oom: OomWatch,
+        oom: &mut OomWatch,
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
         let mut processed = 0u64;
