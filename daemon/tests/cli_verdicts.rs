@@ -1,9 +1,11 @@
-//! `vitrine run` tells how its program ended, like `docker run`: through
-//! `vitrined` on a private bus (D-Bus activation), the shipped policy, and
-//! real guests under the QEMU backend, static C programs that exit 3, die
-//! of SIGSEGV and eat the guest's memory until its kernel kills them. The
-//! verdict line and the exit status are checked word for word, and
-//! `--png DIR` leaves the terminal's last frame.
+//! Verdicts and exit statuses tell the truth, through `vitrined` on a
+//! private bus (D-Bus activation), the shipped policy, and real guests under
+//! the QEMU backend, checked word for word:
+//! - `vitrine run` tells how its program ended, like `docker run`: static C
+//!   programs exit 3, die of SIGSEGV and eat the guest's memory until its
+//!   kernel kills them; `--png DIR` leaves the terminal's last frame;
+//! - `vitrine open` of a text file longer than the task's pixel budget shows
+//!   what fits and says where it stopped.
 //!
 //! Needs dbus, gcc + libc6-dev, QEMU and the guest image; each missing piece
 //! prints a SKIPPED line.
@@ -42,6 +44,12 @@ int main(void) {
     }
 }
 "#;
+
+fn vitrine(bus: &PrivateBus, args: &[&OsStr]) -> (Option<i32>, String, String) {
+    let out = bus.vitrine(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), stdout, text(&out))
+}
 
 fn run(bus: &PrivateBus, args: &[&OsStr]) -> (Option<i32>, String, String) {
     let mut all: Vec<&OsStr> = vec!["run".as_ref()];
@@ -125,4 +133,57 @@ fn run_exits_with_the_programs_status_signal_or_out_of_memory() {
         exit3_run.2
     );
     assert!(Path::new(&frames).is_dir());
+}
+
+#[test]
+fn open_of_a_text_past_the_pixel_budget_shows_what_fits_and_says_so() {
+    let test = "open_of_a_text_past_the_pixel_budget_shows_what_fits_and_says_so";
+    if !tool_or_skip(test, "dbus-daemon", "dbus") {
+        return;
+    }
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    // Arrange: 100,000 lines; the `document` profile's pages are 900x1100,
+    // and 135 of them fill the task's 512 MiB pixel budget.
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("big.txt");
+    let text: String = (0..100_000)
+        .map(|i| format!("{i:06} the quick brown fox jumps over the lazy dog, again\n"))
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let pages = work.path().join("pages");
+    let bus = PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            example_policy().as_os_str(),
+            "--image-dir".as_ref(),
+            image.as_os_str(),
+            "--no-windows".as_ref(),
+        ],
+        &[],
+    );
+
+    // Act
+    let (code, stdout, report) = vitrine(
+        &bus,
+        &[
+            "open".as_ref(),
+            "--png".as_ref(),
+            pages.as_os_str(),
+            file.as_os_str(),
+        ],
+    );
+
+    // Assert
+    loud(&format!("{test}: exit {code:?}\n{report}"));
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        verdict_line(&stdout),
+        "verdict   clean, showing 135 of 1695 pages; the rest are past the task's pixel \
+         budget of 512 MiB"
+    );
+    assert_eq!(std::fs::read_dir(&pages).unwrap().count(), 135);
+    let last = PageImage::read_png(&pages.join("page-135.png")).unwrap();
+    assert!(last.ink_fraction() > 0.002, "the last page is blank");
 }
