@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::resource::{getrusage, UsageWho};
 use support::{limits, Guest};
-use vitrine_shim::protocol::{GuestMessage, Limits, TaskKind, TaskStatus};
+use vitrine_shim::protocol::{GuestMessage, HostMessage, InputEvent, Limits, TaskKind, TaskStatus};
 use vitrine_shim::render::font::MonoFont;
 use vitrine_shim::render::TEXT_PX;
 
@@ -155,4 +155,34 @@ fn ten_megabytes_of_text_stop_at_the_page_cap_and_say_so() {
     let peak = peak_rss_of_reaped_children();
     eprintln!("first frame after {first:?}; peak RSS {} MiB", peak >> 20);
     assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
+}
+
+#[test]
+fn a_resize_after_the_budget_is_spent_is_refused_in_words_and_sends_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Arrange: a small budget that one layout of 3 pages fills.
+    let task_limits = Limits {
+        max_pixel_bytes: 3 * 900 * 1100 * 4,
+        ..limits(60_000)
+    };
+    let mut guest = Guest::start();
+    let first = open_large(&mut guest, "three.txt", &numbered_lines(150), task_limits);
+    assert_eq!(first.page_count, Some(3), "{:?}", first.logs);
+
+    // Act
+    guest.send(HostMessage::Input(InputEvent::Resize {
+        width: 600,
+        height: 800,
+    }));
+    let answer = guest.reader.recv().expect("recv").expect("shim closed");
+    guest.shutdown();
+
+    // Assert
+    match answer {
+        GuestMessage::Log { text, .. } => assert_eq!(
+            text,
+            "input failed: the task's pixel budget is spent: not one more 600x800 page fits"
+        ),
+        other => panic!("expected a log line, got {other:?}"),
+    }
 }

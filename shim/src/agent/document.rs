@@ -304,6 +304,9 @@ impl Agent {
                             budget_left,
                             page_bytes(w, h),
                         );
+                        if p.shown == 0 && p.total > 0 {
+                            return Err(budget_spent(w, h));
+                        }
                         self.announce(task, p)?;
                         p
                     } else {
@@ -428,10 +431,10 @@ impl Agent {
             .map_err(|e| failed(format!("page 1: {}", chain(&e))))?;
         let budget_left = task.limits.max_pixel_bytes.saturating_sub(budget.used());
         let plan = plan_pages(total, task.limits.max_pages, budget_left, page_bytes(w, h));
-        self.announce(task, plan)?;
         if plan.shown == 0 {
-            return Err(failed("pdf: the first page does not fit the pixel budget"));
+            return Err(budget_spent(w, h));
         }
+        self.announce(task, plan)?;
         self.send_page_file(0, &first[0], task, budget)?;
         doc.shown = 1;
         let mut next = 2;
@@ -446,6 +449,14 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// Not one page of `width` x `height` fits what is left of the budget
+/// (a task that re-lays out its pages again and again spends it).
+fn budget_spent(width: u32, height: u32) -> Stop {
+    failed(format!(
+        "the task's pixel budget is spent: not one more {width}x{height} page fits"
+    ))
 }
 
 fn pdf_stop(e: pdf::PdfError) -> Stop {

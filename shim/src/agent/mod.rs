@@ -652,7 +652,10 @@ impl Agent {
                 Err(Stop::Link(e)) => return Err(e),
                 Err(Stop::Shutdown) => return Ok(()),
                 Err(Stop::Task(status)) => {
-                    let text = format!("input failed: {status:?}");
+                    let text = match status {
+                        TaskStatus::Failed(reason) => format!("input failed: {reason}"),
+                        other => format!("input failed: {other:?}"),
+                    };
                     self.log(LogLevel::Warn, text)?;
                 }
             }
