@@ -23,6 +23,7 @@ use vitrine_shim::protocol::{
 };
 
 use crate::backend::{ChannelError, GuestChannel};
+use crate::guest_log::{self, PagesCut};
 use crate::pages::{page_bytes, PageImage, PagesError};
 
 /// Longest a user's input waits while the guest is silent.
@@ -196,50 +197,6 @@ impl TaskRun {
             _ => self.times.input_sent,
         }
     }
-}
-
-/// A document cut short by the task's limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PagesCut {
-    /// Pages sent.
-    pub shown: u32,
-    /// Pages the document has.
-    pub total: u32,
-    /// Which limit cut it.
-    pub by: CutBy,
-}
-
-/// The limit that cut a document short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CutBy {
-    /// The task's page cap (`Limits::max_pages`).
-    PageCap,
-    /// The task's pixel budget (`Limits::max_pixel_bytes`).
-    PixelBudget,
-}
-
-/// Reads the shim's `page cap: shown=N total=M reason=R` line. The host
-/// words the cut itself; the guest gives only numbers and a keyword.
-fn parse_pages_cut(text: &str) -> Option<PagesCut> {
-    let rest = text.strip_prefix("page cap: ")?;
-    let mut shown = None;
-    let mut total = None;
-    let mut by = None;
-    for field in rest.split(' ') {
-        match field.split_once('=')? {
-            ("shown", n) => shown = n.parse().ok(),
-            ("total", n) => total = n.parse().ok(),
-            ("reason", "page-cap") => by = Some(CutBy::PageCap),
-            ("reason", "pixel-budget") => by = Some(CutBy::PixelBudget),
-            _ => return None,
-        }
-    }
-    let (shown, total) = (shown?, total?);
-    (shown < total).then_some(PagesCut {
-        shown,
-        total,
-        by: by?,
-    })
 }
 
 /// One task to send: header kind, its input bytes and limits.
@@ -457,10 +414,10 @@ pub fn run_task_observed(
                 return Ok(run);
             }
             GuestMessage::Log { level, text } => {
-                if text == "program-exit: out-of-memory" {
+                if text == guest_log::OUT_OF_MEMORY {
                     run.program_oom = true;
                 }
-                if let Some(cut) = parse_pages_cut(&text) {
+                if let Some(cut) = guest_log::pages_cut(&text) {
                     run.pages_cut = Some(cut);
                 }
                 run.logs.push(format!("{level:?}: {text}"));
@@ -733,14 +690,10 @@ mod tests {
             Some(PagesCut {
                 shown: 2,
                 total: 900,
-                by: CutBy::PixelBudget
+                by: crate::guest_log::CutBy::PixelBudget
             })
         );
         assert!(run.program_oom);
-        assert_eq!(
-            parse_pages_cut("page cap: shown=2 total=3 reason=lies"),
-            None
-        );
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::time::Duration;
 use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{GuestImage, VmConfig};
 use vitrine_daemon::fresh_guest::{self, GuestDeadlines};
-use vitrine_daemon::task::{CutBy, TaskInput};
+use vitrine_daemon::guest_log::CutBy;
+use vitrine_daemon::task::TaskInput;
 use vitrine_shim::protocol::{Limits, TaskStatus};
 use vitrine_tests::{fixtures, guest_image};
 

@@ -12,7 +12,8 @@
 
 use vitrine_shim::protocol::{Limits, TaskStatus};
 
-use crate::task::{CutBy, PagesCut, TaskRun};
+use crate::guest_log::{CutBy, PagesCut};
+use crate::task::TaskRun;
 
 /// The verdict of `run`, a task sent with `limits`.
 pub fn of_run(run: &TaskRun, limits: &Limits) -> String {
