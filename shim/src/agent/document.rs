@@ -508,4 +508,26 @@ mod tests {
         assert_eq!(budgeted.shown, 135);
         assert_eq!(budgeted.cut, Some("pixel-budget"));
     }
+
+    #[test]
+    fn a_renderer_failure_names_an_oom_kill_and_quotes_stderr_only_when_there_is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.stderr");
+        std::fs::write(&empty, "").unwrap();
+        let said = dir.path().join("said.stderr");
+        std::fs::write(&said, "bad glyph table\n").unwrap();
+
+        assert_eq!(
+            renderer_failed("text", "killed by SIGKILL", true, &empty),
+            "text renderer ran out of memory (killed by the kernel's out-of-memory killer)"
+        );
+        assert_eq!(
+            renderer_failed("text", "killed by SIGKILL", false, &empty),
+            "text renderer failed (killed by SIGKILL)"
+        );
+        assert_eq!(
+            renderer_failed("html", "exit code 2", false, &said),
+            "html renderer failed (exit code 2): bad glyph table"
+        );
+    }
 }
