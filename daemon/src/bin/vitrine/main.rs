@@ -41,6 +41,11 @@ own exit status; 128+N when signal N killed it; 125 when the guest ran out
 of memory and its kernel killed it; 124 when the time limit ran out; 1 when
 the program did not run to its end (denied, failed, cancelled).";
 
+const RUN_AFTER_HELP: &str = "Exit status, like `docker run`: the program's own exit status; 128+N when
+signal N killed it; 125 when the guest ran out of memory and its kernel
+killed it; 124 when the time limit ran out; 1 when the program did not run
+to its end (denied, failed, cancelled); 2 usage error.";
+
 /// How often `--wait` looks whether the window is still open.
 const WINDOW_POLL: Duration = Duration::from_millis(250);
 /// Longest wait for a task to finish.
@@ -88,6 +93,7 @@ enum Cmd {
     },
     /// Run an untrusted PROGRAM on a terminal inside a VM; exit with its
     /// status (see below).
+    #[command(after_help = RUN_AFTER_HELP)]
     Run {
         /// Write approved exports here (default ~/Downloads/Vitrine).
         #[arg(long, value_name = "DIR")]
