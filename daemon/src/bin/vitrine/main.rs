@@ -41,7 +41,8 @@ own exit status; 128+N when signal N killed it; 125 when the guest ran out
 of memory and its kernel killed it; 124 when the time limit ran out; 1 when
 the program did not run to its end (denied, failed, cancelled).";
 
-const RUN_AFTER_HELP: &str = "Exit status, like `docker run`: the program's own exit status; 128+N when
+const RUN_AFTER_HELP: &str =
+    "Exit status, like `docker run`: the program's own exit status; 128+N when
 signal N killed it; 125 when the guest ran out of memory and its kernel
 killed it; 124 when the time limit ran out; 1 when the program did not run
 to its end (denied, failed, cancelled); 2 usage error.";
