@@ -23,6 +23,7 @@ use vitrine_shim::protocol::{
 };
 
 use crate::backend::{ChannelError, GuestChannel};
+use crate::guest_log::{self, PagesCut};
 use crate::pages::{page_bytes, PageImage, PagesError};
 
 /// Longest a user's input waits while the guest is silent.
@@ -183,6 +184,12 @@ pub struct TaskRun {
     pub status: Option<TaskStatus>,
     /// Exit code and signal of a program task.
     pub program_exit: Option<(Option<i32>, Option<i32>)>,
+    /// The guest's kernel killed the program for want of memory (the
+    /// shim's `program-exit: out-of-memory` log line).
+    pub program_oom: bool,
+    /// The document had more pages than were sent: (shown, total, why),
+    /// from the shim's `page cap: shown=N total=M reason=R` log line.
+    pub pages_cut: Option<PagesCut>,
     /// Files the guest offered for export, in order.
     pub exports: Vec<ExportOffer>,
     /// Log lines of the guest.
@@ -453,6 +460,12 @@ pub fn run_task_observed(
                 return Ok(run);
             }
             GuestMessage::Log { level, text } => {
+                if text == guest_log::OUT_OF_MEMORY {
+                    run.program_oom = true;
+                }
+                if let Some(cut) = guest_log::pages_cut(&text) {
+                    run.pages_cut = Some(cut);
+                }
                 run.logs.push(format!("{level:?}: {text}"));
             }
             GuestMessage::ExportOffer(offer) => {
@@ -744,6 +757,36 @@ mod tests {
         assert_eq!(run.guest_input_time(), Some(Duration::from_millis(12)));
         assert!(run.transfer_in().unwrap() >= Duration::from_millis(12));
         assert!(run.times.first_frame.is_some());
+    }
+
+    #[test]
+    fn run_task_reads_the_guests_page_cap_and_out_of_memory_lines() {
+        let log = |text: &str| GuestMessage::Log {
+            level: LogLevel::Info,
+            text: text.into(),
+        };
+        let script = vec![
+            GuestMessage::Accepted { task: 7 },
+            log("page cap: shown=2 total=900 reason=pixel-budget"),
+            log("page cap: shown=9 total=9 reason=page-cap"),
+            log("program-exit: out-of-memory"),
+            GuestMessage::Done {
+                task: 7,
+                status: TaskStatus::Ok,
+            },
+        ];
+
+        let run = run_against(pdf_input(), script).unwrap();
+
+        assert_eq!(
+            run.pages_cut,
+            Some(PagesCut {
+                shown: 2,
+                total: 900,
+                by: crate::guest_log::CutBy::PixelBudget
+            })
+        );
+        assert!(run.program_oom);
     }
 
     #[test]

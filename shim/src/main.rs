@@ -4,7 +4,7 @@
 //! - none / `--socket PATH`: the agent. As PID 1 it mounts, re-executes
 //!   itself as the agent child, reaps orphans and powers off at the end.
 //! - `exec-limited ... -- PROGRAM ARGS`: apply limits, then exec (internal).
-//! - `render-worker KIND W H MAX_PAGES INPUT OUT_DIR`: render pages (internal).
+//! - `render-worker KIND W H FIRST COUNT INPUT`: stream pages to stdout (internal).
 //! - `kill-uid UID`: become UID and kill every process of it (internal).
 
 use std::ffi::OsString;

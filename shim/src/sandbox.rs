@@ -405,21 +405,6 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Why a worker such as a renderer failed: its end and the tail of what it
-/// wrote to stderr. A worker killed without a word (the kernel's OOM killer
-/// or a limit sends SIGKILL) gets a reason instead of an empty one.
-pub fn failure_reason(what: &str, status: ExitStatus, stderr_tail: &str) -> String {
-    let end = describe(status);
-    match (stderr_tail.trim(), status.signal()) {
-        ("", Some(sig)) if sig == Signal::SIGKILL as i32 => format!(
-            "{what} failed ({end}) without a message: most likely it ran out of memory in the \
-             guest"
-        ),
-        ("", _) => format!("{what} failed ({end}) without a message"),
-        (tail, _) => format!("{what} failed ({end}): {tail}"),
-    }
-}
-
 /// Reads at most the last `max` bytes of a file, as text for logs.
 pub fn tail_of(path: &Path, max: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {
@@ -435,29 +420,4 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_worker_killed_without_a_word_gets_a_reason() {
-        let killed = ExitStatus::from_raw(libc_sigkill());
-        let exited = ExitStatus::from_raw(2 << 8);
-
-        assert_eq!(
-            failure_reason("text renderer", killed, "  \n"),
-            "text renderer failed (killed by SIGKILL) without a message: most likely it ran out \
-             of memory in the guest"
-        );
-        assert_eq!(
-            failure_reason("text renderer", exited, "bad input\n"),
-            "text renderer failed (exit code 2): bad input"
-        );
-    }
-
-    fn libc_sigkill() -> i32 {
-        Signal::SIGKILL as i32
-    }
 }

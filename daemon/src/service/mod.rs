@@ -9,6 +9,7 @@ pub mod call_signature;
 pub mod export_gate;
 pub mod receipt;
 pub mod state_dirs;
+pub mod verdict;
 pub mod vm_seam;
 pub mod warm_pool;
 pub mod worker;

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use vitrine_policy::{AuditLog, PolicyHandle, Profile, Request, Verdict};
 use vitrine_shim::protocol::{
-    EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent, TaskStatus,
+    EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, InputEvent,
 };
 
 use super::export_gate::{self, OfferCheck};
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
 use super::state_dirs::StateDirs;
+use super::verdict;
 use super::vm_seam::{RunningVm, VmStarter};
 use super::warm_pool::WarmPool;
 use crate::backend::{Accel, GuestChannel, GuestImage, VmConfig};
@@ -645,7 +646,7 @@ impl Worker<'_> {
                 self.teardown(Some(channel));
                 return error_verdict(&e, &profile);
             }
-            Ok(run) => self.after_done(&mut channel, &run, &profile, options, deadline),
+            Ok(run) => self.after_done(&mut channel, &run, &profile, options, deadline, &input),
         };
         self.teardown(Some(channel));
         verdict
@@ -659,6 +660,7 @@ impl Worker<'_> {
         profile: &Profile,
         options: &TaskOptions,
         deadline: Instant,
+        input: &TaskInput,
     ) -> String {
         self.timing("done");
         if let Some(count) = run.page_count {
@@ -671,13 +673,14 @@ impl Worker<'_> {
             self.detail("transfer-ms", t.as_millis().to_string());
         }
         let mut verdict = match &run.status {
-            Some(TaskStatus::Ok) => "clean".to_owned(),
-            Some(TaskStatus::Failed(reason)) => format!("failed: {reason}"),
-            Some(TaskStatus::TimedOut) => time_limit_verdict(profile),
-            None => "error: the guest ended the task without a status".to_owned(),
+            Some(vitrine_shim::protocol::TaskStatus::TimedOut) => time_limit_verdict(profile),
+            _ => verdict::of_run(run, &input.limits),
         };
         if let Some((code, signal)) = run.program_exit {
             self.detail("program-exit", format!("code {code:?}, signal {signal:?}"));
+        }
+        if let Some(cut) = run.pages_cut {
+            self.detail("pages-cut", verdict::cut_words(cut, &input.limits));
         }
         if !run.exports.is_empty() {
             let written = self.exports(channel, &run.exports, profile, options, deadline);

@@ -12,6 +12,24 @@ pub const MAX_DECODE_DIM: u32 = 16_384;
 /// Most bytes the decoder may allocate.
 pub const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
 
+/// What the decoder may allocate here: [`MAX_DECODE_ALLOC`], or half the
+/// memory the system has free if that is less, so that in a small guest a
+/// large picture fails as too large instead of waking the OOM killer.
+fn decode_alloc_limit() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    });
+    available.map_or(MAX_DECODE_ALLOC, |bytes| (bytes / 2).min(MAX_DECODE_ALLOC))
+}
+
 /// An image could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -45,7 +63,7 @@ pub fn render(bytes: &[u8], max_w: u32, max_h: u32) -> Result<Raster, ImageError
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_DECODE_DIM);
     limits.max_image_height = Some(MAX_DECODE_DIM);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    limits.max_alloc = Some(decode_alloc_limit());
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(limits);
     let decoded = reader.decode().map_err(ImageError::Decode)?;

@@ -4,16 +4,17 @@
 pub mod font;
 pub mod html;
 pub mod image;
+pub mod page_stream;
 pub mod pdf;
 pub mod terminal;
 pub mod text;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
 
-use crate::raster::{Raster, RasterError};
+use crate::raster::RasterError;
 use font::MonoFont;
-use text::PageGeometry;
+use page_stream::{PageStreamError, PageWriter, StreamHeader};
+use text::{PageGeometry, TextPages};
 
 /// Font size of text documents.
 pub const TEXT_PX: f32 = 15.0;
@@ -36,9 +37,12 @@ pub enum RenderError {
     /// The font could not load.
     #[error("font")]
     Font(#[from] font::FontError),
-    /// A page could not be written.
+    /// A page could not be made.
     #[error("page raster")]
     Raster(#[from] RasterError),
+    /// A page could not be sent to the agent.
+    #[error("page stream")]
+    Stream(#[from] PageStreamError),
 }
 
 /// What kind of document a file is.
@@ -96,29 +100,38 @@ fn find_in(hay: &[u8], needle: &[u8], within: usize) -> bool {
         .any(|w| w == needle)
 }
 
-/// Name of page `index` (from 0) in a worker's output dir.
-pub fn page_file(dir: &Path, index: usize) -> PathBuf {
-    dir.join(format!("page-{:05}.ppm", index + 1))
-}
-
-/// `render-worker KIND WIDTH HEIGHT MAX_PAGES INPUT OUT_DIR`: renders a
-/// text, HTML or image document to `page-NNNNN.ppm` files. Runs inside
-/// `exec-limited`.
-pub fn worker_main(args: &[OsString]) -> Result<usize, RenderError> {
+/// `render-worker KIND WIDTH HEIGHT FIRST COUNT INPUT`: renders up to
+/// COUNT pages of a text, HTML or image document from page FIRST (from 0)
+/// and streams each to stdout as soon as it is drawn (see [`page_stream`]).
+/// Runs inside `exec-limited`; holds one page at a time. Returns the pages
+/// written.
+pub fn worker_main(args: &[OsString]) -> Result<u32, RenderError> {
     let usage = || RenderError::Usage(format!("{args:?}"));
-    let [kind, width, height, max_pages, input, out_dir] = args else {
+    let [kind, width, height, first, count, input] = args else {
         return Err(usage());
     };
     let num = |s: &OsString| -> Result<u32, RenderError> {
         s.to_str().and_then(|s| s.parse().ok()).ok_or_else(usage)
     };
-    let (width, height, max_pages) = (num(width)?, num(height)?, num(max_pages)?);
+    let (width, height) = (num(width)?, num(height)?);
+    let (first, count) = (num(first)?, num(count)?);
     let bytes = std::fs::read(input)?;
-    let out_dir = Path::new(out_dir);
-    let pages = match kind.to_str() {
-        Some("image") => vec![self::image::render(&bytes, width, height)?],
+    let stdout = std::io::stdout().lock();
+    match kind.to_str() {
+        Some("image") => {
+            let header = StreamHeader {
+                count: u32::from(first == 0 && count > 0),
+                total: 1,
+            };
+            let mut out = PageWriter::new(stdout, header)?;
+            if header.count == 1 {
+                out.page(&self::image::render(&bytes, width, height)?)?;
+            }
+            Ok(header.count)
+        }
         Some(k @ ("text" | "html")) => {
             let decoded = text::decode_lossy(&bytes);
+            drop(bytes);
             let body = if k == "html" {
                 html::html_to_text(&decoded)
             } else {
@@ -128,21 +141,25 @@ pub fn worker_main(args: &[OsString]) -> Result<usize, RenderError> {
             let geometry = PageGeometry {
                 width,
                 height,
-                max_pages,
+                max_pages: count,
             };
-            text::render_pages(&body, geometry, &mut font)?
+            let total = TextPages::count(&body, geometry, &font)?;
+            let header = StreamHeader {
+                count: total.saturating_sub(first).min(count),
+                total,
+            };
+            let mut out = PageWriter::new(stdout, header)?;
+            let mut pages = TextPages::new(&body, geometry, &font, first)?;
+            for _ in 0..header.count {
+                match pages.next_page(&mut font)? {
+                    Some(page) => out.page(&page)?,
+                    None => break,
+                }
+            }
+            Ok(header.count)
         }
-        _ => return Err(usage()),
-    };
-    write_pages(&pages, out_dir)?;
-    Ok(pages.len())
-}
-
-fn write_pages(pages: &[Raster], dir: &Path) -> Result<(), RenderError> {
-    for (i, page) in pages.iter().enumerate() {
-        page.write_ppm(&page_file(dir, i))?;
+        _ => Err(usage()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

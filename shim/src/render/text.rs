@@ -26,7 +26,7 @@ pub struct PageGeometry {
     pub width: u32,
     /// Page height in pixels.
     pub height: u32,
-    /// Most pages to produce.
+    /// Most pages [`render_pages`] produces.
     pub max_pages: u32,
 }
 
@@ -58,67 +58,139 @@ pub fn decode_lossy(bytes: &[u8]) -> String {
 /// stops, long lines wrap, control characters show as U+FFFD. Stops after
 /// `max_lines`, so hostile input cannot make unbounded layout.
 pub fn wrap_lines(text: &str, cols: usize, max_lines: usize) -> Vec<String> {
-    let mut out = Vec::new();
-    let cols = cols.max(1);
-    for raw in text.split('\n') {
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
-        let mut line = String::new();
-        let mut width = 0;
-        let push = |line: &mut String, width: &mut usize, out: &mut Vec<String>| {
-            out.push(std::mem::take(line));
-            *width = 0;
-        };
-        for c in raw.chars() {
-            if out.len() >= max_lines {
-                return out;
-            }
-            if c == '\t' {
-                let spaces = TAB - width % TAB;
-                for _ in 0..spaces {
-                    if width == cols {
-                        push(&mut line, &mut width, &mut out);
-                    }
-                    line.push(' ');
-                    width += 1;
-                }
-                continue;
-            }
-            let shown = if c.is_control() { '\u{FFFD}' } else { c };
-            if width == cols {
-                push(&mut line, &mut width, &mut out);
-            }
-            line.push(shown);
-            width += 1;
-        }
-        if out.len() >= max_lines {
-            return out;
-        }
-        out.push(line);
-    }
-    // A trailing newline does not make an extra empty line.
-    if text.ends_with('\n') && out.last().is_some_and(String::is_empty) {
-        out.pop();
-    }
-    out
+    DisplayLines::new(text, cols).take(max_lines).collect()
 }
 
-/// Lays out `text` into pages.
+/// The display lines of a text, made one at a time: layout holds one line,
+/// whatever the text's length.
+#[derive(Debug)]
+pub struct DisplayLines<'a> {
+    segments: std::str::Split<'a, char>,
+    current: Option<std::iter::Peekable<std::str::Chars<'a>>>,
+    /// Spaces of a tab still to place (a tab may wrap).
+    pending_spaces: usize,
+    cols: usize,
+}
+
+impl<'a> DisplayLines<'a> {
+    /// Lines of `text` at `cols` cells each.
+    pub fn new(text: &'a str, cols: usize) -> Self {
+        // A trailing newline does not make an extra empty line.
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        Self {
+            segments: body.split('\n'),
+            current: None,
+            pending_spaces: 0,
+            cols: cols.max(1),
+        }
+    }
+}
+
+impl Iterator for DisplayLines<'_> {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        let chars = match &mut self.current {
+            Some(chars) => chars,
+            None => {
+                let raw = self.segments.next()?;
+                let raw = raw.strip_suffix('\r').unwrap_or(raw);
+                self.pending_spaces = 0;
+                self.current.insert(raw.chars().peekable())
+            }
+        };
+        let mut line = String::new();
+        let mut width = 0;
+        while width < self.cols {
+            if self.pending_spaces > 0 {
+                self.pending_spaces -= 1;
+                line.push(' ');
+                width += 1;
+                continue;
+            }
+            match chars.next() {
+                None => break,
+                Some('\t') => self.pending_spaces = TAB - width % TAB,
+                Some(c) => {
+                    line.push(if c.is_control() { '\u{FFFD}' } else { c });
+                    width += 1;
+                }
+            }
+        }
+        if self.pending_spaces == 0 && chars.peek().is_none() {
+            self.current = None;
+        }
+        Some(line)
+    }
+}
+
+/// Pages of a text, drawn one at a time.
+#[derive(Debug)]
+pub struct TextPages<'a> {
+    lines: DisplayLines<'a>,
+    rows: usize,
+    geometry: PageGeometry,
+    /// A page was made (an empty text still makes one blank page).
+    made_one: bool,
+}
+
+impl<'a> TextPages<'a> {
+    /// Pages of `text` under `geometry`, starting at page `first` (from 0).
+    pub fn new(
+        text: &'a str,
+        geometry: PageGeometry,
+        font: &MonoFont,
+        first: u32,
+    ) -> Result<Self, TextError> {
+        let (cols, rows) = geometry.grid(font)?;
+        let mut lines = DisplayLines::new(text, cols);
+        let skip = rows.saturating_mul(to_usize(first));
+        if skip > 0 {
+            // `nth` lays out and drops: nothing is kept.
+            lines.nth(skip - 1);
+        }
+        Ok(Self {
+            lines,
+            rows,
+            geometry,
+            made_one: first > 0,
+        })
+    }
+
+    /// How many pages `text` has under `geometry`, counted without drawing.
+    pub fn count(text: &str, geometry: PageGeometry, font: &MonoFont) -> Result<u32, TextError> {
+        let (cols, rows) = geometry.grid(font)?;
+        let lines = DisplayLines::new(text, cols).count();
+        Ok(to_u32(lines.div_ceil(rows).max(1)))
+    }
+
+    /// Draws the next page; `None` after the last.
+    pub fn next_page(&mut self, font: &mut MonoFont) -> Result<Option<Raster>, TextError> {
+        let chunk: Vec<String> = self.lines.by_ref().take(self.rows).collect();
+        if chunk.is_empty() && self.made_one {
+            return Ok(None);
+        }
+        self.made_one = true;
+        draw_page(&chunk, self.geometry, font).map(Some)
+    }
+}
+
+/// Lays out `text` into pages (at most `geometry.max_pages`), all in memory:
+/// for tests of layout; the worker streams with [`TextPages`].
 pub fn render_pages(
     text: &str,
     geometry: PageGeometry,
     font: &mut MonoFont,
 ) -> Result<Vec<Raster>, TextError> {
-    let (cols, rows) = geometry.grid(font)?;
-    let max_lines = rows.saturating_mul(to_usize(geometry.max_pages));
-    let lines = wrap_lines(text, cols, max_lines);
-    let mut pages = Vec::new();
-    for chunk in lines.chunks(rows) {
-        pages.push(draw_page(chunk, geometry, font)?);
+    let mut pages = TextPages::new(text, geometry, font, 0)?;
+    let mut out = Vec::new();
+    while out.len() < to_usize(geometry.max_pages) {
+        match pages.next_page(font)? {
+            Some(page) => out.push(page),
+            None => break,
+        }
     }
-    if pages.is_empty() {
-        pages.push(Raster::new(geometry.width, geometry.height, Rgb::WHITE)?);
-    }
-    Ok(pages)
+    Ok(out)
 }
 
 fn draw_page(
@@ -212,5 +284,32 @@ mod tests {
 
         let rows = usize::try_from((200 - 32) / font.cell_h()).unwrap();
         assert_eq!(pages.len(), 100usize.div_ceil(rows));
+        let count = TextPages::count(&text, geometry, &font).unwrap();
+        assert_eq!(usize::try_from(count).unwrap(), pages.len());
+    }
+
+    #[test]
+    fn pages_from_a_later_start_match_the_same_pages_drawn_from_the_top() {
+        let mut font = MonoFont::new(16.0).unwrap();
+        let geometry = PageGeometry {
+            width: 400,
+            height: 200,
+            max_pages: 100,
+        };
+        let text = (0..100).map(|i| format!("line {i}\n")).collect::<String>();
+        let all = render_pages(&text, geometry, &mut font).unwrap();
+
+        let mut from_third = TextPages::new(&text, geometry, &font, 2).unwrap();
+        let third = from_third.next_page(&mut font).unwrap().unwrap();
+
+        assert_eq!(third, all[2]);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_width_makes_one_display_line() {
+        assert_eq!(wrap_lines("abcd\nef", 4, 10), vec!["abcd", "ef"]);
+        assert_eq!(wrap_lines("", 4, 10), vec![""]);
+        assert_eq!(wrap_lines("\n", 4, 10), vec![""]);
+        assert_eq!(wrap_lines("a\n\n", 4, 10), vec!["a", ""]);
     }
 }

@@ -40,7 +40,17 @@ task outlives it. If vitrined stops or the bus connection drops while vitrine
 waits, it says so and exits 1 at once.
 
 Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage error;
-128+N killed by signal N (the task was cancelled).";
+128+N when this command was killed by signal N (the task was cancelled).
+`vitrine run` exits like `docker run`, with its program's end: the program's
+own exit status; 128+N when signal N killed it; 125 when the guest ran out
+of memory and its kernel killed it; 124 when the time limit ran out; 1 when
+the program did not run to its end (denied, failed, cancelled).";
+
+const RUN_AFTER_HELP: &str =
+    "Exit status, like `docker run`: the program's own exit status; 128+N when
+signal N killed it; 125 when the guest ran out of memory and its kernel
+killed it; 124 when the time limit ran out; 1 when the program did not run
+to its end (denied, failed, cancelled); 2 usage error.";
 
 /// How often `--wait` looks whether the window is still open.
 const WINDOW_POLL: Duration = Duration::from_millis(250);
@@ -94,7 +104,9 @@ enum Cmd {
         /// The link.
         url: String,
     },
-    /// Run an untrusted PROGRAM on a terminal inside a VM.
+    /// Run an untrusted PROGRAM on a terminal inside a VM; exit with its
+    /// status (see below).
+    #[command(after_help = RUN_AFTER_HELP)]
     Run {
         /// Write approved exports here (default ~/Downloads/Vitrine).
         #[arg(long, value_name = "DIR")]
@@ -102,6 +114,11 @@ enum Cmd {
         /// Start the task and return at once: it outlives this command.
         #[arg(long)]
         detach: bool,
+        /// Write the terminal's last frame as a PNG file into DIR (created if
+        /// needed) instead of showing a window; without a display, a new
+        /// folder is made for it.
+        #[arg(long = "png", value_name = "DIR")]
+        png: Option<PathBuf>,
         /// The program.
         program: PathBuf,
         /// Its arguments.
@@ -249,12 +266,18 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Run {
             export_dir,
             detach,
+            png,
             program,
             args,
         } => {
             let file = open_regular(&program)?;
+            let (png_dir, made) = pages_dir(png.as_deref())?;
             let bus = Bus::connect().await?;
             let mut options: HashMap<&str, Value<'_>> = HashMap::new();
+            if let Some(dir) = &png_dir {
+                options.insert("png-dir", Value::from(dir.to_string_lossy().into_owned()));
+                options.insert("viewer", Value::from(false));
+            }
             let export_dir = export_dir.map(std::path::absolute).transpose()?;
             if let Some(dir) = &export_dir {
                 options.insert(
@@ -265,11 +288,21 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             let fd = zbus::zvariant::Fd::from(&file);
             let task = bus.start("RunProgram", &(fd, args, options)).await?;
             if detach {
+                if let Some(made) = made {
+                    made.keep();
+                }
                 return Ok(detached(&task));
             }
             let done = bus.wait(task).await?;
             report(&done, &program.to_string_lossy());
-            Ok(exit_for(&done.verdict))
+            if let (Some(dir), Ok(n)) = (&png_dir, done.detail("png-pages").parse::<u32>()) {
+                println!(
+                    "frames    the terminal's last frame ({n} PNG file) in {}",
+                    shown(dir)
+                );
+            }
+            drop(made);
+            Ok(ExitCode::from(run_exit_status(&done.verdict)))
         }
         Cmd::Ps => {
             let bus = Bus::connect().await?;
@@ -412,10 +445,14 @@ fn detached(task: &Started) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCode> {
+/// Where the pages go: `--png DIR`, else a new folder when there is no
+/// display (no window can show them), else nowhere (a window shows them).
+/// A folder made here comes with its guard, which removes it if it stays
+/// empty.
+fn pages_dir(png: Option<&Path>) -> Result<(Option<PathBuf>, Option<RemovedIfEmpty>)> {
     let display = std::env::var_os("DISPLAY").is_some_and(|d| !d.is_empty());
     let mut made = None;
-    let png_dir = match png {
+    let dir = match png {
         Some(dir) => Some(output_dir(dir)?),
         None if !display => {
             let dir = tempfile::Builder::new()
@@ -428,6 +465,11 @@ async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCo
         }
         None => None,
     };
+    Ok((dir, made))
+}
+
+async fn open(target: Target<'_>, png: Option<&Path>, how: How) -> Result<ExitCode> {
+    let (png_dir, made) = pages_dir(png)?;
     let bus = Bus::connect().await?;
     let mut options: HashMap<&str, Value<'_>> = HashMap::new();
     if let Some(dir) = &png_dir {
@@ -520,6 +562,34 @@ impl Drop for RemovedIfEmpty {
         }
     }
 }
+
+/// `vitrine run`'s exit status for a verdict (see `AFTER_HELP`).
+fn run_exit_status(verdict: &str) -> u8 {
+    let number = |rest: &str| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u8>().ok())
+    };
+    if verdict.starts_with("clean") {
+        0
+    } else if let Some(rest) = verdict.strip_prefix("exited: code ") {
+        // A status outside 1..=255 cannot come from a Linux program.
+        number(rest).filter(|&c| c != 0).unwrap_or(1)
+    } else if let Some(rest) = verdict.strip_prefix("killed: signal ") {
+        number(rest).filter(|&n| n < 128).map_or(1, |n| 128 + n)
+    } else if verdict.starts_with("out of memory") {
+        EXIT_OUT_OF_MEMORY
+    } else if verdict.starts_with("timed-out") {
+        EXIT_TIMED_OUT
+    } else {
+        1
+    }
+}
+
+/// `vitrine run`: the guest's kernel killed the program for want of memory.
+const EXIT_OUT_OF_MEMORY: u8 = 125;
+/// `vitrine run`: the profile's time limit ran out (as `timeout(1)`).
+const EXIT_TIMED_OUT: u8 = 124;
 
 fn exit_for(verdict: &str) -> ExitCode {
     if verdict.starts_with("clean") || verdict.starts_with("host") {
@@ -902,6 +972,30 @@ mod tests {
              860 ms after the call; total 905 ms"
         );
         assert_eq!(timings_line(&refused), None);
+    }
+
+    #[test]
+    fn run_exits_with_the_programs_end_like_docker_run() {
+        let cases = [
+            ("clean", 0),
+            ("clean, 1 export(s) written", 0),
+            ("exited: code 3", 3),
+            ("exited: code 255", 255),
+            ("killed: signal 9 (SIGKILL)", 137),
+            ("killed: signal 11 (SIGSEGV)", 139),
+            (
+                "out of memory: the guest's kernel killed the program (SIGKILL) when the \
+                 VM's memory ran out",
+                125,
+            ),
+            ("timed-out", 124),
+            ("failed: output flood", 1),
+            ("denied: by rule 3", 1),
+            ("cancelled", 1),
+        ];
+        for (verdict, status) in cases {
+            assert_eq!(run_exit_status(verdict), status, "{verdict}");
+        }
     }
 
     #[test]

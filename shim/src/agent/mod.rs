@@ -2,12 +2,16 @@
 //! input, renders it through the sandboxed renderers, streams frames, serves
 //! input events and exports, and stops on Shutdown.
 
+mod document;
+mod memory;
+
+use memory::OomWatch;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
@@ -16,17 +20,15 @@ use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
 use crate::identity;
 use crate::protocol::{
     Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage,
-    Identity as VmIdentity, InputEvent, Limits, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind,
+    Identity as VmIdentity, InputEvent, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind,
     TaskStatus, MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
 };
 use crate::raster::Raster;
+use crate::render::pdf;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
-use crate::render::{page_file, pdf, DocKind};
-use crate::sandbox::{
-    describe, failure_reason, limited_command, tail_of, ChildLimits, Identity, RunOutcome,
-    Supervised,
-};
+use crate::sandbox::{describe, limited_command, ChildLimits, Identity, RunOutcome, Supervised};
 use crate::transport::Connection;
+use document::Document;
 
 /// Version reported in `Ready`.
 pub const SHIM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -112,16 +114,6 @@ enum View {
     None,
     Document(Document),
     Terminal(Box<Terminal>),
-}
-
-struct Document {
-    kind: DocKind,
-    input: PathBuf,
-    out_dir: PathBuf,
-    pages: Vec<PathBuf>,
-    width: u32,
-    height: u32,
-    renders: u32,
 }
 
 struct Terminal {
@@ -484,40 +476,6 @@ impl Agent {
         Ok(fetched)
     }
 
-    /// Renders a document file: the renderer is chosen from its first bytes,
-    /// then its name and MIME hint.
-    fn render_file(
-        &mut self,
-        task: &Task,
-        file: &FileDoc<'_>,
-        work: &Path,
-        deadline: Instant,
-        budget: &mut PixelBudget,
-        view: &mut View,
-    ) -> Result<(), Stop> {
-        let mut head = [0u8; 1024];
-        let n = File::open(file.input)
-            .and_then(|mut f| f.read(&mut head))
-            .map_err(failed)?;
-        let kind = DocKind::detect(&head[..n], file.name, file.mime_hint);
-        self.log(
-            LogLevel::Info,
-            format!("rendering {} as {}", file.name, kind.as_str()),
-        )?;
-        let mut doc = Document {
-            kind,
-            input: file.input.to_path_buf(),
-            out_dir: work.join("out"),
-            pages: Vec::new(),
-            width: task.limits.max_width.min(900),
-            height: task.limits.max_height.min(1100),
-            renders: 0,
-        };
-        let result = self.render_document(&mut doc, task, deadline, budget);
-        *view = View::Document(doc);
-        result
-    }
-
     fn send_raster(
         &mut self,
         page: u32,
@@ -528,143 +486,6 @@ impl Agent {
         for frame in raster.frames(page, damage) {
             budget.charge_frame(&frame).map_err(failed)?;
             self.writer.send(&GuestMessage::Frame(frame))?;
-        }
-        Ok(())
-    }
-
-    fn send_page_file(
-        &mut self,
-        page: u32,
-        path: &Path,
-        limits: &Limits,
-        budget: &mut PixelBudget,
-    ) -> Result<(), Stop> {
-        let raster = Raster::read_ppm(path, limits.max_width, limits.max_height)
-            .map_err(|e| failed(format!("page {}: {}", page + 1, chain(&e))))?;
-        let full = Rect {
-            x: 0,
-            y: 0,
-            w: raster.width(),
-            h: raster.height(),
-        };
-        self.send_raster(page, &raster, full, budget)
-    }
-
-    fn render_document(
-        &mut self,
-        doc: &mut Document,
-        task: &Task,
-        deadline: Instant,
-        budget: &mut PixelBudget,
-    ) -> Result<(), Stop> {
-        doc.renders += 1;
-        let out_dir = doc.out_dir.join(format!("r{}", doc.renders));
-        std::fs::create_dir_all(&out_dir).map_err(failed)?;
-        if let Identity::Uid(uid) = self.identity {
-            std::os::unix::fs::chown(&out_dir, Some(uid), Some(uid)).map_err(failed)?;
-        }
-        let limits = ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
-        if doc.kind == DocKind::Pdf {
-            return self.render_pdf(doc, &out_dir, task, limits, deadline, budget);
-        }
-        let (w, h) = match doc.kind {
-            DocKind::Image => (task.limits.max_width, task.limits.max_height),
-            _ => (doc.width, doc.height),
-        };
-        let exe = std::env::current_exe().map_err(failed)?;
-        let args: Vec<OsString> = vec![
-            "render-worker".into(),
-            doc.kind.as_str().into(),
-            w.to_string().into(),
-            h.to_string().into(),
-            task.limits.max_pages.to_string().into(),
-            doc.input.clone().into(),
-            out_dir.clone().into(),
-        ];
-        let stderr_path = out_dir.join("worker.stderr");
-        let mut cmd = limited_command(limits, self.identity, false, &exe, &args).map_err(failed)?;
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::from(File::create(&stderr_path).map_err(failed)?));
-        let mut child = Supervised::spawn(cmd, self.identity, deadline).map_err(failed)?;
-        match child.wait().map_err(failed)? {
-            RunOutcome::TimedOut => return Err(Stop::Task(TaskStatus::TimedOut)),
-            RunOutcome::Exited(s) if !s.success() => {
-                return Err(failed(failure_reason(
-                    &format!("{} renderer", doc.kind.as_str()),
-                    s,
-                    &tail_of(&stderr_path, 400),
-                )))
-            }
-            RunOutcome::Exited(_) => {}
-        }
-        let mut pages = Vec::new();
-        let max_pages = usize::try_from(task.limits.max_pages).unwrap_or(usize::MAX);
-        while pages.len() < max_pages && page_file(&out_dir, pages.len()).is_file() {
-            pages.push(page_file(&out_dir, pages.len()));
-        }
-        if pages.is_empty() {
-            return Err(failed("renderer produced no pages"));
-        }
-        doc.pages = pages.clone();
-        self.send(GuestMessage::PageInfo {
-            task: task.id,
-            count: u32::try_from(pages.len()).unwrap_or(u32::MAX),
-        })?;
-        for (i, page) in pages.iter().enumerate() {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            self.send_page_file(index, page, &task.limits, budget)?;
-        }
-        Ok(())
-    }
-
-    fn render_pdf(
-        &mut self,
-        doc: &mut Document,
-        out_dir: &Path,
-        task: &Task,
-        limits: ChildLimits,
-        deadline: Instant,
-        budget: &mut PixelBudget,
-    ) -> Result<(), Stop> {
-        let job = pdf::PdfJob {
-            input: doc.input.clone(),
-            out_dir: out_dir.to_path_buf(),
-            limits,
-            identity: self.identity,
-            deadline,
-            scale_to: task.limits.max_width.min(task.limits.max_height).min(1200),
-        };
-        let map = |e: pdf::PdfError| match e {
-            pdf::PdfError::TimedOut(_) => Stop::Task(TaskStatus::TimedOut),
-            other => failed(format!("pdf: {}", chain(&other))),
-        };
-        // pdfinfo and page 1 run side by side: the first frame waits for
-        // neither the page count nor the other pages.
-        let (total, first) = std::thread::scope(|scope| {
-            let info = scope.spawn(|| job.page_count());
-            let first = job.render(1, 1);
-            let total = info.join().unwrap_or(Err(pdf::PdfError::NoPageCount));
-            (total, first)
-        });
-        let total = total.map_err(map)?;
-        let first = first.map_err(map)?;
-        if total == 0 {
-            return Err(failed("pdf: document has no pages"));
-        }
-        let count = total.min(task.limits.max_pages);
-        self.send(GuestMessage::PageInfo {
-            task: task.id,
-            count,
-        })?;
-        self.send_page_file(0, &first[0], &task.limits, budget)?;
-        doc.pages = first;
-        if count > 1 {
-            let rest = job.render(2, count).map_err(map)?;
-            for (i, page) in rest.iter().enumerate() {
-                let index = u32::try_from(i + 1).unwrap_or(u32::MAX);
-                self.send_page_file(index, page, &task.limits, budget)?;
-            }
-            doc.pages.extend(rest);
         }
         Ok(())
     }
@@ -702,7 +523,8 @@ impl Agent {
             .stdin(slave(&pty)?)
             .stdout(slave(&pty)?)
             .stderr(slave(&pty)?);
-        let mut child = Supervised::spawn(cmd, self.identity, deadline).map_err(failed)?;
+        let mut oom = OomWatch::start();
+        let mut child = oom.spawn(cmd, self.identity, deadline).map_err(failed)?;
         // Only the program may hold the slave, or the master never sees EOF.
         pty.close_slave();
 
@@ -725,7 +547,7 @@ impl Agent {
             pty,
             keys: Some(keys_tx),
         };
-        let result = self.terminal_loop(&mut term, &mut child, budget);
+        let result = self.terminal_loop(&mut term, &mut child, &mut oom, budget);
         child.kill();
         // Final picture, whatever the outcome.
         let damage = term.screen.paint();
@@ -742,6 +564,7 @@ impl Agent {
         &mut self,
         term: &mut Terminal,
         child: &mut Supervised,
+        oom: &mut OomWatch,
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
         let mut processed = 0u64;
@@ -794,6 +617,11 @@ impl Agent {
                         LogLevel::Info,
                         format!("program ended: {}", describe(status)),
                     )?;
+                    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+                    if signal == Some(9) && oom.struck() {
+                        // The host's verdict reads this exact line.
+                        self.log(LogLevel::Info, "program-exit: out-of-memory")?;
+                    }
                     return Ok(());
                 }
             }
@@ -875,7 +703,10 @@ impl Agent {
                 Err(Stop::Link(e)) => return Err(e),
                 Err(Stop::Shutdown) => return Ok(()),
                 Err(Stop::Task(status)) => {
-                    let text = format!("input failed: {status:?}");
+                    let text = match status {
+                        TaskStatus::Failed(reason) => format!("input failed: {reason}"),
+                        other => format!("input failed: {other:?}"),
+                    };
                     self.log(LogLevel::Warn, text)?;
                 }
             }
@@ -891,22 +722,10 @@ impl Agent {
     ) -> Result<(), Stop> {
         match (view, event) {
             (View::Document(doc), InputEvent::PageChange { page }) => {
-                let path = usize::try_from(*page)
-                    .ok()
-                    .and_then(|p| doc.pages.get(p).cloned());
-                match path {
-                    Some(path) => self.send_page_file(*page, &path, &task.limits, budget),
-                    None => Ok(self.log(LogLevel::Warn, format!("no page {page}"))?),
-                }
+                self.resend_page(doc, task, *page, budget)
             }
-            (View::Document(doc), InputEvent::Resize { width, height })
-                if matches!(doc.kind, DocKind::Text | DocKind::Html) =>
-            {
-                doc.width = (*width).min(task.limits.max_width);
-                doc.height = (*height).min(task.limits.max_height);
-                let deadline =
-                    Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
-                self.render_document(doc, task, deadline, budget)
+            (View::Document(doc), InputEvent::Resize { width, height }) => {
+                self.resize_document(doc, task, *width, *height, budget)
             }
             (View::Terminal(term), event) => self.terminal_input(term, event, budget),
             _ => Ok(()),

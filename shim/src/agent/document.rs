@@ -1,0 +1,533 @@
+//! Documents (PDF, image, text, HTML): the renderer child draws pages and
+//! the agent sends each one as it arrives, so memory holds a page or two
+//! whatever the document's length. No page is kept: a page asked for again
+//! (a page change) is drawn again.
+//!
+//! A task shows at most its page cap (`Limits::max_pages`) and what its
+//! pixel budget holds; when a document has more, the agent logs
+//! `page cap: shown=N total=M reason=page-cap|pixel-budget` for the host.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::memory::OomWatch;
+use super::{chain, failed, Agent, FileDoc, Stop, View};
+use crate::protocol::{GuestMessage, LogLevel, PixelBudget, Rect, Task, TaskStatus};
+use crate::raster::Raster;
+use crate::render::page_stream::{PageReader, StreamHeader};
+use crate::render::{pdf, DocKind};
+use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome};
+
+/// PDF pages rendered per `pdftoppm` run after the first page: few enough
+/// that their files on the guest's tmpfs stay small, enough to amortise
+/// poppler's start.
+const PDF_BATCH: u32 = 4;
+
+/// A document being shown, for input events after `Done`.
+pub(super) struct Document {
+    kind: DocKind,
+    input: PathBuf,
+    out_dir: PathBuf,
+    /// Pages sent (the page cap and the budget may leave fewer than the
+    /// document has).
+    shown: u32,
+    width: u32,
+    height: u32,
+    renders: u32,
+}
+
+/// What the host is told about the pages a task shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PagePlan {
+    /// Pages to send.
+    pub shown: u32,
+    /// Pages the document has.
+    pub total: u32,
+    /// Why `shown < total`, if it is.
+    pub cut: Option<&'static str>,
+}
+
+/// How many of `total` pages of `page_bytes` each a task shows under its
+/// page cap and what is left of its pixel budget.
+pub(super) fn plan_pages(
+    total: u32,
+    max_pages: u32,
+    budget_left: u64,
+    page_bytes: u64,
+) -> PagePlan {
+    let by_cap = total.min(max_pages);
+    let fit = budget_left / page_bytes.max(1);
+    let by_budget = u32::try_from(fit).unwrap_or(u32::MAX);
+    let shown = by_cap.min(by_budget);
+    let cut = (shown < total).then_some(if by_budget < by_cap {
+        "pixel-budget"
+    } else {
+        "page-cap"
+    });
+    PagePlan { shown, total, cut }
+}
+
+fn page_bytes(width: u32, height: u32) -> u64 {
+    u64::from(width) * u64::from(height) * 4
+}
+
+/// What the worker's stdout gave, for the agent's loop.
+enum Streamed {
+    Header(StreamHeader),
+    Page(Raster),
+    Broken(String),
+}
+
+impl Agent {
+    /// Renders a document file: the renderer is chosen from its first bytes,
+    /// then its name and MIME hint.
+    pub(super) fn render_file(
+        &mut self,
+        task: &Task,
+        file: &FileDoc<'_>,
+        work: &Path,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+        view: &mut View,
+    ) -> Result<(), Stop> {
+        let mut head = [0u8; 1024];
+        let n = File::open(file.input)
+            .and_then(|mut f| f.read(&mut head))
+            .map_err(failed)?;
+        let kind = DocKind::detect(&head[..n], file.name, file.mime_hint);
+        self.log(
+            LogLevel::Info,
+            format!("rendering {} as {}", file.name, kind.as_str()),
+        )?;
+        let mut doc = Document {
+            kind,
+            input: file.input.to_path_buf(),
+            out_dir: work.join("out"),
+            shown: 0,
+            width: task.limits.max_width.min(900),
+            height: task.limits.max_height.min(1100),
+            renders: 0,
+        };
+        let result = self.render_document(&mut doc, task, deadline, budget);
+        *view = View::Document(doc);
+        result
+    }
+
+    /// A fresh directory for one renderer run, writable by the sandbox uid.
+    fn render_dir(&self, doc: &mut Document) -> Result<PathBuf, Stop> {
+        doc.renders += 1;
+        let dir = doc.out_dir.join(format!("r{}", doc.renders));
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        if let Identity::Uid(uid) = self.identity {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(failed)?;
+        }
+        Ok(dir)
+    }
+
+    fn send_page_file(
+        &mut self,
+        page: u32,
+        path: &Path,
+        task: &Task,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let raster = Raster::read_ppm(path, task.limits.max_width, task.limits.max_height)
+            .map_err(|e| failed(format!("page {}: {}", page + 1, chain(&e))));
+        // Sent pages are drawn again when asked for: nothing piles up.
+        let _ = std::fs::remove_file(path);
+        let raster = raster?;
+        let full = Rect {
+            x: 0,
+            y: 0,
+            w: raster.width(),
+            h: raster.height(),
+        };
+        self.send_raster(page, &raster, full, budget)
+    }
+
+    fn announce(&mut self, task: &Task, plan: PagePlan) -> Result<(), Stop> {
+        self.send(GuestMessage::PageInfo {
+            task: task.id,
+            count: plan.shown,
+        })?;
+        if let Some(reason) = plan.cut {
+            self.log(
+                LogLevel::Info,
+                format!(
+                    "page cap: shown={} total={} reason={reason}",
+                    plan.shown, plan.total
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Renders the whole document (again, after a resize), sending pages as
+    /// they are drawn.
+    pub(super) fn render_document(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        if doc.kind == DocKind::Pdf {
+            return self.render_pdf(doc, task, deadline, budget);
+        }
+        let plan = self.stream_pages(doc, task, 0, task.limits.max_pages, deadline, budget)?;
+        doc.shown = plan.shown;
+        Ok(())
+    }
+
+    /// Lays a text or HTML document out again for a new page size; other
+    /// documents keep their pages.
+    pub(super) fn resize_document(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        width: u32,
+        height: u32,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        if !matches!(doc.kind, DocKind::Text | DocKind::Html) {
+            return Ok(());
+        }
+        doc.width = width.min(task.limits.max_width);
+        doc.height = height.min(task.limits.max_height);
+        let deadline = Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
+        self.render_document(doc, task, deadline, budget)
+    }
+
+    /// Sends page `page` again (a page change after `Done`), drawn anew.
+    pub(super) fn resend_page(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        page: u32,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        if page >= doc.shown {
+            return Ok(self.log(LogLevel::Warn, format!("no page {page}"))?);
+        }
+        let deadline = Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
+        if doc.kind == DocKind::Pdf {
+            let dir = self.render_dir(doc)?;
+            let job = self.pdf_job(doc, &dir, task, deadline);
+            let files = job.render(page + 1, page + 1).map_err(pdf_stop);
+            let result = files.and_then(|f| self.send_page_file(page, &f[0], task, budget));
+            let _ = std::fs::remove_dir_all(&dir);
+            return result;
+        }
+        self.stream_pages(doc, task, page, 1, deadline, budget)
+            .map(|_| ())
+    }
+
+    /// Runs the render worker for pages `first..first + count` and sends
+    /// each as it arrives. From page 0 it also announces the page count,
+    /// cut to what the task's cap and budget allow.
+    fn stream_pages(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        first: u32,
+        count: u32,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<PagePlan, Stop> {
+        let out_dir = self.render_dir(doc)?;
+        let (w, h) = match doc.kind {
+            DocKind::Image => (task.limits.max_width, task.limits.max_height),
+            _ => (doc.width, doc.height),
+        };
+        let exe = std::env::current_exe().map_err(failed)?;
+        let args: Vec<OsString> = vec![
+            "render-worker".into(),
+            doc.kind.as_str().into(),
+            w.to_string().into(),
+            h.to_string().into(),
+            first.to_string().into(),
+            count.to_string().into(),
+            doc.input.clone().into(),
+        ];
+        let stderr_path = out_dir.join("worker.stderr");
+        let (pipe_r, pipe_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(chain(&e)))?;
+        let limits = ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
+        let mut cmd = limited_command(limits, self.identity, false, &exe, &args).map_err(failed)?;
+        cmd.stdout(Stdio::from(pipe_w))
+            .stderr(Stdio::from(File::create(&stderr_path).map_err(failed)?));
+        let mut oom = OomWatch::start();
+        let mut child = oom.spawn(cmd, self.identity, deadline).map_err(failed)?;
+
+        // Reader: pages off the pipe, one in flight, so the worker runs at
+        // most a page or two ahead of what the host has been sent.
+        let (tx, rx) = mpsc::sync_channel::<Streamed>(1);
+        let (max_w, max_h) = (task.limits.max_width, task.limits.max_height);
+        std::thread::spawn(move || {
+            let mut reader = match PageReader::new(File::from(pipe_r), max_w, max_h) {
+                Ok(r) => r,
+                Err(e) => return drop(tx.send(Streamed::Broken(chain(&e)))),
+            };
+            if tx.send(Streamed::Header(reader.header())).is_err() {
+                return;
+            }
+            loop {
+                let item = match reader.next_page() {
+                    Ok(Some(page)) => Streamed::Page(page),
+                    Ok(None) => return,
+                    Err(e) => Streamed::Broken(chain(&e)),
+                };
+                let last = matches!(item, Streamed::Broken(_));
+                if tx.send(item).is_err() || last {
+                    return;
+                }
+            }
+        });
+
+        let what = doc.kind.as_str();
+        let mut plan = None;
+        let mut sent = 0u32;
+        let mut broken = None;
+        let outcome = loop {
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Streamed::Header(header)) => {
+                    let budget_left = task.limits.max_pixel_bytes.saturating_sub(budget.used());
+                    let p = if first == 0 {
+                        let p = plan_pages(
+                            header.total,
+                            task.limits.max_pages,
+                            budget_left,
+                            page_bytes(w, h),
+                        );
+                        if p.shown == 0 && p.total > 0 {
+                            return Err(budget_spent(w, h));
+                        }
+                        self.announce(task, p)?;
+                        p
+                    } else {
+                        PagePlan {
+                            shown: header.count.min(count),
+                            total: header.total,
+                            cut: None,
+                        }
+                    };
+                    plan = Some(p);
+                    if p.shown == 0 {
+                        child.kill();
+                        break None;
+                    }
+                }
+                Ok(Streamed::Page(page)) => {
+                    let full = Rect {
+                        x: 0,
+                        y: 0,
+                        w: page.width(),
+                        h: page.height(),
+                    };
+                    self.send_raster(first + sent, &page, full, budget)?;
+                    sent += 1;
+                    if plan.is_some_and(|p| sent >= p.shown) {
+                        // The cap: the rest is not drawn.
+                        child.kill();
+                        break None;
+                    }
+                }
+                Ok(Streamed::Broken(why)) => broken = Some(why),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(RunOutcome::TimedOut) = child.poll().map_err(failed)? {
+                        return Err(Stop::Task(TaskStatus::TimedOut));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break Some(child.wait().map_err(failed)?),
+            }
+        };
+        let _ = std::fs::remove_dir_all(&out_dir).map_err(|_| ());
+        match outcome {
+            None => {}
+            Some(RunOutcome::TimedOut) => return Err(Stop::Task(TaskStatus::TimedOut)),
+            Some(RunOutcome::Exited(s)) if !s.success() => {
+                return Err(failed(renderer_failed(
+                    what,
+                    &describe(s),
+                    oom.struck(),
+                    &stderr_path,
+                )))
+            }
+            Some(RunOutcome::Exited(_)) => {}
+        }
+        let plan = match (plan, broken) {
+            (_, Some(why)) => return Err(failed(format!("{what} renderer: {why}"))),
+            (None, None) => return Err(failed(format!("{what} renderer sent no pages"))),
+            (Some(p), None) => p,
+        };
+        if sent < plan.shown {
+            return Err(failed(format!(
+                "{what} renderer sent {sent} of {} pages",
+                plan.shown
+            )));
+        }
+        Ok(plan)
+    }
+
+    fn pdf_job(
+        &self,
+        doc: &Document,
+        out_dir: &Path,
+        task: &Task,
+        deadline: Instant,
+    ) -> pdf::PdfJob {
+        pdf::PdfJob {
+            input: doc.input.clone(),
+            out_dir: out_dir.to_path_buf(),
+            limits: ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into())),
+            identity: self.identity,
+            deadline,
+            scale_to: task.limits.max_width.min(task.limits.max_height).min(1200),
+        }
+    }
+
+    fn render_pdf(
+        &mut self,
+        doc: &mut Document,
+        task: &Task,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let out_dir = self.render_dir(doc)?;
+        let job = self.pdf_job(doc, &out_dir, task, deadline);
+        let result = self.stream_pdf(doc, &job, task, budget);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        result
+    }
+
+    /// Page 1 first, then batches: each page is sent, then its file deleted.
+    fn stream_pdf(
+        &mut self,
+        doc: &mut Document,
+        job: &pdf::PdfJob,
+        task: &Task,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        // pdfinfo and page 1 run side by side: the first frame waits for
+        // neither the page count nor the other pages.
+        let (total, first) = std::thread::scope(|scope| {
+            let info = scope.spawn(|| job.page_count());
+            let first = job.render(1, 1);
+            let total = info.join().unwrap_or(Err(pdf::PdfError::NoPageCount));
+            (total, first)
+        });
+        let total = total.map_err(pdf_stop)?;
+        let first = first.map_err(pdf_stop)?;
+        if total == 0 {
+            return Err(failed("pdf: document has no pages"));
+        }
+        let (w, h) = Raster::read_ppm(&first[0], task.limits.max_width, task.limits.max_height)
+            .map(|r| (r.width(), r.height()))
+            .map_err(|e| failed(format!("page 1: {}", chain(&e))))?;
+        let budget_left = task.limits.max_pixel_bytes.saturating_sub(budget.used());
+        let plan = plan_pages(total, task.limits.max_pages, budget_left, page_bytes(w, h));
+        if plan.shown == 0 {
+            return Err(budget_spent(w, h));
+        }
+        self.announce(task, plan)?;
+        self.send_page_file(0, &first[0], task, budget)?;
+        doc.shown = 1;
+        let mut next = 2;
+        while next <= plan.shown {
+            let last = (next + PDF_BATCH - 1).min(plan.shown);
+            let files = job.render(next, last).map_err(pdf_stop)?;
+            for (page, file) in (next - 1..).zip(&files) {
+                self.send_page_file(page, file, task, budget)?;
+                doc.shown = page + 1;
+            }
+            next = last + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Not one page of `width` x `height` fits what is left of the budget
+/// (a task that re-lays out its pages again and again spends it).
+fn budget_spent(width: u32, height: u32) -> Stop {
+    failed(format!(
+        "the task's pixel budget is spent: not one more {width}x{height} page fits"
+    ))
+}
+
+fn pdf_stop(e: pdf::PdfError) -> Stop {
+    match e {
+        pdf::PdfError::TimedOut(_) => Stop::Task(TaskStatus::TimedOut),
+        other => failed(format!("pdf: {}", chain(&other))),
+    }
+}
+
+/// Why a renderer child failed, in words: the kernel's out-of-memory kill
+/// by name, and its stderr only when it wrote any.
+fn renderer_failed(what: &str, status: &str, oom: bool, stderr: &Path) -> String {
+    let mut text = if oom {
+        format!("{what} renderer ran out of memory (killed by the kernel's out-of-memory killer)")
+    } else {
+        format!("{what} renderer failed ({status})")
+    };
+    let tail = tail_of(stderr, 400);
+    let tail = tail.trim();
+    if !tail.is_empty() {
+        text.push_str(": ");
+        text.push_str(tail);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_cap_or_the_budget_cuts_a_long_document_and_names_which() {
+        let page = page_bytes(900, 1100);
+
+        let small = plan_pages(3, 500, 512 << 20, page);
+        let capped = plan_pages(2000, 40, 512 << 20, page);
+        let budgeted = plan_pages(2000, 500, 512 << 20, page);
+
+        assert_eq!(
+            small,
+            PagePlan {
+                shown: 3,
+                total: 3,
+                cut: None
+            }
+        );
+        assert_eq!(capped.shown, 40);
+        assert_eq!(capped.cut, Some("page-cap"));
+        assert_eq!(budgeted.shown, 135);
+        assert_eq!(budgeted.cut, Some("pixel-budget"));
+    }
+
+    #[test]
+    fn a_renderer_failure_names_an_oom_kill_and_quotes_stderr_only_when_there_is_some() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.stderr");
+        std::fs::write(&empty, "").unwrap();
+        let said = dir.path().join("said.stderr");
+        std::fs::write(&said, "bad glyph table\n").unwrap();
+
+        assert_eq!(
+            renderer_failed("text", "killed by SIGKILL", true, &empty),
+            "text renderer ran out of memory (killed by the kernel's out-of-memory killer)"
+        );
+        assert_eq!(
+            renderer_failed("text", "killed by SIGKILL", false, &empty),
+            "text renderer failed (killed by SIGKILL)"
+        );
+        assert_eq!(
+            renderer_failed("html", "exit code 2", false, &said),
+            "html renderer failed (exit code 2): bad glyph table"
+        );
+    }
+}
