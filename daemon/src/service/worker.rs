@@ -539,10 +539,10 @@ impl Worker<'_> {
                 self.detail(
                     "vm",
                     format!(
-                        "warm: {} ahead in {} ms, never used, waited {} s",
+                        "warm: {} ahead in {} ms, never used, waited {} ms",
                         warm.vm.origin(),
                         warm.vm.boot_time().as_millis(),
-                        warm.idle.as_secs()
+                        warm.idle.as_millis()
                     ),
                 );
                 (warm.vm, Ok(warm.channel))
