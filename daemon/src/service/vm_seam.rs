@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{GuestMessage, Ready};
 
+use super::worker::chain;
 use crate::backend::process::VmProcess;
 use crate::backend::{Backend, ChannelError, GuestChannel, GuestVm, VmConfig, VmExit};
 
@@ -51,17 +52,6 @@ pub enum VmSeamError {
     /// The channel was taken already.
     #[error("the guest channel was taken already")]
     ChannelTaken,
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A started VM, object-safe and movable between threads.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::qemu::{Launch, QemuBackend, QemuError, QemuVm};
 use super::{Backend, GuestVm, VmConfig};
 use crate::service::vm_seam::{RunningVm, VmSeamError, VmStarter};
+use crate::service::worker::chain;
 use store::{LoadedTemplate, TemplateKey, TemplateMeta, TemplateStore, TemplateStoreError};
 
 /// Longest a template VM may take to save its state.
@@ -280,13 +281,3 @@ impl VmStarter for TemplateCloner {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
