@@ -458,7 +458,10 @@ impl KvmBackend {
         let status = exit.or_else(|| process.exit());
         let wall = match (jail, status) {
             (Some(jail), Some(status)) => {
-                match jail.prepared.ending(status, &file_text(&vmm_log_path), None) {
+                match jail
+                    .prepared
+                    .ending(status, &file_text(&vmm_log_path), None)
+                {
                     Ok(ending) => vmm_jail::exit_code(ending).err().map(|e| e.to_string()),
                     Err(e) => Some(format!("cannot read how the jailed VMM ended: {e}")),
                 }
@@ -800,7 +803,8 @@ mod tests {
         let mut config = config();
         config.ready_timeout = Duration::from_millis(20_500);
 
-        let args = backend.snapshot_args(&config, Path::new("/run/t1"), Path::new("/cache/.build-x"));
+        let args =
+            backend.snapshot_args(&config, Path::new("/run/t1"), Path::new("/cache/.build-x"));
 
         assert_eq!(args[0], "snapshot");
         assert_eq!(arg_after(&args, "--kernel"), ["/images/vmlinux"]);

@@ -19,11 +19,11 @@ use std::time::Duration;
 use vitrine_policy::watch::ReloadEvent;
 use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatcher};
 
+use crate::backend::kvm::KvmBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::select::HostBackend;
-use crate::backend::template::store::TemplateStore;
-use crate::backend::kvm::KvmBackend;
 use crate::backend::template::kvm::KvmTemplates;
+use crate::backend::template::store::TemplateStore;
 use crate::backend::template::TemplateCloner;
 use crate::backend::{Accel, GuestImage};
 use crate::image_cache;
@@ -175,7 +175,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             eprintln!("vitrined: backend {}", chosen.describe());
             accel = chosen.accel();
             match chosen {
-                HostBackend::Qemu { backend, .. } => qemu_starter(backend, &image, config.templates),
+                HostBackend::Qemu { backend, .. } => {
+                    qemu_starter(backend, &image, config.templates)
+                }
                 HostBackend::Kvm(kvm) => kvm_starter(kvm, &image, config.templates),
             }
         }
