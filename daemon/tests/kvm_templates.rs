@@ -145,7 +145,12 @@ fn a_jailed_clone_runs_from_the_cached_template_and_leaves_it_unchanged() {
         .unwrap();
     let before = store.load_snapshot(&templates.key(&config)).unwrap();
 
+    let started = Instant::now();
     let err = backend.restore(&config, &dir).unwrap_err();
+    loud(&format!(
+        "{test}: jailed restore to the clone's exit took {:?}",
+        started.elapsed()
+    ));
 
     // It ran: restored jailed, it finished the line the template paused in.
     let text = err.to_string();
@@ -246,7 +251,8 @@ fn clones_of_the_guest_image_share_one_template_and_differ_in_identity() {
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_nanos() as i128;
+        .as_nanos();
+    let now_ns = i128::try_from(now_ns).unwrap();
     for (name, applied) in [("a", &ia), ("b", &ib)] {
         let skew = (i128::from(applied.clock_unix_ns) - now_ns).abs();
         assert!(

@@ -707,6 +707,20 @@ mod tests {
     }
 
     #[test]
+    fn a_read_only_snapshot_template_can_still_be_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::at(root.path());
+        let dir = store
+            .commit_snapshot(snapshot_build(&store), meta(key("kvm")))
+            .unwrap();
+
+        store.remove(&key("kvm")).unwrap();
+
+        assert!(!dir.exists());
+        assert!(store.load_snapshot(&key("kvm")).unwrap().is_none());
+    }
+
+    #[test]
     fn a_snapshot_whose_memory_changed_fails_its_checksum() {
         let root = tempfile::tempdir().unwrap();
         let store = TemplateStore::at(root.path());
