@@ -9,7 +9,6 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vitrine_daemon::backend::kvm::{HostSupport, KvmBackend, KvmError};
@@ -119,27 +118,13 @@ fn a_jailed_clone_runs_from_the_cached_template_and_leaves_it_unchanged() {
     let cache = tempfile::tempdir().unwrap();
     let templates = KvmTemplates::new(backend.clone(), TemplateStore::at(cache.path()), "00");
     let store = templates.store();
-    // The template's devices as the real one has them (rng, vsock), taken
-    // mid-line, so that the clone finishes the line and exits.
+    // Made as a template is (jailed, rng and vsock, written into a build
+    // directory of the cache), but taken mid-line, so that the clone
+    // finishes the line and exits.
     let build = store.begin().unwrap();
-    let vsock_dir = tempfile::tempdir().unwrap();
-    let made = Command::new(backend.binary())
-        .args([
-            "snapshot",
-            "--test-guest",
-            "hello",
-            "--mem-mib",
-            "64",
-            "--rng",
-        ])
-        .arg("--vsock-uds")
-        .arg(vsock_dir.path().join("vsock.sock"))
-        .args(["--snapshot-on-serial", "Hello from"])
-        .arg("--out")
-        .arg(build.path())
-        .output()
+    backend
+        .snapshot_on(&config, build.path(), "Hello from")
         .unwrap();
-    assert!(made.status.success(), "{made:?}");
     let dir = store
         .commit_snapshot(build, meta_for(&templates, &config))
         .unwrap();

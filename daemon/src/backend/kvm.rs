@@ -290,14 +290,20 @@ impl KvmBackend {
     /// boot with `dir` as the VM's private directory, pause where the
     /// kernel starts the shim ([`TEMPLATE_POINT`]), and write the snapshot
     /// to `out`.
-    pub fn snapshot_args(&self, config: &VmConfig, dir: &Path, out: &Path) -> Vec<OsString> {
+    pub fn snapshot_args(
+        &self,
+        config: &VmConfig,
+        dir: &Path,
+        out: &Path,
+        point: &str,
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["snapshot".into()];
         args.extend(boot_args(config, self.template_cmdline(config)));
         args.extend(vm_dir_args(dir));
         args.push("--out".into());
         args.push(out.into());
         args.push("--snapshot-on-serial".into());
-        args.push(TEMPLATE_POINT.into());
+        args.push(point.into());
         args.push("--time-limit".into());
         args.push(format!("{:.3}", config.ready_timeout.as_secs_f64()).into());
         args
@@ -431,13 +437,19 @@ impl KvmBackend {
     /// Boots `config`'s template VM (`vitrine-vmm snapshot`, jailed) and
     /// writes its snapshot, taken at [`TEMPLATE_POINT`], into `out`.
     pub fn snapshot(&self, config: &VmConfig, out: &Path) -> Result<(), KvmError> {
+        self.snapshot_on(config, out, TEMPLATE_POINT)
+    }
+
+    /// [`Self::snapshot`], taken when the console prints `point` (for a
+    /// kernel or test guest that prints another line).
+    pub fn snapshot_on(&self, config: &VmConfig, out: &Path, point: &str) -> Result<(), KvmError> {
         let dir = tempfile::Builder::new()
             .prefix("vitrine-kvm-")
             .tempdir()
             .map_err(KvmError::PrivateDir)?;
         let vmm_log_path = dir.path().join(VMM_LOG);
         let vmm_log = File::create(&vmm_log_path).map_err(KvmError::PrivateDir)?;
-        let args = self.snapshot_args(config, dir.path(), out);
+        let args = self.snapshot_args(config, dir.path(), out, point);
         let image = [config.image.kernel.as_path(), config.image.initrd.as_path()];
         let (mut cmd, jail) = self.command(config, &image, &[dir.path(), out], &args)?;
         let child = cmd
@@ -803,8 +815,12 @@ mod tests {
         let mut config = config();
         config.ready_timeout = Duration::from_millis(20_500);
 
-        let args =
-            backend.snapshot_args(&config, Path::new("/run/t1"), Path::new("/cache/.build-x"));
+        let args = backend.snapshot_args(
+            &config,
+            Path::new("/run/t1"),
+            Path::new("/cache/.build-x"),
+            TEMPLATE_POINT,
+        );
 
         assert_eq!(args[0], "snapshot");
         assert_eq!(arg_after(&args, "--kernel"), ["/images/vmlinux"]);
