@@ -13,6 +13,7 @@
 //! made again, and the log says why. Only when no template can be made
 //! does a VM boot from scratch, and the log says so loudly.
 
+pub mod kvm;
 pub mod store;
 
 use std::collections::HashMap;
