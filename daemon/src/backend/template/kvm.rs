@@ -30,6 +30,7 @@ use super::store::{
 use crate::backend::kvm::{KvmBackend, KvmError, KvmVm, TEMPLATE_POINT};
 use crate::backend::{Backend, GuestVm, VmConfig};
 use crate::service::vm_seam::{RunningVm, VmSeamError, VmStarter};
+use crate::service::worker::chain;
 
 /// A shape whose template could not be made is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
@@ -246,17 +247,6 @@ impl VmStarter for KvmTemplates {
             .map(|vm| Box::new(vm) as Box<dyn RunningVm>)
             .map_err(VmSeamError::Backend)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
