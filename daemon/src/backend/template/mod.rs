@@ -281,4 +281,3 @@ impl VmStarter for TemplateCloner {
             .map_err(VmSeamError::Backend)
     }
 }
-

@@ -580,6 +580,14 @@ fn load_memory(path: &Path, want_len: u64) -> Result<(OwnedFd, String), Template
     )
     .map_err(|e| io("memfd for the template")(e.into()))?;
     rustix::fs::ftruncate(&fd, want_len).map_err(|e| io("memfd for the template")(e.into()))?;
+    // Every page allocated now, and charged to this daemon once: a clone's
+    // fault on a hole of a shmem file, even one it only reads or then
+    // copies, would allocate the page in the shared file and charge it to
+    // the clone's cgroup, unreclaimable, beside the clone's own copy. A
+    // guest that touches all its RAM then doubles its charge and its QEMU
+    // is killed by the jail's memory limit.
+    rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, want_len)
+        .map_err(|e| io("allocating the template's memfd")(e.into()))?;
     let memfd = File::from(fd);
     let mut digest = RamDigest::new(len);
     let mut buf = vec![0u8; CHUNK];
