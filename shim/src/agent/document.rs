@@ -346,6 +346,8 @@ impl Agent {
                 Err(RecvTimeoutError::Disconnected) => break Some(child.wait().map_err(failed)?),
             }
         };
+        // Read before the folder that holds it goes.
+        let stderr_tail = tail_of(&stderr_path, 400);
         let _ = std::fs::remove_dir_all(&out_dir).map_err(|_| ());
         match outcome {
             None => {}
@@ -355,7 +357,7 @@ impl Agent {
                     what,
                     &describe(s),
                     oom.struck(),
-                    &stderr_path,
+                    &stderr_tail,
                 )))
             }
             Some(RunOutcome::Exited(_)) => {}
@@ -468,14 +470,13 @@ fn pdf_stop(e: pdf::PdfError) -> Stop {
 
 /// Why a renderer child failed, in words: the kernel's out-of-memory kill
 /// by name, and its stderr only when it wrote any.
-fn renderer_failed(what: &str, status: &str, oom: bool, stderr: &Path) -> String {
+fn renderer_failed(what: &str, status: &str, oom: bool, stderr_tail: &str) -> String {
     let mut text = if oom {
         format!("{what} renderer ran out of memory (killed by the kernel's out-of-memory killer)")
     } else {
         format!("{what} renderer failed ({status})")
     };
-    let tail = tail_of(stderr, 400);
-    let tail = tail.trim();
+    let tail = stderr_tail.trim();
     if !tail.is_empty() {
         text.push_str(": ");
         text.push_str(tail);
@@ -511,22 +512,18 @@ mod tests {
 
     #[test]
     fn a_renderer_failure_names_an_oom_kill_and_quotes_stderr_only_when_there_is_some() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.stderr");
-        std::fs::write(&empty, "").unwrap();
-        let said = dir.path().join("said.stderr");
-        std::fs::write(&said, "bad glyph table\n").unwrap();
+        let (empty, said) = ("", "bad glyph table\n");
 
         assert_eq!(
-            renderer_failed("text", "killed by SIGKILL", true, &empty),
+            renderer_failed("text", "killed by SIGKILL", true, empty),
             "text renderer ran out of memory (killed by the kernel's out-of-memory killer)"
         );
         assert_eq!(
-            renderer_failed("text", "killed by SIGKILL", false, &empty),
+            renderer_failed("text", "killed by SIGKILL", false, empty),
             "text renderer failed (killed by SIGKILL)"
         );
         assert_eq!(
-            renderer_failed("html", "exit code 2", false, &said),
+            renderer_failed("html", "exit code 2", false, said),
             "html renderer failed (exit code 2): bad glyph table"
         );
     }
