@@ -133,6 +133,11 @@ pub fn root() -> Result<PathBuf, RuntimeDirError> {
     Ok(dir)
 }
 
+/// This process's folder in the runtime directory (made with the first VM).
+pub fn own_folder() -> Result<PathBuf, RuntimeDirError> {
+    Ok(root()?.join(Owner::current().tag()))
+}
+
 /// This process's user, as owner of its `/proc` entry.
 fn own_uid() -> Result<u32, RuntimeDirError> {
     let me = Path::new("/proc/self");
@@ -200,9 +205,8 @@ fn private_dir(prefix: &str) -> io::Result<TempDir> {
     if *closed {
         return Err(io::Error::other(RuntimeDirError::Closed));
     }
-    let own = root()
-        .and_then(|root| {
-            let own = root.join(Owner::current().tag());
+    let own = own_folder()
+        .and_then(|own| {
             make_private(&own)?;
             Ok(own)
         })
@@ -316,8 +320,20 @@ fn in_use(cg: &Cgroup) -> bool {
 /// this process's folder in the runtime directory is removed.
 pub fn sweep_own() -> Sweep {
     *CLOSED.write().unwrap_or_else(PoisonError::into_inner) = true;
-    let me = Owner::current();
     let mut sweep = Sweep::default();
+    sweep_own_once(&mut sweep);
+    // A VM that had its directories before the close makes its cgroup
+    // just after, within milliseconds: a second pass takes it.
+    std::thread::sleep(SECOND_PASS);
+    sweep_own_once(&mut sweep);
+    sweep
+}
+
+/// How long after the first pass at the daemon's end the second comes.
+const SECOND_PASS: std::time::Duration = std::time::Duration::from_millis(300);
+
+fn sweep_own_once(sweep: &mut Sweep) {
+    let me = Owner::current();
     let (version, parents) = cgroup_parents();
     for (name, cg) in named_cgroups(version, &parents) {
         if cgroup_owner(&name) != Some((me.pid, Some(me.start))) {
@@ -343,7 +359,6 @@ pub fn sweep_own() -> Sweep {
         }
         Err(e) => sweep.kept.push(e.to_string()),
     }
-    sweep
 }
 
 /// At the daemon's start: removes the cgroups and runtime folders of
