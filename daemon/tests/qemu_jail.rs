@@ -3,15 +3,18 @@
 //! namespaces, privileges, root and cgroup), while the real guest image
 //! still boots to Ready and renders a real task.
 
+mod qemu_support;
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use qemu_support::image_or_skip;
 use vitrine_daemon::backend::kvm::KvmBackend;
 use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
-use vitrine_daemon::fresh_guest::{process_exists, qemu_installed};
+use vitrine_daemon::fresh_guest::process_exists;
 use vitrine_daemon::image_cache::{self, ImageCacheError};
 use vitrine_daemon::task::{give_identity, run_task, TaskInput};
 use vitrine_daemon::vmm_jail::QEMU_OVERHEAD_MIB;
@@ -19,33 +22,6 @@ use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
 
 fn loud(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The guest image, with QEMU and `vitrine-vmm` (the jail) present, or
-/// `None` after a loud SKIPPED line.
-fn image_or_skip(test: &str) -> Option<PathBuf> {
-    if !qemu_installed() {
-        loud(&format!(
-            "SKIPPED {test}: qemu-system-x86_64 not found (apt-get install qemu-system-x86)"
-        ));
-        return None;
-    }
-    let vmm = KvmBackend::new().binary().to_owned();
-    if !vmm.is_file() {
-        loud(&format!(
-            "SKIPPED {test}: {} is not built (cargo build -p vitrine-microvm); it jails QEMU",
-            vmm.display()
-        ));
-        return None;
-    }
-    match image_cache::locate(None) {
-        Ok(dir) => Some(dir),
-        Err(e @ ImageCacheError::NotBuilt(_)) => {
-            loud(&format!("SKIPPED {test}: {e}"));
-            None
-        }
-        Err(e) => panic!("{test}: {e}"),
-    }
 }
 
 fn config(dir: &Path) -> VmConfig {

@@ -3,12 +3,12 @@
 //! never change the template's files. In its own test binary, so that no
 //! other test's VMs are counted.
 
-mod template_support;
+mod qemu_support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use template_support::*;
+use qemu_support::*;
 use vitrine_daemon::backend::qemu::QemuVm;
 use vitrine_daemon::backend::GuestVm;
 use vitrine_daemon::task::give_identity;

@@ -3,11 +3,11 @@
 //! sealed RAM memfd private, takes a fresh identity, and runs a real task;
 //! a corrupted template is found by its checksum and made again.
 
-mod template_support;
+mod qemu_support;
 
 use std::time::{Duration, Instant};
 
-use template_support::*;
+use qemu_support::*;
 use vitrine_daemon::backend::template::store;
 use vitrine_shim::protocol::TaskStatus;
 

@@ -110,6 +110,12 @@ pub fn mount_all() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Whether this process is the agent that the guest's init started: its
+/// parent is PID 1 and it carries the agent role.
+pub fn started_by_init() -> bool {
+    std::env::var_os(AGENT_ROLE_ENV).is_some() && nix::unistd::getppid().as_raw() == 1
+}
+
 /// PID 1 main: mount, run the agent, reap, power off. Never returns.
 pub fn run_as_init(args: &[std::ffi::OsString]) -> ! {
     if let Err(e) = mount_all() {

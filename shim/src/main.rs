@@ -103,6 +103,7 @@ fn run_agent(args: &[OsString]) -> anyhow::Result<()> {
         AgentConfig {
             work_root,
             sandbox_uid,
+            in_guest: init::started_by_init(),
         },
     )
     .context("session with the host")

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use support::{blue_pixels, compile_static_c, have_poppler, limits, processes_of_uid, Guest};
 use vitrine_shim::export::sha256;
-use vitrine_shim::protocol::{Capability, GuestMessage, HostMessage, InputEvent, TaskStatus};
+use vitrine_shim::protocol::{
+    Capability, GuestMessage, HostMessage, InputEvent, Limits, Task, TaskKind, TaskStatus,
+};
 use vitrine_shim::render::font::MonoFont;
 use vitrine_shim::render::terminal::{Screen, DEFAULT_COLS, DEFAULT_ROWS};
 use vitrine_shim::render::{text, TEXT_PX};
@@ -413,4 +415,33 @@ fn nix_is_root() -> bool {
                 .map(|v| v.split_whitespace().next() == Some("0"))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn a_task_before_the_vms_fresh_identity_is_refused() {
+    let mut guest = Guest::start_without_identity();
+
+    guest
+        .writer
+        .send(&HostMessage::Task(Task {
+            id: 4,
+            kind: TaskKind::OpenFile {
+                name: "notes.txt".into(),
+                mime_hint: None,
+                size: 3,
+            },
+            limits: Limits::default(),
+        }))
+        .unwrap();
+    let answer = guest.reader.recv().unwrap();
+
+    assert_eq!(
+        answer,
+        Some(GuestMessage::Done {
+            task: 4,
+            status: TaskStatus::Failed(
+                "refused: the task came before the VM's fresh identity".into()
+            ),
+        })
+    );
 }

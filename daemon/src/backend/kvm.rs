@@ -45,6 +45,9 @@ const POLL: Duration = Duration::from_millis(5);
 /// Longest Unix socket path (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// Longest a template VM's VMM may take to write its snapshot once paused.
+const SNAPSHOT_WRITE: Duration = Duration::from_secs(60);
+
 const SERIAL_LOG: &str = "serial.log";
 const VMM_LOG: &str = "vmm.log";
 const VSOCK_SOCKET: &str = "vsock.sock";
@@ -75,6 +78,16 @@ pub enum KvmError {
         /// The VMM's report, or its exit status when it wrote none.
         result: String,
         /// End of the guest's serial console.
+        serial_tail: String,
+        /// End of the VMM's stderr.
+        vmm_tail: String,
+    },
+    /// `vitrine-vmm snapshot` wrote no snapshot.
+    #[error("no template snapshot: {result}\n--- serial console (tail) ---\n{serial_tail}\n--- VMM output (tail) ---\n{vmm_tail}")]
+    Snapshot {
+        /// How the VMM ended, or the jail wall that stopped it.
+        result: String,
+        /// End of the template VM's serial console.
         serial_tail: String,
         /// End of the VMM's stderr.
         vmm_tail: String,
@@ -175,7 +188,8 @@ impl KvmBackend {
     fn command(
         &self,
         config: &VmConfig,
-        dir: &Path,
+        read_only: &[&Path],
+        read_write: &[&Path],
         args: &[OsString],
     ) -> Result<(Command, Option<VmJail>), KvmError> {
         if !self.jailed {
@@ -183,14 +197,12 @@ impl KvmBackend {
             cmd.args(args);
             return Ok((cmd, None));
         }
-        let absolute =
-            |p: &Path| std::fs::canonicalize(p).map_err(|e| KvmError::ImageFile(p.to_owned(), e));
+        let absolute = |p: &&Path| {
+            std::fs::canonicalize(p).map_err(|e| KvmError::ImageFile(p.to_path_buf(), e))
+        };
         let files = VmmFiles {
-            read_only: vec![
-                absolute(&config.image.kernel)?,
-                absolute(&config.image.initrd)?,
-            ],
-            read_write: vec![absolute(dir)?],
+            read_only: read_only.iter().map(absolute).collect::<Result<_, _>>()?,
+            read_write: read_write.iter().map(absolute).collect::<Result<_, _>>()?,
         };
         // The jail's own work dir (spec, root mount point) stays outside
         // every path the VMM can reach.
@@ -234,8 +246,8 @@ impl KvmBackend {
         Ok(host_support(&out.stdout))
     }
 
-    /// The arguments the VMM gets for `config`, with its files in `dir`.
-    pub fn args(&self, config: &VmConfig, dir: &Path) -> Vec<OsString> {
+    /// The kernel command line a VM of `config` boots with.
+    pub fn cmdline(&self, config: &VmConfig) -> String {
         let mut cmdline = config.image.cmdline.clone();
         if !config.extra_cmdline.is_empty() {
             cmdline.push(' ');
@@ -244,28 +256,95 @@ impl KvmBackend {
         // The image reboots by triple fault (reboot=t), which this VMM
         // rightly reports as a fault; the i8042 reset is a clean stop.
         cmdline.push_str(&format!(" reboot=k vitrine.port={SHIM_VSOCK_PORT}"));
-        let mut args: Vec<OsString> = vec!["run".into(), "--kernel".into()];
-        args.push(config.image.kernel.clone().into());
-        args.push("--initrd".into());
-        args.push(config.image.initrd.clone().into());
-        args.push("--cmdline".into());
-        args.push(cmdline.into());
-        for (flag, value) in [
-            ("--mem-mib", config.memory_mib.to_string()),
-            ("--vcpus", config.vcpus.max(1).to_string()),
-        ] {
-            args.push(flag.into());
-            args.push(value.into());
-        }
-        args.push("--rng".into());
-        args.push("--vsock-uds".into());
-        args.push(dir.join(VSOCK_SOCKET).into());
-        args.push("--serial-log".into());
-        args.push(dir.join(SERIAL_LOG).into());
+        cmdline
+    }
+
+    /// The kernel command line of `config`'s template VM: the boot's, with
+    /// the kernel's info messages on the console (the image says `quiet`),
+    /// so that [`TEMPLATE_POINT`] is printed there.
+    pub fn template_cmdline(&self, config: &VmConfig) -> String {
+        format!("{} loglevel=7", self.cmdline(config))
+    }
+
+    /// The arguments the VMM gets for `config`, with its files in `dir`.
+    pub fn args(&self, config: &VmConfig, dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["run".into()];
+        args.extend(boot_args(config, self.cmdline(config)));
+        args.extend(vm_dir_args(dir));
         args.push("--status-fd".into());
         args.push("1".into());
         args
     }
+
+    /// The arguments of `vitrine-vmm snapshot` for `config`'s template:
+    /// boot with `dir` as the VM's private directory, pause where the
+    /// kernel starts the shim ([`TEMPLATE_POINT`]), and write the snapshot
+    /// to `out`.
+    pub fn snapshot_args(
+        &self,
+        config: &VmConfig,
+        dir: &Path,
+        out: &Path,
+        point: &str,
+    ) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["snapshot".into()];
+        args.extend(boot_args(config, self.template_cmdline(config)));
+        args.extend(vm_dir_args(dir));
+        args.push("--out".into());
+        args.push(out.into());
+        args.push("--snapshot-on-serial".into());
+        args.push(point.into());
+        args.push("--time-limit".into());
+        args.push(format!("{:.3}", config.ready_timeout.as_secs_f64()).into());
+        args
+    }
+
+    /// The arguments of `vitrine-vmm restore` for a clone of `snapshot`
+    /// with its own vsock socket and console in `dir`.
+    pub fn restore_args(&self, snapshot: &Path, dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["restore".into(), "--snapshot".into()];
+        args.push(snapshot.into());
+        args.extend(vm_dir_args(dir));
+        args.push("--status-fd".into());
+        args.push("1".into());
+        args
+    }
+}
+
+/// The console line at which a template VM is saved: the kernel is about
+/// to exec the shim, every driver has probed, and no vsock connection is
+/// open yet. Not later: the shim's connection to the host would not
+/// survive the vsock transport reset every clone gets, and the shim does
+/// not connect again.
+pub const TEMPLATE_POINT: &str = "Run /init as init process";
+
+/// The guest image and the VM's shape.
+fn boot_args(config: &VmConfig, cmdline: String) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--kernel".into()];
+    args.push(config.image.kernel.clone().into());
+    args.push("--initrd".into());
+    args.push(config.image.initrd.clone().into());
+    args.push("--cmdline".into());
+    args.push(cmdline.into());
+    for (flag, value) in [
+        ("--mem-mib", config.memory_mib.to_string()),
+        ("--vcpus", config.vcpus.max(1).to_string()),
+    ] {
+        args.push(flag.into());
+        args.push(value.into());
+    }
+    args.push("--rng".into());
+    args
+}
+
+/// The VM's own vsock socket and console log, in its private directory.
+fn vm_dir_args(dir: &Path) -> Vec<OsString> {
+    vec![
+        "--vsock-uds".into(),
+        dir.join(VSOCK_SOCKET).into(),
+        "--serial-log".into(),
+        dir.join(SERIAL_LOG).into(),
+    ]
 }
 
 /// Reads `vitrine-vmm probe --json` output.
@@ -327,6 +406,93 @@ impl Backend for KvmBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<KvmVm, KvmError> {
+        let image = [config.image.kernel.as_path(), config.image.initrd.as_path()];
+        self.launch(config, &image, |dir| self.args(config, dir))
+    }
+}
+
+impl KvmBackend {
+    /// A clone of the snapshot in `snapshot` (`vitrine-vmm restore`, the
+    /// directory bound read-only into its jail) with its own vsock socket,
+    /// running once its shim has connected and said Ready. `config` sizes
+    /// its jail and bounds the wait.
+    pub fn restore(&self, config: &VmConfig, snapshot: &Path) -> Result<KvmVm, KvmError> {
+        let mut vm = self.launch(config, &[snapshot], |dir| self.restore_args(snapshot, dir))?;
+        vm.cloned_from = snapshot
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        Ok(vm)
+    }
+
+    /// Boots `config`'s template VM (`vitrine-vmm snapshot`, jailed) and
+    /// writes its snapshot, taken at [`TEMPLATE_POINT`], into `out`.
+    pub fn snapshot(&self, config: &VmConfig, out: &Path) -> Result<(), KvmError> {
+        self.snapshot_on(config, out, TEMPLATE_POINT)
+    }
+
+    /// [`Self::snapshot`], taken when the console prints `point` (for a
+    /// kernel or test guest that prints another line).
+    pub fn snapshot_on(&self, config: &VmConfig, out: &Path, point: &str) -> Result<(), KvmError> {
+        let dir = runtime_dir::vm_dir("kvm").map_err(KvmError::PrivateDir)?;
+        let vmm_log_path = dir.path().join(VMM_LOG);
+        let vmm_log = File::create(&vmm_log_path).map_err(KvmError::PrivateDir)?;
+        let args = self.snapshot_args(config, dir.path(), out, point);
+        let image = [config.image.kernel.as_path(), config.image.initrd.as_path()];
+        let (mut cmd, jail) = self.command(config, &image, &[dir.path(), out], &args)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(vmm_log)
+            .spawn()
+            .map_err(|source| KvmError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        let mut process = VmProcess::new(child, "vitrine-vmm snapshot");
+        // The VMM gives up at --time-limit itself; this is for a VMM that hangs.
+        let exit = process
+            .wait_exit(config.ready_timeout + SNAPSHOT_WRITE)
+            .map_err(KvmError::Wait)?;
+        process.kill();
+        let status = exit.or_else(|| process.exit());
+        let wall = match (jail, status) {
+            (Some(jail), Some(status)) => {
+                match jail
+                    .prepared
+                    .ending(status, &file_text(&vmm_log_path), None)
+                {
+                    Ok(ending) => vmm_jail::exit_code(ending).err().map(|e| e.to_string()),
+                    Err(e) => Some(format!("cannot read how the jailed VMM ended: {e}")),
+                }
+            }
+            _ => None,
+        };
+        if exit.is_some_and(|s| s.success()) {
+            return Ok(());
+        }
+        let result = match (exit, wall) {
+            (_, Some(wall)) => wall,
+            (Some(status), None) => format!("vitrine-vmm snapshot failed ({status})"),
+            (None, None) => format!(
+                "vitrine-vmm snapshot did not end within {:?}",
+                config.ready_timeout + SNAPSHOT_WRITE
+            ),
+        };
+        Err(KvmError::Snapshot {
+            result,
+            serial_tail: file_tail(&dir.path().join(SERIAL_LOG)),
+            vmm_tail: file_tail(&vmm_log_path),
+        })
+    }
+
+    /// Starts the VMM with `args_of(private dir)`, `read_only` bound into
+    /// its jail, and waits for the shim's Ready on the VM's vsock socket.
+    fn launch(
+        &self,
+        config: &VmConfig,
+        read_only: &[&Path],
+        args_of: impl FnOnce(&Path) -> Vec<OsString>,
+    ) -> Result<KvmVm, KvmError> {
         let dir = runtime_dir::vm_dir("kvm").map_err(KvmError::PrivateDir)?;
         let listen_path = dir.path().join(format!("{VSOCK_SOCKET}_{SHIM_VSOCK_PORT}"));
         if listen_path.as_os_str().len() > MAX_SOCKET_PATH {
@@ -339,8 +505,8 @@ impl Backend for KvmBackend {
             .map_err(KvmError::PrivateDir)?;
         let vmm_log = File::create(dir.path().join(VMM_LOG)).map_err(KvmError::PrivateDir)?;
 
-        let args = self.args(config, dir.path());
-        let (mut cmd, jail) = self.command(config, dir.path(), &args)?;
+        let args = args_of(dir.path());
+        let (mut cmd, jail) = self.command(config, read_only, &[dir.path()], &args)?;
         let started = Instant::now();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -375,6 +541,7 @@ impl Backend for KvmBackend {
             boot_time: Duration::ZERO,
             report,
             jail,
+            cloned_from: None,
         };
         let deadline = started + config.ready_timeout;
         let stream = vm.accept(&listener, deadline, config.ready_timeout)?;
@@ -417,6 +584,8 @@ pub struct KvmVm {
     boot_time: Duration,
     report: ReportSlot,
     jail: Option<VmJail>,
+    /// The template directory's name, for a clone.
+    cloned_from: Option<String>,
 }
 
 /// A VMM's jail, kept until the VMM has ended so its cgroup can say why and
@@ -569,6 +738,13 @@ impl GuestVm for KvmVm {
     fn serial_log(&self) -> String {
         file_text(&self.dir.path().join(SERIAL_LOG))
     }
+
+    fn origin(&self) -> String {
+        match &self.cloned_from {
+            Some(t) => format!("cloned from template {t}"),
+            None => "booted".to_owned(),
+        }
+    }
 }
 
 impl Drop for KvmVm {
@@ -615,6 +791,57 @@ mod tests {
         assert_eq!(arg_after(&args, "--serial-log"), ["/run/vm1/serial.log"]);
         assert_eq!(arg_after(&args, "--status-fd"), ["1"]);
         assert!(args.iter().any(|a| a == "--rng"));
+    }
+
+    #[test]
+    fn snapshot_args_pause_where_the_kernel_starts_the_shim_and_write_out() {
+        let backend = KvmBackend::with_binary("vmm");
+        let mut config = config();
+        config.ready_timeout = Duration::from_millis(20_500);
+
+        let args = backend.snapshot_args(
+            &config,
+            Path::new("/run/t1"),
+            Path::new("/cache/.build-x"),
+            TEMPLATE_POINT,
+        );
+
+        assert_eq!(args[0], "snapshot");
+        assert_eq!(arg_after(&args, "--kernel"), ["/images/vmlinux"]);
+        assert_eq!(arg_after(&args, "--initrd"), ["/images/initrd.gz"]);
+        // `quiet` would hide the point's line; loglevel=7 comes after it.
+        assert_eq!(
+            arg_after(&args, "--cmdline"),
+            ["console=ttyS0 reboot=t quiet reboot=k vitrine.port=1024 loglevel=7"]
+        );
+        assert_eq!(
+            arg_after(&args, "--snapshot-on-serial"),
+            ["Run /init as init process"]
+        );
+        assert_eq!(arg_after(&args, "--out"), ["/cache/.build-x"]);
+        assert_eq!(arg_after(&args, "--time-limit"), ["20.500"]);
+        assert_eq!(arg_after(&args, "--vsock-uds"), ["/run/t1/vsock.sock"]);
+        assert_eq!(arg_after(&args, "--serial-log"), ["/run/t1/serial.log"]);
+        assert!(args.iter().any(|a| a == "--rng"));
+        // `snapshot` has no status fd; its exit status says it all.
+        assert!(!args.iter().any(|a| a == "--status-fd"));
+    }
+
+    #[test]
+    fn restore_args_give_each_clone_its_own_socket_and_console() {
+        let backend = KvmBackend::with_binary("vmm");
+
+        let args = backend.restore_args(Path::new("/cache/templates/0123"), Path::new("/run/c7"));
+
+        assert_eq!(args[0], "restore");
+        assert_eq!(arg_after(&args, "--snapshot"), ["/cache/templates/0123"]);
+        assert_eq!(arg_after(&args, "--vsock-uds"), ["/run/c7/vsock.sock"]);
+        assert_eq!(arg_after(&args, "--serial-log"), ["/run/c7/serial.log"]);
+        assert_eq!(arg_after(&args, "--status-fd"), ["1"]);
+        // The shape, image and devices come from the snapshot.
+        for flag in ["--kernel", "--initrd", "--cmdline", "--mem-mib", "--rng"] {
+            assert!(!args.iter().any(|a| a == flag), "{flag} in {args:?}");
+        }
     }
 
     #[test]

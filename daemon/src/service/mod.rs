@@ -21,9 +21,11 @@ use std::time::Duration;
 use vitrine_policy::watch::ReloadEvent;
 use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatcher};
 
+use crate::backend::kvm::KvmBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::runtime_dir;
 use crate::backend::select::HostBackend;
+use crate::backend::template::kvm::KvmTemplates;
 use crate::backend::template::store::TemplateStore;
 use crate::backend::template::TemplateCloner;
 use crate::backend::{Accel, GuestImage};
@@ -101,8 +103,8 @@ pub struct DaemonConfig {
     pub egress_roots: Vec<Vec<u8>>,
     /// VMs kept booted ahead per VM shape (0: boot each on demand).
     pub warm_pool: usize,
-    /// Under QEMU, clone task VMs from a template per VM shape (else boot
-    /// each from scratch).
+    /// Clone task VMs from a template per VM shape (QEMU: a saved VM;
+    /// kvm: a `vitrine-vmm snapshot`), else boot each from scratch.
     pub templates: bool,
     /// The profile whose VM shape is warmed at start (if the policy has it).
     pub warm_profile: Option<String>,
@@ -188,7 +190,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
                 HostBackend::Qemu { backend, .. } => {
                     qemu_starter(backend, &image, config.templates)
                 }
-                kvm @ HostBackend::Kvm(_) => Arc::new(kvm),
+                HostBackend::Kvm(kvm) => kvm_starter(kvm, &image, config.templates),
             }
         }
         BackendChoice::Qemu => qemu_starter(QemuBackend::new(), &image, config.templates),
@@ -295,6 +297,30 @@ fn qemu_starter(
         _ => {
             eprintln!("vitrined: task VMs boot from scratch (no templates)");
             Arc::new(qemu)
+        }
+    }
+}
+
+/// The project's VMM, restoring each VM from its shape's template snapshot
+/// when `templates` (and there is an image to key them by), else booting
+/// each.
+fn kvm_starter(
+    kvm: KvmBackend,
+    image: &Result<worker::ImageInfo, String>,
+    templates: bool,
+) -> Arc<dyn VmStarter> {
+    match image {
+        Ok(info) if templates => {
+            let store = TemplateStore::from_env();
+            eprintln!(
+                "vitrined: task VMs are restored from a template snapshot per VM shape (cache {})",
+                store.root().display()
+            );
+            Arc::new(KvmTemplates::new(kvm, store, info.sha256.clone()))
+        }
+        _ => {
+            eprintln!("vitrined: task VMs boot from scratch (no templates)");
+            Arc::new(kvm)
         }
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{GuestMessage, Ready};
 
+use super::worker::chain;
 use crate::backend::process::VmProcess;
 use crate::backend::{Backend, ChannelError, GuestChannel, GuestVm, VmConfig, VmExit};
 
@@ -51,17 +52,6 @@ pub enum VmSeamError {
     /// The channel was taken already.
     #[error("the guest channel was taken already")]
     ChannelTaken,
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A started VM, object-safe and movable between threads.
@@ -161,10 +151,7 @@ impl Backend for LocalProcessBackend {
 
     fn start(&self, _config: &VmConfig) -> Result<LocalProcessVm, VmSeamError> {
         let started = Instant::now();
-        let dir = tempfile::Builder::new()
-            .prefix("vitrine-local-")
-            .tempdir()
-            .map_err(VmSeamError::Socket)?;
+        let dir = crate::backend::runtime_dir::vm_dir("local").map_err(VmSeamError::Socket)?;
         let socket = dir.path().join("guest.sock");
         let listener = UnixListener::bind(&socket).map_err(VmSeamError::Socket)?;
         listener

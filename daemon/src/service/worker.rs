@@ -258,7 +258,11 @@ impl WorkerContext {
 }
 
 /// The VM a task of `profile` runs in.
-fn task_vm_config(profile: &Profile, image: GuestImage, accel: Accel) -> Result<VmConfig, String> {
+pub fn task_vm_config(
+    profile: &Profile,
+    image: GuestImage,
+    accel: Accel,
+) -> Result<VmConfig, String> {
     let mut config = open_file::vm_config(profile, image, accel).map_err(|e| chain(&e))?;
     // Many TCG guests booting at once on few cores take a while, and so
     // slowly that the guest kernel's IO-APIC timer check can fail and
@@ -539,10 +543,10 @@ impl Worker<'_> {
                 self.detail(
                     "vm",
                     format!(
-                        "warm: {} ahead in {} ms, never used, waited {} s",
+                        "warm: {} ahead in {} ms, never used, waited {} ms",
                         warm.vm.origin(),
                         warm.vm.boot_time().as_millis(),
-                        warm.idle.as_secs()
+                        warm.idle.as_millis()
                     ),
                 );
                 (warm.vm, Ok(warm.channel))

@@ -28,6 +28,19 @@ pub fn repo() -> PathBuf {
 }
 
 /// The shipped example policy.
+/// The template cache the test daemons share: `$VITRINE_TEMPLATE_DIR`, else
+/// the user's own (`~/.cache/vitrine/templates`).
+pub fn shared_template_dir() -> PathBuf {
+    std::env::var_os("VITRINE_TEMPLATE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home =
+                std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+            home.join(".cache/vitrine/templates")
+        })
+}
+
 pub fn example_policy() -> PathBuf {
     repo().join("policy/examples/policy.d")
 }
@@ -147,6 +160,9 @@ impl PrivateBus {
             .env("XDG_DOWNLOAD_DIR", home.join("Downloads"))
             .env("TMPDIR", dir.path().join("tmp"));
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        // Templates are shared by every test daemon, as by every daemon of
+        // one user: the first one makes a shape's template, the rest clone it.
+        cmd.env("VITRINE_TEMPLATE_DIR", shared_template_dir());
         for var in ["VITRINE_IMAGE_DIR", "VITRINE_QEMU", "RUST_LOG"] {
             if let Some(v) = std::env::var_os(var) {
                 cmd.env(var, v);
@@ -201,6 +217,31 @@ impl PrivateBus {
             cmd.stdin(std::fs::File::open(path).unwrap());
         }
         cmd.output().unwrap()
+    }
+
+    /// The `Details` property of the task object at `path`.
+    pub fn task_details(&self, path: &str) -> std::collections::BTreeMap<String, String> {
+        let out = self.busctl(
+            &[
+                "get-property",
+                "--json=short",
+                "org.vitrine.Sandbox1",
+                path,
+                "org.vitrine.Sandbox1.Task",
+                "Details",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["data"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// A zbus connection to this bus.

@@ -58,6 +58,10 @@ pub struct AgentConfig {
     pub work_root: PathBuf,
     /// Uid (and gid) of sandboxed children when the agent is root.
     pub sandbox_uid: u32,
+    /// The agent is the guest's: started by the guest's init (PID 1), so
+    /// it may reseed the kernel's CRNG and set its clock. A shim run as a
+    /// local process (tests) never touches the kernel it runs on.
+    pub in_guest: bool,
 }
 
 enum Event {
@@ -257,11 +261,12 @@ impl Agent {
     }
 
     /// Applies the host's seed and clock and answers with the digest.
-    /// `false`: it failed, and the session ends. Only the guest's init
-    /// (PID 1) touches the kernel: a shim run as a local process (tests)
-    /// must never reseed or set the clock of the machine it runs on.
+    /// `false`: it failed, and the session ends. Only the guest's agent
+    /// (started by the guest's init) touches the kernel: a shim run as a
+    /// local process (tests) must never reseed or set the clock of the
+    /// machine it runs on.
     fn apply_identity(&mut self, identity: &VmIdentity) -> Result<bool, AgentError> {
-        let applied = if std::process::id() == 1 {
+        let applied = if self.config.in_guest {
             identity::apply(identity)
         } else {
             eprintln!(

@@ -50,7 +50,38 @@ pub struct Outcome {
 }
 
 impl Guest {
+    /// A local shim past `Ready` and its identity.
     pub fn start() -> Guest {
+        let mut guest = Self::start_without_identity();
+        guest
+            .writer
+            .send(&HostMessage::Identity(Identity {
+                seed: [0x42; 32],
+                // 2001: a shim that set the clock it runs on would show.
+                clock_unix_ns: FAKE_CLOCK_NS,
+                task: 1,
+            }))
+            .unwrap();
+        match guest.reader.recv().expect("recv IdentityApplied") {
+            Some(GuestMessage::IdentityApplied(applied)) => {
+                // A local shim is not the guest's agent: this machine's
+                // clock must not have moved to the identity's.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                assert!(
+                    now.as_secs() > 1_700_000_000,
+                    "the local shim set the host clock"
+                );
+                assert!(applied.clock_unix_ns > 1_700_000_000_000_000_000);
+            }
+            other => panic!("expected IdentityApplied, got {other:?}"),
+        }
+        guest
+    }
+
+    /// A local shim that said `Ready` and was given nothing yet.
+    pub fn start_without_identity() -> Guest {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("shim.sock");
         let listener = UnixListener::bind(&sock).expect("bind");
@@ -80,34 +111,11 @@ impl Guest {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         let mut reader = FrameReader::new(stream.try_clone().unwrap());
-        let mut writer = FrameWriter::new(stream);
+        let writer = FrameWriter::new(stream);
         let capabilities = match reader.recv().expect("recv Ready") {
             Some(GuestMessage::Ready(ready)) => ready.capabilities,
             other => panic!("expected Ready, got {other:?}"),
         };
-        writer
-            .send(&HostMessage::Identity(Identity {
-                seed: [0x42; 32],
-                // 2001: a shim that set the clock it runs on would show.
-                clock_unix_ns: FAKE_CLOCK_NS,
-                task: 1,
-            }))
-            .unwrap();
-        match reader.recv().expect("recv IdentityApplied") {
-            Some(GuestMessage::IdentityApplied(applied)) => {
-                // A local shim is not the guest's init: this machine's
-                // clock must not have moved to the identity's.
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap();
-                assert!(
-                    now.as_secs() > 1_700_000_000,
-                    "the local shim set the host clock"
-                );
-                assert!(applied.clock_unix_ns > 1_700_000_000_000_000_000);
-            }
-            other => panic!("expected IdentityApplied, got {other:?}"),
-        }
         Guest {
             child,
             reader,

@@ -13,6 +13,7 @@
 //! made again, and the log says why. Only when no template can be made
 //! does a VM boot from scratch, and the log says so loudly.
 
+pub mod kvm;
 pub mod store;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::qemu::{Launch, QemuBackend, QemuError, QemuVm};
 use super::{Backend, GuestVm, VmConfig};
 use crate::service::vm_seam::{RunningVm, VmSeamError, VmStarter};
+use crate::service::worker::chain;
 use store::{LoadedTemplate, TemplateKey, TemplateMeta, TemplateStore, TemplateStoreError};
 
 /// Longest a template VM may take to save its state.
@@ -278,15 +280,4 @@ impl VmStarter for TemplateCloner {
             .map(|vm| Box::new(vm) as Box<dyn RunningVm>)
             .map_err(VmSeamError::Backend)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

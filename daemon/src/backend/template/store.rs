@@ -6,12 +6,18 @@
 //! files' SHA-256 and the shim's `Ready`). Directories appear by rename,
 //! whole, and are never written after that.
 //!
-//! A clone never maps the cached file itself: [`TemplateFiles::load`]
+//! A clone never maps the cached file itself: [`TemplateStore::load`]
 //! reads `memory` once, checking its hash, into a memfd sealed against
 //! every write (F_SEAL_WRITE, GROW, SHRINK, SEAL). QEMU maps that memfd
 //! MAP_PRIVATE (`share=off`), so clones share its pages and write only
 //! their own copies, and not even a compromised QEMU can change what the
 //! next clone starts from.
+//!
+//! A `kvm` template ([`Layout::Snapshot`]) is a `vitrine-vmm snapshot`
+//! directory instead: the VMM's `state` and `mem`, hashed the same way and
+//! made read-only. `vitrine-vmm restore` maps `mem` MAP_PRIVATE itself, so
+//! [`TemplateStore::load_snapshot`] checks the files and hands out the
+//! directory, which each clone's jail binds read-only.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -35,6 +41,8 @@ const MAX_SMALL_FILE: u64 = 16 * 1024 * 1024;
 const MEMORY: &str = "memory";
 const STATE: &str = "state";
 const META: &str = "template.json";
+/// [`TemplateKey::backend`] of templates that are VMM snapshot directories.
+pub const KVM_BACKEND: &str = "kvm";
 
 /// A template is missing, broken, or could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +98,38 @@ impl TemplateKey {
         let text = serde_json::to_string(self).unwrap_or_default();
         sha256_hex(text.as_bytes())[..16].to_owned()
     }
+
+    /// What a template of this key holds.
+    pub fn layout(&self) -> Layout {
+        if self.backend == KVM_BACKEND {
+            Layout::Snapshot
+        } else {
+            Layout::Memfd
+        }
+    }
+}
+
+/// The files of a template directory besides `template.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// QEMU's: `memory` (loaded into a sealed memfd) and `state`.
+    Memfd,
+    /// `vitrine-vmm snapshot`'s directory: `mem` (mapped by the VMM) and
+    /// `state`.
+    Snapshot,
+}
+
+impl Layout {
+    /// The guest RAM file and the state file, by name.
+    pub fn files(self) -> [&'static str; 2] {
+        match self {
+            Self::Memfd => [MEMORY, STATE],
+            Self::Snapshot => [
+                vitrine_microvm::snapshot::MEMORY_FILE,
+                vitrine_microvm::snapshot::STATE_FILE,
+            ],
+        }
+    }
 }
 
 /// `template.json`.
@@ -105,7 +145,8 @@ pub struct TemplateMeta {
     pub memory_sha256: String,
     /// SHA-256 of the state file.
     pub state_sha256: String,
-    /// What the shim said when the template was taken.
+    /// What the shim said when the template was taken (kvm: what it said
+    /// in the clone that checked the template before it was kept).
     pub ready: Ready,
     /// When it was saved, seconds since the epoch.
     pub created_unix: u64,
@@ -139,6 +180,15 @@ impl LoadedTemplate {
             .map_err(|e| io("memfd for the template state")(e.into()))?;
         Ok(file.into())
     }
+}
+
+/// A `vitrine-vmm snapshot` directory whose files matched their hashes.
+#[derive(Debug)]
+pub struct SnapshotTemplate {
+    /// The directory, for `vitrine-vmm restore --snapshot`.
+    pub dir: PathBuf,
+    /// Its metadata.
+    pub meta: TemplateMeta,
 }
 
 /// One template as `vitrine templates list` shows it.
@@ -218,11 +268,44 @@ impl TemplateStore {
         meta.memory_bytes = memory_bytes;
         let state = read_small(&build.path().join(STATE))?;
         meta.state_sha256 = sha256_hex(&state);
-        let json = serde_json::to_vec_pretty(&meta)
+        self.put_in_place(build, &meta)
+    }
+
+    /// Hashes the snapshot that `vitrine-vmm snapshot --out` wrote into
+    /// `build`, makes its files read-only (clones map `mem` MAP_PRIVATE, so
+    /// a later write would show through), and puts it in place like
+    /// [`Self::commit`].
+    pub fn commit_snapshot(
+        &self,
+        build: tempfile::TempDir,
+        mut meta: TemplateMeta,
+    ) -> Result<PathBuf, TemplateStoreError> {
+        let [memory, state] = Layout::Snapshot.files();
+        let (memory_sha256, memory_bytes) = digest_file(&build.path().join(memory))?;
+        meta.memory_sha256 = memory_sha256;
+        meta.memory_bytes = memory_bytes;
+        meta.state_sha256 = sha256_hex(&read_small(&build.path().join(state))?);
+        for name in [memory, state] {
+            let p = build.path().join(name);
+            fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o444))
+                .map_err(io(p.display()))?;
+        }
+        self.put_in_place(build, &meta)
+    }
+
+    /// Writes `template.json`, syncs every file, and renames `build` to the
+    /// key's directory.
+    fn put_in_place(
+        &self,
+        build: tempfile::TempDir,
+        meta: &TemplateMeta,
+    ) -> Result<PathBuf, TemplateStoreError> {
+        let json = serde_json::to_vec_pretty(meta)
             .map_err(|e| TemplateStoreError::Meta(build.path().join(META), e.to_string()))?;
         let meta_path = build.path().join(META);
         fs::write(&meta_path, json).map_err(io(meta_path.display()))?;
-        for name in [MEMORY, STATE, META] {
+        let [memory, state] = meta.key.layout().files();
+        for name in [memory, state, META] {
             let p = build.path().join(name);
             File::open(&p)
                 .and_then(|f| f.sync_all())
@@ -246,14 +329,9 @@ impl TemplateStore {
     /// Loads the template of `key`, checking both files against their
     /// recorded SHA-256; `Ok(None)` when there is none.
     pub fn load(&self, key: &TemplateKey) -> Result<Option<LoadedTemplate>, TemplateStoreError> {
-        let dir = self.dir_of(key);
-        if !dir.join(META).exists() {
+        let Some((dir, meta)) = self.meta_of(key)? else {
             return Ok(None);
-        }
-        let meta = read_meta(&dir)?;
-        if meta.key != *key {
-            return Err(TemplateStoreError::KeyMismatch(dir));
-        }
+        };
         let state_path = dir.join(STATE);
         let state = read_small(&state_path)?;
         check_sum(&state_path, &meta.state_sha256, &sha256_hex(&state))?;
@@ -266,6 +344,47 @@ impl TemplateStore {
             memory: Arc::new(memory),
             state,
         }))
+    }
+
+    /// The snapshot directory of `key` ([`Layout::Snapshot`]), its files
+    /// checked against their recorded SHA-256; `Ok(None)` when there is
+    /// none.
+    pub fn load_snapshot(
+        &self,
+        key: &TemplateKey,
+    ) -> Result<Option<SnapshotTemplate>, TemplateStoreError> {
+        let Some((dir, meta)) = self.meta_of(key)? else {
+            return Ok(None);
+        };
+        let [memory, state] = Layout::Snapshot.files();
+        let state_path = dir.join(state);
+        check_sum(
+            &state_path,
+            &meta.state_sha256,
+            &sha256_hex(&read_small(&state_path)?),
+        )?;
+        let memory_path = dir.join(memory);
+        // The digest counts the length, so a truncated file fails it too.
+        let (got, _) = digest_file(&memory_path)?;
+        check_sum(&memory_path, &meta.memory_sha256, &got)?;
+        Ok(Some(SnapshotTemplate { dir, meta }))
+    }
+
+    /// The directory and metadata of `key`'s template, if it has one made
+    /// for exactly this key.
+    fn meta_of(
+        &self,
+        key: &TemplateKey,
+    ) -> Result<Option<(PathBuf, TemplateMeta)>, TemplateStoreError> {
+        let dir = self.dir_of(key);
+        if !dir.join(META).exists() {
+            return Ok(None);
+        }
+        let meta = read_meta(&dir)?;
+        if meta.key != *key {
+            return Err(TemplateStoreError::KeyMismatch(dir));
+        }
+        Ok(Some((dir, meta)))
     }
 
     /// Removes the template of `key` (a broken one, before a rebuild).
@@ -430,6 +549,26 @@ fn save_memory(memory: &OwnedFd, path: &Path) -> Result<(String, u64), TemplateS
     Ok((digest.finish(), len))
 }
 
+/// The digest of the sparse memory file at `path` (as [`RamDigest`]
+/// counts it) and its length.
+fn digest_file(path: &Path) -> Result<(String, u64), TemplateStoreError> {
+    let file = File::open(path).map_err(io(path.display()))?;
+    let len = file.metadata().map_err(io(path.display()))?.len();
+    let mut digest = RamDigest::new(len);
+    let mut buf = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = usize::try_from((len - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+        file.read_exact_at(&mut buf[..n], offset)
+            .map_err(io(path.display()))?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            digest.chunk(offset, &buf[..n]);
+        }
+        offset += n as u64;
+    }
+    Ok((digest.finish(), len))
+}
+
 /// Reads the sparse memory file at `path` into a new memfd, sealed against
 /// writes; returns it and the digest of what was read.
 fn load_memory(path: &Path, want_len: u64) -> Result<(OwnedFd, String), TemplateStoreError> {
@@ -441,6 +580,14 @@ fn load_memory(path: &Path, want_len: u64) -> Result<(OwnedFd, String), Template
     )
     .map_err(|e| io("memfd for the template")(e.into()))?;
     rustix::fs::ftruncate(&fd, want_len).map_err(|e| io("memfd for the template")(e.into()))?;
+    // Every page allocated now, and charged to this daemon once: a clone's
+    // fault on a hole of a shmem file, even one it only reads or then
+    // copies, would allocate the page in the shared file and charge it to
+    // the clone's cgroup, unreclaimable, beside the clone's own copy. A
+    // guest that touches all its RAM then doubles its charge and its QEMU
+    // is killed by the jail's memory limit.
+    rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, want_len)
+        .map_err(|e| io("allocating the template's memfd")(e.into()))?;
     let memfd = File::from(fd);
     let mut digest = RamDigest::new(len);
     let mut buf = vec![0u8; CHUNK];
@@ -494,4 +641,135 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// Whether `fd` is sealed against writes (for tests and `list`).
 pub fn is_write_sealed(fd: impl AsFd) -> bool {
     rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::WRITE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(backend: &str) -> TemplateKey {
+        TemplateKey {
+            image_sha256: "ab".repeat(32),
+            memory_mib: 512,
+            vcpus: 1,
+            cmdline: "console=ttyS0 quiet".to_owned(),
+            accel: "Kvm".to_owned(),
+            backend: backend.to_owned(),
+            backend_version: "snapshot format 2".to_owned(),
+        }
+    }
+
+    fn meta(key: TemplateKey) -> TemplateMeta {
+        TemplateMeta {
+            format: FORMAT,
+            key,
+            memory_bytes: 0,
+            memory_sha256: String::new(),
+            state_sha256: String::new(),
+            ready: Ready {
+                shim_version: "test".to_owned(),
+                capabilities: Vec::new(),
+            },
+            created_unix: 0,
+            build_ms: 0,
+        }
+    }
+
+    /// A build directory as `vitrine-vmm snapshot --out` leaves it: a
+    /// sparse `mem` with one page written, and `state`.
+    fn snapshot_build(store: &TemplateStore) -> tempfile::TempDir {
+        let build = store.begin().unwrap();
+        let mem = File::create(build.path().join("mem")).unwrap();
+        mem.set_len(8 << 20).unwrap();
+        mem.write_all_at(b"guest kernel page", 3 << 20).unwrap();
+        fs::write(build.path().join("state"), b"VITRSNAP state").unwrap();
+        build
+    }
+
+    #[test]
+    fn only_kvm_templates_are_snapshot_directories() {
+        assert_eq!(key("kvm").layout(), Layout::Snapshot);
+        assert_eq!(key("qemu").layout(), Layout::Memfd);
+        assert_eq!(Layout::Snapshot.files(), ["mem", "state"]);
+        assert_ne!(key("kvm").id(), key("qemu").id());
+    }
+
+    #[test]
+    fn a_committed_snapshot_loads_with_its_hashes_and_read_only_files() {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::at(root.path());
+        let build = snapshot_build(&store);
+
+        let dir = store.commit_snapshot(build, meta(key("kvm"))).unwrap();
+        let loaded = store.load_snapshot(&key("kvm")).unwrap().unwrap();
+
+        assert_eq!(dir, store.dir_of(&key("kvm")));
+        assert_eq!(loaded.dir, dir);
+        assert_eq!(loaded.meta.memory_bytes, 8 << 20);
+        assert_eq!(loaded.meta.memory_sha256.len(), 64);
+        for name in ["mem", "state"] {
+            let mode = fs::metadata(dir.join(name)).unwrap().permissions();
+            assert!(mode.readonly(), "{name} is writable");
+        }
+        assert!(store.load_snapshot(&key("other")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_read_only_snapshot_template_can_still_be_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::at(root.path());
+        let dir = store
+            .commit_snapshot(snapshot_build(&store), meta(key("kvm")))
+            .unwrap();
+
+        store.remove(&key("kvm")).unwrap();
+
+        assert!(!dir.exists());
+        assert!(store.load_snapshot(&key("kvm")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_snapshot_whose_memory_changed_fails_its_checksum() {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::at(root.path());
+        let dir = store
+            .commit_snapshot(snapshot_build(&store), meta(key("kvm")))
+            .unwrap();
+        let mem = dir.join("mem");
+        fs::set_permissions(&mem, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&mem)
+            .unwrap()
+            .write_all_at(b"X", 3 << 20)
+            .unwrap();
+
+        let err = store.load_snapshot(&key("kvm")).unwrap_err();
+
+        assert!(
+            matches!(&err, TemplateStoreError::Checksum { path, .. } if path == &mem),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_snapshot_memory_file_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let store = TemplateStore::at(root.path());
+        let dir = store
+            .commit_snapshot(snapshot_build(&store), meta(key("kvm")))
+            .unwrap();
+        let mem = dir.join("mem");
+        fs::set_permissions(&mem, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&mem)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
+
+        let err = store.load_snapshot(&key("kvm")).unwrap_err();
+
+        assert!(err.to_string().contains("corrupted or truncated"), "{err}");
+    }
 }

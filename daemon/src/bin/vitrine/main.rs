@@ -4,6 +4,8 @@
 //! in a fresh VM and only pixels come back: a window where a display
 //! exists, PNG pages otherwise.
 
+mod templates;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStringExt;
@@ -137,6 +139,11 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<ExportAction>,
     },
+    /// The VM templates task VMs are cloned from: list, prune, rebuild.
+    Templates {
+        #[command(subcommand)]
+        action: Option<templates::TemplateAction>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +166,16 @@ enum ExportAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Templates need no bus, and making one blocks while a VM boots.
+    if let Cmd::Templates { action } = cli.cmd {
+        return match templates::run(action) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("vitrine: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,6 +352,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Exports { action } => exports(action).await,
+        Cmd::Templates { .. } => unreachable!("run before the runtime starts"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! What the template tests share: the guest image (or a loud skip), a
+//! What the QEMU backend tests share: the guest image (or a loud skip), a
 //! cloner over a private cache, and reading a QEMU's mappings from /proc.
 
 #![allow(dead_code)]
