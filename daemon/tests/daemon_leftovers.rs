@@ -120,12 +120,17 @@ fn run_forever(bus: &PrivateBus, program: &Path) -> Child {
 /// How many tasks are `running`.
 async fn running_tasks(bus: &PrivateBus) -> usize {
     let connection = bus.connect().await;
-    let rows: Vec<(zbus::zvariant::OwnedObjectPath, String, String, String, String)> =
-        manager_proxy(&connection)
-            .await
-            .call("ListTasks", &())
-            .await
-            .unwrap_or_default();
+    let rows: Vec<(
+        zbus::zvariant::OwnedObjectPath,
+        String,
+        String,
+        String,
+        String,
+    )> = manager_proxy(&connection)
+        .await
+        .call("ListTasks", &())
+        .await
+        .unwrap_or_default();
     rows.iter().filter(|r| r.3 == "running").count()
 }
 
@@ -213,7 +218,12 @@ async fn a_stopped_or_crashed_daemon_leaves_no_files_or_cgroups_once_restarted()
         cgroups_of(second).is_empty()
             && entries_below(&runtime.path().join("vitrine"))
                 .iter()
-                .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(&killed_folder))
+                .all(|p| {
+                    !p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&killed_folder)
+                })
     });
     kill("-TERM", third);
     assert!(wait_for(Duration::from_secs(20), || gone(third)));
@@ -241,6 +251,9 @@ async fn a_stopped_or_crashed_daemon_leaves_no_files_or_cgroups_once_restarted()
         "SIGKILL left nothing: the restart's cleanup is not tested"
     );
     assert_eq!(restarted, 0);
-    assert!(cleaned, "the restarted daemon did not remove what SIGKILL left");
+    assert!(
+        cleaned,
+        "the restarted daemon did not remove what SIGKILL left"
+    );
     assert_eq!(at_end, Vec::<PathBuf>::new(), "left at the end");
 }

@@ -11,11 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qemu_support::image_or_skip;
-use vitrine_daemon::backend::kvm::KvmBackend;
 use vitrine_daemon::backend::qemu::QemuBackend;
 use vitrine_daemon::backend::{Backend, GuestImage, GuestVm, VmConfig};
 use vitrine_daemon::fresh_guest::process_exists;
-use vitrine_daemon::image_cache::{self, ImageCacheError};
 use vitrine_daemon::task::{give_identity, run_task, TaskInput};
 use vitrine_daemon::vmm_jail::QEMU_OVERHEAD_MIB;
 use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};

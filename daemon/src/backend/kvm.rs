@@ -59,7 +59,7 @@ pub enum KvmError {
     #[error("cannot set up the VM's private directory")]
     PrivateDir(#[source] io::Error),
     /// The socket path would not fit a Unix socket address.
-    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set XDG_RUNTIME_DIR shorter)")]
+    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set TMPDIR shorter)")]
     SocketPathTooLong(PathBuf),
     /// The VMM could not be started.
     #[error(

@@ -67,7 +67,9 @@ pub enum QemuError {
     #[error("cannot create the VM's private directory")]
     PrivateDir(#[source] io::Error),
     /// The socket path would not fit a Unix socket address.
-    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set XDG_RUNTIME_DIR shorter)")]
+    #[error(
+        "socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set XDG_RUNTIME_DIR shorter)"
+    )]
     SocketPathTooLong(PathBuf),
     /// KVM was asked for but cannot be opened.
     #[error("KVM was requested but /dev/kvm cannot be opened")]

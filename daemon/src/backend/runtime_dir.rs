@@ -47,13 +47,18 @@ pub enum RuntimeDirError {
         source: io::Error,
     },
     /// The directory exists but is not this user's private directory.
-    #[error("{path} {why}: not a private directory of this user (remove it, or set XDG_RUNTIME_DIR)")]
+    #[error(
+        "{path} {why}: not a private directory of this user (remove it, or set XDG_RUNTIME_DIR)"
+    )]
     NotPrivate {
         /// The directory.
         path: PathBuf,
         /// What is wrong with it.
         why: String,
     },
+    /// This process's user id is unknown.
+    #[error("cannot read this process's user id from /proc/self/status")]
+    Uid(#[source] io::Error),
     /// The daemon is ending.
     #[error("the daemon is stopping: no new VM starts")]
     Closed,
@@ -138,15 +143,15 @@ pub fn own_folder() -> Result<PathBuf, RuntimeDirError> {
     Ok(root()?.join(Owner::current().tag()))
 }
 
-/// This process's user, as owner of its `/proc` entry.
+/// This process's effective user, from `/proc/self/status` (right even
+/// when the process is not dumpable and `/proc/self` belongs to root).
 fn own_uid() -> Result<u32, RuntimeDirError> {
-    let me = Path::new("/proc/self");
-    fs::metadata(me)
-        .map(|m| m.uid())
-        .map_err(|source| RuntimeDirError::Create {
-            path: me.to_owned(),
-            source,
-        })
+    let text = fs::read_to_string("/proc/self/status").map_err(RuntimeDirError::Uid)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(number)
+        .ok_or_else(|| RuntimeDirError::Uid(io::Error::other("no Uid line")))
 }
 
 /// Creates `dir` (0700) or checks that the one there is this user's, not a
@@ -156,7 +161,11 @@ fn make_private(dir: &Path) -> Result<(), RuntimeDirError> {
         path: dir.to_owned(),
         source,
     };
-    match fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(create(e)),
@@ -310,9 +319,9 @@ fn named_cgroups(version: CgroupVersion, parents: &[PathBuf]) -> Vec<(String, Cg
 
 /// Whether a process is in cgroup `cg`.
 fn in_use(cg: &Cgroup) -> bool {
-    cg.dirs.iter().any(|d| {
-        fs::read_to_string(d.join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty())
-    })
+    cg.dirs
+        .iter()
+        .any(|d| fs::read_to_string(d.join("cgroup.procs")).map_or(true, |p| !p.trim().is_empty()))
 }
 
 /// At the daemon's end: no new VM directory is made from now on; the VMs
@@ -341,7 +350,11 @@ fn sweep_own_once(sweep: &mut Sweep) {
         }
         match cg.remove() {
             Ok(()) => sweep.removed.push(Removed {
-                path: cg.dirs.first().cloned().unwrap_or_else(|| PathBuf::from(&name)),
+                path: cg
+                    .dirs
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(&name)),
                 pid: me.pid,
                 because: "its VM was still running at the daemon's end",
             }),
@@ -406,7 +419,11 @@ fn remove_stale_in(root: &Path, version: CgroupVersion, parents: &[PathBuf]) -> 
             .collect();
         if failed.is_empty() {
             sweep.removed.push(Removed {
-                path: cg.dirs.first().cloned().unwrap_or_else(|| PathBuf::from(&name)),
+                path: cg
+                    .dirs
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(&name)),
                 pid,
                 because: "a cgroup of a process that no longer runs",
             });
@@ -471,7 +488,12 @@ mod tests {
         assert_eq!(cgroup_owner(&name), Some((me.pid, Some(me.start))));
         assert_eq!(cgroup_owner("vitrine-qemu-77-3"), Some((77, None)));
         assert_eq!(cgroup_owner("vitrine-vm-77-5-3"), Some((77, Some(5))));
-        for foreign in ["vitrine-task-77-3", "vitrine-qemu-77", "vitrine-qemu-a-3", "qemu-1-2"] {
+        for foreign in [
+            "vitrine-task-77-3",
+            "vitrine-qemu-77",
+            "vitrine-qemu-a-3",
+            "qemu-1-2",
+        ] {
             assert_eq!(cgroup_owner(foreign), None, "{foreign}");
         }
     }
