@@ -557,6 +557,9 @@ pub async fn serve(
             () = &mut stop => break,
         }
     }
+    // Callers learn at once that the daemon is going (its name has no
+    // owner), not only once its VMs are killed and their files removed.
+    let _ = connection.release_name(BUS_NAME).await;
     let cancelled = tokio::task::spawn_blocking(move || cancel_running(&shared))
         .await
         .unwrap_or(0);
