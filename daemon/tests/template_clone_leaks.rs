@@ -1,5 +1,5 @@
 //! Twenty clones of one template alive at once, then torn down, leave no
-//! process, descriptor, mapping, temporary directory or cgroup behind, and
+//! process, descriptor, mapping, VM or jail directory or cgroup behind, and
 //! never change the template's files. In its own test binary, so that no
 //! other test's VMs are counted.
 
@@ -57,9 +57,9 @@ fn twenty_clones_at_once_leave_nothing_behind_and_never_change_the_template() {
     let after_files = (file_fingerprint(&memory), file_fingerprint(&state));
 
     loud(&format!(
-        "{test}: 20 clones up in {all_up:?}; while alive: {} QEMUs, {} tmp dirs, {} cgroups",
+        "{test}: 20 clones up in {all_up:?}; while alive: {} QEMUs, {} VM and jail dirs, {} cgroups",
         alive.qemus.len(),
-        alive.tmp_entries.len(),
+        alive.vm_dirs.len(),
         alive.cgroups.len()
     ));
     assert_eq!(alive.qemus.len(), 20, "20 QEMUs were alive at once");

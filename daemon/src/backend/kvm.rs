@@ -20,7 +20,6 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use vitrine_shim::protocol::Ready;
 
 use super::channel::{ChannelError, GuestChannel};
 use super::process::VmProcess;
+use super::runtime_dir;
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Backend, GuestVm, VmConfig, VmExit};
 use crate::vmm_jail::{self, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
@@ -144,9 +144,6 @@ pub struct KvmBackend {
     jailed: bool,
 }
 
-/// Names each VM's jail (and cgroup) uniquely on this host.
-static NEXT_VM: AtomicU64 = AtomicU64::new(0);
-
 impl Default for KvmBackend {
     fn default() -> Self {
         Self::new()
@@ -209,15 +206,8 @@ impl KvmBackend {
         };
         // The jail's own work dir (spec, root mount point) stays outside
         // every path the VMM can reach.
-        let work = tempfile::Builder::new()
-            .prefix("vitrine-jail-")
-            .tempdir()
-            .map_err(KvmError::PrivateDir)?;
-        let name = format!(
-            "vitrine-vm-{}-{}",
-            std::process::id(),
-            NEXT_VM.fetch_add(1, Ordering::Relaxed)
-        );
+        let work = runtime_dir::jail_dir().map_err(KvmError::PrivateDir)?;
+        let name = runtime_dir::cgroup_name("vm");
         // The backend has no wall of its own to enforce: the task's
         // deadline and Drop kill the VMM.
         let limits = VmmLimits::for_vm(config.memory_mib, u32::from(config.vcpus), Duration::MAX);
@@ -443,10 +433,7 @@ impl KvmBackend {
     /// [`Self::snapshot`], taken when the console prints `point` (for a
     /// kernel or test guest that prints another line).
     pub fn snapshot_on(&self, config: &VmConfig, out: &Path, point: &str) -> Result<(), KvmError> {
-        let dir = tempfile::Builder::new()
-            .prefix("vitrine-kvm-")
-            .tempdir()
-            .map_err(KvmError::PrivateDir)?;
+        let dir = runtime_dir::vm_dir("kvm").map_err(KvmError::PrivateDir)?;
         let vmm_log_path = dir.path().join(VMM_LOG);
         let vmm_log = File::create(&vmm_log_path).map_err(KvmError::PrivateDir)?;
         let args = self.snapshot_args(config, dir.path(), out, point);
@@ -506,10 +493,7 @@ impl KvmBackend {
         read_only: &[&Path],
         args_of: impl FnOnce(&Path) -> Vec<OsString>,
     ) -> Result<KvmVm, KvmError> {
-        let dir = tempfile::Builder::new()
-            .prefix("vitrine-kvm-")
-            .tempdir()
-            .map_err(KvmError::PrivateDir)?;
+        let dir = runtime_dir::vm_dir("kvm").map_err(KvmError::PrivateDir)?;
         let listen_path = dir.path().join(format!("{VSOCK_SOCKET}_{SHIM_VSOCK_PORT}"));
         if listen_path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(KvmError::SocketPathTooLong(listen_path));

@@ -13,6 +13,7 @@ pub mod kvm;
 pub mod process;
 pub mod qemu;
 pub mod qmp;
+pub mod runtime_dir;
 pub mod select;
 mod startup;
 pub mod template;

@@ -26,7 +26,6 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,6 +37,7 @@ use super::channel::{ChannelError, GuestChannel};
 use super::kvm::KvmBackend;
 use super::process::VmProcess;
 use super::qmp::{Qmp, QmpError};
+use super::runtime_dir;
 use super::startup::{self, file_tail, file_text, HandshakeFailure};
 use super::{Accel, Backend, GuestVm, VmConfig, VmExit};
 use crate::vmm_jail::{self, ProgramFiles, VmmFiles, VmmJailError, VmmLauncher, VmmLimits};
@@ -60,9 +60,6 @@ const LOADER_DIRS: [&str; 2] = ["/lib64", "/lib"];
 /// How long a killed jailed QEMU has to be reaped by its keeper.
 const REAP_WAIT: Duration = Duration::from_secs(2);
 
-/// Names each jail (and cgroup) uniquely on this host.
-static NEXT_VM: AtomicU64 = AtomicU64::new(0);
-
 /// A QEMU VM could not be started or used.
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
@@ -70,7 +67,9 @@ pub enum QemuError {
     #[error("cannot create the VM's private directory")]
     PrivateDir(#[source] io::Error),
     /// The socket path would not fit a Unix socket address.
-    #[error("socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set TMPDIR shorter)")]
+    #[error(
+        "socket path {0} is longer than {MAX_SOCKET_PATH} bytes (set XDG_RUNTIME_DIR shorter)"
+    )]
     SocketPathTooLong(PathBuf),
     /// KVM was asked for but cannot be opened.
     #[error("KVM was requested but /dev/kvm cannot be opened")]
@@ -298,15 +297,8 @@ impl QemuBackend {
         }
         // The jail's own work dir (spec, root mount point) stays outside
         // every path QEMU can reach.
-        let work = tempfile::Builder::new()
-            .prefix("vitrine-jail-")
-            .tempdir()
-            .map_err(QemuError::PrivateDir)?;
-        let name = format!(
-            "vitrine-qemu-{}-{}",
-            std::process::id(),
-            NEXT_VM.fetch_add(1, Ordering::Relaxed)
-        );
+        let work = runtime_dir::jail_dir().map_err(QemuError::PrivateDir)?;
+        let name = runtime_dir::cgroup_name("qemu");
         // No wall-clock limit here: the task's deadline and Drop end QEMU.
         let limits = VmmLimits::for_qemu(config.memory_mib, u32::from(config.vcpus), Duration::MAX);
         let launcher = VmmLauncher::new(vmm, work.path());
@@ -515,10 +507,7 @@ impl QemuBackend {
                 .open("/dev/kvm")
                 .map_err(QemuError::KvmUnavailable)?;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("vitrine-qemu-")
-            .tempdir()
-            .map_err(QemuError::PrivateDir)?;
+        let dir = runtime_dir::vm_dir("qemu").map_err(QemuError::PrivateDir)?;
         let socket = dir.path().join(SHIM_SOCKET);
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(QemuError::SocketPathTooLong(socket));

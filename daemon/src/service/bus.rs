@@ -508,10 +508,13 @@ impl TaskObject {
 
 /// Serves the manager on `connection` and pumps worker events until the
 /// connection ends.
+/// Serves until `stop` completes or the bus goes away, then cancels every
+/// task still running, so that their VMs end before the daemon does.
 pub async fn serve(
     connection: Connection,
     ctx: Arc<WorkerContext>,
     first_id: u64,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), BusError> {
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
     let shared: Shared = Arc::new(Mutex::new(Registry {
@@ -535,10 +538,11 @@ pub async fn serve(
     let manager_emitter = SignalEmitter::new(&connection, MANAGER_PATH)?;
     let bus = fdo::DBusProxy::new(&connection).await?;
     let mut ping = tokio::time::interval(BUS_PING);
+    let mut stop = std::pin::pin!(stop);
     loop {
         tokio::select! {
             event = events_rx.recv() => {
-                let Some((id, event)) = event else { return Ok(()) };
+                let Some((id, event)) = event else { break };
                 if let Err(e) = apply(&connection, &shared, &manager_emitter, id, event).await {
                     log::warn!("task {id}: cannot publish an event: {e}");
                 }
@@ -547,11 +551,37 @@ pub async fn serve(
                 // The bus went away (the session ended): so does the daemon.
                 if bus.get_id().await.is_err() {
                     eprintln!("vitrined: the bus went away; exiting");
-                    return Ok(());
+                    break;
                 }
             }
+            () = &mut stop => break,
         }
     }
+    // Callers learn at once that the daemon is going (its name has no
+    // owner), not only once its VMs are killed and their files removed.
+    let _ = connection.release_name(BUS_NAME).await;
+    let cancelled = tokio::task::spawn_blocking(move || cancel_running(&shared))
+        .await
+        .unwrap_or(0);
+    if cancelled > 0 {
+        eprintln!("vitrined: cancelled {cancelled} running task(s); their VMs are gone");
+    }
+    Ok(())
+}
+
+/// Cancels every task that has not finished (killing its VM); returns how
+/// many there were. Blocks while the VMs are killed.
+fn cancel_running(shared: &Shared) -> usize {
+    let running: Vec<_> = lock(shared)
+        .tasks
+        .values()
+        .filter(|t| t.state != "finished")
+        .map(|t| (t.control.clone(), t.commands.clone()))
+        .collect();
+    for (control, commands) in &running {
+        control.cancel(commands);
+    }
+    running.len()
 }
 
 /// How often the daemon checks that its bus is still there.

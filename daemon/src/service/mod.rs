@@ -23,6 +23,7 @@ use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatch
 
 use crate::backend::kvm::KvmBackend;
 use crate::backend::qemu::QemuBackend;
+use crate::backend::runtime_dir;
 use crate::backend::select::HostBackend;
 use crate::backend::template::kvm::KvmTemplates;
 use crate::backend::template::store::TemplateStore;
@@ -60,6 +61,9 @@ pub enum ServiceError {
     /// The config file is broken (the error names its line).
     #[error(transparent)]
     Config(#[from] crate::remote_admin::ConfigError),
+    /// The stop signals could not be caught.
+    #[error("cannot catch SIGTERM, SIGINT and SIGHUP")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Which backend runs the guests.
@@ -129,6 +133,12 @@ pub fn load_egress_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String>
 pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
     // Nothing the daemon starts (VMMs, viewers, QEMU) may gain privileges.
     crate::vmm_jail::harden_daemon()?;
+    // From here a stop signal ends the daemon the orderly way (see below).
+    let stop = stop_signal()?;
+    match runtime_dir::remove_stale() {
+        Ok(sweep) => report_sweep("at start", &sweep),
+        Err(e) => eprintln!("vitrined: VMs cannot start: {}", worker::chain(&e)),
+    }
     let remote_admin = match &config.config_file {
         Some(path) => crate::remote_admin::RemoteAdminConfig::from_file(path)?,
         None => None,
@@ -232,12 +242,40 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         None => zbus::connection::Builder::session()?,
     };
     let connection = builder.build().await?;
-    let served = bus::serve(connection, Arc::clone(&ctx), first_id).await;
+    let served = bus::serve(connection, Arc::clone(&ctx), first_id, stop).await;
     // The process ends next, without dropping what the bus objects hold:
-    // VMs waiting in the pool must not outlive the daemon.
+    // VMs waiting in the pool must not outlive the daemon, nor their files
+    // and cgroups (nor those of a VM that was still starting).
     ctx.pool.shutdown();
+    report_sweep("at exit", &runtime_dir::sweep_own());
     served?;
     Ok(())
+}
+
+/// Completes on the first SIGTERM, SIGINT or SIGHUP, saying which.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>, ServiceError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        eprintln!("vitrined: stopping on {name}: cancelling tasks, removing VM files");
+    })
+}
+
+/// Logs each removal of a sweep of the runtime directory and cgroups.
+fn report_sweep(when: &str, sweep: &runtime_dir::Sweep) {
+    for removed in &sweep.removed {
+        eprintln!("vitrined: {when}: {removed}");
+    }
+    for kept in &sweep.kept {
+        eprintln!("vitrined: {when}: kept {kept}");
+    }
 }
 
 /// QEMU, cloning each VM from its shape's template when `templates` (and

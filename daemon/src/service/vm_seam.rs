@@ -151,10 +151,7 @@ impl Backend for LocalProcessBackend {
 
     fn start(&self, _config: &VmConfig) -> Result<LocalProcessVm, VmSeamError> {
         let started = Instant::now();
-        let dir = tempfile::Builder::new()
-            .prefix("vitrine-local-")
-            .tempdir()
-            .map_err(VmSeamError::Socket)?;
+        let dir = crate::backend::runtime_dir::vm_dir("local").map_err(VmSeamError::Socket)?;
         let socket = dir.path().join("guest.sock");
         let listener = UnixListener::bind(&socket).map_err(VmSeamError::Socket)?;
         listener

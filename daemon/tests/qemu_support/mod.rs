@@ -117,7 +117,7 @@ pub struct Leftovers {
     pub qemus: BTreeSet<u32>,
     pub own_fds: usize,
     pub own_memfd_maps: usize,
-    pub tmp_entries: BTreeSet<String>,
+    pub vm_dirs: BTreeSet<String>,
     pub cgroups: BTreeSet<String>,
 }
 
@@ -149,11 +149,13 @@ pub fn leftovers() -> Leftovers {
         })
         .collect();
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let tmp_entries = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
+    // VM and jail directories live in this process's runtime folder.
+    let folder = vitrine_daemon::backend::runtime_dir::own_folder().unwrap();
+    let vm_dirs = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("vitrine-qemu-") || n.starts_with("vitrine-jail-"))
         .collect();
     let me = format!("vitrine-qemu-{}-", std::process::id());
     let mut cgroups = BTreeSet::new();
@@ -165,7 +167,7 @@ pub fn leftovers() -> Leftovers {
             .lines()
             .filter(|l| l.contains("/memfd:vitrine"))
             .count(),
-        tmp_entries,
+        vm_dirs,
         cgroups,
     }
 }
