@@ -19,10 +19,10 @@
 //! hashes, or whose clone fails, is made again once; when none can be
 //! made, VMs boot from scratch and the log says so loudly.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::book::{TemplateBook, STALE_BUILD};
 use super::store::{
     SnapshotTemplate, TemplateKey, TemplateMeta, TemplateStore, TemplateStoreError, FORMAT,
     KVM_BACKEND,
@@ -31,11 +31,6 @@ use crate::backend::kvm::{KvmBackend, KvmError, KvmVm, TEMPLATE_POINT};
 use crate::backend::{Backend, GuestVm, VmConfig};
 use crate::service::vm_seam::{RunningVm, VmSeamError, VmStarter};
 use crate::service::worker::chain;
-
-/// A shape whose template could not be made is tried again after this.
-const RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
-/// A `.build-*` directory older than this was left by a dead daemon.
-const STALE_BUILD: Duration = Duration::from_secs(10 * 60);
 
 /// A kvm template could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -63,11 +58,7 @@ pub struct KvmTemplates {
     kvm: KvmBackend,
     store: TemplateStore,
     image_sha256: String,
-    loaded: Mutex<HashMap<String, Arc<SnapshotTemplate>>>,
-    /// One template is made at a time; the others wait for it.
-    making: Mutex<()>,
-    /// Shapes whose template could not be made, and when.
-    failed: Mutex<HashMap<String, (Instant, String)>>,
+    book: TemplateBook<SnapshotTemplate>,
 }
 
 impl KvmTemplates {
@@ -84,9 +75,7 @@ impl KvmTemplates {
             kvm,
             store,
             image_sha256: image_sha256.into(),
-            loaded: Mutex::default(),
-            making: Mutex::default(),
-            failed: Mutex::default(),
+            book: TemplateBook::default(),
         }
     }
 
@@ -114,40 +103,22 @@ impl KvmTemplates {
     pub fn template(&self, config: &VmConfig) -> Result<Arc<SnapshotTemplate>, KvmTemplateError> {
         let key = self.key(config);
         let id = key.id();
-        let cached = || self.loaded.lock().ok().and_then(|l| l.get(&id).cloned());
-        if let Some(t) = cached() {
-            return Ok(t);
-        }
-        let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = cached() {
-            return Ok(t);
-        }
-        let template = match self.store.load_snapshot(&key) {
-            Ok(Some(t)) => t,
-            Ok(None) => self.make(config, &key)?,
-            Err(why) => {
-                log::warn!("templates: template {id} is unusable and is made again: {why}");
-                self.store.remove(&key)?;
-                self.make(config, &key)?
-            }
-        };
-        let template = Arc::new(template);
-        if let Ok(mut l) = self.loaded.lock() {
-            l.insert(id, Arc::clone(&template));
-        }
-        Ok(template)
+        self.book
+            .get_or(&id, || match self.store.load_snapshot(&key) {
+                Ok(Some(t)) => Ok(t),
+                Ok(None) => self.make(config, &key),
+                Err(why) => {
+                    self.book.note_rebuild(&id, &why.to_string());
+                    self.store.remove(&key)?;
+                    self.make(config, &key)
+                }
+            })
     }
 
     /// Throws the template of `config` away, from memory and the cache.
     pub fn discard(&self, config: &VmConfig, why: &str) -> Result<(), KvmTemplateError> {
         let key = self.key(config);
-        log::warn!(
-            "templates: template {} is unusable and is made again: {why}",
-            key.id()
-        );
-        if let Ok(mut l) = self.loaded.lock() {
-            l.remove(&key.id());
-        }
+        self.book.discard(&key.id(), why);
         Ok(self.store.remove(&key)?)
     }
 
@@ -200,40 +171,12 @@ impl KvmTemplates {
     }
 
     fn start_vm(&self, config: &VmConfig) -> Result<KvmVm, String> {
-        let id = self.key(config).id();
-        let recently_failed = self.failed.lock().ok().and_then(|f| {
-            f.get(&id)
-                .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
-                .cloned()
-        });
-        if let Some((_, why)) = recently_failed {
-            return self.boot_instead(config, &why);
-        }
-        let first = match self.clone_vm(config) {
-            Ok(vm) => return Ok(vm),
-            Err(e) => chain(&e),
-        };
-        // A clone the VMM refused may be a broken template: make it again, once.
-        if let Err(e) = self.discard(config, &format!("a clone of it failed: {first}")) {
-            log::warn!("templates: cannot remove template {id}: {e}");
-        }
-        match self.clone_vm(config) {
-            Ok(vm) => Ok(vm),
-            Err(e) => {
-                let why = chain(&e);
-                if let Ok(mut f) = self.failed.lock() {
-                    f.insert(id, (Instant::now(), why.clone()));
-                }
-                self.boot_instead(config, &why)
-            }
-        }
-    }
-
-    fn boot_instead(&self, config: &VmConfig, why: &str) -> Result<KvmVm, String> {
-        log::error!(
-            "templates: NO TEMPLATE for this VM shape, so the VM BOOTS FROM SCRATCH: {why}"
-        );
-        Backend::start(&self.kvm, config).map_err(|e| chain(&e))
+        self.book.start(
+            &self.key(config).id(),
+            || self.clone_vm(config).map_err(|e| chain(&e)),
+            |why| self.discard(config, why).map_err(|e| chain(&e)),
+            || Backend::start(&self.kvm, config).map_err(|e| chain(&e)),
+        )
     }
 }
 
@@ -328,8 +271,10 @@ mod tests {
         // The boot fallback ran (the jail refuses the made-up image
         // first), and the failed shape is remembered for RETRY_AFTER.
         assert!(err.contains("/images/vmlinux"), "{err}");
-        let failed = templates.failed.lock().unwrap();
-        let (_, why) = failed.get(&templates.key(&config()).id()).unwrap();
+        let why = templates
+            .book
+            .failed(&templates.key(&config()).id())
+            .unwrap();
         assert!(why.contains("/images/vmlinux"), "{why}");
         // No half-made template is left in the cache.
         assert!(templates.store().list().is_empty());

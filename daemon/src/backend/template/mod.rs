@@ -13,25 +13,22 @@
 //! made again, and the log says why. Only when no template can be made
 //! does a VM boot from scratch, and the log says so loudly.
 
+pub mod book;
 pub mod kvm;
 pub mod store;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::qemu::{Launch, QemuBackend, QemuError, QemuVm};
 use super::{Backend, GuestVm, VmConfig};
 use crate::service::vm_seam::{RunningVm, VmSeamError, VmStarter};
 use crate::service::worker::chain;
+use book::{TemplateBook, STALE_BUILD};
 use store::{LoadedTemplate, TemplateKey, TemplateMeta, TemplateStore, TemplateStoreError};
 
 /// Longest a template VM may take to save its state.
 const SAVE_WAIT: Duration = Duration::from_secs(60);
-/// A shape whose template could not be made is tried again after this.
-const RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
-/// A `.build-*` directory older than this was left by a dead daemon.
-const STALE_BUILD: Duration = Duration::from_secs(10 * 60);
 
 /// A template could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -51,13 +48,7 @@ pub struct TemplateCloner {
     store: TemplateStore,
     image_sha256: String,
     qemu_version: String,
-    loaded: Mutex<HashMap<String, Arc<LoadedTemplate>>>,
-    /// One template is made at a time; the others wait for it.
-    making: Mutex<()>,
-    /// Shapes whose template could not be made, and when.
-    failed: Mutex<HashMap<String, (Instant, String)>>,
-    /// Why the last template was thrown away and made again.
-    last_rebuild: Mutex<Option<String>>,
+    book: TemplateBook<LoadedTemplate>,
 }
 
 /// How a clone's VM came to be, for the task's details.
@@ -86,10 +77,7 @@ impl TemplateCloner {
             store,
             image_sha256: image_sha256.into(),
             qemu_version,
-            loaded: Mutex::default(),
-            making: Mutex::default(),
-            failed: Mutex::default(),
-            last_rebuild: Mutex::default(),
+            book: TemplateBook::default(),
         }
     }
 
@@ -118,7 +106,7 @@ impl TemplateCloner {
 
     /// Why the last template was removed and made again, if one was.
     pub fn last_rebuild(&self) -> Option<String> {
-        self.last_rebuild.lock().ok()?.clone()
+        self.book.last_rebuild()
     }
 
     /// The loaded template for `config`: from memory, from the cache
@@ -126,45 +114,23 @@ impl TemplateCloner {
     pub fn template(&self, config: &VmConfig) -> Result<Arc<LoadedTemplate>, TemplateError> {
         let key = self.key(config);
         let id = key.id();
-        if let Some(t) = self.loaded.lock().ok().and_then(|l| l.get(&id).cloned()) {
-            return Ok(t);
-        }
-        let _making = self.making.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = self.loaded.lock().ok().and_then(|l| l.get(&id).cloned()) {
-            return Ok(t);
-        }
-        let loaded = match self.store.load(&key) {
-            Ok(Some(t)) => t,
-            Ok(None) => self.make(config, &key)?,
+        self.book.get_or(&id, || match self.store.load(&key) {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => self.make(config, &key),
             Err(why) => {
-                self.note_rebuild(&id, &why.to_string());
+                self.book.note_rebuild(&id, &why.to_string());
                 self.store.remove(&key)?;
-                self.make(config, &key)?
+                self.make(config, &key)
             }
-        };
-        let loaded = Arc::new(loaded);
-        if let Ok(mut l) = self.loaded.lock() {
-            l.insert(id, Arc::clone(&loaded));
-        }
-        Ok(loaded)
+        })
     }
 
     /// Throws the template of `config` away (from memory and the cache),
     /// so the next clone makes it again.
     pub fn discard(&self, config: &VmConfig, why: &str) -> Result<(), TemplateError> {
         let key = self.key(config);
-        self.note_rebuild(&key.id(), why);
-        if let Ok(mut l) = self.loaded.lock() {
-            l.remove(&key.id());
-        }
+        self.book.discard(&key.id(), why);
         Ok(self.store.remove(&key)?)
-    }
-
-    fn note_rebuild(&self, id: &str, why: &str) {
-        log::warn!("templates: template {id} is unusable and is made again: {why}");
-        if let Ok(mut last) = self.last_rebuild.lock() {
-            *last = Some(format!("template {id}: {why}"));
-        }
     }
 
     /// Boots the template VM for `config` to Ready, saves it, and caches it.
@@ -232,41 +198,16 @@ impl TemplateCloner {
     }
 
     fn start_vm(&self, config: &VmConfig) -> Result<QemuVm, String> {
-        let id = self.key(config).id();
-        let recently_failed = self.failed.lock().ok().and_then(|f| {
-            f.get(&id)
-                .filter(|(at, _)| at.elapsed() < RETRY_AFTER)
-                .cloned()
-        });
-        if let Some((_, why)) = recently_failed {
-            return self.boot_instead(config, &why);
-        }
-        let first = match self.clone_vm(config) {
-            Ok((vm, _)) => return Ok(vm),
-            Err(e) => chain(&e),
-        };
-        // A clone QEMU refused may be a broken template: make it again, once.
-        if let Err(e) = self.discard(config, &format!("a clone of it failed: {first}")) {
-            log::warn!("templates: cannot remove template {id}: {e}");
-        }
-        match self.clone_vm(config) {
-            Ok((vm, _)) => Ok(vm),
-            Err(e) => {
-                let why = chain(&e);
-                if let Ok(mut f) = self.failed.lock() {
-                    f.insert(id, (Instant::now(), why.clone()));
-                }
-                self.boot_instead(config, &why)
-            }
-        }
-    }
-
-    fn boot_instead(&self, config: &VmConfig, why: &str) -> Result<QemuVm, String> {
-        log::error!(
-            "templates: NO TEMPLATE for this VM shape, so the VM BOOTS FROM SCRATCH \
-             (seconds, not milliseconds): {why}"
-        );
-        Backend::start(&self.qemu, config).map_err(|e| chain(&e))
+        self.book.start(
+            &self.key(config).id(),
+            || {
+                self.clone_vm(config)
+                    .map(|(vm, _)| vm)
+                    .map_err(|e| chain(&e))
+            },
+            |why| self.discard(config, why).map_err(|e| chain(&e)),
+            || Backend::start(&self.qemu, config).map_err(|e| chain(&e)),
+        )
     }
 }
 
