@@ -21,7 +21,6 @@ use std::time::Duration;
 use vitrine_policy::watch::ReloadEvent;
 use vitrine_policy::{AuditConfig, AuditLog, PolicyHandle, PolicySet, PolicyWatcher};
 
-use crate::backend::kvm::KvmBackend;
 use crate::backend::qemu::QemuBackend;
 use crate::backend::runtime_dir;
 use crate::backend::select::HostBackend;
@@ -188,12 +187,19 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             accel = chosen.accel();
             match chosen {
                 HostBackend::Qemu { backend, .. } => {
-                    qemu_starter(backend, &image, config.templates)
+                    with_templates(backend, &image, config.templates, TemplateCloner::new)
                 }
-                HostBackend::Kvm(kvm) => kvm_starter(kvm, &image, config.templates),
+                HostBackend::Kvm(kvm) => {
+                    with_templates(kvm, &image, config.templates, KvmTemplates::new)
+                }
             }
         }
-        BackendChoice::Qemu => qemu_starter(QemuBackend::new(), &image, config.templates),
+        BackendChoice::Qemu => with_templates(
+            QemuBackend::new(),
+            &image,
+            config.templates,
+            TemplateCloner::new,
+        ),
         BackendChoice::LocalProcess(program) => {
             eprintln!(
                 "vitrined: WARNING: guests run as LOCAL PROCESSES ({}) with NO VM ISOLATION; \
@@ -278,13 +284,19 @@ fn report_sweep(when: &str, sweep: &runtime_dir::Sweep) {
     }
 }
 
-/// QEMU, cloning each VM from its shape's template when `templates` (and
-/// there is an image to key them by), else booting each.
-fn qemu_starter(
-    qemu: QemuBackend,
+/// `backend`, cloning each VM from its shape's template (`cloner` makes
+/// the cache over it) when `templates` and there is an image to key them
+/// by, else booting each.
+fn with_templates<B, C>(
+    backend: B,
     image: &Result<worker::ImageInfo, String>,
     templates: bool,
-) -> Arc<dyn VmStarter> {
+    cloner: impl FnOnce(B, TemplateStore, String) -> C,
+) -> Arc<dyn VmStarter>
+where
+    B: VmStarter + 'static,
+    C: VmStarter + 'static,
+{
     match image {
         Ok(info) if templates => {
             let store = TemplateStore::from_env();
@@ -292,35 +304,11 @@ fn qemu_starter(
                 "vitrined: task VMs are clones of a template per VM shape (cache {})",
                 store.root().display()
             );
-            Arc::new(TemplateCloner::new(qemu, store, info.sha256.clone()))
+            Arc::new(cloner(backend, store, info.sha256.clone()))
         }
         _ => {
             eprintln!("vitrined: task VMs boot from scratch (no templates)");
-            Arc::new(qemu)
-        }
-    }
-}
-
-/// The project's VMM, restoring each VM from its shape's template snapshot
-/// when `templates` (and there is an image to key them by), else booting
-/// each.
-fn kvm_starter(
-    kvm: KvmBackend,
-    image: &Result<worker::ImageInfo, String>,
-    templates: bool,
-) -> Arc<dyn VmStarter> {
-    match image {
-        Ok(info) if templates => {
-            let store = TemplateStore::from_env();
-            eprintln!(
-                "vitrined: task VMs are restored from a template snapshot per VM shape (cache {})",
-                store.root().display()
-            );
-            Arc::new(KvmTemplates::new(kvm, store, info.sha256.clone()))
-        }
-        _ => {
-            eprintln!("vitrined: task VMs boot from scratch (no templates)");
-            Arc::new(kvm)
+            Arc::new(backend)
         }
     }
 }

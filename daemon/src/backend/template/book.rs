@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::store::{TemplateKey, TemplateStore, TemplateStoreError};
+
 /// A shape whose template could not be made is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 /// A `.build-*` directory older than this was left by a dead daemon.
@@ -43,7 +45,7 @@ impl<T> TemplateBook<T> {
 
     /// The loaded template `id`, or what `load_or_make` gives, run while no
     /// other template is being made.
-    pub fn get_or<E>(
+    fn get_or<E>(
         &self,
         id: &str,
         load_or_make: impl FnOnce() -> Result<T, E>,
@@ -62,12 +64,42 @@ impl<T> TemplateBook<T> {
         Ok(template)
     }
 
-    /// Forgets template `id` and says why it is made again.
-    pub fn discard(&self, id: &str, why: &str) {
-        self.note_rebuild(id, why);
+    /// The template of `key`: loaded before, or `load`ed from `store`
+    /// (which checks its hashes), or `make`d now. One that fails to load
+    /// is removed from the cache and made again, and the log says why.
+    pub fn load_or_make<E: From<TemplateStoreError>>(
+        &self,
+        key: &TemplateKey,
+        store: &TemplateStore,
+        load: impl FnOnce() -> Result<Option<T>, TemplateStoreError>,
+        make: impl Fn() -> Result<T, E>,
+    ) -> Result<Arc<T>, E> {
+        let id = key.id();
+        self.get_or(&id, || match load() {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => make(),
+            Err(why) => {
+                self.note_rebuild(&id, &why.to_string());
+                store.remove(key)?;
+                make()
+            }
+        })
+    }
+
+    /// Forgets the template of `key`, removes it from `store`, and says
+    /// why it is made again.
+    pub fn discard(
+        &self,
+        key: &TemplateKey,
+        store: &TemplateStore,
+        why: &str,
+    ) -> Result<(), TemplateStoreError> {
+        let id = key.id();
+        self.note_rebuild(&id, why);
         if let Ok(mut l) = self.loaded.lock() {
-            l.remove(id);
+            l.remove(&id);
         }
+        store.remove(key)
     }
 
     /// Logs, and keeps for [`Self::last_rebuild`], why template `id` is

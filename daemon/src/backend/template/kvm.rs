@@ -102,24 +102,17 @@ impl KvmTemplates {
     /// (its hashes checked), or made now.
     pub fn template(&self, config: &VmConfig) -> Result<Arc<SnapshotTemplate>, KvmTemplateError> {
         let key = self.key(config);
-        let id = key.id();
-        self.book
-            .get_or(&id, || match self.store.load_snapshot(&key) {
-                Ok(Some(t)) => Ok(t),
-                Ok(None) => self.make(config, &key),
-                Err(why) => {
-                    self.book.note_rebuild(&id, &why.to_string());
-                    self.store.remove(&key)?;
-                    self.make(config, &key)
-                }
-            })
+        self.book.load_or_make(
+            &key,
+            &self.store,
+            || self.store.load_snapshot(&key),
+            || self.make(config, &key),
+        )
     }
 
     /// Throws the template of `config` away, from memory and the cache.
     pub fn discard(&self, config: &VmConfig, why: &str) -> Result<(), KvmTemplateError> {
-        let key = self.key(config);
-        self.book.discard(&key.id(), why);
-        Ok(self.store.remove(&key)?)
+        Ok(self.book.discard(&self.key(config), &self.store, why)?)
     }
 
     /// Snapshots the template VM of `config`, checks it with one clone,

@@ -113,24 +113,18 @@ impl TemplateCloner {
     /// (checked), or made now.
     pub fn template(&self, config: &VmConfig) -> Result<Arc<LoadedTemplate>, TemplateError> {
         let key = self.key(config);
-        let id = key.id();
-        self.book.get_or(&id, || match self.store.load(&key) {
-            Ok(Some(t)) => Ok(t),
-            Ok(None) => self.make(config, &key),
-            Err(why) => {
-                self.book.note_rebuild(&id, &why.to_string());
-                self.store.remove(&key)?;
-                self.make(config, &key)
-            }
-        })
+        self.book.load_or_make(
+            &key,
+            &self.store,
+            || self.store.load(&key),
+            || self.make(config, &key),
+        )
     }
 
     /// Throws the template of `config` away (from memory and the cache),
     /// so the next clone makes it again.
     pub fn discard(&self, config: &VmConfig, why: &str) -> Result<(), TemplateError> {
-        let key = self.key(config);
-        self.book.discard(&key.id(), why);
-        Ok(self.store.remove(&key)?)
+        Ok(self.book.discard(&self.key(config), &self.store, why)?)
     }
 
     /// Boots the template VM for `config` to Ready, saves it, and caches it.
