@@ -7,6 +7,7 @@ pub mod desktop;
 pub mod downloads_watch;
 pub mod egress;
 pub mod fresh_guest;
+pub mod guard;
 pub mod guest_log;
 pub mod image_cache;
 pub mod open_file;
