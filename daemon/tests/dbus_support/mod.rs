@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -343,7 +344,11 @@ pub fn os(args: &[&str]) -> Vec<OsString> {
 }
 
 /// Waits for `TaskFinished` of `task` on `connection`, returning the
-/// verdict; panics after `limit`.
+/// verdict; panics after `limit` with what the task object says of itself.
+///
+/// The signal is the fast path; the task's `Verdict` property is read every
+/// second as well, so a signal that the stream dropped (it keeps a bounded
+/// queue) or that came before this wait began is never waited on forever.
 pub async fn wait_finished(
     connection: &zbus::Connection,
     stream: &mut zbus::MessageStream,
@@ -351,8 +356,8 @@ pub async fn wait_finished(
     limit: Duration,
 ) -> String {
     use zbus::export::futures_core::Stream;
-    let _ = connection;
-    let wait = async {
+    let proxy = task_proxy(connection, task.as_str()).await;
+    let signalled = async {
         loop {
             let msg = std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx))
                 .await
@@ -369,9 +374,35 @@ pub async fn wait_finished(
             }
         }
     };
-    tokio::time::timeout(limit, wait)
-        .await
-        .unwrap_or_else(|_| panic!("{task} did not finish within {limit:?}"))
+    let polled = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let state: String = proxy.get_property("State").await.unwrap_or_default();
+            if state == "finished" {
+                let verdict: String = proxy.get_property("Verdict").await.unwrap_or_default();
+                return verdict;
+            }
+        }
+    };
+    let wait = async {
+        tokio::select! {
+            v = signalled => v,
+            v = polled => v,
+        }
+    };
+    match tokio::time::timeout(limit, wait).await {
+        Ok(verdict) => verdict,
+        Err(_) => {
+            let state: zbus::Result<String> = proxy.get_property("State").await;
+            let details: zbus::Result<HashMap<String, String>> =
+                proxy.get_property("Details").await;
+            let timings: zbus::Result<HashMap<String, u64>> = proxy.get_property("Timings").await;
+            panic!(
+                "{task} did not finish within {limit:?}; its state: {state:?}; \
+                 details: {details:?}; timings (us after the call): {timings:?}"
+            )
+        }
+    }
 }
 
 /// A stream of the manager's signals (subscribe before calling).
