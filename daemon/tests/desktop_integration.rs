@@ -171,6 +171,22 @@ fn install_writes_every_integration_file_with_the_right_exec() {
         format!("{VITRINE} url %u")
     );
 
+    let runner = key_file(&t.run_desktop_file());
+    let run_entry = &runner["Desktop Entry"];
+    assert_eq!(run_entry["Exec"], format!("{VITRINE} run %f"));
+    for mime in [
+        "application/x-executable;",
+        "application/x-sharedlib;",
+        "application/x-shellscript;",
+        "application/x-ms-dos-executable;",
+        "application/vnd.appimage;",
+    ] {
+        assert!(
+            run_entry["MimeType"].contains(mime),
+            "the run handler's MimeType lacks {mime}"
+        );
+    }
+
     for menu in [t.dolphin_plasma5(), t.dolphin_plasma6()] {
         let k = key_file(&menu);
         assert_eq!(k["Desktop Entry"]["Type"], "Service");
@@ -238,6 +254,7 @@ fn handler_desktop_file_passes_desktop_file_validate() {
     // Act
     let out = Command::new("desktop-file-validate")
         .arg(opts.targets.desktop_file())
+        .arg(opts.targets.run_desktop_file())
         .output()
         .unwrap();
 
@@ -472,6 +489,8 @@ fn xdg_mime_can_make_the_handler_the_https_default() {
     // Act
     let set = xdg(&["default", "vitrine-open.desktop", "x-scheme-handler/https"]);
     let query = xdg(&["query", "default", "x-scheme-handler/https"]);
+    let set_run = xdg(&["default", "vitrine-run.desktop", "application/x-executable"]);
+    let query_run = xdg(&["query", "default", "application/x-executable"]);
 
     // Assert
     assert!(
@@ -482,5 +501,11 @@ fn xdg_mime_can_make_the_handler_the_https_default() {
     assert_eq!(
         String::from_utf8_lossy(&query.stdout).trim(),
         "vitrine-open.desktop"
+    );
+    assert!(set_run.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&query_run.stdout).trim(),
+        "vitrine-run.desktop",
+        "a double-clicked executable goes to `vitrine run`"
     );
 }

@@ -16,6 +16,8 @@ use super::thunar;
 
 /// The "Open safely" handler: files and http(s) links.
 const OPEN_DESKTOP: &str = include_str!("../../desktop/vitrine-open.desktop");
+/// The "Run in a sandbox" handler: executables and scripts.
+const RUN_DESKTOP: &str = include_str!("../../desktop/vitrine-run.desktop");
 /// Nautilus (nautilus-python) extension.
 const NAUTILUS_PY: &str = include_str!("../../desktop/nautilus/vitrine_nautilus.py");
 /// Dolphin service menu, the same file for Plasma 5 and 6.
@@ -111,6 +113,11 @@ impl Targets {
     /// The handler's .desktop file.
     pub fn desktop_file(&self) -> PathBuf {
         self.data_dir.join("applications/vitrine-open.desktop")
+    }
+
+    /// The executables' handler .desktop file.
+    pub fn run_desktop_file(&self) -> PathBuf {
+        self.data_dir.join("applications/vitrine-run.desktop")
     }
 
     /// The Nautilus extension.
@@ -276,6 +283,7 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<Change>, DesktopError> {
     // Refuse before writing anything, so a refusal leaves no half install.
     for path in [
         t.desktop_file(),
+        t.run_desktop_file(),
         t.nautilus_extension(),
         t.dolphin_plasma5(),
         t.dolphin_plasma6(),
@@ -296,6 +304,7 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<Change>, DesktopError> {
     let exec = |template: &str| template.replace("@VITRINE@", &vitrine);
     let files: Vec<(PathBuf, String, u32)> = vec![
         (t.desktop_file(), exec(OPEN_DESKTOP), 0o644),
+        (t.run_desktop_file(), exec(RUN_DESKTOP), 0o644),
         (t.nautilus_extension(), exec(NAUTILUS_PY), 0o644),
         (t.dolphin_plasma5(), exec(DOLPHIN_MENU), 0o644),
         // Plasma 6 only runs service menus that are executable.

@@ -20,9 +20,11 @@ use zbus::zvariant::{ObjectPath, OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::{fdo, interface, Connection};
 
 use super::call_signature::SignatureChecked;
+use super::guard_link::{self, Intercepted};
 use super::worker::{
     self, Payload, TaskControl, TaskEvent, TaskOptions, TaskRequest, WorkerCommand, WorkerContext,
 };
+use crate::guard::wire::DenyKind;
 
 /// The well-known bus name.
 pub const BUS_NAME: &str = "org.vitrine.Sandbox1";
@@ -510,10 +512,14 @@ impl TaskObject {
 /// connection ends.
 /// Serves until `stop` completes or the bus goes away, then cancels every
 /// task still running, so that their VMs end before the daemon does.
+///
+/// With `guard`, the programs that `vitrine-guard` denies this user (see
+/// [`super::guard_link`]) run as `RunProgram` tasks too.
 pub async fn serve(
     connection: Connection,
     ctx: Arc<WorkerContext>,
     first_id: u64,
+    guard: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), BusError> {
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -521,6 +527,17 @@ pub async fn serve(
         next: first_id,
         tasks: BTreeMap::new(),
     }));
+    if let Some(socket) = guard {
+        let launcher = Manager {
+            shared: shared.clone(),
+            ctx: ctx.clone(),
+            events: events.clone(),
+            connection: connection.clone(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(guard_link::follow(socket, tx));
+        tokio::spawn(run_intercepted(launcher, rx));
+    }
     let manager = Manager {
         shared: shared.clone(),
         ctx,
@@ -655,5 +672,110 @@ async fn apply(
 fn set(shared: &Shared, id: u64, f: impl FnOnce(&mut TaskEntry)) {
     if let Some(t) = lock(shared).tasks.get_mut(&id) {
         f(t);
+    }
+}
+
+/// Runs each program the exec guard denied as a `RunProgram` task in a VM
+/// (its terminal viewer opens as for `vitrine run`), and tells the user
+/// with a desktop notification.
+async fn run_intercepted(launcher: Manager, mut rx: tokio::sync::mpsc::Receiver<Intercepted>) {
+    while let Some(Intercepted { file, denied }) = rx.recv().await {
+        let mut args = denied.args.clone().unwrap_or_default();
+        if let Err(e) = program_args_checked(&args) {
+            eprintln!("vitrined: {}: its arguments are dropped: {e}", denied.path);
+            args.clear();
+        }
+        if let Err(e) = file_size_checked(&file) {
+            eprintln!(
+                "vitrined: the exec guard denied {}; not run: {e}",
+                denied.path
+            );
+            continue;
+        }
+        let name = std::path::Path::new(&denied.path)
+            .file_name()
+            .map_or_else(|| denied.path.clone(), |n| n.to_string_lossy().into_owned());
+        let path = match launcher
+            .start(
+                Payload::Program { file, args },
+                name.clone(),
+                TaskOptions::default(),
+            )
+            .await
+        {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!(
+                    "vitrined: the exec guard denied {}; not run: {e}",
+                    denied.path
+                );
+                continue;
+            }
+        };
+        if let Some(id) = task_id(&path) {
+            let how = match &denied.how {
+                DenyKind::Exec => "exec".to_owned(),
+                DenyKind::Interpreter { interpreter } => format!("open by {interpreter}"),
+            };
+            let _ = launcher.events.send((
+                id,
+                TaskEvent::Detail(
+                    "intercepted",
+                    format!(
+                        "vitrine-guard refused {how} of {} on the host (pid {}, uid {}): {}",
+                        denied.path, denied.pid, denied.uid, denied.reason
+                    ),
+                ),
+            ));
+        }
+        let body = guard_link::notice(&denied, path.as_str());
+        let connection = launcher.connection.clone();
+        tokio::spawn(async move {
+            let summary = format!("Sandboxed: {name}");
+            if let Err(e) = notify(&connection, &summary, &body).await {
+                eprintln!("vitrined: no desktop notification for {summary}: {e}");
+            }
+        });
+    }
+}
+
+/// The id in a task's object path.
+fn task_id(path: &OwnedObjectPath) -> Option<u64> {
+    path.as_str()
+        .strip_prefix(&format!("{MANAGER_PATH}/task/"))?
+        .parse()
+        .ok()
+}
+
+/// How long a desktop notification may take to be accepted.
+const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `org.freedesktop.Notifications.Notify` on the daemon's bus.
+async fn notify(connection: &Connection, summary: &str, body: &str) -> Result<u32, String> {
+    let proxy = zbus::proxy::Builder::<zbus::Proxy<'_>>::new(connection)
+        .destination("org.freedesktop.Notifications")
+        .and_then(|b| b.path("/org/freedesktop/Notifications"))
+        .and_then(|b| b.interface("org.freedesktop.Notifications"))
+        .map_err(|e| e.to_string())?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let hints: HashMap<&str, Value<'_>> = HashMap::from([("urgency", Value::U8(1))]);
+    let body = (
+        "Vitrine",
+        0u32,
+        "security-high",
+        summary,
+        body,
+        Vec::<&str>::new(),
+        hints,
+        -1i32,
+    );
+    let call = proxy.call::<_, _, u32>("Notify", &body);
+    match tokio::time::timeout(NOTIFY_WAIT, call).await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {NOTIFY_WAIT:?}")),
     }
 }

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod call_signature;
 pub mod export_gate;
+pub mod guard_link;
 pub mod receipt;
 pub mod state_dirs;
 pub mod verdict;
@@ -107,6 +108,9 @@ pub struct DaemonConfig {
     pub templates: bool,
     /// The profile whose VM shape is warmed at start (if the policy has it).
     pub warm_profile: Option<String>,
+    /// `vitrine-guard`'s socket, whose denied programs run as tasks;
+    /// `None`: not followed.
+    pub guard_socket: Option<PathBuf>,
 }
 
 /// Reads the PEM certificates in `path`, for [`DaemonConfig::egress_roots`].
@@ -248,7 +252,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
         None => zbus::connection::Builder::session()?,
     };
     let connection = builder.build().await?;
-    let served = bus::serve(connection, Arc::clone(&ctx), first_id, stop).await;
+    let served = bus::serve(
+        connection,
+        Arc::clone(&ctx),
+        first_id,
+        config.guard_socket.clone(),
+        stop,
+    )
+    .await;
     // The process ends next, without dropping what the bus objects hold:
     // VMs waiting in the pool must not outlive the daemon, nor their files
     // and cgroups (nor those of a VM that was still starting).

@@ -67,6 +67,14 @@ struct Args {
     /// Profile whose VM is booted ahead at start ("" for none).
     #[arg(long, value_name = "PROFILE", default_value = "document")]
     warm_profile: String,
+    /// The socket of the exec guard (`vitrine-guard`, a root service):
+    /// programs it keeps from running on the host run here in a VM.
+    #[arg(long, value_name = "PATH", env = "VITRINE_GUARD_SOCKET",
+          default_value = vitrine_daemon::guard::wire::DEFAULT_SOCKET)]
+    guard_socket: PathBuf,
+    /// Do not follow the exec guard.
+    #[arg(long)]
+    no_guard_link: bool,
 }
 
 /// `$XDG_CONFIG_HOME/vitrine/vitrined.toml` (or under ~/.config), if it exists.
@@ -121,6 +129,7 @@ fn main() -> ExitCode {
         warm_pool: args.warm_pool,
         templates: !args.no_templates,
         warm_profile: Some(args.warm_profile).filter(|p| !p.is_empty()),
+        guard_socket: (!args.no_guard_link).then_some(args.guard_socket),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
