@@ -308,8 +308,17 @@ impl Manager {
         program_args_checked(&args)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
         file_size_checked(&file)?;
-        self.start(Payload::Program { file, args }, "program".into(), options)
-            .await
+        let name = String::from("program");
+        self.start(
+            Payload::Program {
+                file,
+                args,
+                name: name.clone(),
+            },
+            name,
+            options,
+        )
+        .await
     }
 
     /// Every task: path, kind, name, state, verdict.
@@ -697,7 +706,11 @@ async fn run_intercepted(launcher: Manager, mut rx: tokio::sync::mpsc::Receiver<
             .map_or_else(|| denied.path.clone(), |n| n.to_string_lossy().into_owned());
         let path = match launcher
             .start(
-                Payload::Program { file, args },
+                Payload::Program {
+                    file,
+                    args,
+                    name: name.clone(),
+                },
                 name.clone(),
                 TaskOptions::default(),
             )

@@ -67,6 +67,8 @@ pub enum Payload {
         file: File,
         /// Arguments after argv\[0\].
         args: Vec<String>,
+        /// Its name for the task and the window ("program" when unknown).
+        name: String,
     },
 }
 
@@ -419,8 +421,8 @@ impl Worker<'_> {
                 self.describe(&subject);
                 (request, Some(subject))
             }
-            Payload::Program { file, args } => {
-                let subject = Subject::from_file(file, "program", &self.ctx.downloads_dirs)
+            Payload::Program { file, args, name } => {
+                let subject = Subject::from_file(file, &name, &self.ctx.downloads_dirs)
                     .map_err(|e| format!("error: {}", chain(&e)))?;
                 let request = subject
                     .program_request()
@@ -436,7 +438,7 @@ impl Worker<'_> {
                 }
                 return Ok(Prepared {
                     input,
-                    name: "program".into(),
+                    name,
                     profile,
                 });
             }
