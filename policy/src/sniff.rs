@@ -38,6 +38,8 @@ const MAGIC: &[(&[u8], &str)] = &[
     (b"\xff\xd8\xff", "image/jpeg"),
     (b"GIF87a", "image/gif"),
     (b"GIF89a", "image/gif"),
+    (b"II*\0", "image/tiff"),
+    (b"MM\0*", "image/tiff"),
     (b"\x7fELF", "application/x-executable"),
     (b"MZ", "application/vnd.microsoft.portable-executable"),
     (
@@ -66,6 +68,9 @@ pub fn sniff(prefix: &[u8]) -> &'static str {
     }
     if prefix.len() >= 12 && &prefix[..4] == b"RIFF" && &prefix[8..12] == b"WEBP" {
         return "image/webp";
+    }
+    if let Some(image) = sniff_short_magic_image(prefix) {
+        return image;
     }
     if prefix.starts_with(b"PK\x03\x04") || prefix.starts_with(b"PK\x05\x06") {
         return sniff_zip(prefix);
@@ -112,6 +117,24 @@ fn le16(b: &[u8], at: usize) -> Option<usize> {
 fn le32(b: &[u8], at: usize) -> Option<usize> {
     b.get(at..at + 4)
         .and_then(|s| usize::try_from(u32::from_le_bytes([s[0], s[1], s[2], s[3]])).ok())
+}
+
+/// BMP and ICO, whose magic is too short to trust alone: a BMP must also
+/// carry a DIB header size that BMP writers use, and an icon a sane count
+/// and first entry, so that text starting with "BM" stays text.
+fn sniff_short_magic_image(b: &[u8]) -> Option<&'static str> {
+    if b.starts_with(b"BM") {
+        let dib = le32(b, 14)?;
+        return matches!(dib, 12 | 16 | 40 | 52 | 56 | 64 | 108 | 124).then_some("image/bmp");
+    }
+    if b.starts_with(b"\0\0\x01\0") {
+        let count = le16(b, 4)?;
+        // The first entry: reserved byte 0, then planes 0 or 1.
+        let planes = le16(b, 10)?;
+        let ok = (1..=256).contains(&count) && b.get(9) == Some(&0) && planes <= 1;
+        return ok.then_some("image/vnd.microsoft.icon");
+    }
+    None
 }
 
 /// ZIP-based formats: ODF and EPUB declare themselves in a first, stored
@@ -260,6 +283,24 @@ mod tests {
         assert_eq!(sniff(b"\x7fELF\x02\x01\x01"), "application/x-executable");
         assert_eq!(sniff(b"#!/bin/sh\necho hi\n"), "text/x-shellscript");
         assert_eq!(sniff(b"QFI\xfb\0\0\0\x03"), "application/x-qemu-disk");
+    }
+
+    #[test]
+    fn bmp_tiff_and_icons_are_images_and_bm_text_is_text() {
+        let mut bmp = b"BM\x3a\0\0\0\0\0\0\0\x36\0\0\0".to_vec();
+        bmp.extend_from_slice(&40u32.to_le_bytes());
+        bmp.extend_from_slice(&[0; 24]);
+        // One 16x16 entry: width, height, colours, reserved 0, planes 1.
+        let ico = b"\0\0\x01\0\x01\0\x10\x10\0\0\x01\0\x20\0";
+
+        assert_eq!(sniff(&bmp), "image/bmp");
+        assert_eq!(sniff(b"II*\0\x08\0\0\0"), "image/tiff");
+        assert_eq!(sniff(b"MM\0*\0\0\0\x08"), "image/tiff");
+        assert_eq!(sniff(ico), "image/vnd.microsoft.icon");
+        assert_eq!(
+            sniff(b"BMW service notes, 2024\n\nOil change\n"),
+            TEXT_PLAIN
+        );
     }
 
     #[test]

@@ -388,6 +388,13 @@ impl Worker<'_> {
         if let Err(e) = prepared.input.check() {
             return format!("error: {}", chain(&e));
         }
+        if let vitrine_shim::protocol::TaskKind::OpenFile { size: 0, .. } = &prepared.input.kind {
+            // No VM for nothing: a blank page would look like a clean file.
+            return format!(
+                "error: {} is empty (0 bytes): there is nothing to show",
+                prepared.name
+            );
+        }
         if self.control.cancelled() {
             return "cancelled".to_owned();
         }

@@ -95,11 +95,14 @@ impl Agent {
         budget: &mut PixelBudget,
         view: &mut View,
     ) -> Result<(), Stop> {
-        let mut head = [0u8; 1024];
-        let n = File::open(file.input)
-            .and_then(|mut f| f.read(&mut head))
+        let mut head = Vec::with_capacity(crate::render::hex::PROBE);
+        File::open(file.input)
+            .and_then(|f| {
+                let probe = u64::try_from(crate::render::hex::PROBE).unwrap_or(u64::MAX);
+                f.take(probe).read_to_end(&mut head)
+            })
             .map_err(failed)?;
-        let kind = DocKind::detect(&head[..n], file.name, file.mime_hint);
+        let kind = DocKind::detect(&head, file.name, file.mime_hint);
         self.log(
             LogLevel::Info,
             format!("rendering {} as {}", file.name, kind.as_str()),
@@ -194,7 +197,7 @@ impl Agent {
         height: u32,
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
-        if !matches!(doc.kind, DocKind::Text | DocKind::Html) {
+        if !doc.kind.reflows() {
             return Ok(());
         }
         doc.width = width.min(task.limits.max_width);

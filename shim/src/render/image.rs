@@ -1,5 +1,6 @@
-//! PNG, JPEG, GIF and WebP through the `image` crate, with hard limits on
-//! dimensions and allocation so that a decompression bomb fails cleanly.
+//! PNG, JPEG, GIF, WebP, BMP, TIFF and ICO through the `image` crate, with
+//! hard limits on dimensions and allocation so that a decompression bomb
+//! fails cleanly.
 
 use std::io::Cursor;
 
@@ -33,8 +34,8 @@ fn decode_alloc_limit() -> u64 {
 /// An image could not be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// Not one of the four formats.
-    #[error("not a PNG, JPEG, GIF or WebP image")]
+    /// Not one of the formats above.
+    #[error("not a PNG, JPEG, GIF, WebP, BMP, TIFF or ICO image")]
     UnknownFormat,
     /// The decoder refused the input or hit a limit. Not a `source`: the
     /// `image` crate's message already ends with its cause, and its
@@ -46,14 +47,29 @@ pub enum ImageError {
     Raster(#[from] RasterError),
 }
 
-/// Guesses the format from magic bytes, accepting only the four formats.
+/// Guesses the format from magic bytes, accepting only the formats above.
+/// BMP's magic is two letters, so a BMP must also carry a known header
+/// size: a text that starts with "BM" stays text.
 pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
     match image::guess_format(bytes).ok()? {
-        f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP) => {
-            Some(f)
-        }
+        f @ (ImageFormat::Png
+        | ImageFormat::Jpeg
+        | ImageFormat::Gif
+        | ImageFormat::WebP
+        | ImageFormat::Tiff
+        | ImageFormat::Ico) => Some(f),
+        ImageFormat::Bmp if bmp_header(bytes) => Some(ImageFormat::Bmp),
         _ => None,
     }
+}
+
+/// Whether a "BM" file has one of the DIB header sizes BMP writers use.
+fn bmp_header(bytes: &[u8]) -> bool {
+    let Some(size) = bytes.get(14..18) else {
+        return false;
+    };
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]);
+    matches!(size, 12 | 16 | 40 | 52 | 56 | 64 | 108 | 124)
 }
 
 /// Decodes `bytes` and fits the picture into `max_w` x `max_h`, compositing
@@ -103,6 +119,36 @@ mod tests {
 
         assert_eq!((r.width(), r.height()), (20, 10));
         assert_eq!(r.dark_pixels(), 1);
+    }
+
+    #[test]
+    fn bmp_tiff_and_ico_decode_to_their_pixels() {
+        let mut img = image::RgbaImage::from_pixel(16, 16, image::Rgba([255, 255, 255, 255]));
+        img.put_pixel(5, 6, image::Rgba([0, 0, 0, 255]));
+
+        for format in [ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::Ico] {
+            let bytes = if format == ImageFormat::Ico {
+                // An icon's PNG is RGBA, as icon writers make it.
+                let mut out = Cursor::new(Vec::new());
+                img.write_to(&mut out, format).unwrap();
+                out.into_inner()
+            } else {
+                encode(&img, format)
+            };
+            assert_eq!(sniff(&bytes), Some(format));
+            let r = render(&bytes, 100, 100).unwrap();
+
+            assert_eq!((r.width(), r.height()), (16, 16), "{format:?}");
+            assert_eq!(r.dark_pixels(), 1, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn text_that_starts_with_bm_is_no_bitmap() {
+        assert_eq!(
+            sniff(b"BMW service notes, 2024\n\nOil change at 30000 km\n"),
+            None
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! process with limits (see `sandbox`), so hostile input can only fail the task.
 
 pub mod font;
+pub mod hex;
 pub mod html;
 pub mod image;
 pub mod page_stream;
@@ -54,8 +55,10 @@ pub enum DocKind {
     Image,
     /// HTML.
     Html,
-    /// Anything else, shown as text.
+    /// Anything else that is text.
     Text,
+    /// Data that is not text, shown as a hex view.
+    Binary,
 }
 
 impl DocKind {
@@ -66,6 +69,7 @@ impl DocKind {
             DocKind::Image => "image",
             DocKind::Html => "html",
             DocKind::Text => "text",
+            DocKind::Binary => "hex",
         }
     }
 
@@ -90,7 +94,15 @@ impl DocKind {
         {
             return DocKind::Html;
         }
+        if hex::looks_binary(head) {
+            return DocKind::Binary;
+        }
         DocKind::Text
+    }
+
+    /// Whether its pages are laid out text, so a resize lays them out anew.
+    pub fn reflows(self) -> bool {
+        matches!(self, DocKind::Text | DocKind::Html | DocKind::Binary)
     }
 }
 
@@ -101,7 +113,7 @@ fn find_in(hay: &[u8], needle: &[u8], within: usize) -> bool {
 }
 
 /// `render-worker KIND WIDTH HEIGHT FIRST COUNT INPUT`: renders up to
-/// COUNT pages of a text, HTML or image document from page FIRST (from 0)
+/// COUNT pages of a text, HTML, binary (hex) or image document from page FIRST (from 0)
 /// and streams each to stdout as soon as it is drawn (see [`page_stream`]).
 /// Runs inside `exec-limited`; holds one page at a time. Returns the pages
 /// written.
@@ -129,14 +141,13 @@ pub fn worker_main(args: &[OsString]) -> Result<u32, RenderError> {
             }
             Ok(header.count)
         }
-        Some(k @ ("text" | "html")) => {
-            let decoded = text::decode_lossy(&bytes);
-            drop(bytes);
-            let body = if k == "html" {
-                html::html_to_text(&decoded)
-            } else {
-                decoded
+        Some(k @ ("text" | "html" | "hex")) => {
+            let body = match k {
+                "hex" => hex::view(&bytes),
+                "html" => html::html_to_text(&text::decode_lossy(&bytes)),
+                _ => text::decode_lossy(&bytes),
             };
+            drop(bytes);
             let mut font = MonoFont::new(TEXT_PX)?;
             let geometry = PageGeometry {
                 width,
@@ -184,6 +195,10 @@ mod tests {
         assert_eq!(
             DocKind::detect(b"fn main() {}", "main.rs", None),
             DocKind::Text
+        );
+        assert_eq!(
+            DocKind::detect(b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "notes.txt", None),
+            DocKind::Binary
         );
     }
 }
