@@ -1,7 +1,7 @@
 //! Files a new user opens first, through `vitrine open --png`, a private
 //! bus, the real `vitrined` and a QEMU guest: each comes back as what it
 //! is. A BMP and a TIFF are pictures (they were pages of replacement
-//! characters), binary data is a hex view that says so (it was 95 pages of
+//! characters), an SVG is a picture (it was its XML source), binary data is a hex view that says so (it was 95 pages of
 //! U+FFFD for 300 KB), and an empty file says it is empty instead of
 //! showing a blank page with a clean verdict.
 //!
@@ -80,6 +80,19 @@ fn tiff(w: u32, h: u32) -> Vec<u8> {
     b
 }
 
+/// An SVG, `w` x `h`, a rectangle of [`RGB`] over all of it and a caption.
+fn svg(w: u32, h: u32) -> Vec<u8> {
+    let [r, g, b] = RGB;
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"rgb({r},{g},{b})\"/>\n\
+         <text x=\"2\" y=\"10\" font-family=\"sans-serif\" font-size=\"8\">chart</text>\n\
+         </svg>\n"
+    )
+    .into_bytes()
+}
+
 /// The RGB of the middle pixel of a PNG page.
 fn middle_pixel(png: &Path) -> [u8; 3] {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).unwrap()));
@@ -114,6 +127,7 @@ fn everyday_files_come_back_as_what_they_are() {
     let files = [
         ("holiday.bmp", bmp(64, 48)),
         ("scan.tiff", tiff(64, 48)),
+        ("chart.svg", svg(64, 48)),
         // gzip's magic, then bytes that are no text.
         (
             "notes.dat",
@@ -152,7 +166,7 @@ fn everyday_files_come_back_as_what_they_are() {
     };
 
     // Act + Assert: the pictures are pictures, of the test's colour.
-    for name in ["holiday.bmp", "scan.tiff"] {
+    for name in ["holiday.bmp", "scan.tiff", "chart.svg"] {
         let (out, pages, report) = open(name);
         assert_eq!(out.status.code(), Some(0), "{report}");
         assert!(report.contains("sandbox(document)"), "an image: {report}");

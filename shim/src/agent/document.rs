@@ -244,7 +244,7 @@ impl Agent {
     ) -> Result<PagePlan, Stop> {
         let out_dir = self.render_dir(doc)?;
         let (w, h) = match doc.kind {
-            DocKind::Image => (task.limits.max_width, task.limits.max_height),
+            DocKind::Image | DocKind::Svg => (task.limits.max_width, task.limits.max_height),
             _ => (doc.width, doc.height),
         };
         let exe = std::env::current_exe().map_err(failed)?;

@@ -7,7 +7,7 @@ use fontdue::{Font, FontSettings, Metrics};
 
 use crate::raster::{Raster, Rgb};
 
-static MONO_TTF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mono.ttf"));
+pub(crate) static MONO_TTF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mono.ttf"));
 
 /// The font could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn nuls_and_control_bytes_are_binary_and_text_is_not() {
         let random: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
             .collect();
         let latin1 = b"Caf\xe9 cr\xe8me, na\xefve fa\xe7ade\r\n\tend\x0c".repeat(50);
 

@@ -7,6 +7,7 @@ pub mod html;
 pub mod image;
 pub mod page_stream;
 pub mod pdf;
+pub mod svg;
 pub mod terminal;
 pub mod text;
 
@@ -32,6 +33,9 @@ pub enum RenderError {
     /// Image decoding failed.
     #[error("image")]
     Image(#[from] self::image::ImageError),
+    /// An SVG could not be drawn.
+    #[error("svg")]
+    Svg(#[from] svg::SvgError),
     /// Text layout failed.
     #[error("text")]
     Text(#[from] text::TextError),
@@ -51,8 +55,10 @@ pub enum RenderError {
 pub enum DocKind {
     /// PDF.
     Pdf,
-    /// PNG, JPEG, GIF or WebP.
+    /// PNG, JPEG, GIF, WebP, BMP, TIFF or ICO.
     Image,
+    /// An SVG picture.
+    Svg,
     /// HTML.
     Html,
     /// Anything else that is text.
@@ -67,6 +73,7 @@ impl DocKind {
         match self {
             DocKind::Pdf => "pdf",
             DocKind::Image => "image",
+            DocKind::Svg => "svg",
             DocKind::Html => "html",
             DocKind::Text => "text",
             DocKind::Binary => "hex",
@@ -81,6 +88,9 @@ impl DocKind {
         }
         if self::image::sniff(head).is_some() {
             return DocKind::Image;
+        }
+        if svg::sniff(head) {
+            return DocKind::Svg;
         }
         let lower = name.to_ascii_lowercase();
         let hint_html = mime_hint.is_some_and(|m| m.starts_with("text/html"));
@@ -130,14 +140,19 @@ pub fn worker_main(args: &[OsString]) -> Result<u32, RenderError> {
     let bytes = std::fs::read(input)?;
     let stdout = std::io::stdout().lock();
     match kind.to_str() {
-        Some("image") => {
+        Some(k @ ("image" | "svg")) => {
             let header = StreamHeader {
                 count: u32::from(first == 0 && count > 0),
                 total: 1,
             };
             let mut out = PageWriter::new(stdout, header)?;
             if header.count == 1 {
-                out.page(&self::image::render(&bytes, width, height)?)?;
+                let page = if k == "svg" {
+                    svg::render(&bytes, width, height)?
+                } else {
+                    self::image::render(&bytes, width, height)?
+                };
+                out.page(&page)?;
             }
             Ok(header.count)
         }
