@@ -6,9 +6,11 @@
 //! denied; the open of a marked file by a listed interpreter is denied;
 //! anything else is allowed. An internal error (or panic) allows and logs.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::AT_FDCWD;
@@ -23,6 +25,12 @@ use super::config::GuardConfig;
 use super::mark::{judge, Attributes, Mark};
 use super::subscribers::{Subscribers, Told};
 use super::wire::{Denied, DenyKind, MAX_ARGS};
+
+/// A process denied the same file again within this time (python3 opens
+/// its script twice) is denied without telling its daemon again.
+const RETELL_AFTER: Duration = Duration::from_secs(2);
+/// Recent denials remembered for that.
+const RECENT: usize = 64;
 
 /// The group could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +73,8 @@ pub struct ExecGuard {
     subscribers: Arc<Subscribers>,
     own_pid: u32,
     counts: Counts,
+    /// (pid, dev, ino) of recent denials, oldest first.
+    recent: VecDeque<((u32, u64, u64), Instant)>,
 }
 
 impl ExecGuard {
@@ -97,6 +107,7 @@ impl ExecGuard {
             subscribers,
             own_pid: std::process::id(),
             counts: Counts::default(),
+            recent: VecDeque::with_capacity(RECENT),
         })
     }
 
@@ -202,8 +213,20 @@ impl ExecGuard {
         }
     }
 
-    /// Hands a denial to the daemon of the caller's uid, else the owner's.
-    fn tell(&self, denied: Denied, fd: BorrowedFd<'_>) {
+    /// Hands a denial to the daemon of the caller's uid, else the owner's,
+    /// unless that process was just denied that file.
+    fn tell(&mut self, denied: Denied, fd: BorrowedFd<'_>) {
+        let now = Instant::now();
+        let key = (denied.pid, denied.dev, denied.ino);
+        self.recent.retain(|(_, at)| now.duration_since(*at) < RETELL_AFTER);
+        if self.recent.iter().any(|(k, _)| *k == key) {
+            log::info!("denied {} to pid {} again", denied.path, denied.pid);
+            return;
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((key, now));
         let owner = nix::sys::stat::fstat(fd)
             .map(|s| s.st_uid)
             .unwrap_or(u32::MAX);

@@ -194,6 +194,18 @@ impl Subscriber {
         GuardMessage::from_line(line.as_bytes()).unwrap()
     }
 
+    /// Panics when a line arrives within `wait`.
+    pub fn nothing_within(&mut self, wait: Duration) {
+        self.lines.get_ref().set_read_timeout(Some(wait)).unwrap();
+        let mut line = String::new();
+        let read = self.lines.read_line(&mut line);
+        self.lines.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+        match read {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            other => panic!("expected no line, got {other:?}: {line:?}"),
+        }
+    }
+
     /// The next denial (panics after [`PATIENCE`]).
     pub fn denied(&mut self) -> Denied {
         match Self::read(&mut self.lines) {
