@@ -285,7 +285,7 @@ async fn a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told() {
         details.get("program-exit"),
         details.get("intercepted")
     ));
-    assert!(verdict.starts_with("clean"), "{verdict}: {details:?}");
+    assert_eq!(verdict, "exited: code 7", "{details:?}");
     assert_eq!(
         details.get("program-exit").map(String::as_str),
         Some("code Some(7), signal None"),
