@@ -4,7 +4,8 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 use crate::raster::{Raster, RasterError, Rgb};
 
@@ -81,8 +82,17 @@ pub fn render(bytes: &[u8], max_w: u32, max_h: u32) -> Result<Raster, ImageError
     limits.max_image_height = Some(MAX_DECODE_DIM);
     limits.max_alloc = Some(decode_alloc_limit());
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(ImageError::Decode)?;
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(ImageError::Decode)?;
+    // What `ImageReader::decode` checks before it allocates the pixels.
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(ImageError::Decode)?;
+    // Phones store photos sideways and say so in Exif; a photo is shown
+    // the way up its camera meant.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut decoded = DynamicImage::from_decoder(decoder).map_err(ImageError::Decode)?;
+    decoded.apply_orientation(orientation);
     let fitted = if decoded.width() > max_w || decoded.height() > max_h {
         decoded.thumbnail(max_w, max_h)
     } else {
@@ -149,6 +159,36 @@ mod tests {
             sniff(b"BMW service notes, 2024\n\nOil change at 30000 km\n"),
             None
         );
+    }
+
+    /// `jpeg` with an Exif APP1 segment saying `orientation` right after SOI.
+    fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"II*\0\x08\0\0\0\x01\0".to_vec();
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes());
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let len = u16::try_from(app1.len() + 2).unwrap();
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xff, 0xe1]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_photo_stored_sideways_is_shown_upright() {
+        // 40 wide, 20 high, as the sensor stored it; Exif 6: turn 90° clockwise.
+        let img = image::RgbaImage::from_pixel(40, 20, image::Rgba([255, 255, 255, 255]));
+        let jpeg = with_exif_orientation(&encode(&img, ImageFormat::Jpeg), 6);
+
+        let r = render(&jpeg, 100, 100).unwrap();
+
+        assert_eq!((r.width(), r.height()), (20, 40));
     }
 
     #[test]
