@@ -2,7 +2,8 @@
 //! bus, the real `vitrined` and a QEMU guest: each comes back as what it
 //! is. A BMP and a TIFF are pictures (they were pages of replacement
 //! characters), an SVG is a picture (it was its XML source), binary data is a hex view that says so (it was 95 pages of
-//! U+FFFD for 300 KB), and an empty file says it is empty instead of
+//! U+FFFD for 300 KB), UTF-16 text (Notepad's "Unicode") is text, and
+//! an empty file says it is empty instead of
 //! showing a blank page with a clean verdict.
 //!
 //! Needs dbus, QEMU and the guest image (tesseract for the hex view's
@@ -138,6 +139,18 @@ fn everyday_files_come_back_as_what_they_are() {
             .concat(),
         ),
         ("empty.pdf", Vec::new()),
+        // Windows Notepad's "Unicode": UTF-16LE with a byte order mark.
+        (
+            "notepad.txt",
+            [0xff, 0xfe]
+                .into_iter()
+                .chain(
+                    "Written in NOTEPAD on Windows\r\n"
+                        .encode_utf16()
+                        .flat_map(u16::to_le_bytes),
+                )
+                .collect(),
+        ),
     ];
     for (name, bytes) in &files {
         std::fs::write(work.path().join(name), bytes).unwrap();
@@ -197,6 +210,25 @@ fn everyday_files_come_back_as_what_they_are() {
         let words = String::from_utf8_lossy(&ocr.stdout).to_uppercase();
         assert!(words.contains("BINARY DATA"), "OCR read: {words}");
         assert!(words.contains("HEXADECIMAL"), "OCR read: {words}");
+    }
+
+    // UTF-16 text is text, not a hex view of its NULs.
+    let (out, pages, report) = open("notepad.txt");
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(report.contains("text/plain"), "{report}");
+    assert_eq!(pages_in(&pages), 1, "{report}");
+    if tool_or_skip(
+        &format!("{TEST} (OCR of the UTF-16 text)"),
+        "tesseract",
+        "tesseract-ocr",
+    ) {
+        let ocr = Command::new("tesseract")
+            .arg(pages.join("page-1.png"))
+            .arg("stdout")
+            .output()
+            .unwrap();
+        let words = String::from_utf8_lossy(&ocr.stdout).to_uppercase();
+        assert!(words.contains("WRITTEN IN NOTEPAD"), "OCR read: {words}");
     }
 
     // An empty file is said to be empty, and no VM or page folder is spent.

@@ -239,6 +239,17 @@ fn sniff_markup(b: &[u8]) -> Option<&'static str> {
 /// and escape. A multi-byte character cut off at the end of the prefix is
 /// allowed: the prefix may end mid-character.
 fn is_text(b: &[u8]) -> bool {
+    let utf16 = |rest: &[u8], unit: fn([u8; 2]) -> u16| {
+        let units = rest.chunks_exact(2).map(|p| unit([p[0], p[1]]));
+        char::decode_utf16(units).all(|c| c.is_ok_and(text_char))
+    };
+    // Windows Notepad's "Unicode": UTF-16 with a byte order mark.
+    if let Some(rest) = b.strip_prefix(b"\xff\xfe") {
+        return utf16(rest, u16::from_le_bytes);
+    }
+    if let Some(rest) = b.strip_prefix(b"\xfe\xff") {
+        return utf16(rest, u16::from_be_bytes);
+    }
     let valid = match std::str::from_utf8(b) {
         Ok(s) => s,
         Err(e) if e.error_len().is_none() && b.len() - e.valid_up_to() < 4 => {
@@ -250,9 +261,11 @@ fn is_text(b: &[u8]) -> bool {
         }
         Err(_) => return false,
     };
-    valid
-        .chars()
-        .all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b'))
+    valid.chars().all(text_char)
+}
+
+fn text_char(c: char) -> bool {
+    !c.is_control() || matches!(c, '\t' | '\n' | '\r' | '\x0c' | '\x1b')
 }
 
 #[cfg(test)]
@@ -301,6 +314,22 @@ mod tests {
             sniff(b"BMW service notes, 2024\n\nOil change\n"),
             TEXT_PLAIN
         );
+    }
+
+    #[test]
+    fn utf16_text_with_a_byte_order_mark_is_text() {
+        let le: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain("Notes\r\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let be: Vec<u8> = [0xfe, 0xff]
+            .into_iter()
+            .chain("Notes".encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+
+        assert_eq!(sniff(&le), TEXT_PLAIN);
+        assert_eq!(sniff(&be), TEXT_PLAIN);
+        assert_eq!(sniff(b"\xff\xfe\x01\0\x02\0"), OCTET_STREAM);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const PROBE: usize = 8 * 1024;
 /// NUL, as git and `file` decide, or more than one byte in ten a control
 /// character no text uses.
 pub fn looks_binary(head: &[u8]) -> bool {
+    if head.starts_with(b"\xff\xfe") || head.starts_with(b"\xfe\xff") {
+        // UTF-16 text, which is half NULs when it is mostly ASCII.
+        return false;
+    }
     let head = &head[..head.len().min(PROBE)];
     if head.contains(&0) {
         return true;
@@ -90,6 +94,7 @@ mod tests {
         assert!(!looks_binary("Grüße, ½ € — naïve\n".as_bytes()));
         assert!(!looks_binary(&latin1), "Latin-1 text has no NUL");
         assert!(!looks_binary(b"\x1b[31mred\x1b[0m\n"));
+        assert!(!looks_binary(b"\xff\xfeh\0i\0\r\0\n\0"), "UTF-16 text");
     }
 
     #[test]

@@ -49,9 +49,48 @@ fn to_u32(v: usize) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// Decodes bytes as UTF-8, showing invalid sequences as U+FFFD.
+/// Decodes a text file the way it was most likely written: UTF-16 with a
+/// byte order mark (Windows Notepad's "Unicode"), UTF-8 (its mark
+/// dropped), or Windows-1252 when no byte beyond ASCII is valid UTF-8 and
+/// some are not (a Latin-1 or Windows file, whose accents would otherwise
+/// all be U+FFFD). Invalid sequences in UTF-8 text show as U+FFFD.
 pub fn decode_lossy(bytes: &[u8]) -> String {
+    if let Some(rest) = bytes.strip_prefix(b"\xff\xfe") {
+        return utf16(rest, u16::from_le_bytes);
+    }
+    if let Some(rest) = bytes.strip_prefix(b"\xfe\xff") {
+        return utf16(rest, u16::from_be_bytes);
+    }
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let (mut wide, mut invalid) = (false, false);
+    for chunk in bytes.utf8_chunks() {
+        wide |= chunk.valid().chars().any(|c| !c.is_ascii());
+        invalid |= !chunk.invalid().is_empty();
+    }
+    if invalid && !wide {
+        return bytes.iter().map(|&b| windows_1252(b)).collect();
+    }
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> String {
+    let units = bytes.chunks_exact(2).map(|p| unit([p[0], p[1]]));
+    char::decode_utf16(units)
+        .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect()
+}
+
+/// One Windows-1252 byte (Latin-1 plus typographic marks at 0x80-0x9F).
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{FFFD}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{FFFD}', 'Ž',
+        '\u{FFFD}', '\u{FFFD}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ',
+        '\u{FFFD}', 'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
+    }
 }
 
 /// Splits text into display lines of at most `cols` cells: tabs expand to
@@ -235,11 +274,30 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_controls_show_replacement_characters() {
-        let text = decode_lossy(b"ok\xff\x01end\r\n");
+        // UTF-8 text (the é) with one bad byte and a control character.
+        let bytes = [b"\xc3\xa9 ok\xff\x01end\r\n".as_slice()].concat();
 
-        let lines = wrap_lines(&text, 80, 10);
+        let lines = wrap_lines(&decode_lossy(&bytes), 80, 10);
 
-        assert_eq!(lines, vec!["ok\u{FFFD}\u{FFFD}end".to_string()]);
+        assert_eq!(lines, vec!["é ok\u{FFFD}\u{FFFD}end".to_string()]);
+    }
+
+    #[test]
+    fn latin1_windows_and_utf16_text_read_as_written() {
+        let latin1 = b"Caf\xe9 cr\xe8me \x96 \x93quoted\x94 \x80 5\n";
+        let notepad: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain("Grüße ☃\r\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let big_endian: Vec<u8> = [0xfe, 0xff]
+            .into_iter()
+            .chain("Ωmega".encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+
+        assert_eq!(decode_lossy(latin1), "Café crème – “quoted” € 5\n");
+        assert_eq!(decode_lossy(&notepad), "Grüße ☃\r\n");
+        assert_eq!(decode_lossy(&big_endian), "Ωmega");
+        assert_eq!(decode_lossy(b"\xef\xbb\xbfplain"), "plain");
     }
 
     #[test]
