@@ -35,7 +35,12 @@ fn setup(test: &str, extra_config: &str) -> Option<Setup> {
     let socket = dir.path().join("guard.sock");
     let guard = RunningGuard::start(test, Path::new(GUARD), &config, &socket)?;
     let sub = Subscriber::connect(&socket);
-    Some(Setup { guard, sub, fs, dir })
+    Some(Setup {
+        guard,
+        sub,
+        fs,
+        dir,
+    })
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -57,7 +62,9 @@ fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn marked_static_program_fails_with_eperm_and_its_daemon_is_told() {
     const T: &str = "marked_static_program_fails_with_eperm_and_its_daemon_is_told";
     let Some(mut s) = setup(T, "") else { return };
-    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else { return };
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
     set_xattr(&prog, UNTRUSTED, b"1");
     let meta = std::fs::metadata(&prog).unwrap();
 
@@ -75,11 +82,18 @@ fn marked_static_program_fails_with_eperm_and_its_daemon_is_told() {
 
     assert_eq!(
         s.sub.hello,
-        GuardMessage::Hello { version: 1, guard_pid: s.guard.child.id(), uid: 0 }
+        GuardMessage::Hello {
+            version: 1,
+            guard_pid: s.guard.child.id(),
+            uid: 0
+        }
     );
     assert!(is_eperm(&direct), "{direct:?}");
     assert_eq!(direct_denial.path, prog.display().to_string());
-    assert_eq!((direct_denial.dev, direct_denial.ino), (meta.dev(), meta.ino()));
+    assert_eq!(
+        (direct_denial.dev, direct_denial.ino),
+        (meta.dev(), meta.ino())
+    );
     assert_eq!(direct_denial.size, meta.len());
     assert_eq!(direct_denial.uid, 0);
     assert_eq!(direct_denial.how, DenyKind::Exec);
@@ -87,6 +101,8 @@ fn marked_static_program_fails_with_eperm_and_its_daemon_is_told() {
     assert_eq!(direct_denial.args, None);
     let (sh_pid, sh_out) = via_sh;
     assert_eq!(sh_denial.pid, sh_pid);
+    // The shell is a listed interpreter, but the exec event comes first.
+    assert_eq!(sh_denial.how, DenyKind::Exec);
     assert_eq!(sh_denial.path, direct_denial.path);
     assert!(!sh_out.status.success());
     assert!(
@@ -118,7 +134,9 @@ impl OutputWithPid for Command {
 fn unmarked_static_program_runs_on_the_host() {
     const T: &str = "unmarked_static_program_runs_on_the_host";
     let Some(s) = setup(T, "") else { return };
-    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else { return };
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
 
     let out = run({
         let mut c = Command::new(&prog);
@@ -181,11 +199,17 @@ fn listed_interpreters_are_denied_a_marked_script_with_the_args_after_it() {
     assert_eq!(
         sh_denial.how,
         DenyKind::Interpreter {
-            interpreter: std::fs::canonicalize("/bin/sh").unwrap().display().to_string()
+            interpreter: std::fs::canonicalize("/bin/sh")
+                .unwrap()
+                .display()
+                .to_string()
         }
     );
     assert_eq!(sh_denial.path, sh_script.display().to_string());
-    assert_eq!(sh_denial.args, Some(vec!["a".to_string(), "b c".to_string()]));
+    assert_eq!(
+        sh_denial.args,
+        Some(vec!["a".to_string(), "b c".to_string()])
+    );
     assert_eq!(sh_denial.cwd, Some(s.fs.mnt.display().to_string()));
     match py {
         Some((out, denial)) => {
@@ -207,7 +231,9 @@ fn listed_interpreters_are_denied_a_marked_script_with_the_args_after_it() {
 fn file_marked_after_the_guard_started_is_caught_and_so_is_an_origin_url() {
     const T: &str = "file_marked_after_the_guard_started_is_caught_and_so_is_an_origin_url";
     let Some(mut s) = setup(T, "") else { return };
-    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else { return };
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
     let echo = |prog: &Path| {
         let mut c = Command::new(prog);
         c.arg("x");
@@ -232,7 +258,9 @@ fn plain_cp_drops_the_mark_and_cp_preserve_xattr_keeps_it() {
     let elsewhere = s.fs.mnt.join("elsewhere");
     std::fs::create_dir(&downloads).unwrap();
     std::fs::create_dir(&elsewhere).unwrap();
-    let Some(prog) = busybox_as(T, &downloads, "echo") else { return };
+    let Some(prog) = busybox_as(T, &downloads, "echo") else {
+        return;
+    };
     set_xattr(&prog, UNTRUSTED, b"1");
     let plain = elsewhere.join("plain/echo");
     let kept = elsewhere.join("kept/echo");
@@ -269,9 +297,16 @@ fn sigkill_of_a_stopped_guard_allows_the_waiting_exec_and_a_restarted_guard_deni
     const T: &str =
         "sigkill_of_a_stopped_guard_allows_the_waiting_exec_and_a_restarted_guard_denies_again";
     let Some(s) = setup(T, "") else { return };
-    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else { return };
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
     set_xattr(&prog, UNTRUSTED, b"1");
-    let Setup { guard, sub, fs, dir } = s;
+    let Setup {
+        guard,
+        sub,
+        fs,
+        dir,
+    } = s;
     drop(sub);
 
     guard.signal("STOP");
@@ -316,9 +351,13 @@ fn guard_run_from_the_filesystem_it_watches_answers_and_stops_on_sigterm() {
     std::fs::copy(GUARD, &binary).unwrap();
     let config = fs.config(&fs.mnt, "");
     let socket = fs.mnt.join("guard.sock");
-    let Some(mut guard) = RunningGuard::start(T, &binary, &config, &socket) else { return };
+    let Some(mut guard) = RunningGuard::start(T, &binary, &config, &socket) else {
+        return;
+    };
     let mut sub = Subscriber::connect(&socket);
-    let Some(prog) = busybox_as(T, &fs.mnt, "echo") else { return };
+    let Some(prog) = busybox_as(T, &fs.mnt, "echo") else {
+        return;
+    };
     set_xattr(&prog, UNTRUSTED, b"1");
     let denied = run(Command::new(&prog));
     let denial = sub.denied();
@@ -329,7 +368,10 @@ fn guard_run_from_the_filesystem_it_watches_answers_and_stops_on_sigterm() {
         if let Some(status) = guard.child.try_wait().unwrap() {
             break status;
         }
-        assert!(asked.elapsed() < Duration::from_secs(2), "no exit 2 s after SIGTERM");
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "no exit 2 s after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let took = asked.elapsed();
@@ -346,4 +388,39 @@ fn guard_run_from_the_filesystem_it_watches_answers_and_stops_on_sigterm() {
     );
     drop(guard);
     drop(fs);
+}
+
+#[test]
+fn a_wrong_config_stops_the_guard_with_the_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("guard.toml");
+    std::fs::write(
+        &config,
+        "watch = [\"/tmp\"]\ninterpreters = [\"/usr/bin/[sh\"]\n",
+    )
+    .unwrap();
+
+    let missing = Command::new(GUARD)
+        .args(["--config", "/nonexistent/guard.toml"])
+        .output()
+        .unwrap();
+    let wrong = Command::new(GUARD)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+
+    let missing_err = String::from_utf8_lossy(&missing.stderr);
+    let wrong_err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        missing_err.contains("cannot read /nonexistent/guard.toml"),
+        "{missing_err}"
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        wrong_err.contains(&format!("{}:2:", config.display()))
+            && wrong_err.contains("write one like"),
+        "{wrong_err}"
+    );
 }

@@ -218,7 +218,8 @@ impl ExecGuard {
     fn tell(&mut self, denied: Denied, fd: BorrowedFd<'_>) {
         let now = Instant::now();
         let key = (denied.pid, denied.dev, denied.ino);
-        self.recent.retain(|(_, at)| now.duration_since(*at) < RETELL_AFTER);
+        self.recent
+            .retain(|(_, at)| now.duration_since(*at) < RETELL_AFTER);
         if self.recent.iter().any(|(k, _)| *k == key) {
             log::info!("denied {} to pid {} again", denied.path, denied.pid);
             return;

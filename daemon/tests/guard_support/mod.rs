@@ -48,7 +48,13 @@ impl Tmpfs {
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "vitrine-guard-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=64m,mode=0755",
+                "vitrine-guard-test",
+            ])
             .arg(&mnt)
             .output();
         match out {
@@ -124,18 +130,28 @@ impl RunningGuard {
         Self::wait_watching(guard, test, Instant::now())
     }
 
-    fn wait_watching(mut guard: RunningGuard, test: &str, started: Instant) -> Option<RunningGuard> {
+    fn wait_watching(
+        mut guard: RunningGuard,
+        test: &str,
+        started: Instant,
+    ) -> Option<RunningGuard> {
         while !guard.log_has("listening on") {
             if let Some(status) = guard.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
                 let log = guard.log().join("\n");
                 if log.contains("fanotify_init") {
-                    loud(&format!("SKIPPED {test}: no fanotify permission events: {log}"));
+                    loud(&format!(
+                        "SKIPPED {test}: no fanotify permission events: {log}"
+                    ));
                     return None;
                 }
                 panic!("vitrine-guard exited ({status}) before watching:\n{log}");
             }
-            assert!(started.elapsed() < PATIENCE, "vitrine-guard did not start:\n{}", guard.log().join("\n"));
+            assert!(
+                started.elapsed() < PATIENCE,
+                "vitrine-guard did not start:\n{}",
+                guard.log().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(guard)
@@ -190,7 +206,9 @@ impl Subscriber {
 
     fn read(lines: &mut BufReader<UnixStream>) -> GuardMessage {
         let mut line = String::new();
-        lines.read_line(&mut line).expect("a line from the guard in time");
+        lines
+            .read_line(&mut line)
+            .expect("a line from the guard in time");
         GuardMessage::from_line(line.as_bytes()).unwrap()
     }
 
@@ -199,9 +217,16 @@ impl Subscriber {
         self.lines.get_ref().set_read_timeout(Some(wait)).unwrap();
         let mut line = String::new();
         let read = self.lines.read_line(&mut line);
-        self.lines.get_ref().set_read_timeout(Some(PATIENCE)).unwrap();
+        self.lines
+            .get_ref()
+            .set_read_timeout(Some(PATIENCE))
+            .unwrap();
         match read {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected no line, got {other:?}: {line:?}"),
         }
     }
