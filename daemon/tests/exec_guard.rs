@@ -391,6 +391,40 @@ fn guard_run_from_the_filesystem_it_watches_answers_and_stops_on_sigterm() {
 }
 
 #[test]
+fn a_process_connected_as_a_daemon_still_cannot_exec_a_marked_file() {
+    const T: &str = "a_process_connected_as_a_daemon_still_cannot_exec_a_marked_file";
+    let Some(s) = setup(T, "") else { return };
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        guard_support::loud(&format!("SKIPPED {T}: no /usr/bin/python3"));
+        return;
+    }
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
+    set_xattr(&prog, UNTRUSTED, b"1");
+    // Connects like a daemon, reads Hello, then execs in place (same pid).
+    let code = "import os, socket, sys\n\
+                s = socket.socket(socket.AF_UNIX)\n\
+                s.connect(sys.argv[1])\n\
+                s.recv(4096)\n\
+                os.execv(sys.argv[2], [sys.argv[2], 'ran'])\n";
+
+    let out = run({
+        let mut c = Command::new(python);
+        c.args(["-c", code]).arg(&s.guard.socket).arg(&prog);
+        c
+    })
+    .unwrap();
+
+    assert_eq!(stdout(&out), "");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_wrong_config_stops_the_guard_with_the_file_line_and_fix() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("guard.toml");
