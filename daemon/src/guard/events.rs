@@ -152,8 +152,9 @@ impl ExecGuard {
     fn answer(&mut self, event: &FanotifyEvent) {
         if !event.check_version() {
             log::error!(
-                "fanotify event version {}: events are allowed",
-                event.version()
+                "fanotify event version {}, built for {}: answered as usual",
+                event.version(),
+                nix::sys::fanotify::FANOTIFY_METADATA_VERSION
             );
         }
         let mask = event.mask();
@@ -167,25 +168,24 @@ impl ExecGuard {
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.decide(fd, event.pid(), mask)
         }));
-        let response = match decided {
+        let (response, denied) = match decided {
             Ok(Ok(None)) => {
                 self.counts.allowed += 1;
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
             Ok(Ok(Some(denied))) => {
                 self.counts.denied += 1;
-                self.tell(denied, fd);
-                Response::FAN_DENY
+                (Response::FAN_DENY, Some(denied))
             }
             Ok(Err(e)) => {
                 self.counts.errors += 1;
                 log::error!("pid {}: {e}: allowed", event.pid());
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
             Err(_) => {
                 self.counts.errors += 1;
                 log::error!("pid {}: the check panicked: allowed", event.pid());
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
         };
         if let Err(e) = self
@@ -193,6 +193,10 @@ impl ExecGuard {
             .write_response(FanotifyResponse::new(fd, response))
         {
             log::error!("answering pid {}: {e}", event.pid());
+        }
+        // After the answer: telling logs, and a log write may block.
+        if let Some(denied) = denied {
+            self.tell(denied, fd);
         }
     }
 
