@@ -101,6 +101,8 @@ fn marked_static_program_fails_with_eperm_and_its_daemon_is_told() {
     assert_eq!(direct_denial.args, None);
     let (sh_pid, sh_out) = via_sh;
     assert_eq!(sh_denial.pid, sh_pid);
+    // The shell is a listed interpreter, but the exec event comes first.
+    assert_eq!(sh_denial.how, DenyKind::Exec);
     assert_eq!(sh_denial.path, direct_denial.path);
     assert!(!sh_out.status.success());
     assert!(
@@ -386,4 +388,73 @@ fn guard_run_from_the_filesystem_it_watches_answers_and_stops_on_sigterm() {
     );
     drop(guard);
     drop(fs);
+}
+
+#[test]
+fn a_process_connected_as_a_daemon_still_cannot_exec_a_marked_file() {
+    const T: &str = "a_process_connected_as_a_daemon_still_cannot_exec_a_marked_file";
+    let Some(s) = setup(T, "") else { return };
+    let python = Path::new("/usr/bin/python3");
+    if !python.exists() {
+        guard_support::loud(&format!("SKIPPED {T}: no /usr/bin/python3"));
+        return;
+    }
+    let Some(prog) = busybox_as(T, &s.fs.mnt, "echo") else {
+        return;
+    };
+    set_xattr(&prog, UNTRUSTED, b"1");
+    // Connects like a daemon, reads Hello, then execs in place (same pid).
+    let code = "import os, socket, sys\n\
+                s = socket.socket(socket.AF_UNIX)\n\
+                s.connect(sys.argv[1])\n\
+                s.recv(4096)\n\
+                os.execv(sys.argv[2], [sys.argv[2], 'ran'])\n";
+
+    let out = run({
+        let mut c = Command::new(python);
+        c.args(["-c", code]).arg(&s.guard.socket).arg(&prog);
+        c
+    })
+    .unwrap();
+
+    assert_eq!(stdout(&out), "");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PermissionError"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_wrong_config_stops_the_guard_with_the_file_line_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("guard.toml");
+    std::fs::write(
+        &config,
+        "watch = [\"/tmp\"]\ninterpreters = [\"/usr/bin/[sh\"]\n",
+    )
+    .unwrap();
+
+    let missing = Command::new(GUARD)
+        .args(["--config", "/nonexistent/guard.toml"])
+        .output()
+        .unwrap();
+    let wrong = Command::new(GUARD)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+
+    let missing_err = String::from_utf8_lossy(&missing.stderr);
+    let wrong_err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!missing.status.success());
+    assert!(
+        missing_err.contains("cannot read /nonexistent/guard.toml"),
+        "{missing_err}"
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        wrong_err.contains(&format!("{}:2:", config.display()))
+            && wrong_err.contains("write one like"),
+        "{wrong_err}"
+    );
 }

@@ -1,10 +1,18 @@
 //! The fanotify group and its event loop: every permission event gets an
 //! answer, from this one thread, which never opens a path.
 //!
-//! Checks, in order: the guard's own pid and the connected daemons' pids
-//! are allowed; an unmarked file is allowed; the exec of a marked file is
-//! denied; the open of a marked file by a listed interpreter is denied;
-//! anything else is allowed. An internal error (or panic) allows and logs.
+//! Checks, in order: the guard's own pid is allowed; the connected daemons'
+//! pids are allowed to open (not to exec); an unmarked file is allowed; the
+//! exec of a marked file is denied; the open of a marked file by a listed
+//! interpreter is denied; anything else is allowed. An internal error (or
+//! panic) allows and logs.
+//!
+//! Why a daemon's execs are still checked: any user may connect to the
+//! socket, and a process keeps its pid through `execve`, so exempting them
+//! would let any process connect and then exec a marked file. The guard
+//! never waits on a daemon (its queue is non-blocking), so checking a
+//! daemon's exec cannot deadlock; a daemon never runs a marked file on the
+//! host, it hands it to a VM (an open, which stays exempt).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -49,6 +57,9 @@ pub enum EventsError {
     /// None of the watched folders exists.
     #[error("none of the watched folders exists ({0}); fix `watch` in the config")]
     NothingWatched(String),
+    /// Reading the group failed.
+    #[error("reading fanotify events")]
+    Read(#[source] Errno),
     /// Waiting on the group failed.
     #[error("waiting for fanotify events")]
     Poll(#[source] Errno),
@@ -129,7 +140,10 @@ impl ExecGuard {
             match self.group.read_events() {
                 Ok(events) => events.iter().for_each(|e| self.answer(e)),
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                Err(e) => log::error!("reading fanotify events: {e}"),
+                // Not retried: a loop on a broken group would spin. Exiting
+                // releases every pending event (allowed) and systemd
+                // restarts the guard.
+                Err(e) => return Err(EventsError::Read(e)),
             }
         }
     }
@@ -138,8 +152,9 @@ impl ExecGuard {
     fn answer(&mut self, event: &FanotifyEvent) {
         if !event.check_version() {
             log::error!(
-                "fanotify event version {}: events are allowed",
-                event.version()
+                "fanotify event version {}, built for {}: answered as usual",
+                event.version(),
+                nix::sys::fanotify::FANOTIFY_METADATA_VERSION
             );
         }
         let mask = event.mask();
@@ -153,25 +168,24 @@ impl ExecGuard {
         let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.decide(fd, event.pid(), mask)
         }));
-        let response = match decided {
+        let (response, denied) = match decided {
             Ok(Ok(None)) => {
                 self.counts.allowed += 1;
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
             Ok(Ok(Some(denied))) => {
                 self.counts.denied += 1;
-                self.tell(denied, fd);
-                Response::FAN_DENY
+                (Response::FAN_DENY, Some(denied))
             }
             Ok(Err(e)) => {
                 self.counts.errors += 1;
                 log::error!("pid {}: {e}: allowed", event.pid());
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
             Err(_) => {
                 self.counts.errors += 1;
                 log::error!("pid {}: the check panicked: allowed", event.pid());
-                Response::FAN_ALLOW
+                (Response::FAN_ALLOW, None)
             }
         };
         if let Err(e) = self
@@ -179,6 +193,10 @@ impl ExecGuard {
             .write_response(FanotifyResponse::new(fd, response))
         {
             log::error!("answering pid {}: {e}", event.pid());
+        }
+        // After the answer: telling logs, and a log write may block.
+        if let Some(denied) = denied {
+            self.tell(denied, fd);
         }
     }
 
@@ -190,15 +208,18 @@ impl ExecGuard {
         mask: MaskFlags,
     ) -> Result<Option<Denied>, super::mark::MarkError> {
         let upid = u32::try_from(pid).unwrap_or(0);
-        if upid == self.own_pid || self.subscribers.is_daemon_pid(upid) {
+        let exec = mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM);
+        if upid == self.own_pid || (!exec && self.subscribers.is_daemon_pid(upid)) {
             return Ok(None);
         }
         let attrs = Attributes::of_fd(fd)?;
         let Some(mark) = judge(&attrs, &self.config, || caller::fd_path(fd.as_raw_fd())) else {
             return Ok(None);
         };
-        // An exec also carries FAN_OPEN_PERM: the exec bit decides.
-        if mask.contains(MaskFlags::FAN_OPEN_EXEC_PERM) {
+        // The kernel sends an exec's FAN_OPEN_EXEC_PERM first, then (only if
+        // allowed) its FAN_OPEN_PERM; should both ever come as one event,
+        // the exec bit decides.
+        if exec {
             return Ok(Some(denial(fd, pid, DenyKind::Exec, &mark, false)));
         }
         match caller::exe(pid) {

@@ -69,7 +69,7 @@ impl Attributes {
             Err(e) if absent(e) => false,
             Err(e) => return Err(xattr_error(UNTRUSTED_XATTR, e)),
         };
-        let mut buf = vec![0u8; MAX_ORIGIN];
+        let mut buf = [0u8; MAX_ORIGIN];
         let origin = match rustix::fs::fgetxattr(fd, ORIGIN_XATTR, &mut buf[..]) {
             Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
             Err(Errno::RANGE) => Some(format!("(an origin of over {MAX_ORIGIN} bytes)")),

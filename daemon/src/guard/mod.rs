@@ -40,9 +40,17 @@
 //!   with allow, so an exec held at that moment runs on the host. systemd
 //!   restarts the guard (`Restart=always`, one second).
 //!
-//! The guard's own execs and opens, and those of the connected daemons
+//! The guard's own execs and opens, and the opens of the connected daemons
 //! (their `SO_PEERCRED` pid), are always allowed; the event thread never
-//! opens a path, so it cannot wait on itself.
+//! opens a path, so it cannot wait on itself. A daemon's execs are checked
+//! like any other (see [`events`]: anyone may connect).
+//!
+//! Cost: the kernel sends an exec as two events, FAN_OPEN_EXEC_PERM then
+//! (when allowed) FAN_OPEN_PERM, so with interpreters listed every allowed
+//! exec on a watched filesystem waits for two answers, and every open there
+//! for one (`cargo bench --bench exec_guard` measures it). The exec event
+//! comes first, so a shell's `./marked` is denied as an exec, not as an
+//! interpreter open.
 
 pub mod caller;
 pub mod config;

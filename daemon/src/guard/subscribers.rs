@@ -63,7 +63,7 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
-    /// True when `pid` is a connected daemon (its execs are never held).
+    /// True when `pid` is a connected daemon (its opens are never held).
     pub fn is_daemon_pid(&self, pid: u32) -> bool {
         self.locked().iter().any(|e| e.pid == pid)
     }

@@ -14,6 +14,10 @@ use vitrine_daemon::guard::config::{GuardConfig, DEFAULT_CONFIG};
 use vitrine_daemon::guard::events::ExecGuard;
 use vitrine_daemon::guard::subscribers::{self, Subscribers};
 
+/// The guard's nice value (the unit sets it too, before dropping
+/// CAP_SYS_NICE).
+const GUARD_NICE: i32 = -10;
+
 /// Refuse the exec of untrusted files on the watched filesystems and tell
 /// the owning user's vitrined.
 #[derive(Debug, Parser)]
@@ -51,6 +55,11 @@ impl log::Log for StderrLog {
 fn main() -> anyhow::Result<()> {
     let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Info));
     let args = Args::parse();
+    // Every exec on the watched filesystems waits for this process: a busy
+    // desktop must not add its scheduling delay to each of them.
+    if let Err(e) = rustix::process::setpriority_process(None, GUARD_NICE) {
+        log::warn!("cannot raise the priority to nice {GUARD_NICE}: {e}");
+    }
     let mut config = GuardConfig::load(&args.config)?;
     if let Some(socket) = args.socket {
         config.socket = socket;
