@@ -64,7 +64,7 @@ pub fn decode_lossy(bytes: &[u8]) -> String {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let (mut wide, mut invalid) = (false, false);
     for chunk in bytes.utf8_chunks() {
-        wide |= chunk.valid().chars().any(|c| !c.is_ascii());
+        wide |= !chunk.valid().is_ascii();
         invalid |= !chunk.invalid().is_empty();
     }
     if invalid && !wide {
