@@ -15,5 +15,6 @@ pub mod pages;
 pub mod remote_admin;
 pub mod service;
 pub mod task;
+pub mod toml_config;
 pub mod viewer;
 pub mod vmm_jail;

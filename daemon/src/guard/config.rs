@@ -23,6 +23,8 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::toml_config::ConfigError;
+
 use super::wire::DEFAULT_SOCKET;
 
 /// Where the guard reads its config unless told otherwise.
@@ -54,26 +56,6 @@ pub struct GuardConfig {
     trusted_origins: GlobSet,
     /// The subscriber socket.
     pub socket: PathBuf,
-}
-
-/// The config file is unreadable or wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A value is wrong; `line` and `col` are 1-based.
-    #[error("{}:{line}:{col}: {message}", .path.display())]
-    At {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        message: String,
-    },
 }
 
 #[derive(Deserialize)]
@@ -121,13 +103,7 @@ impl GuardConfig {
     /// Parses config text read from `path` (named in errors).
     pub fn from_toml(text: &str, path: &Path) -> Result<GuardConfig, ConfigError> {
         let at = |span: Option<Range<usize>>, message: String| {
-            let (line, col) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError::At {
-                path: path.to_owned(),
-                line,
-                col,
-                message,
-            }
+            ConfigError::at(text, path, span, message)
         };
         let file: ConfigFile = toml::from_str(text).map_err(|e| {
             at(
@@ -293,14 +269,6 @@ fn expand(pattern: &str) -> Vec<PathBuf> {
         paths = next;
     }
     paths
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-    (line, col)
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::toml_config::ConfigError;
+
 /// Default cap on one pushed bundle (all its files and the JSON around them).
 pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 4 << 20;
 /// Hard cap on `max_bundle_bytes`.
@@ -48,26 +50,6 @@ pub struct RemoteAdminConfig {
     pub max_bundle_bytes: u64,
     /// Most audit records one request may read.
     pub max_audit_records: u32,
-}
-
-/// The config section is unreadable or wrong.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A value is wrong; `line` and `col` are 1-based.
-    #[error("{}:{line}:{col}: {message}", .path.display())]
-    At {
-        path: PathBuf,
-        line: usize,
-        col: usize,
-        message: String,
-    },
 }
 
 #[derive(Deserialize)]
@@ -104,13 +86,7 @@ impl RemoteAdminConfig {
     /// relative paths).
     pub fn from_toml(text: &str, path: &Path) -> Result<Option<RemoteAdminConfig>, ConfigError> {
         let at = |span: Option<Range<usize>>, message: String| {
-            let (line, col) = line_col(text, span.map_or(0, |s| s.start));
-            ConfigError::At {
-                path: path.to_owned(),
-                line,
-                col,
-                message,
-            }
+            ConfigError::at(text, path, span, message)
         };
         let file: ConfigFile =
             toml::from_str(text).map_err(|e| at(e.span(), e.message().to_owned()))?;
@@ -171,15 +147,6 @@ impl RemoteAdminConfig {
             max_audit_records,
         }))
     }
-}
-
-/// 1-based line and column (in characters) of byte `offset` in `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 #[cfg(test)]
