@@ -13,11 +13,12 @@ mod dbus_support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use dbus_support::{example_policy, image_or_skip, loud, text, tool_or_skip, PrivateBus};
+use dbus_support::{
+    example_policy, image_or_skip, loud, ocr_or_skip, text, tool_or_skip, PrivateBus,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig, ServerConnection, StreamOwned};
@@ -302,17 +303,7 @@ fn a_link_is_fetched_over_tls_inside_the_guest_and_loopback_stays_closed_to_wild
     assert!(png.is_file(), "no page PNG: {}", text(&fetched));
     let dark = dark_pixels(&png);
     assert!(dark > 500, "the page has only {dark} dark pixels");
-    if tool_or_skip(
-        &format!("{test} (OCR of the page)"),
-        "tesseract",
-        "tesseract-ocr",
-    ) {
-        let ocr = Command::new("tesseract")
-            .arg(&png)
-            .arg("stdout")
-            .output()
-            .unwrap();
-        let words = String::from_utf8_lossy(&ocr.stdout).to_uppercase();
+    if let Some(words) = ocr_or_skip(&format!("{test} (OCR of the page)"), &png) {
         assert!(words.contains("EGRESS WORKS"), "OCR read: {words}");
     }
 

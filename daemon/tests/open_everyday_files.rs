@@ -12,9 +12,10 @@
 mod dbus_support;
 
 use std::path::Path;
-use std::process::Command;
 
-use dbus_support::{example_policy, image_or_skip, loud, text, tool_or_skip, PrivateBus};
+use dbus_support::{
+    example_policy, image_or_skip, loud, ocr_or_skip, text, tool_or_skip, PrivateBus,
+};
 
 const TEST: &str = "everyday_files_come_back_as_what_they_are";
 
@@ -197,17 +198,10 @@ fn everyday_files_come_back_as_what_they_are() {
     let (out, pages, report) = open("notes.dat");
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(pages_in(&pages) >= 1, "{report}");
-    if tool_or_skip(
+    if let Some(words) = ocr_or_skip(
         &format!("{TEST} (OCR of the hex view)"),
-        "tesseract",
-        "tesseract-ocr",
+        &pages.join("page-1.png"),
     ) {
-        let ocr = Command::new("tesseract")
-            .arg(pages.join("page-1.png"))
-            .arg("stdout")
-            .output()
-            .unwrap();
-        let words = String::from_utf8_lossy(&ocr.stdout).to_uppercase();
         assert!(words.contains("BINARY DATA"), "OCR read: {words}");
         assert!(words.contains("HEXADECIMAL"), "OCR read: {words}");
     }
@@ -217,17 +211,10 @@ fn everyday_files_come_back_as_what_they_are() {
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert!(report.contains("text/plain"), "{report}");
     assert_eq!(pages_in(&pages), 1, "{report}");
-    if tool_or_skip(
+    if let Some(words) = ocr_or_skip(
         &format!("{TEST} (OCR of the UTF-16 text)"),
-        "tesseract",
-        "tesseract-ocr",
+        &pages.join("page-1.png"),
     ) {
-        let ocr = Command::new("tesseract")
-            .arg(pages.join("page-1.png"))
-            .arg("stdout")
-            .output()
-            .unwrap();
-        let words = String::from_utf8_lossy(&ocr.stdout).to_uppercase();
         assert!(words.contains("WRITTEN IN NOTEPAD"), "OCR read: {words}");
     }
 

@@ -216,14 +216,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_daemon_gets_hello_then_its_uids_denials_and_its_pid_is_trusted() {
+    /// Subscribers served on `g.sock` in a fresh folder, as guard pid 77.
+    fn serving() -> (tempfile::TempDir, Arc<Subscribers>) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.sock");
         let subscribers = Arc::new(Subscribers::default());
-        let listener = listen(&path).unwrap();
+        let listener = listen(&dir.path().join("g.sock")).unwrap();
         let serving = Arc::clone(&subscribers);
         std::thread::spawn(move || serving.serve(listener, 77));
+        (dir, subscribers)
+    }
+
+    #[test]
+    fn a_daemon_gets_hello_then_its_uids_denials_and_its_pid_is_trusted() {
+        let (dir, subscribers) = serving();
+        let path = dir.path().join("g.sock");
         let me = rustix::process::getuid().as_raw();
         let stream = UnixStream::connect(&path).unwrap();
         let mut lines = BufReader::new(stream).lines();
@@ -271,12 +277,8 @@ mod tests {
 
     #[test]
     fn a_daemon_that_leaves_is_no_longer_trusted() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, subscribers) = serving();
         let path = dir.path().join("g.sock");
-        let subscribers = Arc::new(Subscribers::default());
-        let listener = listen(&path).unwrap();
-        let serving = Arc::clone(&subscribers);
-        std::thread::spawn(move || serving.serve(listener, 77));
         let stream = UnixStream::connect(&path).unwrap();
         let mut first = String::new();
         BufReader::new(&stream).read_line(&mut first).unwrap();

@@ -336,6 +336,20 @@ pub fn process_name(pid: u32) -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
+/// The words Tesseract reads on the PNG at `png`, upper-cased; `None`
+/// after a SKIPPED line naming `what` when tesseract is not installed.
+pub fn ocr_or_skip(what: &str, png: &Path) -> Option<String> {
+    if !tool_or_skip(what, "tesseract", "tesseract-ocr") {
+        return None;
+    }
+    let ocr = Command::new("tesseract")
+        .arg(png)
+        .arg("stdout")
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&ocr.stdout).to_uppercase())
+}
+
 /// Output of a command, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
