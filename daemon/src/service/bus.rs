@@ -234,10 +234,7 @@ impl Manager {
     }
 
     fn entry_of(&self, task: &ObjectPath<'_>) -> fdo::Result<u64> {
-        let id = task
-            .as_str()
-            .strip_prefix(&format!("{MANAGER_PATH}/task/"))
-            .and_then(|n| n.parse::<u64>().ok())
+        let id = task_id(task.as_str())
             .ok_or_else(|| fdo::Error::InvalidArgs(format!("{task} is not a task")))?;
         if lock(&self.shared).tasks.contains_key(&id) {
             Ok(id)
@@ -725,7 +722,7 @@ async fn run_intercepted(launcher: Manager, mut rx: tokio::sync::mpsc::Receiver<
                 continue;
             }
         };
-        if let Some(id) = task_id(&path) {
+        if let Some(id) = task_id(path.as_str()) {
             let how = match &denied.how {
                 DenyKind::Exec => "exec".to_owned(),
                 DenyKind::Interpreter { interpreter } => format!("open by {interpreter}"),
@@ -752,10 +749,9 @@ async fn run_intercepted(launcher: Manager, mut rx: tokio::sync::mpsc::Receiver<
     }
 }
 
-/// The id in a task's object path.
-fn task_id(path: &OwnedObjectPath) -> Option<u64> {
-    path.as_str()
-        .strip_prefix(&format!("{MANAGER_PATH}/task/"))?
+/// The id in a task's object path (the inverse of [`task_path`]).
+fn task_id(path: &str) -> Option<u64> {
+    path.strip_prefix(&format!("{MANAGER_PATH}/task/"))?
         .parse()
         .ok()
 }
