@@ -12,10 +12,11 @@
 //! SKIPPED line.
 
 mod dbus_support;
+mod guard_support;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use dbus_support::{
     example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program,
     task_proxy, tool_or_skip, wait_finished, PrivateBus, Xvfb,
 };
+use guard_support::{root_or_skip, set_xattr, RunningGuard, Tmpfs};
 use zbus::zvariant::OwnedObjectPath;
 
 const TEST: &str = "a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told";
@@ -35,37 +37,6 @@ int main(void) {
     return 7;
 }
 "#;
-
-/// A tmpfs mounted for the test (fanotify marks only ever go on it).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                "size=64m,mode=0755",
-                "vitrine-guard-test",
-            ])
-            .arg(dir)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(Tmpfs(dir.to_owned()))
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// A child process killed when the test ends, pass or fail.
 struct Killed(Child);
@@ -87,35 +58,6 @@ fn socket_entries(path: &Path) -> usize {
         .count()
 }
 
-/// Starts the guard on `config`; `Err` is its own word on why it could not.
-fn start_guard(config: &Path, socket: &Path, log: &Path) -> Result<Killed, String> {
-    let child = Command::new(env!("CARGO_BIN_EXE_vitrine-guard"))
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let mut guard = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if socket.exists() {
-            return Ok(guard);
-        }
-        if let Ok(Some(status)) = guard.0.try_wait() {
-            let said = std::fs::read_to_string(log).unwrap_or_default();
-            return Err(format!("vitrine-guard exited ({status}): {said}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!(
-        "vitrine-guard did not listen on {} within 20 s: {}",
-        socket.display(),
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
 fn dunstctl(bus: &PrivateBus, display: &str, args: &[&str]) -> String {
     let out = bus
         .command("dunstctl")
@@ -128,10 +70,7 @@ fn dunstctl(bus: &PrivateBus, display: &str, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told() {
-    if !rustix::process::geteuid().is_root() {
-        loud(&format!(
-            "SKIPPED {TEST}: needs root (fanotify permission events and mount)"
-        ));
+    if !root_or_skip(TEST) {
         return;
     }
     if !tool_or_skip(TEST, "dbus-daemon", "dbus")
@@ -148,52 +87,24 @@ async fn a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told() {
     let Some(program) = static_program(TEST, "setup-tool", PROGRAM_C, work.path()) else {
         return;
     };
-    let watched = work.path().join("Downloads");
-    let _tmpfs = match Tmpfs::mount(&watched) {
-        Ok(m) => m,
-        Err(why) => {
-            loud(&format!(
-                "SKIPPED {TEST}: cannot mount a tmpfs to watch: {why}"
-            ));
-            return;
-        }
+    let Some(tmpfs) = Tmpfs::mount(TEST) else {
+        return;
     };
+    let watched = &tmpfs.mnt;
 
     // Arrange: the guard on the tmpfs, the program twice on it, one marked.
     let socket = work.path().join("guard.sock");
-    let config = work.path().join("guard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "watch = [\"{}\"]\ninterpreters = []\nsocket = \"{}\"\n",
-            watched.display(),
-            socket.display()
-        ),
-    )
-    .unwrap();
-    let guard_log = work.path().join("guard.log");
-    let _guard = match start_guard(&config, &socket, &guard_log) {
-        Ok(g) => g,
-        Err(why) if why.contains("fanotify") && why.contains("not permitted") => {
-            loud(&format!(
-                "SKIPPED {TEST}: this host refuses fanotify: {why}"
-            ));
-            return;
-        }
-        Err(why) => panic!("{why}"),
+    let config = tmpfs.config(work.path(), "interpreters = []\n");
+    let binary = Path::new(env!("CARGO_BIN_EXE_vitrine-guard"));
+    let Some(guard) = RunningGuard::start(TEST, binary, &config, &socket) else {
+        return;
     };
     let marked = watched.join("setup-tool");
     let plain = watched.join("plain-tool");
     for copy in [&marked, &plain] {
         std::fs::copy(&program, copy).unwrap();
     }
-    rustix::fs::setxattr(
-        &marked,
-        "user.vitrine.untrusted",
-        b"1",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    set_xattr(&marked, "user.vitrine.untrusted", b"1");
 
     let x = Xvfb::start();
     let bus = PrivateBus::start(
@@ -242,7 +153,7 @@ async fn a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told() {
         assert!(
             Instant::now() < deadline,
             "vitrined never connected to the guard; guard log: {}",
-            std::fs::read_to_string(&guard_log).unwrap_or_default()
+            guard.log().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -271,7 +182,7 @@ async fn a_program_the_guard_denies_runs_in_a_vm_and_the_user_is_told() {
         assert!(
             Instant::now() < deadline,
             "no task for the denied program; guard log: {}",
-            std::fs::read_to_string(&guard_log).unwrap_or_default()
+            guard.log().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
