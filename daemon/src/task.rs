@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
     BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
-    IdentityApplied, InputEvent, Limits, MessageError, PixelBudget, Task, TaskKind, TaskStatus,
-    WireMessage, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    IdentityApplied, InputEvent, Limits, MessageError, PagePrint, PixelBudget, SafeCopy, Task,
+    TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -110,6 +110,14 @@ pub enum TaskError {
     /// The guest answered the identity with something else.
     #[error("the guest answered its identity with {0}")]
     IdentityRefused(String),
+    /// A safe-copy page's pixels or print data disagree with each other.
+    #[error("page {} of the safe copy: {reason}", page + 1)]
+    PrintMismatch {
+        /// Page index, from 0.
+        page: u32,
+        /// What disagreed.
+        reason: String,
+    },
     /// An export came back other than it was offered.
     #[error("export {id} broke its offer: {reason}")]
     ExportMismatch {
@@ -192,6 +200,10 @@ pub struct TaskRun {
     pub pages_cut: Option<PagesCut>,
     /// Files the guest offered for export, in order.
     pub exports: Vec<ExportOffer>,
+    /// A safe-copy task's print data (resolution, OCR words), by page.
+    pub prints: BTreeMap<u32, PagePrint>,
+    /// Pixels painted on each page, to tell a whole page from one with holes.
+    pub painted: BTreeMap<u32, u64>,
     /// Log lines of the guest.
     pub logs: Vec<String>,
     /// Messages outside a task's flow (an export offer, a second Ready):
@@ -231,6 +243,8 @@ pub struct TaskInput {
     pub data: Vec<u8>,
     /// Limits the guest enforces, and the host checks.
     pub limits: Limits,
+    /// Render for a safe copy (files only).
+    pub safe_copy: Option<SafeCopy>,
 }
 
 impl TaskInput {
@@ -244,6 +258,7 @@ impl TaskInput {
             },
             data,
             limits,
+            safe_copy: None,
         }
     }
 
@@ -260,6 +275,7 @@ impl TaskInput {
             },
             data: Vec::new(),
             limits,
+            safe_copy: None,
         }
     }
 
@@ -274,6 +290,7 @@ impl TaskInput {
             id: 0,
             kind: self.kind.clone(),
             limits: self.limits,
+            safe_copy: self.safe_copy.clone(),
         })
         .validate()
         .map_err(TaskError::BreaksCap)
@@ -288,6 +305,7 @@ impl TaskInput {
             },
             data,
             limits,
+            safe_copy: None,
         }
     }
 }
@@ -384,6 +402,7 @@ pub fn run_task_observed(
             id,
             kind: input.kind.clone(),
             limits: input.limits,
+            safe_copy: input.safe_copy.clone(),
         }))
         .map_err(|e| fail(e, &seen))?;
     let mut offset = 0u64;
@@ -431,11 +450,20 @@ pub fn run_task_observed(
                 run.times.first_frame = run.times.first_frame.or(at);
                 run.frames += 1;
                 run.pixel_bytes += u64::try_from(frame.pixels.len()).unwrap_or(u64::MAX);
-                let fits = run
-                    .pages
-                    .get(&frame.page)
-                    .is_some_and(|p| (p.width, p.height) == (frame.width, frame.height));
+                let held = run.pages.get(&frame.page).map(|p| (p.width, p.height));
+                let fits = held == Some((frame.width, frame.height));
+                if let (Some((w, h)), false, Some(_)) = (held, fits, &input.safe_copy) {
+                    // A safe copy's pages are drawn once; no resize re-lays them out.
+                    return Err(TaskError::PrintMismatch {
+                        page: frame.page,
+                        reason: format!(
+                            "a frame for a {}x{} page after frames for a {w}x{h} one",
+                            frame.width, frame.height
+                        ),
+                    });
+                }
                 if !fits {
+                    run.painted.insert(frame.page, 0);
                     // A new page, or one laid out again (resize): start it afresh.
                     bounds.hold_page(frame.width, frame.height)?;
                     run.pages
@@ -443,6 +471,9 @@ pub fn run_task_observed(
                 }
                 if let Some(page) = run.pages.get_mut(&frame.page) {
                     page.apply(&frame)?;
+                }
+                if let Some(painted) = run.painted.get_mut(&frame.page) {
+                    *painted += u64::from(frame.rect.w) * u64::from(frame.rect.h);
                 }
                 observer.frame(&frame);
                 if seen.last().is_none_or(|s| !s.starts_with("Frame")) {
@@ -452,6 +483,11 @@ pub fn run_task_observed(
             GuestMessage::ProgramExited { code, signal } => {
                 run.program_exit = Some((code, signal));
                 seen.push(format!("ProgramExited({code:?}, {signal:?})"));
+            }
+            GuestMessage::PagePrint(print) => {
+                check_task(id, print.task)?;
+                check_print(&run, &print, input.safe_copy.is_some())?;
+                run.prints.insert(print.page, print);
             }
             GuestMessage::Done { task, status } => {
                 check_task(id, task)?;
@@ -641,6 +677,39 @@ pub fn give_identity(
             }
         }
     }
+}
+
+/// A page's print data must follow its pixels, once, in a safe-copy task,
+/// and every word must lie on the page.
+fn check_print(run: &TaskRun, print: &PagePrint, safe_copy: bool) -> Result<(), TaskError> {
+    let mismatch = |reason: String| TaskError::PrintMismatch {
+        page: print.page,
+        reason,
+    };
+    if !safe_copy {
+        return Err(mismatch(
+            "print data in a task that is not a safe copy".into(),
+        ));
+    }
+    if run.prints.contains_key(&print.page) {
+        return Err(mismatch("print data sent twice".into()));
+    }
+    let Some(page) = run.pages.get(&print.page) else {
+        return Err(mismatch(
+            "print data before any of the page's pixels".into(),
+        ));
+    };
+    for word in &print.words {
+        let inside = u64::from(word.x) + u64::from(word.w) <= u64::from(page.width)
+            && u64::from(word.y) + u64::from(word.h) <= u64::from(page.height);
+        if !inside {
+            return Err(mismatch(format!(
+                "the box of word {:?} ({}x{} at {},{}) lies outside the {}x{} page",
+                word.text, word.w, word.h, word.x, word.y, page.width, page.height
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn check_task(want: u64, got: u64) -> Result<(), TaskError> {

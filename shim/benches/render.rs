@@ -40,6 +40,7 @@ fn one_run() -> Sample {
             size: PDF.len() as u64,
         },
         limits: support::limits(30_000),
+        safe_copy: None,
     };
     guest.send(HostMessage::Task(task));
     assert!(matches!(

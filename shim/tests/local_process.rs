@@ -431,6 +431,7 @@ fn a_task_before_the_vms_fresh_identity_is_refused() {
                 size: 3,
             },
             limits: Limits::default(),
+            safe_copy: None,
         }))
         .unwrap();
     let answer = guest.reader.recv().unwrap();

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::{
     MAX_ARGS, MAX_ARG_BYTES, MAX_CAPABILITIES, MAX_CHUNK_BYTES, MAX_DIM, MAX_EXPORTS,
     MAX_EXPORT_BYTES, MAX_EXTRA_ROOTS, MAX_FRAME_PIXEL_BYTES, MAX_HOST_BYTES, MAX_MIME_BYTES,
-    MAX_NAME_BYTES, MAX_PAGES, MAX_ROOT_BYTES, MAX_TASK_INPUT, MAX_TASK_PIXEL_BYTES,
-    MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES, MAX_VERSION_BYTES,
+    MAX_NAME_BYTES, MAX_OCR_LANG_BYTES, MAX_PAGES, MAX_PRINT_DPI, MAX_ROOT_BYTES, MAX_TASK_INPUT,
+    MAX_TASK_PIXEL_BYTES, MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES, MAX_VERSION_BYTES,
+    MAX_WORDS_PER_PAGE, MAX_WORD_BYTES, MIN_PRINT_DPI,
 };
 
 /// A decoded message broke one of the protocol's caps.
@@ -158,6 +159,37 @@ pub enum GuestMessage {
     /// The answer to `HostMessage::Identity`: the seed is mixed in, the
     /// kernel CRNG reseeded and the clock set.
     IdentityApplied(IdentityApplied),
+    /// In a safe-copy task, after each page's frames: the page's print
+    /// resolution and the words OCR found on it.
+    PagePrint(PagePrint),
+}
+
+/// What a safe copy needs of one page beside its pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PagePrint {
+    /// Task.
+    pub task: TaskId,
+    /// Page index, from 0.
+    pub page: u32,
+    /// Pixels per inch of the page's frames (its size on paper).
+    pub dpi: u32,
+    /// Words found by OCR, in reading order; empty without OCR.
+    pub words: Vec<OcrWord>,
+}
+
+/// One word OCR found, with its box in page pixels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OcrWord {
+    /// Left.
+    pub x: u32,
+    /// Top.
+    pub y: u32,
+    /// Width.
+    pub w: u32,
+    /// Height.
+    pub h: u32,
+    /// The word, without spaces or control characters.
+    pub text: String,
 }
 
 /// What the guest says once its fresh identity is in force.
@@ -192,6 +224,8 @@ pub enum Capability {
     Html,
     /// A program on a pty, rendered as a terminal.
     Terminal,
+    /// Text recognition (tesseract) for safe copies.
+    Ocr,
 }
 
 /// Outcome of a task.
@@ -358,6 +392,62 @@ pub struct Task {
     pub kind: TaskKind,
     /// Limits the guest enforces.
     pub limits: Limits,
+    /// Render for a safe copy: print resolution, `PagePrint` after each
+    /// page, and OCR when asked. Only for `OpenFile`.
+    pub safe_copy: Option<SafeCopy>,
+}
+
+/// How a safe-copy task renders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafeCopy {
+    /// Tesseract language(s), such as `eng` or `eng+deu`; `None`: no OCR.
+    pub ocr: Option<String>,
+}
+
+impl SafeCopy {
+    /// Checks the OCR language: tesseract's `lang[+lang...]` of letters,
+    /// digits and `_`, which cannot name a path.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        let Some(lang) = &self.ocr else { return Ok(()) };
+        check_len("ocr language", lang.len(), MAX_OCR_LANG_BYTES)?;
+        let word_ok =
+            |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !lang.split('+').all(word_ok) {
+            return Err(MessageError::BadName(lang.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl PagePrint {
+    /// Checks the resolution, the word count and every word's length and
+    /// box against the protocol's page size cap (the host checks boxes
+    /// against the page's real size).
+    pub fn validate(&self) -> Result<(), MessageError> {
+        check_range("page", self.page.into(), MAX_PAGES.into())?;
+        if self.dpi < MIN_PRINT_DPI {
+            return Err(MessageError::OutOfRange {
+                field: "dpi (below the minimum)",
+                value: self.dpi.into(),
+                max: MIN_PRINT_DPI.into(),
+            });
+        }
+        check_range("dpi", self.dpi.into(), MAX_PRINT_DPI.into())?;
+        check_len("words", self.words.len(), MAX_WORDS_PER_PAGE)?;
+        for word in &self.words {
+            check_len("word", word.text.len(), MAX_WORD_BYTES)?;
+            if word.text.is_empty() || word.text.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(MessageError::BadName(word.text.clone()));
+            }
+            check_dim("word w", word.w)?;
+            check_dim("word h", word.h)?;
+            let right = u64::from(word.x) + u64::from(word.w);
+            let bottom = u64::from(word.y) + u64::from(word.h);
+            check_range("word right edge", right, MAX_DIM.into())?;
+            check_range("word bottom edge", bottom, MAX_DIM.into())?;
+        }
+        Ok(())
+    }
 }
 
 impl Task {
@@ -676,6 +766,7 @@ impl WireMessage for GuestMessage {
                 )
             }
             GuestMessage::EgressClose | GuestMessage::IdentityApplied(_) => Ok(()),
+            GuestMessage::PagePrint(print) => print.validate(),
         }
     }
 }
@@ -685,6 +776,12 @@ impl WireMessage for HostMessage {
         match self {
             HostMessage::Task(task) => {
                 task.limits.validate()?;
+                if let Some(copy) = &task.safe_copy {
+                    if !matches!(task.kind, TaskKind::OpenFile { .. }) {
+                        return Err(MessageError::BadName("safe copy of a non-file task".into()));
+                    }
+                    copy.validate()?;
+                }
                 match &task.kind {
                     TaskKind::OpenFile {
                         name,

@@ -27,8 +27,8 @@ pub use codec::{decode_payload, encode_frame, encode_payload, CodecError};
 pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
     Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
-    IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers,
-    PixelFormat, Ready, Rect, Task, TaskId, TaskKind, TaskStatus, WireMessage,
+    IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers, OcrWord,
+    PagePrint, PixelFormat, Ready, Rect, SafeCopy, Task, TaskId, TaskKind, TaskStatus, WireMessage,
 };
 /// The byte-string type of `TaskKind::OpenUri::extra_roots`.
 pub use serde_bytes::ByteBuf;
@@ -43,7 +43,7 @@ pub fn check_export_name(name: &str) -> Result<(), MessageError> {
 pub use async_framing::{AsyncFrameReader, AsyncFrameWriter};
 
 /// Version of the wire protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX_BYTES: usize = 4;
@@ -90,6 +90,16 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 pub const MAX_VERSION_BYTES: usize = 64;
 /// Most capabilities in `Ready`.
 pub const MAX_CAPABILITIES: usize = 32;
+/// Most OCR words on one page (a dense page of small print has ~1,500).
+pub const MAX_WORDS_PER_PAGE: usize = 8192;
+/// Longest OCR word, in bytes.
+pub const MAX_WORD_BYTES: usize = 100;
+/// Longest OCR language list (`eng+deu+...`).
+pub const MAX_OCR_LANG_BYTES: usize = 64;
+/// Lowest print resolution of a safe copy's page.
+pub const MIN_PRINT_DPI: u32 = 36;
+/// Highest print resolution of a safe copy's page.
+pub const MAX_PRINT_DPI: u32 = 1200;
 /// Longest time limit a host may ask for (10 minutes).
 pub const MAX_TIME_LIMIT_MS: u32 = 10 * 60 * 1000;
 

@@ -31,6 +31,23 @@ pub fn task() -> Task {
             size: 1234,
         },
         limits: Limits::default(),
+        safe_copy: None,
+    }
+}
+
+/// A safe-copy page's print data with one OCR word.
+pub fn page_print() -> PagePrint {
+    PagePrint {
+        task: 7,
+        page: 0,
+        dpi: 150,
+        words: vec![OcrWord {
+            x: 10,
+            y: 20,
+            w: 60,
+            h: 14,
+            text: "Grüße".into(),
+        }],
     }
 }
 
@@ -82,6 +99,7 @@ pub fn guest_messages() -> Vec<GuestMessage> {
             random_digest: [0xd1; 32],
             clock_unix_ns: 1_795_000_000_000_000_000,
         }),
+        GuestMessage::PagePrint(page_print()),
     ]
 }
 
@@ -90,12 +108,19 @@ pub fn host_messages() -> Vec<HostMessage> {
     vec![
         HostMessage::Task(task()),
         HostMessage::Task(Task {
+            safe_copy: Some(SafeCopy {
+                ocr: Some("eng+deu".into()),
+            }),
+            ..task()
+        }),
+        HostMessage::Task(Task {
             id: 8,
             kind: TaskKind::RunProgram {
                 size: 10,
                 args: vec!["-v".into()],
             },
             limits: Limits::default(),
+            safe_copy: None,
         }),
         HostMessage::Task(Task {
             id: 9,
@@ -105,6 +130,7 @@ pub fn host_messages() -> Vec<HostMessage> {
                 extra_roots: vec![ByteBuf::from(vec![0x30, 0x82, 0, 1])],
             },
             limits: Limits::default(),
+            safe_copy: None,
         }),
         HostMessage::TaskData {
             offset: 0,

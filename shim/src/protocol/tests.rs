@@ -249,3 +249,44 @@ fn largest_allowed_frame_fits_the_frame_cap() {
 
     assert!(bytes.len() <= max_len() + 4);
 }
+
+#[test]
+fn page_print_past_its_caps_is_refused() {
+    let mut many = samples::page_print();
+    let word = many.words[0].clone();
+    many.words = vec![word; MAX_WORDS_PER_PAGE + 1];
+    let mut long = samples::page_print();
+    long.words[0].text = "w".repeat(MAX_WORD_BYTES + 1);
+    let mut spaced = samples::page_print();
+    spaced.words[0].text = "two words".into();
+    let mut off_page = samples::page_print();
+    off_page.words[0].x = MAX_DIM;
+    let mut low_dpi = samples::page_print();
+    low_dpi.dpi = MIN_PRINT_DPI - 1;
+
+    for bad in [many, long, spaced, off_page, low_dpi] {
+        let msg = GuestMessage::PagePrint(bad);
+        assert!(msg.validate().is_err(), "{msg:?} passed");
+        assert!(encode_payload(&msg).is_err());
+    }
+    assert!(GuestMessage::PagePrint(samples::page_print())
+        .validate()
+        .is_ok());
+}
+
+#[test]
+fn ocr_language_that_could_name_a_path_is_refused() {
+    let with_lang = |lang: &str| {
+        HostMessage::Task(Task {
+            safe_copy: Some(SafeCopy {
+                ocr: Some(lang.into()),
+            }),
+            ..samples::task()
+        })
+    };
+
+    for bad in ["../eng", "eng+", "", "en g", "eng/x"] {
+        assert!(with_lang(bad).validate().is_err(), "{bad:?} passed");
+    }
+    assert!(with_lang("eng+chi_sim").validate().is_ok());
+}

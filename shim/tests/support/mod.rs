@@ -132,6 +132,7 @@ impl Guest {
                 id: 1,
                 kind,
                 limits,
+                safe_copy: None,
             }))
             .unwrap();
         match self.reader.recv().unwrap() {
