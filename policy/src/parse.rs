@@ -27,7 +27,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "export",
 ];
 pub const DISPLAY_KEYS: &[&str] = &["max_width", "max_height", "max_fps"];
-pub const EXPORT_KEYS: &[&str] = &["mode", "types", "max_size", "flatten"];
+pub const EXPORT_KEYS: &[&str] = &["mode", "types", "max_size", "flatten", "ocr"];
 pub const RULE_KEYS: &[&str] = &[
     "name",
     "description",
@@ -605,6 +605,30 @@ impl<'a> Parser<'a> {
                 "flatten" => {
                     if let Some(b) = self.boolean(item, "export.flatten") {
                         e.flatten = b;
+                    }
+                }
+                "ocr" => {
+                    if let Item::Value(Value::Boolean(b)) = item {
+                        if *b.value() {
+                            let span = item.span().unwrap_or(0..0);
+                            self.error(
+                                span,
+                                "`export.ocr` names a language, not true".to_owned(),
+                                Some("write export.ocr = \"eng\" (or \"eng+deu\"), or false for no text layer".to_owned()),
+                            );
+                        } else {
+                            e.ocr = None;
+                        }
+                    } else if let Some((lang, span)) = self.string(item, "export.ocr") {
+                        if crate::profile::is_ocr_language(lang) {
+                            e.ocr = Some(lang.to_owned());
+                        } else {
+                            self.error(
+                                span,
+                                format!("`export.ocr` cannot be \"{lang}\"; it is a tesseract language list"),
+                                Some("write a language such as \"eng\", or several joined by +, such as \"eng+deu\"".to_owned()),
+                            );
+                        }
                     }
                 }
                 other => self.unknown_key(t, other, EXPORT_KEYS),

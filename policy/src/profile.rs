@@ -147,6 +147,18 @@ pub struct ExportRules {
     /// Re-render the file to pixels (an image or image-only PDF) before it
     /// leaves, so no active content survives.
     pub flatten: bool,
+    /// OCR language(s) of a safe copy's text layer (`eng`, `eng+deu`), when
+    /// the caller does not choose; `None`: no text layer.
+    pub ocr: Option<String>,
+}
+
+/// Whether `lang` is a tesseract language list: `+`-joined names of
+/// ASCII letters, digits and `_` (so it can never name a path).
+pub fn is_ocr_language(lang: &str) -> bool {
+    lang.len() <= 64
+        && lang
+            .split('+')
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
 }
 
 /// The outcome of checking one file the guest offers for export.
@@ -236,6 +248,7 @@ impl Profile {
                 types: Vec::new(),
                 max_bytes: 0,
                 flatten: true,
+                ocr: None,
             },
         }
     }
@@ -256,6 +269,10 @@ impl Profile {
             ("export.types", types.join(", ")),
             ("export.max_size", format_size(self.export.max_bytes)),
             ("export.flatten", self.export.flatten.to_string()),
+            (
+                "export.ocr",
+                self.export.ocr.clone().unwrap_or_else(|| "none".to_owned()),
+            ),
         ]
     }
 }
@@ -383,6 +400,7 @@ mod tests {
             types: vec![MimePattern::parse("image/*").unwrap()],
             max_bytes: 100,
             flatten: true,
+            ocr: None,
         };
         assert_eq!(
             rules.check("image/png", 10),

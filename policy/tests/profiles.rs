@@ -187,3 +187,37 @@ fn profiles_are_visible_from_rules_in_earlier_files() {
     let d = policy.evaluate(&open_file("text/plain", "/a", LOCAL));
     assert_eq!(d.verdict.profile().map(|p| p.vcpus), Some(3));
 }
+
+#[test]
+fn the_safe_copy_ocr_language_is_a_tesseract_list_or_nothing() {
+    let lang = |value: &str| {
+        profile_from(&format!(
+            "[profile.p.export]\nmode = \"ask\"\ntypes = [\"application/pdf\"]\nmax_size = \"1MiB\"\nocr = {value}\n"
+        ))
+            .export
+            .ocr
+    };
+
+    assert_eq!(lang("\"eng+deu\"").as_deref(), Some("eng+deu"));
+    assert_eq!(lang("false"), None);
+    assert_eq!(
+        profile_from("[profile.p]\nvcpus = 1\n").export.ocr,
+        None,
+        "no text layer unless asked"
+    );
+    for bad in ["\"../eng\"", "\"eng+\"", "true"] {
+        let d = load_err(&[(
+            "10-p.toml",
+            &format!(
+                "[profile.p.export]\nmode = \"ask\"\ntypes = [\"application/pdf\"]\nmax_size = \"1MiB\"\nocr = {bad}\n[[rule]]\naction = \"open-file\"\nsandbox = \"p\"\n"
+            ),
+        )]);
+        let text = d.to_string();
+        assert!(text.contains("10-p.toml:5:"), "{bad}: {text}");
+        assert!(text.contains("export.ocr"), "{bad}: {text}");
+        assert!(
+            text.contains("eng"),
+            "{bad}: the fix names a language: {text}"
+        );
+    }
+}
