@@ -78,6 +78,15 @@ impl Exports {
         Ok(new)
     }
 
+    /// The offer of export `id` and its snapshot's path.
+    pub fn offer(&self, id: ExportId) -> Result<(&ExportOffer, &Path), ExportError> {
+        self.offers
+            .iter()
+            .find(|(o, _)| o.id == id)
+            .map(|(o, p)| (o, p.as_path()))
+            .ok_or(ExportError::UnknownId(id))
+    }
+
     /// Opens the snapshot of export `id`.
     pub fn open(&self, id: ExportId) -> Result<(File, u64), ExportError> {
         let (offer, path) = self

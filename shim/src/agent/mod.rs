@@ -19,9 +19,9 @@ use crate::export::{Exports, CHUNK};
 use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
 use crate::identity;
 use crate::protocol::{
-    Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage, HostMessage,
-    Identity as VmIdentity, InputEvent, LogLevel, PixelBudget, Ready, Rect, Task, TaskKind,
-    TaskStatus, MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
+    flatten_task_id, Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage,
+    HostMessage, Identity as VmIdentity, InputEvent, LogLevel, PixelBudget, Ready, Rect, SafeCopy,
+    Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
 };
 use crate::raster::Raster;
 use crate::render::pdf;
@@ -360,7 +360,7 @@ impl Agent {
             task: task.id,
             status,
         })?;
-        self.serve_after_done(task, &mut view, &mut budget, &exports)
+        self.serve_after_done(task, work, &mut view, &mut budget, &exports)
     }
 
     fn receive_input(&mut self, task: &Task, path: &Path) -> Result<(), Stop> {
@@ -685,6 +685,7 @@ impl Agent {
     fn serve_after_done(
         &mut self,
         task: &Task,
+        work: &Path,
         view: &mut View,
         budget: &mut PixelBudget,
         exports: &Exports,
@@ -698,6 +699,9 @@ impl Agent {
             let result = match msg {
                 HostMessage::Shutdown => return Ok(()),
                 HostMessage::FetchExport { id } => self.stream_export(exports, id),
+                HostMessage::FlattenExport { id, safe_copy } => {
+                    self.flatten_export(task, work, exports, id, safe_copy)
+                }
                 HostMessage::Input(event) => self.input_after_done(task, view, &event, budget),
                 other => self
                     .log(LogLevel::Warn, format!("ignored after done: {other:?}"))
@@ -735,6 +739,66 @@ impl Agent {
             (View::Terminal(term), event) => self.terminal_input(term, event, budget),
             _ => Ok(()),
         }
+    }
+
+    /// Renders export `id` as a safe-copy task of its own id, so that only
+    /// its pages' pixels (and OCR words) leave, never its bytes.
+    fn flatten_export(
+        &mut self,
+        task: &Task,
+        work: &Path,
+        exports: &Exports,
+        id: u32,
+        safe_copy: SafeCopy,
+    ) -> Result<(), Stop> {
+        let flat_id = flatten_task_id(id);
+        let (offer, snapshot) = match exports.offer(id) {
+            Ok(x) => x,
+            Err(e) => {
+                let status = TaskStatus::Failed(chain(&e));
+                return Ok(self.send(GuestMessage::Done {
+                    task: flat_id,
+                    status,
+                })?);
+            }
+        };
+        let flat = Task {
+            id: flat_id,
+            kind: TaskKind::OpenFile {
+                name: offer.name.clone(),
+                mime_hint: Some(offer.mime.clone()),
+                size: offer.size,
+            },
+            limits: task.limits,
+            safe_copy: Some(safe_copy),
+        };
+        let dir = work.join(format!("flatten-{id}"));
+        let input = dir.join("input");
+        let name = offer.name.clone();
+        let mime = offer.mime.clone();
+        // A readable copy for the renderer's uid; the snapshot stays as hashed.
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::copy(snapshot, &input))
+            .and_then(|_| std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)))
+            .map_err(failed)?;
+        let deadline = Instant::now() + Duration::from_millis(task.limits.time_limit_ms.into());
+        let mut budget = PixelBudget::new(task.limits.max_pixel_bytes);
+        let mut view = View::None;
+        let doc = FileDoc {
+            input: &input,
+            name: &name,
+            mime_hint: Some(&mime),
+        };
+        let status = match self.render_file(&flat, &doc, &dir, deadline, &mut budget, &mut view) {
+            Ok(()) => TaskStatus::Ok,
+            Err(Stop::Task(status)) => status,
+            Err(other) => return Err(other),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(self.send(GuestMessage::Done {
+            task: flat_id,
+            status,
+        })?)
     }
 
     fn stream_export(&mut self, exports: &Exports, id: u32) -> Result<(), Stop> {

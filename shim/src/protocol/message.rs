@@ -339,6 +339,16 @@ pub enum HostMessage {
         /// Export.
         id: ExportId,
     },
+    /// Asks, after `Done`, for an offered export as pixels instead of bytes
+    /// (a profile that flattens exports): the guest renders it as a
+    /// safe-copy task of id [`flatten_task_id`]`(id)` (`PageInfo`, frames,
+    /// `PagePrint`, `Done`), and the host rebuilds it as a PDF.
+    FlattenExport {
+        /// Export.
+        id: ExportId,
+        /// How to render it.
+        safe_copy: SafeCopy,
+    },
     /// Stop: the guest powers off.
     Shutdown,
     /// The answer to `EgressOpen` or `EgressRecv`.
@@ -395,6 +405,12 @@ pub struct Task {
     /// Render for a safe copy: print resolution, `PagePrint` after each
     /// page, and OCR when asked. Only for `OpenFile`.
     pub safe_copy: Option<SafeCopy>,
+}
+
+/// The task id under which the guest renders export `id` for
+/// `FlattenExport`: above any id a host gives a task of its own.
+pub fn flatten_task_id(id: ExportId) -> TaskId {
+    (1 << 32) | TaskId::from(id)
 }
 
 /// How a safe-copy task renders.
@@ -840,6 +856,10 @@ impl WireMessage for HostMessage {
             },
             HostMessage::FetchExport { id } => {
                 check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())
+            }
+            HostMessage::FlattenExport { id, safe_copy } => {
+                check_range("export id", (*id).into(), (MAX_EXPORTS - 1).into())?;
+                safe_copy.validate()
             }
             HostMessage::Shutdown => Ok(()),
             HostMessage::Identity(identity) => {

@@ -26,9 +26,10 @@ pub use budget::{BudgetError, PixelBudget};
 pub use codec::{decode_payload, encode_frame, encode_payload, CodecError};
 pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
-    Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
-    IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel, MessageError, Modifiers, OcrWord,
-    PagePrint, PixelFormat, Ready, Rect, SafeCopy, Task, TaskId, TaskKind, TaskStatus, WireMessage,
+    flatten_task_id, Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage,
+    HostMessage, Identity, IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel,
+    MessageError, Modifiers, OcrWord, PagePrint, PixelFormat, Ready, Rect, SafeCopy, Task, TaskId,
+    TaskKind, TaskStatus, WireMessage,
 };
 /// The byte-string type of `TaskKind::OpenUri::extra_roots`.
 pub use serde_bytes::ByteBuf;

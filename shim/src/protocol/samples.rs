@@ -151,6 +151,10 @@ pub fn host_messages() -> Vec<HostMessage> {
             height: 600,
         }),
         HostMessage::FetchExport { id: 0 },
+        HostMessage::FlattenExport {
+            id: 1,
+            safe_copy: SafeCopy { ocr: None },
+        },
         HostMessage::Shutdown,
         HostMessage::Egress(EgressReply::Connected),
         HostMessage::Egress(EgressReply::Data(vec![0x17, 3, 3, 0, 1, 9])),
