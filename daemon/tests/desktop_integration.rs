@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vitrine_daemon::desktop::install::{
-    self, default_service_files, Change, DesktopError, InstallOptions, Targets, THUNAR_UNIQUE_ID,
+    self, default_service_files, Change, DesktopError, InstallOptions, Targets,
+    THUNAR_SAFE_COPY_ID, THUNAR_UNIQUE_ID,
 };
 
 const VITRINE: &str = "/opt/vitrine/bin/vitrine";
@@ -170,6 +171,14 @@ fn install_writes_every_integration_file_with_the_right_exec() {
         handler["Desktop Action open-link-safely"]["Exec"],
         format!("{VITRINE} url %u")
     );
+    assert_eq!(
+        handler["Desktop Action save-safe-copy"]["Name"],
+        "Save a safe copy"
+    );
+    assert_eq!(
+        handler["Desktop Action save-safe-copy"]["Exec"],
+        format!("{VITRINE} convert %F")
+    );
 
     let runner = key_file(&t.run_desktop_file());
     let run_entry = &runner["Desktop Entry"];
@@ -190,10 +199,17 @@ fn install_writes_every_integration_file_with_the_right_exec() {
     for menu in [t.dolphin_plasma5(), t.dolphin_plasma6()] {
         let k = key_file(&menu);
         assert_eq!(k["Desktop Entry"]["Type"], "Service");
-        assert_eq!(k["Desktop Entry"]["Actions"], "vitrineOpenSafely;");
+        assert_eq!(
+            k["Desktop Entry"]["Actions"],
+            "vitrineOpenSafely;vitrineSaveSafeCopy;"
+        );
         assert_eq!(
             k["Desktop Action vitrineOpenSafely"]["Exec"],
             format!("{VITRINE} open %f")
+        );
+        assert_eq!(
+            k["Desktop Action vitrineSaveSafeCopy"]["Exec"],
+            format!("{VITRINE} convert %F")
         );
     }
     assert!(menu_path_ends(
@@ -221,6 +237,9 @@ fn install_writes_every_integration_file_with_the_right_exec() {
     ));
     assert_eq!(nemo["Nemo Action"]["Exec"], format!("{VITRINE} open %F"));
     assert_eq!(nemo["Nemo Action"]["Selection"], "s");
+    let copy = key_file(&t.nemo_safe_copy());
+    assert_eq!(copy["Nemo Action"]["Exec"], format!("{VITRINE} convert %F"));
+    assert_eq!(copy["Nemo Action"]["Name"], "Save a safe copy");
 
     let dbus = key_file(&t.dbus_service());
     assert_eq!(dbus["D-BUS Service"]["Name"], "org.vitrine.Sandbox1");
@@ -292,11 +311,17 @@ fn thunar_action_merges_into_the_users_file_and_keeps_their_action() {
             .unwrap_or_default()
             .to_owned()
     };
-    assert_eq!(actions.len(), 2);
+    assert_eq!(actions.len(), 3);
     assert_eq!(field(&actions[0], "name"), "Open Terminal Here");
     assert_eq!(field(&actions[1], "unique-id"), THUNAR_UNIQUE_ID);
     assert_eq!(field(&actions[1], "command"), format!("{VITRINE} open %f"));
     assert_eq!(field(&actions[1], "name"), "Open safely");
+    assert_eq!(field(&actions[2], "unique-id"), THUNAR_SAFE_COPY_ID);
+    assert_eq!(
+        field(&actions[2], "command"),
+        format!("{VITRINE} convert %F")
+    );
+    assert_eq!(field(&actions[2], "name"), "Save a safe copy");
 }
 
 #[test]
@@ -423,10 +448,11 @@ class F:
     def is_directory(self): return self.d
 p = ext.VitrineMenuProvider()
 items = p.get_file_items([F("file:///tmp/a%20b.pdf"), F("file:///tmp/c.png")])
-assert len(items) == 1 and items[0].kw["label"] == "Open safely", items
-signal, fn, args = items[0].handlers[0]
-assert signal == "activate"
-fn(items[0], *args)
+assert [i.kw["label"] for i in items] == ["Open safely", "Save a safe copy"], items
+for item in items:
+    signal, fn, args = item.handlers[0]
+    assert signal == "activate"
+    fn(item, *args)
 assert p.get_file_items(None, [F("file:///tmp/d", True)]) == []
 assert p.get_file_items([F("sftp://host/x.pdf")]) == []
 print(json.dumps({"ran": ran, "api": gi.asked}))
@@ -450,7 +476,7 @@ print(json.dumps({"ran": ran, "api": gi.asked}))
         );
         let got = String::from_utf8(out.stdout).unwrap();
         let want = format!(
-            "{{\"ran\": [[\"{VITRINE}\", \"open\", \"/tmp/a b.pdf\"], [\"{VITRINE}\", \"open\", \"/tmp/c.png\"]], \"api\": {}}}",
+            "{{\"ran\": [[\"{VITRINE}\", \"open\", \"/tmp/a b.pdf\"], [\"{VITRINE}\", \"open\", \"/tmp/c.png\"], [\"{VITRINE}\", \"convert\", \"/tmp/a b.pdf\", \"/tmp/c.png\"]], \"api\": {}}}",
             serde_api(&api)
         );
         assert_eq!(got.trim(), want);

@@ -1,7 +1,11 @@
-"""Vitrine for Nautilus: an "Open safely" item in the file context menu.
+"""Vitrine for Nautilus: "Open safely" and "Save a safe copy" in the file
+context menu.
 
-It runs `vitrine open FILE` for each selected local file, so the file is
-opened inside a throwaway Vitrine micro-VM instead of on the desktop.
+"Open safely" runs `vitrine open FILE` for each selected local file, so the
+file is opened inside a throwaway Vitrine micro-VM instead of on the
+desktop. "Save a safe copy" runs `vitrine convert FILE...`: each file is
+rebuilt beside it as NAME-safe.pdf from its pages' pixels (with OCR text
+when the profile says so).
 Works with nautilus-python's API 4.0 (Nautilus 43+) and falls back to 3.0.
 """
 
@@ -35,6 +39,11 @@ def commands_for(paths):
     return [[VITRINE, "open", path] for path in paths]
 
 
+def safe_copy_command(paths):
+    """One `vitrine convert` for the whole selection: one VM per file."""
+    return [VITRINE, "convert", *paths]
+
+
 class VitrineMenuProvider(GObject.GObject, Nautilus.MenuProvider):
     """Adds "Open safely" for a selection of regular local files."""
 
@@ -58,9 +67,19 @@ class VitrineMenuProvider(GObject.GObject, Nautilus.MenuProvider):
             icon="security-high",
         )
         item.connect("activate", self.on_activate, paths)
-        return [item]
+        copy = Nautilus.MenuItem(
+            name="Vitrine::SaveSafeCopy",
+            label="Save a safe copy",
+            tip="Rebuild as a clean PDF from its pixels",
+            icon="document-save",
+        )
+        copy.connect("activate", self.on_safe_copy, paths)
+        return [item, copy]
 
     def on_activate(self, _item, paths):
         for command in commands_for(paths):
             # Detached: the sandbox outlives the menu callback.
             subprocess.Popen(command, start_new_session=True)
+
+    def on_safe_copy(self, _item, paths):
+        subprocess.Popen(safe_copy_command(paths), start_new_session=True)

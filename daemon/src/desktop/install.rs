@@ -24,10 +24,21 @@ const NAUTILUS_PY: &str = include_str!("../../desktop/nautilus/vitrine_nautilus.
 const DOLPHIN_MENU: &str = include_str!("../../desktop/dolphin/vitrine-open.desktop");
 /// Nemo action.
 const NEMO_ACTION: &str = include_str!("../../desktop/nemo/vitrine-open.nemo_action");
+/// Nemo's "Save a safe copy" action.
+const NEMO_SAFE_COPY: &str = include_str!("../../desktop/nemo/vitrine-safe-copy.nemo_action");
 /// The `<action>` merged into Thunar's uca.xml.
 pub const THUNAR_ACTION: &str = include_str!("../../desktop/thunar/uca-action.xml");
 /// Thunar action id, how uninstall finds its action again.
 pub const THUNAR_UNIQUE_ID: &str = "vitrine-open-safely";
+/// Thunar's "Save a safe copy" `<action>`.
+pub const THUNAR_SAFE_COPY: &str = include_str!("../../desktop/thunar/uca-safe-copy.xml");
+/// Its id.
+pub const THUNAR_SAFE_COPY_ID: &str = "vitrine-save-safe-copy";
+/// Every action Vitrine keeps in uca.xml, by id.
+const THUNAR_ACTIONS: [(&str, &str); 2] = [
+    (THUNAR_UNIQUE_ID, THUNAR_ACTION),
+    (THUNAR_SAFE_COPY_ID, THUNAR_SAFE_COPY),
+];
 
 /// The D-Bus activation file and systemd user unit (the daemon's own files,
 /// read from the source folder at install time).
@@ -145,6 +156,12 @@ impl Targets {
     /// The Nemo action.
     pub fn nemo_action(&self) -> PathBuf {
         self.data_dir.join("nemo/actions/vitrine-open.nemo_action")
+    }
+
+    /// Nemo's "Save a safe copy" action.
+    pub fn nemo_safe_copy(&self) -> PathBuf {
+        self.data_dir
+            .join("nemo/actions/vitrine-safe-copy.nemo_action")
     }
 
     /// The D-Bus activation file.
@@ -288,6 +305,7 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<Change>, DesktopError> {
         t.dolphin_plasma5(),
         t.dolphin_plasma6(),
         t.nemo_action(),
+        t.nemo_safe_copy(),
         t.dbus_service(),
         t.systemd_unit(),
     ] {
@@ -310,6 +328,7 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<Change>, DesktopError> {
         // Plasma 6 only runs service menus that are executable.
         (t.dolphin_plasma6(), exec(DOLPHIN_MENU), 0o755),
         (t.nemo_action(), exec(NEMO_ACTION), 0o644),
+        (t.nemo_safe_copy(), exec(NEMO_SAFE_COPY), 0o644),
     ];
     for (path, content, mode) in &files {
         write_ours(path, content, *mode, &mut manifest)?;
@@ -337,16 +356,20 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<Change>, DesktopError> {
     }
 
     let uca = t.thunar_uca();
-    let action = THUNAR_ACTION.replace("@VITRINE@", &xml_escape(&vitrine));
     let existed = uca.exists();
-    let current = if existed { Some(read(&uca)?) } else { None };
-    let merged =
-        thunar::merge(current.as_deref(), THUNAR_UNIQUE_ID, &action).map_err(|source| {
-            DesktopError::Thunar {
-                path: uca.clone(),
-                source,
-            }
-        })?;
+    let mut merged = if existed { Some(read(&uca)?) } else { None };
+    for (id, template) in THUNAR_ACTIONS {
+        let action = template.replace("@VITRINE@", &xml_escape(&vitrine));
+        merged = Some(
+            thunar::merge(merged.as_deref(), id, &action).map_err(|source| {
+                DesktopError::Thunar {
+                    path: uca.clone(),
+                    source,
+                }
+            })?,
+        );
+    }
+    let merged = merged.unwrap_or_default();
     if existed && !manifest.files.contains(&uca) {
         // The user's own file: add our action, keep theirs and its mode.
         write_file(&uca, &merged, None)?;
@@ -372,11 +395,14 @@ pub fn uninstall(targets: &Targets) -> Result<Vec<Change>, DesktopError> {
             let Ok(text) = fs::read_to_string(file) else {
                 continue;
             };
-            let (rest, left) =
-                thunar::remove(&text, THUNAR_UNIQUE_ID).map_err(|source| DesktopError::Thunar {
-                    path: file.clone(),
-                    source,
-                })?;
+            let (mut rest, mut left) = (text, 0);
+            for (id, _) in THUNAR_ACTIONS {
+                (rest, left) =
+                    thunar::remove(&rest, id).map_err(|source| DesktopError::Thunar {
+                        path: file.clone(),
+                        source,
+                    })?;
+            }
             // A file we created goes once no other action lives in it; a
             // file the user had, or has since added to, keeps the rest.
             if !(created && left == 0) {
@@ -581,10 +607,14 @@ mod tests {
             NAUTILUS_PY,
             DOLPHIN_MENU,
             NEMO_ACTION,
+            NEMO_SAFE_COPY,
             THUNAR_ACTION,
+            THUNAR_SAFE_COPY,
         ] {
             assert!(t.contains("@VITRINE@"));
         }
-        assert!(THUNAR_ACTION.contains(THUNAR_UNIQUE_ID));
+        for (id, action) in THUNAR_ACTIONS {
+            assert!(action.contains(id));
+        }
     }
 }
