@@ -798,6 +798,91 @@ mod tests {
         TaskInput::file("a.pdf", "application/pdf", b"%PDF-1.4".to_vec(), limits())
     }
 
+    fn print(page: u32, x: u32, w: u32) -> GuestMessage {
+        GuestMessage::PagePrint(vitrine_shim::protocol::PagePrint {
+            task: 7,
+            page,
+            dpi: 150,
+            words: vec![vitrine_shim::protocol::OcrWord {
+                x,
+                y: 0,
+                w,
+                h: 2,
+                text: "word".into(),
+            }],
+        })
+    }
+
+    fn safe_copy_input() -> TaskInput {
+        TaskInput {
+            safe_copy: Some(SafeCopy {
+                ocr: Some("eng".into()),
+            }),
+            ..pdf_input()
+        }
+    }
+
+    #[test]
+    fn a_safe_copy_keeps_each_pages_print_data_beside_its_pixels() {
+        let script = vec![
+            GuestMessage::PageInfo { task: 7, count: 1 },
+            frame(0, 2, 2),
+            print(0, 0, 2),
+            GuestMessage::Done {
+                task: 7,
+                status: TaskStatus::Ok,
+            },
+        ];
+
+        let run = run_against(safe_copy_input(), script).unwrap();
+
+        assert_eq!(run.prints[&0].dpi, 150);
+        assert_eq!(run.prints[&0].words[0].text, "word");
+        assert_eq!(run.painted[&0], 4);
+    }
+
+    #[test]
+    fn print_data_that_disagrees_with_its_page_ends_the_task() {
+        let done = GuestMessage::Done {
+            task: 7,
+            status: TaskStatus::Ok,
+        };
+        let info = GuestMessage::PageInfo { task: 7, count: 1 };
+        let cases = [
+            // A word box reaching past the 4-pixel-wide page.
+            (
+                safe_copy_input(),
+                vec![info.clone(), frame(0, 4, 4), print(0, 3, 2)],
+            ),
+            // Print data for a page with no pixels yet.
+            (safe_copy_input(), vec![info.clone(), print(0, 0, 2)]),
+            // Print data sent twice.
+            (
+                safe_copy_input(),
+                vec![info.clone(), frame(0, 2, 2), print(0, 0, 2), print(0, 0, 2)],
+            ),
+            // A page that changes its size half-way.
+            (
+                safe_copy_input(),
+                vec![info.clone(), frame(0, 4, 4), frame(0, 2, 2)],
+            ),
+            // Print data in a task that is no safe copy.
+            (
+                pdf_input(),
+                vec![info.clone(), frame(0, 2, 2), print(0, 0, 2)],
+            ),
+        ];
+
+        for (input, mut script) in cases {
+            script.push(done.clone());
+            let err = run_against(input, script).unwrap_err();
+            assert!(
+                matches!(err, TaskError::PrintMismatch { page: 0, .. }),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn run_task_collects_pages_status_and_the_guest_input_time() {
         let script = vec![
@@ -1061,6 +1146,7 @@ mod tests {
             },
             data: Vec::new(),
             limits: limits(),
+            safe_copy: None,
         };
         let started = Instant::now();
 

@@ -8,6 +8,12 @@
 //! `garbage*` it answers the task with a frame header followed by bytes
 //! that decode to nothing; for any other file it renders one honest 8x8
 //! frame. (`harness = false`: `main` picks the role.)
+//!
+//! Safe copies: for a file named `words*` the guest follows its page with
+//! print data of more OCR words than the protocol allows (encoded by hand,
+//! past the guest-side check), for `misfit*` with a word box outside its
+//! page; both end their task with an error and write no file, and an honest
+//! page becomes a one-page PDF.
 
 mod dbus_support;
 
@@ -23,7 +29,8 @@ use dbus_support::{
 };
 use vitrine_shim::protocol::{
     Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, IdentityApplied,
-    PixelFormat, Ready, Rect, TaskKind, TaskStatus,
+    OcrWord, PagePrint, PixelFormat, Ready, Rect, TaskKind, TaskStatus, MAX_WORDS_PER_PAGE,
+    PROTOCOL_VERSION,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         .unwrap();
     rt.block_on(garbage_frames_fail_the_task_and_the_daemon_serves_the_next());
     println!("test {TEST} ... ok");
+    rt.block_on(hostile_print_data_writes_no_safe_copy());
+    println!("test {SAFE_COPY_TEST} ... ok");
     ExitCode::SUCCESS
 }
 
@@ -82,8 +91,8 @@ fn guest(socket: &str) -> ExitCode {
             _ => return ExitCode::FAILURE,
         }
     }
-    let hostile =
-        matches!(&task.kind, TaskKind::OpenFile { name, .. } if name.starts_with("garbage"));
+    let named = |prefix: &str| matches!(&task.kind, TaskKind::OpenFile { name, .. } if name.starts_with(prefix));
+    let hostile = named("garbage");
     let _ = writer.send(&GuestMessage::Accepted { task: task.id });
     let _ = writer.send(&GuestMessage::PageInfo {
         task: task.id,
@@ -109,6 +118,36 @@ fn guest(socket: &str) -> ExitCode {
             format: PixelFormat::Rgba8,
             pixels: [10, 200, 10, 255].repeat(64),
         }));
+        if task.safe_copy.is_some() {
+            let word = |x: u32| OcrWord {
+                x,
+                y: 1,
+                w: 4,
+                h: 3,
+                text: "word".into(),
+            };
+            let mut print = PagePrint {
+                task: task.id,
+                page: 0,
+                dpi: 72,
+                words: vec![word(2)],
+            };
+            if named("words") {
+                print.words = vec![word(0); MAX_WORDS_PER_PAGE + 1];
+                let mut raw = stream.try_clone().unwrap();
+                let body = postcard::to_allocvec(&GuestMessage::PagePrint(print)).unwrap();
+                let len = u32::try_from(body.len() + 2).unwrap();
+                let _ = raw.write_all(&len.to_le_bytes());
+                let _ = raw.write_all(&PROTOCOL_VERSION.to_le_bytes());
+                let _ = raw.write_all(&body);
+                let _ = raw.flush();
+            } else {
+                if named("misfit") {
+                    print.words = vec![word(6)];
+                }
+                let _ = writer.send(&GuestMessage::PagePrint(print));
+            }
+        }
         let _ = writer.send(&GuestMessage::Done {
             task: task.id,
             status: TaskStatus::Ok,
@@ -233,4 +272,72 @@ async fn garbage_frames_fail_the_task_and_the_daemon_serves_the_next() {
         [],
         "guest processes outlived their tasks"
     );
+}
+
+const SAFE_COPY_TEST: &str = "hostile_print_data_ends_its_safe_copy_and_writes_no_file";
+
+async fn hostile_print_data_writes_no_safe_copy() {
+    if !tool_or_skip(SAFE_COPY_TEST, "dbus-daemon", "dbus") {
+        return;
+    }
+    // Arrange
+    let me = std::env::current_exe().unwrap();
+    let bus = PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            example_policy().as_os_str(),
+            "--insecure-local-guest".as_ref(),
+            me.as_os_str(),
+            "--no-windows".as_ref(),
+        ],
+        &[],
+    );
+    let files = tempfile::tempdir().unwrap();
+    let out = files.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let connection = bus.connect().await;
+    let mut signals = manager_signals(&connection).await;
+    let manager = manager_proxy(&connection).await;
+    let mut verdicts = HashMap::new();
+
+    // Act
+    for name in ["words.txt", "misfit.txt", "honest.txt"] {
+        let path = files.path().join(name);
+        std::fs::write(&path, b"some plain text\n").unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        let mut options = HashMap::<&str, Value<'_>>::new();
+        options.insert("out-dir", Value::from(out.to_string_lossy().into_owned()));
+        let task: OwnedObjectPath = manager
+            .call("SaveSafeCopy", &(Fd::from(&file), name, options))
+            .await
+            .unwrap();
+        let verdict =
+            wait_finished(&connection, &mut signals, &task, Duration::from_secs(60)).await;
+        loud(&format!("{SAFE_COPY_TEST}: {name} -> {verdict}"));
+        verdicts.insert(name, verdict);
+    }
+
+    // Assert
+    assert!(
+        verdicts["words.txt"].starts_with("error: ") && verdicts["words.txt"].contains("words"),
+        "{verdicts:?}"
+    );
+    assert!(
+        verdicts["misfit.txt"].starts_with("error: ")
+            && verdicts["misfit.txt"].contains("outside the 8x8 page"),
+        "{verdicts:?}"
+    );
+    assert_eq!(verdicts["honest.txt"], "clean", "{verdicts:?}");
+    let mut written: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(
+        written,
+        ["honest-safe.pdf"],
+        "only the honest copy, no partial file"
+    );
+    let pdf = std::fs::read(out.join("honest-safe.pdf")).unwrap();
+    assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
 }

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vitrine_daemon::viewer::canvas::{Layout, BACKGROUND, SANDBOX_COLOUR, STATUS_HEIGHT};
+use vitrine_daemon::viewer::canvas::{
+    Layout, BACKGROUND, SANDBOX_COLOUR, SAVE_WIDTH, STATUS_HEIGHT,
+};
 use vitrine_daemon::viewer::ViewerLink;
 use vitrine_shim::protocol::{Frame, InputEvent, Key, PixelFormat, Rect};
 use x11rb::connection::Connection;
@@ -447,6 +449,25 @@ fn viewer_window_shows_frames_sends_input_and_reports_close() -> anyhow::Result<
         "a page change back",
     )?;
     assert_eq!(back, InputEvent::PageChange { page: 0 });
+
+    // Act + assert: "save safe copy", left of "previous", asks the daemon.
+    assert!(!link.take_safe_copy_request());
+    let sx = px - 90 / 2 - SAVE_WIDTH / 2;
+    xdotool(
+        &display,
+        &[
+            "mousemove",
+            "--sync",
+            &sx.to_string(),
+            &py.to_string(),
+            "click",
+            "1",
+        ],
+    )?;
+    wait_for(
+        || link.take_safe_copy_request().then_some(()),
+        "the viewer's safe copy request",
+    )?;
 
     // Act + assert: the window manager's close reaches the link.
     assert!(!link.closed());

@@ -21,8 +21,10 @@ use zbus::{fdo, interface, Connection};
 
 use super::call_signature::SignatureChecked;
 use super::guard_link::{self, Intercepted};
+use super::safe_copy::{Ocr, SafeCopyRequest};
 use super::worker::{
-    self, Payload, TaskControl, TaskEvent, TaskOptions, TaskRequest, WorkerCommand, WorkerContext,
+    self, Payload, SafeCopyHandOff, TaskControl, TaskEvent, TaskOptions, TaskRequest,
+    WorkerCommand, WorkerContext,
 };
 use crate::guard::wire::DenyKind;
 
@@ -38,6 +40,7 @@ pub const TASK_INTERFACE: &str = "org.vitrine.Sandbox1.Task";
 /// arguments is answered `org.freedesktop.DBus.Error.InvalidArgs`.
 const MANAGER_SIGNATURES: &[(&str, &str)] = &[
     ("OpenFile", "hsa{sv}"),
+    ("SaveSafeCopy", "hsa{sv}"),
     ("OpenUri", "sa{sv}"),
     ("RunProgram", "hasa{sv}"),
     ("ListTasks", ""),
@@ -128,11 +131,61 @@ fn options(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions> {
             ("export-dir", Value::Str(s)) => out.export_dir = Some(absolute(key, s.as_str())?),
             ("viewer", Value::Bool(b)) => out.viewer = Some(*b),
             ("png-dir" | "export-dir" | "viewer", _) => return Err(bad()),
+            ("ocr" | "out-dir", _) => {
+                return Err(fdo::Error::InvalidArgs(format!(
+                    "option {key:?} is for SaveSafeCopy only"
+                )))
+            }
             _ => return Err(fdo::Error::InvalidArgs(format!("unknown option {key:?}"))),
         }
     }
     Ok(out)
 }
+
+/// `SaveSafeCopy`'s options: the common ones, plus `ocr` (a language
+/// such as `eng`, `true` for `eng`, `false` for none; left out, the
+/// profile's `export.ocr` decides) and `out-dir`.
+fn safe_copy_options(map: &HashMap<String, OwnedValue>) -> fdo::Result<TaskOptions> {
+    let mut copy = SafeCopyRequest::default();
+    let mut rest = HashMap::new();
+    for (key, value) in map {
+        let bad = || fdo::Error::InvalidArgs(format!("option {key:?} has the wrong type"));
+        match (key.as_str(), &**value) {
+            ("ocr", Value::Bool(true)) => {
+                copy.ocr = Ocr::Language(DEFAULT_OCR_LANGUAGE.to_owned());
+            }
+            ("ocr", Value::Bool(false)) => copy.ocr = Ocr::Off,
+            ("ocr", Value::Str(s)) => {
+                let lang = if s.is_empty() {
+                    DEFAULT_OCR_LANGUAGE
+                } else {
+                    s.as_str()
+                };
+                let checked = vitrine_shim::protocol::SafeCopy {
+                    ocr: Some(lang.to_owned()),
+                };
+                checked.validate().map_err(|_| {
+                    fdo::Error::InvalidArgs(format!(
+                        "OCR language {lang:?} is not a tesseract language list such as \
+                         `eng` or `eng+deu`"
+                    ))
+                })?;
+                copy.ocr = Ocr::Language(lang.to_owned());
+            }
+            ("out-dir", Value::Str(s)) => copy.out_dir = Some(absolute(key, s.as_str())?),
+            ("ocr" | "out-dir", _) => return Err(bad()),
+            _ => {
+                rest.insert(key.clone(), value.try_clone().map_err(|_| bad())?);
+            }
+        }
+    }
+    let mut out = options(&rest)?;
+    out.safe_copy = Some(copy);
+    Ok(out)
+}
+
+/// The OCR language of `ocr = true`.
+pub const DEFAULT_OCR_LANGUAGE: &str = "eng";
 
 fn absolute(key: &str, path: &str) -> fdo::Result<PathBuf> {
     let p = PathBuf::from(path);
@@ -163,7 +216,7 @@ impl Manager {
             reg.tasks.insert(
                 id,
                 TaskEntry {
-                    kind: payload.kind(),
+                    kind: options.kind_of(&payload),
                     name,
                     state: "queued".into(),
                     verdict: String::new(),
@@ -270,6 +323,29 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
+        let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
+        self.start(
+            Payload::File {
+                file,
+                name: name.clone(),
+            },
+            name,
+            options,
+        )
+        .await
+    }
+
+    /// Renders the file behind `fd` in a VM and rebuilds it on the host as
+    /// a PDF of its page pixels (with OCR text when asked): the task's
+    /// `safe-copy` detail is the written file.
+    async fn save_safe_copy(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        options: HashMap<String, OwnedValue>,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let options = safe_copy_options(&options)?;
         let file = File::from(std::os::fd::OwnedFd::from(fd));
         file_size_checked(&file)?;
         self.start(
@@ -544,6 +620,12 @@ pub async fn serve(
         tokio::spawn(guard_link::follow(socket, tx));
         tokio::spawn(run_intercepted(launcher, rx));
     }
+    let launcher = Manager {
+        shared: shared.clone(),
+        ctx: ctx.clone(),
+        events: events.clone(),
+        connection: connection.clone(),
+    };
     let manager = Manager {
         shared: shared.clone(),
         ctx,
@@ -566,6 +648,10 @@ pub async fn serve(
         tokio::select! {
             event = events_rx.recv() => {
                 let Some((id, event)) = event else { break };
+                if let TaskEvent::SafeCopyAsked(hand_off) = event {
+                    start_asked_safe_copy(&launcher, id, hand_off).await;
+                    continue;
+                }
                 if let Err(e) = apply(&connection, &shared, &manager_emitter, id, event).await {
                     log::warn!("task {id}: cannot publish an event: {e}");
                 }
@@ -662,7 +748,17 @@ async fn apply(
                 Manager::export_requested(manager, path.as_ref(), &name, size, &sha256).await?;
             }
         }
+        TaskEvent::SafeCopyAsked(_) => {}
         TaskEvent::Finished(verdict) => {
+            let copy = lock(shared).tasks.get(&id).and_then(|t| {
+                (t.kind == "safe-copy").then(|| {
+                    let saved = t.details.get("safe-copy").cloned().unwrap_or_default();
+                    (t.name.clone(), saved)
+                })
+            });
+            if let Some((name, saved)) = copy {
+                notify_safe_copy(connection, &name, &saved, &verdict);
+            }
             set(shared, id, |t| {
                 t.verdict = verdict.clone();
                 t.state = "finished".to_owned();
@@ -747,6 +843,47 @@ async fn run_intercepted(launcher: Manager, mut rx: tokio::sync::mpsc::Receiver<
             }
         });
     }
+}
+
+/// Starts the `SaveSafeCopy` task a viewer asked for, in the default OCR
+/// language, and notes it on the asking task.
+async fn start_asked_safe_copy(launcher: &Manager, asking: u64, hand_off: SafeCopyHandOff) {
+    let file = hand_off.file.lock().ok().and_then(|mut f| f.take());
+    let Some(file) = file else { return };
+    let options = TaskOptions {
+        safe_copy: Some(SafeCopyRequest::default()),
+        ..TaskOptions::default()
+    };
+    let payload = Payload::File {
+        file,
+        name: hand_off.name.clone(),
+    };
+    let note = match launcher.start(payload, hand_off.name, options).await {
+        Ok(path) => path.to_string(),
+        Err(e) => format!("not started: {e}"),
+    };
+    let _ = launcher
+        .events
+        .send((asking, TaskEvent::Detail("safe-copy-task", note)));
+}
+
+/// Tells the user where a safe copy went (file managers start
+/// `vitrine convert` with no terminal to print to).
+fn notify_safe_copy(connection: &Connection, name: &str, saved: &str, verdict: &str) {
+    let name = std::path::Path::new(name)
+        .file_name()
+        .map_or_else(|| name.to_owned(), |n| n.to_string_lossy().into_owned());
+    let (summary, body) = if saved.is_empty() {
+        (format!("No safe copy of {name}"), verdict.to_owned())
+    } else {
+        (format!("Safe copy of {name} saved"), saved.to_owned())
+    };
+    let connection = connection.clone();
+    tokio::spawn(async move {
+        if let Err(e) = notify(&connection, &summary, &body).await {
+            log::info!("no desktop notification for {summary}: {e}");
+        }
+    });
 }
 
 /// The id in a task's object path (the inverse of [`task_path`]).

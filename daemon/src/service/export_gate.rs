@@ -97,6 +97,19 @@ pub fn write_approved(
     offer: &ExportOffer,
     data: &[u8],
 ) -> Result<PathBuf, ExportGateError> {
+    write_new(dir, &offer.name, data, &hex(&offer.sha256))
+}
+
+/// Writes `data` as `dir/name` (or `name (2)`, ... when taken; never over
+/// an existing file) through a temporary file, so no partial file is ever
+/// seen under the name; reads it back and checks its SHA-256 (hex) against
+/// `sha256`. A mismatch removes the file.
+pub fn write_new(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    sha256: &str,
+) -> Result<PathBuf, ExportGateError> {
     let write_err = |source| ExportGateError::Write {
         dir: dir.to_owned(),
         source,
@@ -114,7 +127,7 @@ pub fn write_approved(
     tmp.as_file().sync_all().map_err(write_err)?;
     let mut n = 1u32;
     let path = loop {
-        let candidate = dir.join(numbered(&offer.name, n));
+        let candidate = dir.join(numbered(name, n));
         match tmp.persist_noclobber(&candidate) {
             Ok(_) => break candidate,
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
@@ -124,7 +137,7 @@ pub fn write_approved(
             Err(e) => return Err(write_err(e.error)),
         }
     };
-    let want = hex(&offer.sha256);
+    let want = sha256.to_owned();
     let got = file_sha256(&path).map_err(write_err)?;
     if got != want {
         let _ = fs::remove_file(&path);
@@ -180,6 +193,7 @@ mod tests {
             types: vec![MimePattern::parse("text/plain").unwrap()],
             max_bytes: 100,
             flatten,
+            ocr: None,
         }
     }
 

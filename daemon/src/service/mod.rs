@@ -9,6 +9,7 @@ pub mod call_signature;
 pub mod export_gate;
 pub mod guard_link;
 pub mod receipt;
+pub mod safe_copy;
 pub mod state_dirs;
 pub mod verdict;
 pub mod vm_seam;

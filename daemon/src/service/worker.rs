@@ -21,6 +21,7 @@ use vitrine_shim::protocol::{
 
 use super::export_gate::{self, OfferCheck};
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
+use super::safe_copy::{self, SafeCopyRequest};
 use super::state_dirs::StateDirs;
 use super::verdict;
 use super::vm_seam::{RunningVm, VmStarter};
@@ -90,8 +91,22 @@ pub struct TaskOptions {
     pub png_dir: Option<PathBuf>,
     /// Write approved exports here instead of the default folder.
     pub export_dir: Option<PathBuf>,
-    /// Show a viewer window (where a display exists); default yes.
+    /// Show a viewer window (where a display exists); default yes, but no
+    /// for a safe copy.
     pub viewer: Option<bool>,
+    /// Save a safe copy of the file (`SaveSafeCopy`).
+    pub safe_copy: Option<SafeCopyRequest>,
+}
+
+impl TaskOptions {
+    /// The task's kind for listings and receipts.
+    pub fn kind_of(&self, payload: &Payload) -> &'static str {
+        if self.safe_copy.is_some() {
+            "safe-copy"
+        } else {
+            payload.kind()
+        }
+    }
 }
 
 /// From the worker to the D-Bus side.
@@ -118,6 +133,18 @@ pub enum TaskEvent {
     },
     /// The task ended with this verdict.
     Finished(String),
+    /// The user asked the viewer for a safe copy of this task's file: start
+    /// a `SaveSafeCopy` task for it (the file, as this task opened it).
+    SafeCopyAsked(SafeCopyHandOff),
+}
+
+/// The file a viewer's "save safe copy" hands to a new task, taken once.
+#[derive(Debug, Clone)]
+pub struct SafeCopyHandOff {
+    /// The descriptor this task was given, duplicated.
+    pub file: Arc<Mutex<Option<File>>>,
+    /// The caller's name for it.
+    pub name: String,
 }
 
 /// From the D-Bus side to the worker.
@@ -310,6 +337,10 @@ struct Worker<'a> {
     control: Arc<TaskControl>,
     commands: Receiver<WorkerCommand>,
     receipt: ReceiptBody,
+    /// The input file's folder, where its safe copy goes by default.
+    source_dir: Option<PathBuf>,
+    /// The input file, kept for the viewer's "save safe copy".
+    source: Option<(File, String)>,
 }
 
 impl Worker<'_> {
@@ -350,7 +381,7 @@ pub fn run(
         receipt: ReceiptBody {
             format: 1,
             task: request.id,
-            kind: request.payload.kind().to_owned(),
+            kind: request.options.kind_of(&request.payload).to_owned(),
             finished: String::new(),
             template_sha256: String::new(),
             backend: String::new(),
@@ -360,6 +391,8 @@ pub fn run(
             outputs: Vec::new(),
             verdict: String::new(),
         },
+        source_dir: None,
+        source: None,
     };
     let mut viewer = None;
     let verdict = worker.lifecycle(request.payload, &request.options, &mut viewer);
@@ -381,10 +414,15 @@ impl Worker<'_> {
         viewer: &mut Option<ViewerLink>,
     ) -> String {
         self.state("deciding");
-        let prepared = match self.decide(payload) {
+        let mut prepared = match self.decide(payload) {
             Ok(p) => p,
             Err(verdict) => return verdict,
         };
+        if let Some(copy) = &options.safe_copy {
+            if let Err(e) = for_safe_copy(&mut prepared, copy) {
+                return format!("error: {}", chain(&e));
+            }
+        }
         if let Err(e) = prepared.input.check() {
             return format!("error: {}", chain(&e));
         }
@@ -420,6 +458,7 @@ impl Worker<'_> {
                 (request, None)
             }
             Payload::File { file, name } => {
+                self.source = file.try_clone().ok().map(|f| (f, name.clone()));
                 let subject = Subject::from_file(file, &name, &self.ctx.downloads_dirs)
                     .map_err(|e| format!("error: {}", chain(&e)))?;
                 let request = subject
@@ -477,6 +516,7 @@ impl Worker<'_> {
 
     fn describe(&mut self, subject: &Subject) {
         self.receipt.input_sha256 = sha256_hex(&subject.data);
+        self.source_dir = subject.path.parent().map(std::path::Path::to_path_buf);
         self.detail("name", subject.given.to_string_lossy());
         self.detail("path", subject.path.to_string_lossy());
         self.detail("size", subject.data.len().to_string());
@@ -618,7 +658,8 @@ impl Worker<'_> {
             }
         }
         self.state("running");
-        let want_viewer = options.viewer.unwrap_or(true) && options.png_dir.is_none();
+        let want_viewer =
+            options.viewer.unwrap_or(options.safe_copy.is_none()) && options.png_dir.is_none();
         if let (true, Some(bin)) = (want_viewer, &self.ctx.viewer) {
             match ViewerLink::spawn(bin, &name) {
                 Ok(mut link) => {
@@ -701,6 +742,15 @@ impl Worker<'_> {
                 verdict = format!("clean, {written} export(s) written");
             }
         }
+        if let Some(copy) = &options.safe_copy {
+            if verdict.starts_with("clean") {
+                if let Err(why) = self.save_safe_copy(run, copy, profile, &input.kind) {
+                    verdict = format!("error: safe copy: {why}");
+                }
+            } else {
+                self.detail("safe-copy", "not written: the task did not end clean");
+            }
+        }
         // A task that drew nothing leaves no (empty) folder behind.
         if let (Some(_), true) = (&options.png_dir, run.pages.is_empty()) {
             self.detail("png-pages", "0");
@@ -721,6 +771,64 @@ impl Worker<'_> {
             }
         }
         verdict
+    }
+
+    /// The viewer asked for a safe copy: the D-Bus side starts a new task
+    /// for the same file (its own VM, print resolution, OCR).
+    fn hand_off_safe_copy(&mut self, link: &mut ViewerLink) {
+        let copy = self
+            .source
+            .as_ref()
+            .and_then(|(file, name)| Some((file.try_clone().ok()?, name.clone())));
+        let status = match copy {
+            Some((file, name)) => {
+                self.emit(TaskEvent::SafeCopyAsked(SafeCopyHandOff {
+                    file: Arc::new(Mutex::new(Some(file))),
+                    name,
+                }));
+                "saving a safe copy in a new VM (a notification tells where)…"
+            }
+            None => "no safe copy: only a file opened from disk can be saved",
+        };
+        let _ = link.send_status(status);
+    }
+
+    /// Writes the safe copy of a finished run, and records it.
+    fn save_safe_copy(
+        &mut self,
+        run: &TaskRun,
+        copy: &SafeCopyRequest,
+        profile: &Profile,
+        kind: &vitrine_shim::protocol::TaskKind,
+    ) -> Result<(), String> {
+        let vitrine_shim::protocol::TaskKind::OpenFile { name, .. } = kind else {
+            return Err("only a file has pages to copy".into());
+        };
+        let dir = copy
+            .out_dir
+            .clone()
+            .or_else(|| self.source_dir.clone())
+            .unwrap_or_else(|| self.ctx.dirs.exports.clone());
+        let meta = crate::safe_pdf::SafePdfMeta {
+            producer: format!(
+                "Vitrine {} safe copy, rebuilt from page pixels",
+                env!("CARGO_PKG_VERSION")
+            ),
+            receipt_sha256: Some(self.receipt.input_sha256.clone()),
+        };
+        let written =
+            safe_copy::write(run, name, &dir, &profile.export, &meta).map_err(|e| chain(&e))?;
+        self.receipt.outputs.push(ReceiptOutput {
+            what: "safe-copy".into(),
+            sha256: written.sha256.clone(),
+            bytes: written.bytes,
+        });
+        self.detail("safe-copy-pages", written.pages.to_string());
+        self.detail("safe-copy-words", written.words.to_string());
+        self.detail("safe-copy-bytes", written.bytes.to_string());
+        self.detail("safe-copy-sha256", written.sha256);
+        self.detail("safe-copy", written.path.to_string_lossy());
+        Ok(())
     }
 
     /// Gates every offer; returns how many files were written.
@@ -877,6 +985,9 @@ impl Worker<'_> {
             if link.closed() || self.control.cancelled() {
                 break;
             }
+            if link.take_safe_copy_request() {
+                self.hand_off_safe_copy(&mut link);
+            }
             match self.commands.recv_timeout(VIEWER_POLL) {
                 Ok(WorkerCommand::Cancel) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(WorkerCommand::Approve { reply, .. }) => {
@@ -988,6 +1099,24 @@ impl TaskObserver for Streamer<'_, '_> {
         }
         reply
     }
+}
+
+/// Turns a file task into a safe-copy task: print-size pages, and OCR when
+/// asked, under a profile whose export rules let a PDF out.
+fn for_safe_copy(
+    prepared: &mut Prepared,
+    copy: &SafeCopyRequest,
+) -> Result<(), safe_copy::SafeCopyError> {
+    if !matches!(
+        prepared.input.kind,
+        vitrine_shim::protocol::TaskKind::OpenFile { .. }
+    ) {
+        return Err(safe_copy::SafeCopyError::NotAFile);
+    }
+    safe_copy::allowed(&prepared.profile.name, &prepared.profile.export)?;
+    prepared.input.safe_copy = Some(safe_copy::protocol(copy, &prepared.profile.export));
+    prepared.input.limits = safe_copy::print_limits(prepared.input.limits);
+    Ok(())
 }
 
 /// The verdict of a task that ended before `Done`.

@@ -91,6 +91,22 @@ impl Layout {
 /// the status bar.
 pub const NAV_WIDTH: u32 = 90;
 
+/// Width of the "save safe copy" zone, left of "previous".
+pub const SAVE_WIDTH: u32 = 130;
+
+/// The "save safe copy" zone of the status bar.
+fn save_zone(layout: &Layout) -> Area {
+    let bar = layout.status;
+    let right = bar.w.saturating_sub(2 * NAV_WIDTH);
+    let x = right.saturating_sub(SAVE_WIDTH);
+    Area {
+        x,
+        y: bar.y,
+        w: right - x,
+        h: bar.h,
+    }
+}
+
 /// The "previous" and "next" zones of the status bar.
 fn nav_zones(layout: &Layout) -> (Area, Area) {
     let bar = layout.status;
@@ -115,6 +131,8 @@ pub enum Click {
     PreviousPage,
     /// The "next" zone.
     NextPage,
+    /// The "save safe copy" zone.
+    SaveSafeCopy,
     /// Anywhere else.
     Nothing,
 }
@@ -262,6 +280,8 @@ impl Canvas {
             Click::PreviousPage
         } else if next.contains(x, y) {
             Click::NextPage
+        } else if save_zone(layout).contains(x, y) {
+            Click::SaveSafeCopy
         } else {
             Click::Nothing
         }
@@ -315,7 +335,12 @@ impl Canvas {
             let clip = layout.status;
             font.draw(buf, stride, clip, BORDER + 4, baseline, &self.status_line());
             let (previous, next) = nav_zones(&layout);
-            for (zone, label) in [(previous, "‹ previous"), (next, "next ›")] {
+            let save = save_zone(&layout);
+            for (zone, label) in [
+                (save, "save safe copy"),
+                (previous, "‹ previous"),
+                (next, "next ›"),
+            ] {
                 let x = zone.x + zone.w.saturating_sub(font.width(label)) / 2;
                 font.draw(buf, stride, clip, x, baseline, label);
             }
@@ -562,6 +587,7 @@ mod tests {
         assert_eq!(canvas.click(&layout, 250.0, 95.0), Click::PreviousPage);
         assert_eq!(canvas.click(&layout, 390.0, 95.0), Click::NextPage);
         assert_eq!(canvas.click(&layout, 390.0, 10.0), Click::Nothing);
+        assert_eq!(canvas.click(&layout, 200.0, 95.0), Click::SaveSafeCopy);
     }
 
     #[test]

@@ -70,6 +70,8 @@ struct Shown {
     frames: AtomicU32,
     /// When the first frame was reported on screen.
     first: Mutex<Option<Instant>>,
+    /// Clicks on "save safe copy" not yet taken.
+    save_asked: AtomicU32,
 }
 
 impl ViewerLink {
@@ -158,6 +160,11 @@ impl ViewerLink {
     /// viewer last reported (it reports after each redraw).
     pub fn frames_presented(&self) -> u32 {
         self.shown.frames.load(Ordering::Acquire)
+    }
+
+    /// Whether the user clicked "save safe copy" since the last call.
+    pub fn take_safe_copy_request(&self) -> bool {
+        self.shown.save_asked.swap(0, Ordering::AcqRel) > 0
     }
 
     /// When the viewer first reported a frame on screen: the end of the
@@ -262,6 +269,9 @@ fn read_inputs(
                     *first = Some(now);
                 }
                 shown.frames.fetch_max(frames, Ordering::AcqRel);
+            }
+            Ok(Some(Message::SaveSafeCopy)) => {
+                shown.save_asked.fetch_add(1, Ordering::AcqRel);
             }
             Ok(Some(Message::Closed)) | Ok(None) => break,
             Ok(Some(other)) => {

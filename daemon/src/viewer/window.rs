@@ -349,6 +349,13 @@ impl ApplicationHandler<FromDaemon> for Viewer {
                 match self.canvas.click(&layout, self.cursor.x, self.cursor.y) {
                     Click::PreviousPage => self.change_page(false),
                     Click::NextPage => self.change_page(true),
+                    Click::SaveSafeCopy => {
+                        if let Ok(bytes) = wire::encode(&Message::SaveSafeCopy) {
+                            let _ = self.to_daemon.write_all(&bytes);
+                        }
+                        self.canvas.set_status("asking for a safe copy…");
+                        self.request_redraw();
+                    }
                     Click::Nothing => {}
                 }
             }

@@ -34,6 +34,7 @@ const TAG_PAGE_CHANGE: u8 = 19;
 const TAG_RESIZE: u8 = 20;
 const TAG_CLOSED: u8 = 32;
 const TAG_PRESENTED: u8 = 33;
+const TAG_SAVE_SAFE_COPY: u8 = 34;
 
 const MOD_CTRL: u8 = 1;
 const MOD_ALT: u8 = 2;
@@ -59,6 +60,8 @@ pub enum Message {
         /// Frames received and drawn so far.
         frames: u32,
     },
+    /// Viewer to daemon: the user asked for a safe copy of what it shows.
+    SaveSafeCopy,
 }
 
 /// Why bytes are not a message.
@@ -193,6 +196,7 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
         Message::Input(event) => encode_input(event),
         Message::Closed => Ok(finish(TAG_CLOSED, &[])),
         Message::Presented { frames } => Ok(finish(TAG_PRESENTED, &frames.to_le_bytes())),
+        Message::SaveSafeCopy => Ok(finish(TAG_SAVE_SAFE_COPY, &[])),
     }
 }
 
@@ -367,6 +371,10 @@ fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             Ok(Message::Presented {
                 frames: fields.u32()?,
             })
+        }
+        TAG_SAVE_SAFE_COPY => {
+            fields.expect_len(tag, 0)?;
+            Ok(Message::SaveSafeCopy)
         }
         other => Err(WireError::UnknownTag(other)),
     }

@@ -4,6 +4,7 @@
 //! in a fresh VM and only pixels come back: a window where a display
 //! exists, PNG pages otherwise.
 
+mod convert;
 mod templates;
 
 use std::collections::HashMap;
@@ -47,6 +48,13 @@ Exit status: 0 clean or a host decision; 1 denied, failed or cancelled; 2 usage 
 own exit status; 128+N when signal N killed it; 125 when the guest ran out
 of memory and its kernel killed it; 124 when the time limit ran out; 1 when
 the program did not run to its end (denied, failed, cancelled).";
+
+const CONVERT_AFTER_HELP: &str = "Nothing of a file's content reaches the host except its pages'
+pixels and, with --ocr, the words found in them; the copy never overwrites
+a file (NAME-safe (2).pdf, ...) and is written whole or not at all.
+
+Exit status: 0 when every file was converted; 1 when any failed (each is
+listed with its reason); 2 usage error; 128+N when killed by signal N.";
 
 const RUN_AFTER_HELP: &str =
     "Exit status, like `docker run`: the program's own exit status; 128+N when
@@ -126,6 +134,28 @@ enum Cmd {
         /// Its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Save safe copies of FILEs: each is rendered in its own VM and
+    /// rebuilt on the host as a PDF of its page pixels (NAME-safe.pdf beside
+    /// it, or in --out), with a searchable text layer with --ocr.
+    #[command(after_help = CONVERT_AFTER_HELP)]
+    Convert {
+        /// Add an invisible OCR text layer, in LANG (tesseract's names, such
+        /// as eng or eng+deu; default eng). Without --ocr or --no-ocr the
+        /// profile's `export.ocr` decides.
+        #[arg(long, value_name = "LANG", num_args = 0..=1, default_missing_value = "eng",
+              require_equals = true)]
+        ocr: Option<String>,
+        /// No text layer, whatever the profile says.
+        #[arg(long, conflicts_with = "ocr")]
+        no_ocr: bool,
+        /// Write the copies into DIR (created if needed) instead of beside
+        /// each file.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// List tasks.
     Ps,
@@ -320,6 +350,19 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
             drop(made);
             Ok(ExitCode::from(run_exit_status(&done.verdict)))
+        }
+        Cmd::Convert {
+            ocr,
+            no_ocr,
+            out,
+            files,
+        } => {
+            let ocr = match (ocr, no_ocr) {
+                (Some(lang), _) => Some(Value::from(lang)),
+                (None, true) => Some(Value::from(false)),
+                (None, false) => None,
+            };
+            convert::run(&files, ocr, out.as_deref()).await
         }
         Cmd::Ps => {
             let bus = Bus::connect().await?;
