@@ -13,6 +13,7 @@ pub mod image_cache;
 pub mod open_file;
 pub mod pages;
 pub mod remote_admin;
+pub mod safe_pdf;
 pub mod service;
 pub mod task;
 pub mod toml_config;
