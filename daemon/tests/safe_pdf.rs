@@ -162,23 +162,45 @@ fn ocr_words_come_back_from_pdftotext_at_their_boxes() {
         );
     }
     assert!(text.contains("a\u{FFFD}bc"), "{text}");
-    // Poppler draws the page without complaint about the glyphless font.
-    let render = tool(
-        "pdftoppm",
-        "poppler-utils",
-        &[
+    // Poppler draws the pages without complaint about the glyphless font,
+    // and the words leave no mark: the same pixels as with no words at all.
+    let bare_pages = pages.map(|p| SafePage { words: &[], ..p });
+    let bare = dir.path().join("bare.pdf");
+    write_safe_pdf_file(&bare_pages, &meta(None), &bare).unwrap();
+    let render = |pdf: &Path, prefix: &str| {
+        let prefix = dir.path().join(prefix);
+        let args = [
             "-r",
-            "20",
+            "50",
             "-png",
-            out.to_str().unwrap(),
-            dir.path().join("r").to_str().unwrap(),
-        ],
-    );
+            pdf.to_str().unwrap(),
+            prefix.to_str().unwrap(),
+        ];
+        let run = tool("pdftoppm", "poppler-utils", &args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success() && stderr.is_empty(),
+            "pdftoppm: {stderr}"
+        );
+        ["1", "2"].map(|n| decode_png(Path::new(&format!("{}-{n}.png", prefix.display()))))
+    };
     assert!(
-        render.status.success() && render.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&render.stderr)
+        render(&out, "ocr") == render(&bare, "bare"),
+        "the OCR text is visible"
     );
+    // Poppler reads Identity CIDs as Unicode even without a ToUnicode map;
+    // other readers need the map, so check its entries (qpdf's QDF form
+    // has the streams uncompressed).
+    let qdf = tool_ok("qpdf", "qpdf", &["--qdf", out.to_str().unwrap(), "-"]).to_lowercase();
+    for entry in [
+        "<00fc> <00fc>",
+        "<03bb> <03bb>",
+        "<fffd> <fffd>",
+        "<0049> <0049>",
+    ] {
+        assert!(qdf.contains(entry), "ToUnicode lacks {entry}");
+    }
+    assert!(!qdf.contains("<0007> "), "a control character was mapped");
     let (found, [page_w, page_h]) = bbox_words(&out);
     assert!(
         (page_w - 595.2).abs() < 0.1 && (page_h - 841.92).abs() < 0.1,
