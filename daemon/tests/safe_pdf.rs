@@ -533,6 +533,26 @@ fn rendered_text_page_stays_small_and_photo_page_takes_jpeg() {
         list.contains(" jpeg "),
         "photo page not stored as JPEG: {list}"
     );
+    assert_valid(&photo_path, 1);
+    // The predictors and Flate are lossless on a real rendered page.
+    let prefix = dir.path().join("back");
+    let args = [
+        "-png",
+        "-f",
+        "1",
+        "-l",
+        "1",
+        ten_out.to_str().unwrap(),
+        prefix.to_str().unwrap(),
+    ];
+    tool_ok("pdfimages", "poppler-utils", &args);
+    let back = decode_png(&dir.path().join("back-000.png"));
+    let source: Vec<u8> = text
+        .rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert!(back == source, "the text page's pixels changed");
 }
 
 #[test]
@@ -560,6 +580,29 @@ fn an_existing_output_is_never_replaced() {
         1,
         "a temporary file was left"
     );
+}
+
+#[test]
+fn a_dangling_symlink_at_the_output_is_neither_followed_nor_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("link.pdf");
+    let target = dir.path().join("target.pdf");
+    std::os::unix::fs::symlink(&target, &out).unwrap();
+    let image = text_like(50, 50, &[]);
+    let pages = [SafePage {
+        image: &image,
+        dpi: 72,
+        words: &[],
+    }];
+
+    let err = write_safe_pdf_file(&pages, &meta(None), &out).unwrap_err();
+
+    assert!(
+        matches!(&err, SafePdfError::Exists { path } if *path == out),
+        "{err:?}"
+    );
+    assert!(!target.exists(), "the symlink was followed");
+    assert_eq!(std::fs::read_link(&out).unwrap(), target);
 }
 
 #[test]
