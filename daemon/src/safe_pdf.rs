@@ -46,7 +46,10 @@ pub enum SafePdfError {
     #[error("a safe PDF needs at least one page")]
     NoPages,
     /// A page has no pixels, too many, or pixels that disagree with its size.
-    #[error("page {page} is {width}x{height} pixels with {bytes} bytes: empty, over {MAX_PAGE_SIDE} pixels a side, or not width*height*4 RGBA bytes")]
+    #[error(
+        "page {page} is {width}x{height} pixels with {bytes} bytes: empty, over \
+         {MAX_PAGE_SIDE} pixels a side, or not width*height*4 RGBA bytes"
+    )]
     PageSize {
         /// Page index, from 0.
         page: usize,
@@ -66,7 +69,10 @@ pub enum SafePdfError {
         dpi: u32,
     },
     /// A word's box is empty or reaches outside its page.
-    #[error("word {word} on page {page} has box {w}x{h} at ({x}, {y}): empty or outside the {width}x{height} page")]
+    #[error(
+        "word {word} on page {page} has box {w}x{h} at ({x}, {y}): \
+         empty or outside the {width}x{height} page"
+    )]
     WordOutside {
         /// Page index, from 0.
         page: usize,

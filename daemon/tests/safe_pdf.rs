@@ -399,7 +399,9 @@ fn text_document(path: &Path) {
     content.set_leading(12.0);
     content.next_line(56.0, 780.0);
     for i in 0..60 {
-        let line = format!("{i:2} Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incid");
+        let line = format!(
+            "{i:2} Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor"
+        );
         content.show(Str(line.as_bytes()));
         content.next_line_using_leading();
     }
