@@ -47,11 +47,13 @@ say "Debian packages"
 # The daemon's tests need a private D-Bus (dbus-daemon, busctl, gdbus), an X
 # server to screenshot (Xvfb, xwd, xdotool, and the X libraries the viewer
 # loads at run time), the desktop-file tools, g++ for libFuzzer, and dunst (a
-# real notification daemon, for the exec guard's "Sandboxed" notice).
+# real notification daemon, for the exec guard's "Sandboxed" notice). The
+# safe-copy PDF is checked with qpdf and poppler (image build list) and
+# compared with img2pdf.
 DESKTOP_TEST_PACKAGES=(
   dbus systemd libglib2.0-bin xvfb xdotool x11-apps libxkbcommon-x11-0
   libx11-xcb1 libxcursor1 libxrandr2 libxi6 desktop-file-utils xdg-utils
-  python3 g++ dunst
+  python3 g++ dunst qpdf img2pdf
 )
 ensure_packages binutils squashfs-tools "${IMAGE_BUILD_PACKAGES[@]}" "${IMAGE_TEST_PACKAGES[@]}" \
   "${DESKTOP_TEST_PACKAGES[@]}"

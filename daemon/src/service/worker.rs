@@ -814,7 +814,7 @@ impl Worker<'_> {
                 "Vitrine {} safe copy, rebuilt from page pixels",
                 env!("CARGO_PKG_VERSION")
             ),
-            receipt_sha256: Some(self.receipt.input_sha256.clone()),
+            input_sha256: Some(self.receipt.input_sha256.clone()),
         };
         let written =
             safe_copy::write(run, name, &dir, &profile.export, &meta).map_err(|e| chain(&e))?;
