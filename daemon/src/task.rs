@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
-    BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage, HostMessage, Identity,
-    IdentityApplied, InputEvent, Limits, MessageError, PagePrint, PixelBudget, SafeCopy, Task,
-    TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES, MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    flatten_task_id, BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage,
+    HostMessage, Identity, IdentityApplied, InputEvent, Limits, MessageError, PagePrint,
+    PixelBudget, SafeCopy, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
+    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -376,6 +377,50 @@ pub fn run_task_observed(
     deadline: Instant,
     observer: &mut dyn TaskObserver,
 ) -> Result<TaskRun, TaskError> {
+    drive(channel, id, input, None, deadline, observer)
+}
+
+/// After `Done`: asks the guest for `offer` as pixels (`FlattenExport`) and
+/// collects its pages and print data as a safe-copy task of its own id,
+/// under the same limits and checks as the task's own pages. `limits` are
+/// the task's.
+pub fn flatten_export(
+    channel: &mut GuestChannel,
+    offer: &ExportOffer,
+    safe_copy: SafeCopy,
+    limits: Limits,
+    deadline: Instant,
+) -> Result<TaskRun, TaskError> {
+    let input = TaskInput {
+        kind: TaskKind::OpenFile {
+            name: offer.name.clone(),
+            mime_hint: Some(offer.mime.clone()),
+            size: offer.size,
+        },
+        data: Vec::new(),
+        limits,
+        safe_copy: Some(safe_copy),
+    };
+    drive(
+        channel,
+        flatten_task_id(offer.id),
+        &input,
+        Some(offer.id),
+        deadline,
+        &mut NoObserver,
+    )
+}
+
+/// Starts task `id` (or, with `flatten`, the rendering of that export),
+/// then collects replies until `Done` or `deadline`.
+fn drive(
+    channel: &mut GuestChannel,
+    id: u64,
+    input: &TaskInput,
+    flatten: Option<u32>,
+    deadline: Instant,
+    observer: &mut dyn TaskObserver,
+) -> Result<TaskRun, TaskError> {
     let size = u64::try_from(input.data.len()).unwrap_or(u64::MAX);
     if size > MAX_TASK_INPUT {
         return Err(TaskError::InputTooLarge(size));
@@ -397,14 +442,19 @@ pub fn run_task_observed(
         },
     };
 
-    channel
-        .send(&HostMessage::Task(Task {
+    let start = match (flatten, &input.safe_copy) {
+        (Some(export), Some(copy)) => HostMessage::FlattenExport {
+            id: export,
+            safe_copy: copy.clone(),
+        },
+        _ => HostMessage::Task(Task {
             id,
             kind: input.kind.clone(),
             limits: input.limits,
             safe_copy: input.safe_copy.clone(),
-        }))
-        .map_err(|e| fail(e, &seen))?;
+        }),
+    };
+    channel.send(&start).map_err(|e| fail(e, &seen))?;
     let mut offset = 0u64;
     for chunk in input.data.chunks(CHUNK_BYTES) {
         channel

@@ -306,3 +306,119 @@ async fn export_denied_with_the_cli_is_listed_as_denied_and_never_written() {
     assert_eq!(exports[0].4, "denied");
     assert!(!export_dir.exists(), "a denied export was written");
 }
+
+/// A policy whose programs' text exports leave flattened, without asking.
+const FLATTENING_POLICY: &str = r#"
+[profile.program]
+memory_mib = 512
+vcpus = 1
+time_limit = "5m"
+display = { max_width = 1280, max_height = 800, max_fps = 30 }
+
+[profile.program.export]
+mode = "allow"
+types = ["text/plain", "application/pdf"]
+max_size = "5MiB"
+flatten = true
+
+[[rule]]
+name = "programs-export-flattened-text"
+action = "run-program"
+sandbox = "program"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flattened_export_is_rebuilt_from_pixels_and_its_bytes_never_come() {
+    let test = "flattened_export_is_rebuilt_from_pixels_and_its_bytes_never_come";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    if !tool_or_skip(test, "dbus-daemon", "dbus")
+        || !tool_or_skip(test, "qpdf", "qpdf")
+        || !tool_or_skip(test, "pdftoppm", "poppler-utils")
+    {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let Some(program) = static_program(test, "exporter", EXPORTER_C, work.path()) else {
+        return;
+    };
+    // Arrange: a policy that flattens every export.
+    let policy = work.path().join("policy.d");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(policy.join("10-flattening.toml"), FLATTENING_POLICY).unwrap();
+    let bus = PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            policy.as_os_str(),
+            "--image-dir".as_ref(),
+            image.as_os_str(),
+            "--no-windows".as_ref(),
+        ],
+        &[],
+    );
+    let export_dir = work.path().join("exports");
+
+    // Act
+    let (connection, mut signals, manager, task) = run_exporter(&bus, &program, &export_dir).await;
+    let verdict = wait_finished(&connection, &mut signals, &task, Duration::from_secs(300)).await;
+
+    // Assert: a PDF of the text's pixels, never the text file itself.
+    loud(&format!("{test}: verdict {verdict:?}"));
+    assert_eq!(verdict, "clean, 1 export(s) written");
+    let mut names: Vec<String> = std::fs::read_dir(&export_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["result-safe.pdf"]);
+    let pdf = export_dir.join("result-safe.pdf");
+    let bytes = std::fs::read(&pdf).unwrap();
+    assert!(
+        !bytes
+            .windows(CONTENT.len() - 1)
+            .any(|w| w == &CONTENT[..CONTENT.len() - 1]),
+        "the exported text's bytes are in the PDF"
+    );
+    let check = bus
+        .command("qpdf")
+        .arg("--check")
+        .arg(&pdf)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    let page = work.path().join("page");
+    let render = bus
+        .command("pdftoppm")
+        .args(["-r", "150", "-png", "-singlefile"])
+        .arg(&pdf)
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(render.status.success(), "{}", text(&render));
+    if let Some(words) = dbus_support::ocr_or_skip(test, &work.path().join("page.png")) {
+        assert!(
+            words.contains("EXPORTED BY THE PROGRAM"),
+            "OCR read: {words}"
+        );
+    }
+    let key: String = manager.get_property("ReceiptPublicKey").await.unwrap();
+    let number = task.as_str().rsplit('/').next().unwrap();
+    let receipt = verify_file(
+        &bus.home
+            .join(".local/state/vitrine/tasks")
+            .join(number)
+            .join("receipt.json"),
+        &key,
+    )
+    .unwrap();
+    assert!(
+        receipt
+            .body
+            .outputs
+            .iter()
+            .any(|o| o.what == "export:result.txt (flattened)" && o.sha256 == sha256_hex(&bytes)),
+        "{:?}",
+        receipt.body.outputs
+    );
+}

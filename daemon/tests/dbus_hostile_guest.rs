@@ -319,7 +319,8 @@ async fn hostile_print_data_writes_no_safe_copy() {
 
     // Assert
     assert!(
-        verdicts["words.txt"].starts_with("error: ") && verdicts["words.txt"].contains("words"),
+        verdicts["words.txt"].starts_with("error: ")
+            && verdicts["words.txt"].contains("OCR words on a page is 8193"),
         "{verdicts:?}"
     );
     assert!(

@@ -45,10 +45,16 @@ pub enum ExportGateError {
 pub enum OfferCheck {
     /// Refused; the reason in words.
     Refused(String),
-    /// Ask the user.
-    Ask,
+    /// Ask the user. `flatten`: only its pixels leave, as a safe copy.
+    Ask {
+        /// Rebuild it from pixels instead of fetching its bytes.
+        flatten: bool,
+    },
     /// May leave without asking.
-    Allowed,
+    Allowed {
+        /// Rebuild it from pixels instead of fetching its bytes.
+        flatten: bool,
+    },
 }
 
 fn refusal(r: ExportRefusal, rules: &ExportRules, mime: &str, size: u64) -> String {
@@ -59,23 +65,17 @@ fn refusal(r: ExportRefusal, rules: &ExportRules, mime: &str, size: u64) -> Stri
     }
 }
 
-/// Checks an offer's name, type and size against `rules`. Flattening to
-/// pixels is not implemented yet, so a profile that asks for it refuses
-/// (fail closed).
+/// Checks an offer's name, type and size against `rules`. A flattening
+/// profile's export leaves as a safe copy: the guest renders it, and only
+/// its pixels come over (see `safe_copy`).
 pub fn check(rules: &ExportRules, name: &str, mime: &str, size: u64) -> OfferCheck {
     if check_export_name(name).is_err() {
         return OfferCheck::Refused("the name is not a plain file name".to_owned());
     }
     match rules.check(mime, size) {
         ExportCheck::Refused(r) => OfferCheck::Refused(refusal(r, rules, mime, size)),
-        ExportCheck::AskUser { flatten: true } | ExportCheck::Allowed { flatten: true } => {
-            OfferCheck::Refused(
-                "the profile asks to flatten exports to pixels, which is not implemented yet"
-                    .to_owned(),
-            )
-        }
-        ExportCheck::AskUser { flatten: false } => OfferCheck::Ask,
-        ExportCheck::Allowed { flatten: false } => OfferCheck::Allowed,
+        ExportCheck::AskUser { flatten } => OfferCheck::Ask { flatten },
+        ExportCheck::Allowed { flatten } => OfferCheck::Allowed { flatten },
     }
 }
 
@@ -85,7 +85,7 @@ pub fn check_fetched(rules: &ExportRules, name: &str, data: &[u8]) -> Result<(),
     let size = u64::try_from(data.len()).unwrap_or(u64::MAX);
     match check(rules, name, mime, size) {
         OfferCheck::Refused(why) => Err(ExportGateError::Refused(why)),
-        OfferCheck::Ask | OfferCheck::Allowed => Ok(()),
+        OfferCheck::Ask { .. } | OfferCheck::Allowed { .. } => Ok(()),
     }
 }
 
@@ -209,10 +209,13 @@ mod tests {
     }
 
     #[test]
-    fn check_refuses_by_mode_type_size_name_and_flatten() {
+    fn check_refuses_by_mode_type_size_and_name_and_passes_flatten_on() {
         let ask = rules(ExportMode::Ask, false);
 
-        assert_eq!(check(&ask, "a.txt", "text/plain", 5), OfferCheck::Ask);
+        assert_eq!(
+            check(&ask, "a.txt", "text/plain", 5),
+            OfferCheck::Ask { flatten: false }
+        );
         assert!(matches!(
             check(&rules(ExportMode::Deny, false), "a.txt", "text/plain", 5),
             OfferCheck::Refused(_)
@@ -227,10 +230,10 @@ mod tests {
             check(&ask, "../a.txt", "text/plain", 5),
             OfferCheck::Refused(_)
         ));
-        assert!(matches!(
-            check(&rules(ExportMode::Ask, true), "a.txt", "text/plain", 5),
-            OfferCheck::Refused(w) if w.contains("flatten")
-        ));
+        assert_eq!(
+            check(&rules(ExportMode::Allow, true), "a.txt", "text/plain", 5),
+            OfferCheck::Allowed { flatten: true }
+        );
     }
 
     #[test]

@@ -112,6 +112,14 @@ pub fn protocol(request: &SafeCopyRequest, rules: &ExportRules) -> SafeCopy {
     }
 }
 
+/// The copy's `/Producer`.
+pub fn producer() -> String {
+    format!(
+        "Vitrine {} safe copy, rebuilt from page pixels",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// `report.pdf` -> `report-safe.pdf`; `notes` -> `notes-safe.pdf`.
 pub fn copy_name(input_name: &str) -> String {
     let stem = match input_name.rsplit_once('.') {

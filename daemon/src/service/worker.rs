@@ -737,7 +737,13 @@ impl Worker<'_> {
             self.detail("pages-cut", verdict::cut_words(cut, &input.limits));
         }
         if !run.exports.is_empty() {
-            let written = self.exports(channel, &run.exports, profile, options, deadline);
+            let written = self.exports(
+                channel,
+                &run.exports,
+                profile,
+                options,
+                (deadline, input.limits),
+            );
             if written > 0 && verdict == "clean" {
                 verdict = format!("clean, {written} export(s) written");
             }
@@ -810,10 +816,7 @@ impl Worker<'_> {
             .or_else(|| self.source_dir.clone())
             .unwrap_or_else(|| self.ctx.dirs.exports.clone());
         let meta = crate::safe_pdf::SafePdfMeta {
-            producer: format!(
-                "Vitrine {} safe copy, rebuilt from page pixels",
-                env!("CARGO_PKG_VERSION")
-            ),
+            producer: safe_copy::producer(),
             input_sha256: Some(self.receipt.input_sha256.clone()),
         };
         let written =
@@ -838,21 +841,21 @@ impl Worker<'_> {
         offers: &[ExportOffer],
         profile: &Profile,
         options: &TaskOptions,
-        deadline: Instant,
+        (deadline, limits): (Instant, vitrine_shim::protocol::Limits),
     ) -> usize {
         self.state("exporting");
         let dest = options
             .export_dir
             .clone()
             .unwrap_or_else(|| self.ctx.dirs.exports.clone());
-        let mut pending: BTreeMap<String, &ExportOffer> = BTreeMap::new();
+        let mut pending: BTreeMap<String, (&ExportOffer, bool)> = BTreeMap::new();
         let mut written = 0;
         for offer in offers {
             let status =
                 match export_gate::check(&profile.export, &offer.name, &offer.mime, offer.size) {
                     OfferCheck::Refused(why) => format!("refused: {why}"),
-                    OfferCheck::Allowed => {
-                        match self.write_export(channel, offer, profile, &dest) {
+                    OfferCheck::Allowed { flatten } => {
+                        match self.write_export(channel, offer, profile, &dest, (flatten, limits)) {
                             Ok(path) => {
                                 written += 1;
                                 format!("approved: {}", path.display())
@@ -860,8 +863,8 @@ impl Worker<'_> {
                             Err(why) => format!("failed: {why}"),
                         }
                     }
-                    OfferCheck::Ask => {
-                        pending.insert(offer.name.clone(), offer);
+                    OfferCheck::Ask { flatten } => {
+                        pending.insert(offer.name.clone(), (offer, flatten));
                         "pending".to_owned()
                     }
                 };
@@ -880,8 +883,9 @@ impl Worker<'_> {
                     None => {
                         let _ = reply.send(Err(format!("no pending export named {name:?}")));
                     }
-                    Some(offer) => {
-                        let result = self.write_export(channel, offer, profile, &dest);
+                    Some((offer, flatten)) => {
+                        let result =
+                            self.write_export(channel, offer, profile, &dest, (flatten, limits));
                         let status = match &result {
                             Ok(path) => {
                                 written += 1;
@@ -897,14 +901,14 @@ impl Worker<'_> {
                     None => {
                         let _ = reply.send(Err(format!("no pending export named {name:?}")));
                     }
-                    Some(offer) => {
+                    Some((offer, _)) => {
                         self.export_event(offer, "denied".to_owned());
                         let _ = reply.send(Ok(()));
                     }
                 },
             }
         }
-        for offer in pending.values() {
+        for (offer, _) in pending.values() {
             self.export_event(
                 offer,
                 "expired: no decision before the task ended".to_owned(),
@@ -928,7 +932,11 @@ impl Worker<'_> {
         offer: &ExportOffer,
         profile: &Profile,
         dest: &std::path::Path,
+        (flatten, limits): (bool, vitrine_shim::protocol::Limits),
     ) -> Result<PathBuf, String> {
+        if flatten {
+            return self.write_flattened(channel, offer, profile, dest, limits);
+        }
         let data = fetch_export(channel, offer, Instant::now() + EXPORT_FETCH_WAIT)
             .map_err(|e| chain(&e))?;
         export_gate::check_fetched(&profile.export, &offer.name, &data).map_err(|e| chain(&e))?;
@@ -939,6 +947,35 @@ impl Worker<'_> {
             bytes: offer.size,
         });
         Ok(path)
+    }
+
+    /// A flattening profile's export: the guest renders it and the host
+    /// rebuilds it from the pixels as `NAME-safe.pdf`; its bytes never come.
+    fn write_flattened(
+        &mut self,
+        channel: &mut GuestChannel,
+        offer: &ExportOffer,
+        profile: &Profile,
+        dest: &std::path::Path,
+        limits: vitrine_shim::protocol::Limits,
+    ) -> Result<PathBuf, String> {
+        let copy = safe_copy::protocol(&SafeCopyRequest::default(), &profile.export);
+        // Rendering (and OCR) takes longer than a fetch: the task's own limit.
+        let deadline = Instant::now() + Duration::from_millis(limits.time_limit_ms.into());
+        let run = crate::task::flatten_export(channel, offer, copy, limits, deadline)
+            .map_err(|e| chain(&e))?;
+        let meta = crate::safe_pdf::SafePdfMeta {
+            producer: safe_copy::producer(),
+            input_sha256: Some(export_gate::offer_hash_hex(offer)),
+        };
+        let written = safe_copy::write(&run, &offer.name, dest, &profile.export, &meta)
+            .map_err(|e| chain(&e))?;
+        self.receipt.outputs.push(ReceiptOutput {
+            what: format!("export:{} (flattened)", offer.name),
+            sha256: written.sha256,
+            bytes: written.bytes,
+        });
+        Ok(written.path)
     }
 
     /// Ends the VM: `Shutdown`, a short wait, then kill; nothing is kept.

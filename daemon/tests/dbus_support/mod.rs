@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod pdf_files;
+
 use vitrine_daemon::fresh_guest::qemu_installed;
 use vitrine_daemon::image_cache::{self, ImageCacheError};
 

@@ -449,7 +449,11 @@ impl PagePrint {
             });
         }
         check_range("dpi", self.dpi.into(), MAX_PRINT_DPI.into())?;
-        check_len("words", self.words.len(), MAX_WORDS_PER_PAGE)?;
+        check_range(
+            "OCR words on a page",
+            u64::try_from(self.words.len()).unwrap_or(u64::MAX),
+            u64::try_from(MAX_WORDS_PER_PAGE).unwrap_or(u64::MAX),
+        )?;
         for word in &self.words {
             check_len("word", word.text.len(), MAX_WORD_BYTES)?;
             if word.text.is_empty() || word.text.chars().any(|c| c.is_control() || c == ' ') {
