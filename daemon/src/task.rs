@@ -1061,6 +1061,7 @@ mod tests {
             },
             data: Vec::new(),
             limits: limits(),
+            safe_copy: None,
         };
         let started = Instant::now();
 

@@ -197,6 +197,7 @@ mod tests {
             kernel: PathBuf::from("/images/vmlinux"),
             initrd: PathBuf::from("/images/initrd.gz"),
             cmdline: "console=ttyS0 reboot=t quiet".to_owned(),
+            app_disk: None,
         });
         config.accel = Accel::Kvm;
         config
