@@ -192,6 +192,7 @@ impl Agent {
             let dir = at.image.parent().unwrap_or(Path::new("."));
             let limits =
                 ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
+            let started = Instant::now();
             let found = tess
                 .words(
                     at.image,
@@ -206,6 +207,15 @@ impl Agent {
                     OcrError::TimedOut => Stop::Task(TaskStatus::TimedOut),
                     other => failed(format!("ocr: page {}: {}", at.page + 1, chain(&other))),
                 })?;
+            self.log(
+                LogLevel::Info,
+                format!(
+                    "ocr: page {}: {} words in {} ms",
+                    at.page + 1,
+                    found.words.len(),
+                    started.elapsed().as_millis()
+                ),
+            )?;
             if found.dropped > 0 {
                 self.log(
                     LogLevel::Info,
