@@ -62,6 +62,9 @@ pub enum OcrError {
     /// The deadline passed.
     #[error("tesseract ran out of time")]
     TimedOut,
+    /// Its output has no TSV header: it printed something else.
+    #[error("tesseract printed no TSV (its output begins {0:?})")]
+    NotTsv(String),
 }
 
 /// How to start tesseract and where its languages are.
@@ -153,7 +156,9 @@ impl Tesseract {
                 langs.as_ref(),
                 "--psm".as_ref(),
                 "3".as_ref(),
-                "tsv".as_ref(),
+                // Not the `tsv` config file: the disk carries no configs.
+                "-c".as_ref(),
+                "tessedit_create_tsv=1".as_ref(),
             ]
             .map(OsString::from),
         );
@@ -178,8 +183,8 @@ impl Tesseract {
                 std::fs::File::open(&out)?
                     .take(MAX_TSV_BYTES)
                     .read_to_string(&mut tsv)
-                    .map(|_| parse_tsv(&tsv, width, height))
                     .map_err(OcrError::from)
+                    .and_then(|_| parse_tsv(&tsv, width, height))
             }
         };
         let _ = std::fs::remove_file(&out);
@@ -200,8 +205,12 @@ pub struct Page {
 /// Reads tesseract's TSV (`level page block par line word left top width
 /// height conf text`): the word rows (level 5) with a confidence, their
 /// text without spaces or control characters and cut to `MAX_WORD_BYTES`,
-/// their boxes cut to the `width` x `height` page.
-pub fn parse_tsv(tsv: &str, width: u32, height: u32) -> Page {
+/// their boxes cut to the `width` x `height` page. Output without TSV's
+/// header line is an error, not a page without words.
+pub fn parse_tsv(tsv: &str, width: u32, height: u32) -> Result<Page, OcrError> {
+    if !tsv.starts_with("level\t") {
+        return Err(OcrError::NotTsv(tsv.chars().take(60).collect()));
+    }
     let mut page = Page::default();
     for line in tsv.lines() {
         let Some(word) = parse_word(line, width, height) else {
@@ -213,7 +222,7 @@ pub fn parse_tsv(tsv: &str, width: u32, height: u32) -> Page {
             page.words.push(word);
         }
     }
-    page
+    Ok(page)
 }
 
 fn parse_word(line: &str, width: u32, height: u32) -> Option<OcrWord> {
@@ -271,7 +280,7 @@ mod tests {
              5\t1\t1\t1\t1\t5\tx\t12\t60\t38\t91\tbad\n"
         );
 
-        let page = parse_tsv(&tsv, 800, 600);
+        let page = parse_tsv(&tsv, 800, 600).unwrap();
 
         assert_eq!(
             page.words,
@@ -299,13 +308,24 @@ mod tests {
     fn long_words_are_cut_on_a_char_boundary_and_words_past_the_cap_dropped() {
         let long = "ü".repeat(MAX_WORD_BYTES);
         let row = |text: &str| format!("5\t1\t1\t1\t1\t1\t1\t1\t5\t5\t90\t{text}\n");
-        let tsv = row(&long) + &row("w").repeat(MAX_WORDS_PER_PAGE + 2);
+        let tsv = format!("{HEAD}\n") + &row(&long) + &row("w").repeat(MAX_WORDS_PER_PAGE + 2);
 
-        let page = parse_tsv(&tsv, 100, 100);
+        let page = parse_tsv(&tsv, 100, 100).unwrap();
 
         assert_eq!(page.words.len(), MAX_WORDS_PER_PAGE);
         assert_eq!(page.dropped, 3);
         assert_eq!(page.words[0].text, "ü".repeat(MAX_WORD_BYTES / 2));
+    }
+
+    #[test]
+    fn plain_text_instead_of_tsv_is_an_error_not_an_empty_page() {
+        let err = parse_tsv("Quick brown fox\n", 100, 100).unwrap_err();
+
+        assert!(matches!(err, OcrError::NotTsv(_)), "{err}");
+        assert!(parse_tsv(&format!("{HEAD}\n"), 100, 100)
+            .unwrap()
+            .words
+            .is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use support::{have_poppler, limits, skip, Guest};
@@ -27,11 +28,22 @@ fn have_tesseract(test: &str) -> bool {
     ok
 }
 
-fn guest_with_tesseract() -> Guest {
-    Guest::start_with_env(&[
+/// A shim with the host's tesseract and a tessdata directory laid out as
+/// the app disk's: the language file only (no `configs/`), readable by the
+/// sandbox uid.
+fn guest_with_tesseract() -> (Guest, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(TESSDATA).join("eng.traineddata"),
+        data.path().join("eng.traineddata"),
+    )
+    .unwrap();
+    let guest = Guest::start_with_env(&[
         (TESSERACT_ENV, Path::new(TESSERACT)),
-        (TESSDATA_ENV, Path::new(TESSDATA)),
-    ])
+        (TESSDATA_ENV, data.path()),
+    ]);
+    (guest, data)
 }
 
 #[test]
@@ -41,7 +53,7 @@ fn a_safe_copy_sends_each_pages_print_data_after_its_frame_with_the_words_ocr_re
         return;
     }
     // Arrange
-    let mut guest = guest_with_tesseract();
+    let (mut guest, _tessdata) = guest_with_tesseract();
     assert!(guest.capabilities.contains(&Capability::Ocr));
     let copy = SafeCopy {
         ocr: Some("eng".into()),
@@ -108,7 +120,7 @@ fn ocr_without_tesseract_or_in_a_missing_language_fails_the_task_saying_what_to_
         ocr: Some(lang.into()),
     };
     let mut bare = Guest::start();
-    let mut with = guest_with_tesseract();
+    let (mut with, _tessdata) = guest_with_tesseract();
 
     let no_disk = bare.safe_copy("notes.txt", b"hello", limits(30_000), ocr("eng"));
     let no_lang = with.safe_copy("notes.txt", b"hello", limits(30_000), ocr("eng+zzz"));
