@@ -139,3 +139,33 @@ fn ocr_without_tesseract_or_in_a_missing_language_fails_the_task_saying_what_to_
     }
     assert!(no_lang.prints.is_empty());
 }
+
+#[test]
+fn a_safe_copy_of_a_text_file_reads_its_words_at_the_default_print_resolution() {
+    let test = "a_safe_copy_of_a_text_file_reads_its_words_at_the_default_print_resolution";
+    if !have_tesseract(test) {
+        return;
+    }
+    let (mut guest, _tessdata) = guest_with_tesseract();
+    let copy = SafeCopy {
+        ocr: Some("eng".into()),
+    };
+
+    let out = guest.safe_copy(
+        "notes.txt",
+        b"Meeting moved to Thursday afternoon\n",
+        limits(60_000),
+        copy,
+    );
+
+    assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
+    assert_eq!(out.prints.len(), 1);
+    let (print, after_frame) = &out.prints[0];
+    assert!(after_frame);
+    assert_eq!(print.dpi, 150);
+    let text: Vec<&str> = print.words.iter().map(|w| w.text.as_str()).collect();
+    for expected in ["Meeting", "moved", "Thursday", "afternoon"] {
+        assert!(text.contains(&expected), "no {expected:?} in {text:?}");
+    }
+    guest.shutdown();
+}
