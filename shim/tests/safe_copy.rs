@@ -66,7 +66,7 @@ fn a_safe_copy_sends_each_pages_print_data_after_its_frame_with_the_words_ocr_re
     assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
     assert_eq!(out.prints.len(), 3, "{:?}", out.logs);
     for (i, (print, after_frame)) in out.prints.iter().enumerate() {
-        assert_eq!(print.page, i as u32);
+        assert_eq!(print.page, u32::try_from(i).unwrap());
         assert!(after_frame, "page {i}'s print data came before its frame");
         // A4's long side at 1754 px: 150 dpi.
         assert!((148..=152).contains(&print.dpi), "dpi {}", print.dpi);

@@ -66,7 +66,7 @@ fn a_safe_copy_in_a_fresh_guest_reads_the_pages_words_with_the_app_disks_tessera
     let print = &run.prints[&0];
     // Long side 1754 px over the page's long side in points.
     let long_pt = fixtures::PDF_PAGE_PT.0.max(fixtures::PDF_PAGE_PT.1);
-    let dpi = (f64::from(page.width.max(page.height)) * 72.0 / f64::from(long_pt)).round() as u32;
+    let dpi = (page.width.max(page.height) * 72 + long_pt / 2) / long_pt;
     assert_eq!(print.dpi, dpi);
     let words: Vec<&str> = print.words.iter().map(|w| w.text.as_str()).collect();
     for expected in ["Quick", "brown", "foxes", "jump"] {

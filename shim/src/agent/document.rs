@@ -182,11 +182,9 @@ impl Agent {
     /// the renderers do, against the task's deadline.
     fn send_print(&mut self, print: &Print, task: &Task, at: PrintPage<'_>) -> Result<(), Stop> {
         let (w, h) = at.size;
-        let dpi = match at.long_pts {
-            Some(pts) => (f64::from(w.max(h)) * 72.0 / pts).round() as u32,
-            None => DEFAULT_PRINT_DPI,
-        }
-        .clamp(MIN_PRINT_DPI, MAX_PRINT_DPI);
+        let dpi = at
+            .long_pts
+            .map_or(DEFAULT_PRINT_DPI, |pts| print_dpi(w.max(h), pts));
         let mut words = Vec::new();
         if let Some((tess, lang)) = &print.ocr {
             let dir = at.image.parent().unwrap_or(Path::new("."));
@@ -625,6 +623,19 @@ fn budget_spent(width: u32, height: u32) -> Stop {
     ))
 }
 
+/// Pixels per inch of a page whose long side is `long_px` pixels and
+/// `long_pts` points (1/72 inch), within the protocol's range.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn print_dpi(long_px: u32, long_pts: f64) -> u32 {
+    let dpi = f64::from(long_px) * 72.0 / long_pts;
+    if !dpi.is_finite() {
+        return DEFAULT_PRINT_DPI;
+    }
+    // Clamped into the u32 range first: the cast is exact.
+    dpi.round()
+        .clamp(f64::from(MIN_PRINT_DPI), f64::from(MAX_PRINT_DPI)) as u32
+}
+
 fn pdf_stop(e: pdf::PdfError) -> Stop {
     match e {
         pdf::PdfError::TimedOut(_) => Stop::Task(TaskStatus::TimedOut),
@@ -672,6 +683,15 @@ mod tests {
         assert_eq!(capped.cut, Some("page-cap"));
         assert_eq!(budgeted.shown, 135);
         assert_eq!(budgeted.cut, Some("pixel-budget"));
+    }
+
+    #[test]
+    fn print_dpi_is_pixels_per_inch_within_the_protocols_range() {
+        assert_eq!(print_dpi(1754, 841.89), 150);
+        assert_eq!(print_dpi(1754, 420.0), 301);
+        assert_eq!(print_dpi(1754, 1.0), MAX_PRINT_DPI);
+        assert_eq!(print_dpi(10, 14_400.0), MIN_PRINT_DPI);
+        assert_eq!(print_dpi(1754, 0.0), DEFAULT_PRINT_DPI);
     }
 
     #[test]
