@@ -35,9 +35,23 @@ traineddata() {
   printf '%s\n' "$file"
 }
 
+# appdisk_languages: sets TRAINEDDATA to `lang=path` pairs; run in this
+# shell (not in a command substitution) so that a missing language stops the
+# build.
+appdisk_languages() {
+  local lang file
+  TRAINEDDATA=()
+  for lang in $VITRINE_OCR_LANGS; do
+    traineddata "$lang" >/dev/null
+    file=$(traineddata "$lang")
+    TRAINEDDATA+=("$lang=$file")
+  done
+  (( ${#TRAINEDDATA[@]} > 0 )) || die "VITRINE_OCR_LANGS is empty: name at least one language (eng)"
+}
+
 # appdisk_entries: `<name on the disk> <host source>` lines, sorted by name.
 appdisk_entries() {
-  local p lib lang
+  local p lib pair
   for p in "${APP_PROGRAMS[@]}"; do printf '/bin/%s %s\n' "$(basename "$p")" "$p"; done
   # Every library and the loader under /lib, by file name.
   while read -r lib; do
@@ -45,8 +59,8 @@ appdisk_entries() {
   done < <(ldd "${APP_PROGRAMS[@]}" | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
     $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | LC_ALL=C sort -u)
-  for lang in $VITRINE_OCR_LANGS; do
-    printf '/share/tessdata/%s.traineddata %s\n' "$lang" "$(traineddata "$lang")"
+  for pair in "${TRAINEDDATA[@]}"; do
+    printf '/share/tessdata/%s.traineddata %s\n' "${pair%%=*}" "${pair#*=}"
   done
 }
 
@@ -65,6 +79,7 @@ appdisk_key() {
 # build_appdisk: sets APPS_KEY and APPS_OUT (holding apps.squashfs and the
 # packages of its files); builds only when APPS_OUT is absent.
 build_appdisk() {
+  appdisk_languages
   local entries
   entries=$(mktemp)
   appdisk_entries | LC_ALL=C sort -k1,1 >"$entries" || { rm -f "$entries"; exit 1; }
