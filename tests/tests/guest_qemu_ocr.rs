@@ -77,3 +77,41 @@ fn a_safe_copy_in_a_fresh_guest_reads_the_pages_words_with_the_app_disks_tessera
     }
     Ok(())
 }
+
+#[test]
+fn a_guest_without_the_app_disk_renders_but_refuses_ocr_saying_why() -> anyhow::Result<()> {
+    let test = "a_guest_without_the_app_disk_renders_but_refuses_ocr_saying_why";
+    let Some(dir) = guest_image::require(test) else {
+        return Ok(());
+    };
+    let mut image = GuestImage::from_dir(&dir)?;
+    image.app_disk = None;
+    let config = VmConfig::new(image);
+    let limits = Limits {
+        time_limit_ms: 60_000,
+        ..Limits::default()
+    };
+    let plain = TaskInput::file("a.txt", "text/plain", b"hello".to_vec(), limits.clone());
+    let mut ocr = plain.clone();
+    ocr.safe_copy = Some(SafeCopy {
+        ocr: Some("eng".into()),
+    });
+    let run = |input: &TaskInput| {
+        fresh_guest::run_in_fresh_guest(
+            &QemuBackend::new(),
+            &config,
+            input,
+            GuestDeadlines::after_shutdown(Duration::from_secs(10)),
+        )
+    };
+
+    let shown = run(&plain)?.task;
+    let refused = run(&ocr)?.task;
+
+    assert_eq!(shown.status, Some(TaskStatus::Ok), "logs: {:?}", shown.logs);
+    match refused.status {
+        Some(TaskStatus::Failed(why)) => assert!(why.contains("application disk"), "{why}"),
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    Ok(())
+}
