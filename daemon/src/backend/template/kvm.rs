@@ -95,6 +95,7 @@ impl KvmTemplates {
             accel: format!("{:?}", config.accel),
             backend: KVM_BACKEND.to_owned(),
             backend_version: backend_version(),
+            app_disk: super::store::app_disk_identity(&config.image),
         }
     }
 
