@@ -133,6 +133,7 @@ mod tests {
             kernel: PathBuf::from("/nonexistent/vmlinux"),
             initrd: PathBuf::from("/nonexistent/initrd.gz"),
             cmdline: "console=ttyS0".into(),
+            app_disk: None,
         });
         let input = TaskInput::file("a.txt", "text/plain", b"hi".to_vec(), Limits::default());
 

@@ -408,6 +408,7 @@ mod tests {
             kernel: "/k".into(),
             initrd: "/i".into(),
             cmdline: String::new(),
+            app_disk: None,
         };
 
         let config = vm_config(&profile, image, Accel::Tcg).unwrap();

@@ -56,6 +56,7 @@ fn test_guest_config(guest: &str, initrd: &tempfile::NamedTempFile) -> VmConfig 
         kernel: test_guests::path(guest),
         initrd: initrd.path().to_owned(),
         cmdline: "console=ttyS0".to_owned(),
+        app_disk: None,
     });
     config.memory_mib = 64;
     config.ready_timeout = Duration::from_secs(30);

@@ -1,7 +1,8 @@
 //! Task VMs are copy-on-write clones of a template (QEMU backend, TCG,
 //! jailed exactly as the daemon runs it): each clone maps the template's
 //! sealed RAM memfd private, takes a fresh identity, and runs a real task;
-//! a corrupted template is found by its checksum and made again.
+//! a corrupted template is found by its checksum and made again; a clone
+//! reads the template's application disk (OCR).
 
 mod qemu_support;
 
@@ -110,5 +111,40 @@ fn a_corrupted_or_truncated_template_is_found_and_made_again_before_any_task() {
         );
         assert_eq!(status, TaskStatus::Ok);
         assert!(origin.clone_time < Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn a_clone_runs_ocr_from_the_application_disk_it_shares_with_its_template() {
+    let test = "a_clone_runs_ocr_from_the_application_disk_it_shares_with_its_template";
+    let Some(image) = image_or_skip(test) else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let cloner = cloner(&image, cache.path());
+    let config = config(&image);
+    assert!(
+        config.image.app_disk.is_some(),
+        "the image has no apps.squashfs"
+    );
+
+    let (mut vm, _) = cloner.clone_vm(&config).unwrap();
+    let run = ocr_task(&mut vm, "Meeting moved to Thursday afternoon\n");
+
+    loud(&format!(
+        "{test}: {:?}",
+        run.logs
+            .iter()
+            .filter(|l| l.contains("ocr"))
+            .collect::<Vec<_>>()
+    ));
+    assert_eq!(run.status, Some(TaskStatus::Ok), "logs: {:?}", run.logs);
+    let words: Vec<&str> = run.prints[&0]
+        .words
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect();
+    for expected in ["Meeting", "Thursday", "afternoon"] {
+        assert!(words.contains(&expected), "no {expected:?} in {words:?}");
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the Vitrine guest image: a minimal kernel (vmlinux, PVH entry) and an
-# initramfs with busybox, the static vitrine-shim as /init and the renderers.
+# Build the Vitrine guest image: a minimal kernel (vmlinux, PVH entry), an
+# initramfs with busybox, the static vitrine-shim as /init and the renderers,
+# and the read-only application disk (apps.squashfs: tesseract for OCR).
 #
 #   shim/image/build.sh                   build (or find in the cache) the image
 #   shim/image/build.sh --print-dir       print the image directory if built; exit 3 if not
@@ -10,12 +11,14 @@
 # Environment:
 #   VITRINE_CACHE      cache root (default ~/.cache/vitrine)
 #   VITRINE_SHIM_BIN   use this file as /init instead of building vitrine-shim
-#   VITRINE_CACHE_KEEP how many images, initramfs and kernels (per variant) to keep (default 4)
+#   VITRINE_CACHE_KEEP how many images, initramfs, app disks and kernels (per variant) to keep (default 4)
+#   VITRINE_OCR_LANGS  tesseract languages on the app disk (default "eng"; each
+#                      needs the Debian package tesseract-ocr-<lang>)
 #   CARGO_TARGET_DIR   where cargo puts the shim build (default <repo>/target)
 #
 # Outputs are keyed by the sha256 of their inputs; a build whose key exists is
 # not redone. Progress goes to stderr; the last line on stdout is the image
-# directory, holding vmlinux, initrd.gz, cmdline and manifest.json.
+# directory, holding vmlinux, initrd.gz, apps.squashfs, cmdline and manifest.json.
 set -euo pipefail
 
 IMAGE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +36,8 @@ source "$IMAGE_DIR/lib/apt.sh"
 source "$IMAGE_DIR/lib/kernel.sh"
 # shellcheck source=lib/initramfs.sh
 source "$IMAGE_DIR/lib/initramfs.sh"
+# shellcheck source=lib/appdisk.sh
+source "$IMAGE_DIR/lib/appdisk.sh"
 # shellcheck source=lib/manifest.sh
 source "$IMAGE_DIR/lib/manifest.sh"
 # shellcheck source=lib/cache.sh
@@ -47,7 +52,7 @@ while (( $# > 0 )); do
     --kernel-only) KERNEL_ONLY=1 ;;
     --variant) shift; VARIANT=${1:?--variant needs a name} ;;
     --variant=*) VARIANT=${1#--variant=} ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
   shift
@@ -73,7 +78,8 @@ if [[ $KERNEL_ONLY == 1 ]]; then
 fi
 
 build_initramfs
-image_out=$VITRINE_CACHE/image-$VARIANT-$(printf '%s %s\n' "$KERNEL_KEY" "$INITRD_KEY" | sha256sum | cut -c1-16)
+build_appdisk
+image_out=$VITRINE_CACHE/image-$VARIANT-$(printf '%s %s %s\n' "$KERNEL_KEY" "$INITRD_KEY" "$APPS_KEY" | sha256sum | cut -c1-16)
 if [[ -f $image_out/manifest.json ]]; then
   say "image: cached at $image_out ($((SECONDS - started)) s)"
 elif [[ $PRINT_ONLY == 1 ]]; then
@@ -84,9 +90,11 @@ else
   say "image: built at $image_out ($((SECONDS - started)) s)"
 fi
 if [[ $PRINT_ONLY == 0 ]]; then
-  mark_used "$KERNEL_OUT" "$INITRD_OUT" "$image_out"
+  mark_used "$KERNEL_OUT" "$INITRD_OUT" "$APPS_OUT" "$image_out"
   prune_cache "kernel-$VARIANT-"
   prune_cache initrd-
+  prune_cache apps-
   prune_cache "image-$VARIANT-"
 fi
+say "image: initrd.gz $(stat -c %s "$image_out/initrd.gz") bytes, apps.squashfs $(stat -c %s "$image_out/apps.squashfs") bytes"
 printf '%s\n' "$image_out"

@@ -15,6 +15,11 @@ use nix::unistd::Pid;
 
 /// Environment variable that marks the re-executed agent child.
 pub const AGENT_ROLE_ENV: &str = "VITRINE_SHIM_ROLE";
+/// Where the read-only application disk (tesseract; later office and
+/// browser) is mounted in the guest.
+pub const APP_DISK_MOUNT: &str = "/apps";
+/// The application disk: the VM's first virtio-blk device.
+const APP_DISK_DEVICE: &str = "/dev/vda";
 
 /// PID 1 setup failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +115,33 @@ pub fn mount_all() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Mounts the application disk read-only at `APP_DISK_MOUNT` when the VM
+/// has one. Without it the shim serves everything but what the disk holds
+/// (OCR), so a failure is logged, not fatal.
+fn mount_app_disk() {
+    if !Path::new(APP_DISK_DEVICE).exists() {
+        eprintln!("vitrine-shim: no application disk ({APP_DISK_DEVICE}): no OCR");
+        return;
+    }
+    let _ = std::fs::create_dir_all(APP_DISK_MOUNT);
+    let flags = MsFlags::MS_RDONLY
+        .union(MsFlags::MS_NODEV)
+        .union(MsFlags::MS_NOSUID);
+    match mount(
+        Some(APP_DISK_DEVICE),
+        APP_DISK_MOUNT,
+        Some("squashfs"),
+        flags,
+        None::<&str>,
+    ) {
+        Ok(()) => eprintln!("vitrine-shim: application disk mounted at {APP_DISK_MOUNT}"),
+        Err(e) => eprintln!(
+            "vitrine-shim: cannot mount the application disk {APP_DISK_DEVICE} (squashfs) \
+             at {APP_DISK_MOUNT}: {e}: no OCR"
+        ),
+    }
+}
+
 /// Whether this process is the agent that the guest's init started: its
 /// parent is PID 1 and it carries the agent role.
 pub fn started_by_init() -> bool {
@@ -121,6 +153,7 @@ pub fn run_as_init(args: &[std::ffi::OsString]) -> ! {
     if let Err(e) = mount_all() {
         eprintln!("vitrine-shim: {e}: {:?}", std::error::Error::source(&e));
     }
+    mount_app_disk();
     let agent = std::env::current_exe()
         .map_err(InitError::Spawn)
         .and_then(|exe| {

@@ -5,13 +5,15 @@
 //! `init` (PID 1 duties), `transport` (vsock, virtio-serial, Unix socket),
 //! `agent` (the session), `render` (renderers), `sandbox` (limited children),
 //! `raster` (pixels and PPM), `export` (files offered back), `fetch` (links
-//! over the host's egress tunnel; TLS ends in the guest).
+//! over the host's egress tunnel; TLS ends in the guest), `ocr` (tesseract
+//! from the application disk, for safe copies).
 
 pub mod agent;
 pub mod export;
 pub mod fetch;
 pub mod identity;
 pub mod init;
+pub mod ocr;
 pub mod protocol;
 pub mod raster;
 pub mod render;

@@ -1,5 +1,6 @@
 //! The guest image a backend boots: the directory `shim/image/build.sh`
-//! prints, holding `vmlinux`, `initrd.gz`, `cmdline` and `manifest.json`.
+//! prints, holding `vmlinux`, `initrd.gz`, `apps.squashfs` (the read-only
+//! application disk), `cmdline` and `manifest.json`.
 
 use std::fs;
 use std::io;
@@ -10,6 +11,9 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 reboot=t quiet";
 
 /// Longest kernel command line accepted (the x86 boot protocol's limit is 2048).
 const MAX_CMDLINE_BYTES: usize = 2048;
+
+/// The application disk's file in an image directory.
+pub const APP_DISK: &str = "apps.squashfs";
 
 /// The guest image could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,9 @@ pub struct GuestImage {
     pub initrd: PathBuf,
     /// Kernel command line.
     pub cmdline: String,
+    /// Read-only application disk (squashfs; tesseract), attached as the
+    /// VM's first virtio-blk device. `None`: the guest has no OCR.
+    pub app_disk: Option<PathBuf>,
 }
 
 impl GuestImage {
@@ -61,10 +68,16 @@ impl GuestImage {
         if cmdline.len() > MAX_CMDLINE_BYTES || cmdline.chars().any(char::is_control) {
             return Err(ImageError::BadCmdline(cmdline_path));
         }
+        let app_disk = match existing(dir.join(APP_DISK)) {
+            Ok(path) => Some(path),
+            Err(ImageError::Missing(_)) => None,
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             kernel,
             initrd,
             cmdline,
+            app_disk,
         })
     }
 }
@@ -101,6 +114,17 @@ mod tests {
         assert_eq!(image.cmdline, "console=ttyS0 quiet");
         assert_eq!(image.kernel, dir.path().join("vmlinux"));
         assert_eq!(image.initrd, dir.path().join("initrd.gz"));
+        assert_eq!(image.app_disk, None);
+    }
+
+    #[test]
+    fn from_dir_takes_the_app_disk_when_the_image_has_one() {
+        let dir = image_dir(None);
+        fs::write(dir.path().join("apps.squashfs"), b"hsqs").unwrap();
+
+        let image = GuestImage::from_dir(dir.path()).unwrap();
+
+        assert_eq!(image.app_disk, Some(dir.path().join("apps.squashfs")));
     }
 
     #[test]

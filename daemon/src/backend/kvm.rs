@@ -301,9 +301,12 @@ impl KvmBackend {
 
     /// The arguments of `vitrine-vmm restore` for a clone of `snapshot`
     /// with its own vsock socket and console in `dir`.
-    pub fn restore_args(&self, snapshot: &Path, dir: &Path) -> Vec<OsString> {
+    /// The template's disks are opened again for the clone, in the order
+    /// they were attached.
+    pub fn restore_args(&self, config: &VmConfig, snapshot: &Path, dir: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["restore".into(), "--snapshot".into()];
         args.push(snapshot.into());
+        args.extend(disk_args(config));
         args.extend(vm_dir_args(dir));
         args.push("--status-fd".into());
         args.push("1".into());
@@ -334,7 +337,23 @@ fn boot_args(config: &VmConfig, cmdline: String) -> Vec<OsString> {
         args.push(value.into());
     }
     args.push("--rng".into());
+    args.extend(disk_args(config));
     args
+}
+
+/// The image's application disk (vitrine-vmm opens disks read-only).
+fn disk_args(config: &VmConfig) -> Vec<OsString> {
+    match &config.image.app_disk {
+        Some(disk) => vec!["--disk".into(), disk.into()],
+        None => Vec::new(),
+    }
+}
+
+/// The image's files, bound read-only into the VMM's jail.
+fn image_files(config: &VmConfig) -> Vec<&Path> {
+    let mut files = vec![config.image.kernel.as_path(), config.image.initrd.as_path()];
+    files.extend(config.image.app_disk.as_deref());
+    files
 }
 
 /// The VM's own vsock socket and console log, in its private directory.
@@ -406,8 +425,7 @@ impl Backend for KvmBackend {
     }
 
     fn start(&self, config: &VmConfig) -> Result<KvmVm, KvmError> {
-        let image = [config.image.kernel.as_path(), config.image.initrd.as_path()];
-        self.launch(config, &image, |dir| self.args(config, dir))
+        self.launch(config, &image_files(config), |dir| self.args(config, dir))
     }
 }
 
@@ -417,7 +435,11 @@ impl KvmBackend {
     /// running once its shim has connected and said Ready. `config` sizes
     /// its jail and bounds the wait.
     pub fn restore(&self, config: &VmConfig, snapshot: &Path) -> Result<KvmVm, KvmError> {
-        let mut vm = self.launch(config, &[snapshot], |dir| self.restore_args(snapshot, dir))?;
+        let mut read_only = vec![snapshot];
+        read_only.extend(config.image.app_disk.as_deref());
+        let mut vm = self.launch(config, &read_only, |dir| {
+            self.restore_args(config, snapshot, dir)
+        })?;
         vm.cloned_from = snapshot
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
@@ -437,8 +459,8 @@ impl KvmBackend {
         let vmm_log_path = dir.path().join(VMM_LOG);
         let vmm_log = File::create(&vmm_log_path).map_err(KvmError::PrivateDir)?;
         let args = self.snapshot_args(config, dir.path(), out, point);
-        let image = [config.image.kernel.as_path(), config.image.initrd.as_path()];
-        let (mut cmd, jail) = self.command(config, &image, &[dir.path(), out], &args)?;
+        let (mut cmd, jail) =
+            self.command(config, &image_files(config), &[dir.path(), out], &args)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -763,6 +785,7 @@ mod tests {
             kernel: PathBuf::from("/images/vmlinux"),
             initrd: PathBuf::from("/images/initrd.gz"),
             cmdline: "console=ttyS0 reboot=t quiet".to_owned(),
+            app_disk: None,
         })
     }
 
@@ -791,6 +814,28 @@ mod tests {
         assert_eq!(arg_after(&args, "--serial-log"), ["/run/vm1/serial.log"]);
         assert_eq!(arg_after(&args, "--status-fd"), ["1"]);
         assert!(args.iter().any(|a| a == "--rng"));
+    }
+
+    #[test]
+    fn the_app_disk_goes_to_the_boot_the_template_and_each_clone() {
+        let backend = KvmBackend::with_binary("vmm");
+        let mut config = config();
+        config.image.app_disk = Some(PathBuf::from("/images/apps.squashfs"));
+        let dir = Path::new("/run/vm1");
+
+        let boot = backend.args(&config, dir);
+        let template = backend.snapshot_args(&config, dir, Path::new("/out"), TEMPLATE_POINT);
+        let clone = backend.restore_args(&config, Path::new("/cache/t"), dir);
+        let bare = backend.args(&self::config(), dir);
+
+        for args in [&boot, &template, &clone] {
+            assert_eq!(arg_after(args, "--disk"), ["/images/apps.squashfs"]);
+        }
+        assert!(arg_after(&bare, "--disk").is_empty());
+        assert_eq!(
+            image_files(&config).last(),
+            Some(&Path::new("/images/apps.squashfs"))
+        );
     }
 
     #[test]
@@ -831,7 +876,11 @@ mod tests {
     fn restore_args_give_each_clone_its_own_socket_and_console() {
         let backend = KvmBackend::with_binary("vmm");
 
-        let args = backend.restore_args(Path::new("/cache/templates/0123"), Path::new("/run/c7"));
+        let args = backend.restore_args(
+            &config(),
+            Path::new("/cache/templates/0123"),
+            Path::new("/run/c7"),
+        );
 
         assert_eq!(args[0], "restore");
         assert_eq!(arg_after(&args, "--snapshot"), ["/cache/templates/0123"]);

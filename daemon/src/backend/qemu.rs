@@ -278,9 +278,14 @@ impl QemuBackend {
         let mut config = config.clone();
         config.image.kernel = absolute(&config.image.kernel)?;
         config.image.initrd = absolute(&config.image.initrd)?;
+        if let Some(disk) = &config.image.app_disk {
+            config.image.app_disk = Some(absolute(disk)?);
+        }
         let dir = absolute(dir)?;
+        let mut read_only = vec![config.image.kernel.clone(), config.image.initrd.clone()];
+        read_only.extend(config.image.app_disk.clone());
         let files = VmmFiles {
-            read_only: vec![config.image.kernel.clone(), config.image.initrd.clone()],
+            read_only,
             read_write: vec![dir.clone()],
         };
         let mut programs = ProgramFiles {
@@ -401,6 +406,16 @@ impl QemuBackend {
             "-device",
             &format!("virtserialport,chardev=vitrine0,name={SHIM_PORT_NAME}"),
         ]);
+        // Last, so the other devices keep their virtio-mmio slots; a clone
+        // gets the same devices as its template, the disk included.
+        if let Some(disk) = &config.image.app_disk {
+            let file = qemu_path_value(disk);
+            push(&[
+                "-drive",
+                &format!("file={file},if=none,id=apps,format=raw,readonly=on,snapshot=off"),
+            ]);
+            push(&["-device", "virtio-blk-device,drive=apps"]);
+        }
         args
     }
 }
@@ -898,6 +913,7 @@ mod tests {
             kernel: PathBuf::from("/images/vmlinux"),
             initrd: PathBuf::from("/images/initrd.gz"),
             cmdline: "console=ttyS0 quiet".to_owned(),
+            app_disk: None,
         })
     }
 
@@ -963,6 +979,56 @@ mod tests {
     }
 
     #[test]
+    fn args_attach_the_app_disk_read_only_alike_for_a_boot_a_template_and_its_clone() {
+        let backend = QemuBackend::with_binary("qemu");
+        let mut config = config();
+        config.image.app_disk = Some(PathBuf::from("/images/a,b/apps.squashfs"));
+        let fd = || Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let launches = [
+            Launch::Boot,
+            Launch::TemplateSource { ram: fd() },
+            Launch::Clone {
+                ram: fd(),
+                state: fd(),
+                ready: Ready {
+                    shim_version: "0".into(),
+                    capabilities: Vec::new(),
+                },
+                template: "t".into(),
+            },
+        ];
+
+        let all: Vec<Vec<OsString>> = launches
+            .iter()
+            .map(|l| backend.launch_args(&config, Path::new("/d"), l))
+            .collect();
+
+        for args in &all {
+            assert_eq!(
+                arg_after(args, "-drive"),
+                [
+                    "file=/images/a,,b/apps.squashfs,if=none,id=apps,format=raw,\
+                     readonly=on,snapshot=off"
+                ]
+            );
+            // The devices, in the same order, whatever the launch.
+            let devices = arg_after(args, "-device");
+            assert_eq!(devices, arg_after(&all[0], "-device"));
+            assert_eq!(devices.last(), Some(&"virtio-blk-device,drive=apps"));
+        }
+    }
+
+    #[test]
+    fn args_without_an_app_disk_attach_no_drive() {
+        let backend = QemuBackend::with_binary("qemu");
+
+        let args = backend.args(&config(), Path::new("/d"));
+
+        assert!(arg_after(&args, "-drive").is_empty());
+        assert!(!arg_after(&args, "-device").contains(&"virtio-blk-device,drive=apps"));
+    }
+
+    #[test]
     fn start_with_a_missing_binary_names_it() {
         for backend in [
             QemuBackend::with_binary("/nonexistent/qemu-system-x86_64"),
@@ -996,6 +1062,7 @@ mod tests {
             kernel,
             initrd,
             cmdline: "console=ttyS0".to_owned(),
+            app_disk: None,
         })
     }
 

@@ -173,6 +173,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), ServiceError> {
             kernel: program.clone(),
             initrd: PathBuf::from("/dev/null"),
             cmdline: String::new(),
+            app_disk: None,
         }),
         BackendChoice::Auto | BackendChoice::Qemu => {
             image_cache::locate(config.image_dir.as_deref())

@@ -304,6 +304,7 @@ mod tests {
             kernel: "/k".into(),
             initrd: "/i".into(),
             cmdline: String::new(),
+            app_disk: None,
         });
         c.memory_mib = memory_mib;
         c.ready_timeout = Duration::from_secs(5);

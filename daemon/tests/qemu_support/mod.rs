@@ -17,8 +17,8 @@ use vitrine_daemon::backend::{GuestImage, GuestVm, VmConfig};
 use vitrine_daemon::fresh_guest::qemu_installed;
 use vitrine_daemon::image_cache::{self, ImageCacheError};
 use vitrine_daemon::service::worker::image_info;
-use vitrine_daemon::task::{give_identity, run_task, TaskInput};
-use vitrine_shim::protocol::{HostMessage, Limits, TaskStatus};
+use vitrine_daemon::task::{give_identity, run_task, TaskInput, TaskRun};
+use vitrine_shim::protocol::{HostMessage, Limits, SafeCopy, TaskStatus};
 
 pub fn loud(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -107,6 +107,28 @@ pub fn text_task(vm: &mut QemuVm, text: &str) -> (String, TaskStatus) {
         .map(|b| format!("{b:02x}"))
         .collect();
     (digest, run.status.expect("the task ended with a status"))
+}
+
+/// A safe copy of the text file `text` with English OCR, in `vm`.
+pub fn ocr_task(vm: &mut QemuVm, text: &str) -> TaskRun {
+    let mut channel = vm.take_channel().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    give_identity(&mut channel, 1, deadline).unwrap();
+    let mut input = TaskInput::file(
+        "notes.txt",
+        "text/plain",
+        text.as_bytes().to_vec(),
+        Limits {
+            time_limit_ms: 120_000,
+            ..Limits::default()
+        },
+    );
+    input.safe_copy = Some(SafeCopy {
+        ocr: Some("eng".into()),
+    });
+    let run = run_task(&mut channel, 1, &input, deadline).unwrap();
+    let _ = channel.send(&HostMessage::Shutdown);
+    run
 }
 
 /// Everything a VM can leave on the host: processes (QEMU and its jail

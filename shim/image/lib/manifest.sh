@@ -1,4 +1,4 @@
-# The image directory: vmlinux, initrd.gz, cmdline and manifest.json with
+# The image directory: vmlinux, initrd.gz, apps.squashfs, cmdline and manifest.json with
 # the hashes and package versions that made them (sourced by build.sh).
 
 # Kernel command line the image is booted with; the backends read it from
@@ -18,6 +18,7 @@ assemble_image() {
   rm -rf "$tmp"; mkdir -p "$tmp"
   ln "$KERNEL_OUT/vmlinux" "$tmp/vmlinux" 2>/dev/null || cp "$KERNEL_OUT/vmlinux" "$tmp/vmlinux"
   ln "$INITRD_OUT/initrd.gz" "$tmp/initrd.gz" 2>/dev/null || cp "$INITRD_OUT/initrd.gz" "$tmp/initrd.gz"
+  ln "$APPS_OUT/apps.squashfs" "$tmp/apps.squashfs" 2>/dev/null || cp "$APPS_OUT/apps.squashfs" "$tmp/apps.squashfs"
   cp "$KERNEL_OUT/config" "$tmp/kernel.config"
   printf '%s\n' "$IMAGE_CMDLINE" >"$tmp/cmdline"
   write_manifest "$tmp" >"$tmp/manifest.json"
@@ -46,6 +47,21 @@ write_manifest() {
   printf '    "bytes": %s,\n' "$(stat -c %s "$dir/initrd.gz")"
   printf '    "files": %s,\n' "$(grep -c '^file ' "$INITRD_OUT/entries.txt")"
   printf '    "init_sha256": %s\n' "$(json_str "$(sha256sum <"$SHIM_BIN" | cut -c1-64)")"
+  printf '  },\n'
+  printf '  "apps": {\n'
+  printf '    "key": %s,\n' "$(json_str "$APPS_KEY")"
+  printf '    "sha256": %s,\n' "$(json_str "$(sha256sum <"$dir/apps.squashfs" | cut -c1-64)")"
+  printf '    "bytes": %s,\n' "$(stat -c %s "$dir/apps.squashfs")"
+  printf '    "files": %s,\n' "$(wc -l <"$APPS_OUT/entries.txt")"
+  printf '    "ocr_languages": %s,\n' "$(json_str "$VITRINE_OCR_LANGS")"
+  printf '    "packages": {\n'
+  while read -r pkg version; do
+    (( first )) || printf ',\n'
+    first=0
+    printf '      %s: %s' "$(json_str "$pkg")" "$(json_str "$version")"
+  done <"$APPS_OUT/packages.txt"
+  first=1
+  printf '\n    }\n'
   printf '  },\n'
   printf '  "packages": {\n'
   while read -r pkg version; do

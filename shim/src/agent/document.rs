@@ -6,6 +6,10 @@
 //! A task shows at most its page cap (`Limits::max_pages`) and what its
 //! pixel budget holds; when a document has more, the agent logs
 //! `page cap: shown=N total=M reason=page-cap|pixel-budget` for the host.
+//!
+//! A safe copy (`Task::safe_copy`) renders PDF pages at print resolution
+//! and follows each page's frame with a `PagePrint`: the page's resolution
+//! and, when asked, the words tesseract finds on it.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -17,7 +21,11 @@ use std::time::{Duration, Instant};
 
 use super::memory::OomWatch;
 use super::{chain, failed, Agent, FileDoc, Stop, View};
-use crate::protocol::{GuestMessage, LogLevel, PixelBudget, Rect, Task, TaskStatus};
+use crate::ocr::{OcrError, Tesseract};
+use crate::protocol::{
+    GuestMessage, LogLevel, PagePrint, PixelBudget, Rect, Task, TaskStatus, MAX_PRINT_DPI,
+    MAX_WORDS_PER_PAGE, MIN_PRINT_DPI,
+};
 use crate::raster::Raster;
 use crate::render::page_stream::{PageReader, StreamHeader};
 use crate::render::{pdf, DocKind};
@@ -27,6 +35,27 @@ use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, Identity, 
 /// that their files on the guest's tmpfs stay small, enough to amortise
 /// poppler's start.
 const PDF_BATCH: u32 = 4;
+/// Long side of a safe copy's PDF page: A4 at 150 dpi.
+const PRINT_LONG_SIDE: u32 = 1754;
+/// Print resolution of a safe copy's page that has no size on paper.
+const DEFAULT_PRINT_DPI: u32 = 150;
+
+/// What a safe copy sends after each page's frames.
+pub(super) struct Print {
+    /// Tesseract and the language(s) to read, when OCR was asked for.
+    ocr: Option<(Tesseract, String)>,
+}
+
+/// One page's print data to work out and send.
+struct PrintPage<'a> {
+    page: u32,
+    /// The page as a PNM file (readable by the sandbox uid).
+    image: &'a Path,
+    size: (u32, u32),
+    /// Long side on paper, in points (PDF); `None`: `DEFAULT_PRINT_DPI`.
+    long_pts: Option<f64>,
+    deadline: Instant,
+}
 
 /// A document being shown, for input events after `Done`.
 pub(super) struct Document {
@@ -39,6 +68,9 @@ pub(super) struct Document {
     width: u32,
     height: u32,
     renders: u32,
+    /// Safe copy: set for the first rendering only (resends and resizes
+    /// send no print data).
+    print: Option<Print>,
 }
 
 /// What the host is told about the pages a task shows.
@@ -107,6 +139,10 @@ impl Agent {
             LogLevel::Info,
             format!("rendering {} as {}", file.name, kind.as_str()),
         )?;
+        let print = match &task.safe_copy {
+            None => None,
+            Some(copy) => Some(self.print_setup(copy.ocr.as_deref())?),
+        };
         let mut doc = Document {
             kind,
             input: file.input.to_path_buf(),
@@ -115,10 +151,88 @@ impl Agent {
             width: task.limits.max_width.min(900),
             height: task.limits.max_height.min(1100),
             renders: 0,
+            print,
         };
         let result = self.render_document(&mut doc, task, deadline, budget);
+        doc.print = None;
         *view = View::Document(doc);
         result
+    }
+
+    /// A safe copy's OCR, checked before anything renders: no tesseract
+    /// or a missing language fails the task with what to do.
+    fn print_setup(&self, ocr: Option<&str>) -> Result<Print, Stop> {
+        let Some(lang) = ocr else {
+            return Ok(Print { ocr: None });
+        };
+        let tess = Tesseract::find(self.config.in_guest).ok_or_else(|| {
+            failed(
+                "OCR was asked for, but this VM has no application disk with tesseract \
+                 (the image directory has no apps.squashfs: rebuild it with shim/image/build.sh)",
+            )
+        })?;
+        tess.check_languages(lang).map_err(|e| failed(chain(&e)))?;
+        Ok(Print {
+            ocr: Some((tess, lang.to_owned())),
+        })
+    }
+
+    /// Sends a safe copy's `PagePrint` for one page: its resolution and
+    /// the words OCR found, if asked for. OCR runs in a limited child as
+    /// the renderers do, against the task's deadline.
+    fn send_print(&mut self, print: &Print, task: &Task, at: PrintPage<'_>) -> Result<(), Stop> {
+        let (w, h) = at.size;
+        let dpi = at
+            .long_pts
+            .map_or(DEFAULT_PRINT_DPI, |pts| print_dpi(w.max(h), pts));
+        let mut words = Vec::new();
+        if let Some((tess, lang)) = &print.ocr {
+            let dir = at.image.parent().unwrap_or(Path::new("."));
+            let limits =
+                ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
+            let started = Instant::now();
+            let found = tess
+                .words(
+                    at.image,
+                    at.size,
+                    lang,
+                    dir,
+                    limits,
+                    self.identity,
+                    at.deadline,
+                )
+                .map_err(|e| match e {
+                    OcrError::TimedOut => Stop::Task(TaskStatus::TimedOut),
+                    other => failed(format!("ocr: page {}: {}", at.page + 1, chain(&other))),
+                })?;
+            self.log(
+                LogLevel::Info,
+                format!(
+                    "ocr: page {}: {} words in {} ms",
+                    at.page + 1,
+                    found.words.len(),
+                    started.elapsed().as_millis()
+                ),
+            )?;
+            if found.dropped > 0 {
+                self.log(
+                    LogLevel::Info,
+                    format!(
+                        "ocr: page {}: kept {MAX_WORDS_PER_PAGE} words, dropped {}",
+                        at.page + 1,
+                        found.dropped
+                    ),
+                )?;
+            }
+            words = found.words;
+        }
+        self.send(GuestMessage::PagePrint(PagePrint {
+            task: task.id,
+            page: at.page,
+            dpi,
+            words,
+        }))?;
+        Ok(())
     }
 
     /// A fresh directory for one renderer run, writable by the sandbox uid.
@@ -132,25 +246,42 @@ impl Agent {
         Ok(dir)
     }
 
+    /// Sends a page file, then (a safe copy's first rendering) its print
+    /// data: `print` is the page's long side in points, if known.
     fn send_page_file(
         &mut self,
         page: u32,
         path: &Path,
         task: &Task,
         budget: &mut PixelBudget,
+        print: Option<(&Print, Option<f64>, Instant)>,
     ) -> Result<(), Stop> {
         let raster = Raster::read_ppm(path, task.limits.max_width, task.limits.max_height)
             .map_err(|e| failed(format!("page {}: {}", page + 1, chain(&e))));
+        let result = raster.and_then(|raster| {
+            let full = Rect {
+                x: 0,
+                y: 0,
+                w: raster.width(),
+                h: raster.height(),
+            };
+            self.send_raster(page, &raster, full, budget)?;
+            let Some((print, long_pts, deadline)) = print else {
+                return Ok(());
+            };
+            let at = PrintPage {
+                page,
+                image: path,
+                size: (raster.width(), raster.height()),
+                long_pts,
+                deadline,
+            };
+            drop(raster);
+            self.send_print(print, task, at)
+        });
         // Sent pages are drawn again when asked for: nothing piles up.
         let _ = std::fs::remove_file(path);
-        let raster = raster?;
-        let full = Rect {
-            x: 0,
-            y: 0,
-            w: raster.width(),
-            h: raster.height(),
-        };
-        self.send_raster(page, &raster, full, budget)
+        result
     }
 
     fn announce(&mut self, task: &Task, plan: PagePlan) -> Result<(), Stop> {
@@ -222,7 +353,7 @@ impl Agent {
             let dir = self.render_dir(doc)?;
             let job = self.pdf_job(doc, &dir, task, deadline);
             let files = job.render(page + 1, page + 1).map_err(pdf_stop);
-            let result = files.and_then(|f| self.send_page_file(page, &f[0], task, budget));
+            let result = files.and_then(|f| self.send_page_file(page, &f[0], task, budget, None));
             let _ = std::fs::remove_dir_all(&dir);
             return result;
         }
@@ -333,6 +464,22 @@ impl Agent {
                         h: page.height(),
                     };
                     self.send_raster(first + sent, &page, full, budget)?;
+                    if let Some(print) = &doc.print {
+                        let image = out_dir.join("print.ppm");
+                        page.write_ppm(&image).map_err(|e| {
+                            failed(format!("page {}: {}", first + sent + 1, chain(&e)))
+                        })?;
+                        let at = PrintPage {
+                            page: first + sent,
+                            image: &image,
+                            size: (page.width(), page.height()),
+                            long_pts: None,
+                            deadline,
+                        };
+                        let sent_print = self.send_print(print, task, at);
+                        let _ = std::fs::remove_file(&image);
+                        sent_print?;
+                    }
                     sent += 1;
                     if plan.is_some_and(|p| sent >= p.shown) {
                         // The cap: the rest is not drawn.
@@ -392,7 +539,13 @@ impl Agent {
             limits: ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into())),
             identity: self.identity,
             deadline,
-            scale_to: task.limits.max_width.min(task.limits.max_height).min(1200),
+            scale_to: task.limits.max_width.min(task.limits.max_height).min(
+                if doc.print.is_some() {
+                    PRINT_LONG_SIDE
+                } else {
+                    1200
+                },
+            ),
         }
     }
 
@@ -420,13 +573,16 @@ impl Agent {
     ) -> Result<(), Stop> {
         // pdfinfo and page 1 run side by side: the first frame waits for
         // neither the page count nor the other pages.
-        let (total, first) = std::thread::scope(|scope| {
-            let info = scope.spawn(|| job.page_count());
+        // A safe copy also needs each page's size on paper.
+        let sizes_to = doc.print.is_some().then_some(task.limits.max_pages);
+        let (info, first) = std::thread::scope(|scope| {
+            let info = scope.spawn(|| job.page_info(sizes_to));
             let first = job.render(1, 1);
-            let total = info.join().unwrap_or(Err(pdf::PdfError::NoPageCount));
-            (total, first)
+            let info = info.join().unwrap_or(Err(pdf::PdfError::NoPageCount));
+            (info, first)
         });
-        let total = total.map_err(pdf_stop)?;
+        let info = info.map_err(pdf_stop)?;
+        let total = info.pages;
         let first = first.map_err(pdf_stop)?;
         if total == 0 {
             return Err(failed("pdf: document has no pages"));
@@ -440,14 +596,17 @@ impl Agent {
             return Err(budget_spent(w, h));
         }
         self.announce(task, plan)?;
-        self.send_page_file(0, &first[0], task, budget)?;
+        let print = doc.print.as_ref();
+        let print_of =
+            |page: u32| print.map(|p| (p, info.long_sides.get(&(page + 1)).copied(), job.deadline));
+        self.send_page_file(0, &first[0], task, budget, print_of(0))?;
         doc.shown = 1;
         let mut next = 2;
         while next <= plan.shown {
             let last = (next + PDF_BATCH - 1).min(plan.shown);
             let files = job.render(next, last).map_err(pdf_stop)?;
             for (page, file) in (next - 1..).zip(&files) {
-                self.send_page_file(page, file, task, budget)?;
+                self.send_page_file(page, file, task, budget, print_of(page))?;
                 doc.shown = page + 1;
             }
             next = last + 1;
@@ -462,6 +621,19 @@ fn budget_spent(width: u32, height: u32) -> Stop {
     failed(format!(
         "the task's pixel budget is spent: not one more {width}x{height} page fits"
     ))
+}
+
+/// Pixels per inch of a page whose long side is `long_px` pixels and
+/// `long_pts` points (1/72 inch), within the protocol's range.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn print_dpi(long_px: u32, long_pts: f64) -> u32 {
+    let dpi = f64::from(long_px) * 72.0 / long_pts;
+    if !dpi.is_finite() {
+        return DEFAULT_PRINT_DPI;
+    }
+    // Clamped into the u32 range first: the cast is exact.
+    dpi.round()
+        .clamp(f64::from(MIN_PRINT_DPI), f64::from(MAX_PRINT_DPI)) as u32
 }
 
 fn pdf_stop(e: pdf::PdfError) -> Stop {
@@ -511,6 +683,15 @@ mod tests {
         assert_eq!(capped.cut, Some("page-cap"));
         assert_eq!(budgeted.shown, 135);
         assert_eq!(budgeted.cut, Some("pixel-budget"));
+    }
+
+    #[test]
+    fn print_dpi_is_pixels_per_inch_within_the_protocols_range() {
+        assert_eq!(print_dpi(1754, 841.89), 150);
+        assert_eq!(print_dpi(1754, 420.0), 301);
+        assert_eq!(print_dpi(1754, 1.0), MAX_PRINT_DPI);
+        assert_eq!(print_dpi(10, 14_400.0), MIN_PRINT_DPI);
+        assert_eq!(print_dpi(1754, 0.0), DEFAULT_PRINT_DPI);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::export::{Exports, CHUNK};
 use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
 use crate::identity;
+use crate::ocr::Tesseract;
 use crate::protocol::{
     flatten_task_id, Capability, EgressReply, FrameReader, FrameWriter, FramingError, GuestMessage,
     HostMessage, Identity as VmIdentity, InputEvent, LogLevel, PixelBudget, Ready, Rect, SafeCopy,
@@ -222,6 +223,9 @@ impl Agent {
         ];
         if pdf::available() {
             capabilities.insert(0, Capability::Pdf);
+        }
+        if Tesseract::find(self.config.in_guest).is_some() {
+            capabilities.push(Capability::Ocr);
         }
         self.send(GuestMessage::Ready(Ready {
             shim_version: SHIM_VERSION.into(),

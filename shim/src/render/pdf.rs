@@ -95,10 +95,30 @@ impl PdfJob {
 
     /// Number of pages, from pdfinfo.
     pub fn page_count(&self) -> Result<u32, PdfError> {
+        self.page_info(None).map(|info| info.pages)
+    }
+
+    /// Number of pages and, with `sizes_to`, the sizes of pages
+    /// `1..=sizes_to` (pdfinfo stops at the last page).
+    pub fn page_info(&self, sizes_to: Option<u32>) -> Result<PdfInfo, PdfError> {
         let out = self.out_dir.join("pdfinfo.txt");
-        self.run("pdfinfo", &[self.input.clone().into()], Some(&out))?;
-        let text = tail_of(&out, 64 * 1024);
-        parse_page_count(&text).ok_or(PdfError::NoPageCount)
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(last) = sizes_to {
+            args.extend([
+                "-f".into(),
+                "1".into(),
+                "-l".into(),
+                last.to_string().into(),
+            ]);
+        }
+        args.push(self.input.clone().into());
+        self.run("pdfinfo", &args, Some(&out))?;
+        // Two lines a page with sizes: room for the page cap's worth.
+        let text = tail_of(&out, 1 << 20);
+        Ok(PdfInfo {
+            pages: parse_page_count(&text).ok_or(PdfError::NoPageCount)?,
+            long_sides: parse_long_sides(&text),
+        })
     }
 
     /// Renders pages `first..=last` to PPM files; returns their paths in order.
@@ -143,6 +163,29 @@ impl PdfJob {
     }
 }
 
+/// What pdfinfo says of a document.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PdfInfo {
+    /// Pages in the document.
+    pub pages: u32,
+    /// Long side in points of each page asked for, by page number from 1.
+    pub long_sides: std::collections::BTreeMap<u32, f64>,
+}
+
+/// `Page    N size: W x H pts ...` lines as page number -> max(W, H).
+fn parse_long_sides(info: &str) -> std::collections::BTreeMap<u32, f64> {
+    info.lines()
+        .filter_map(|l| {
+            let (num, size) = l.strip_prefix("Page ")?.split_once(" size:")?;
+            let mut it = size.split_whitespace();
+            let w: f64 = it.next()?.parse().ok()?;
+            let h: f64 = it.nth(1)?.parse().ok()?;
+            let long = w.max(h);
+            (long.is_finite() && long > 0.0).then_some((num.trim().parse().ok()?, long))
+        })
+        .collect()
+}
+
 fn parse_page_count(info: &str) -> Option<u32> {
     info.lines()
         .find_map(|l| l.strip_prefix("Pages:"))
@@ -159,5 +202,18 @@ mod tests {
 
         assert_eq!(parse_page_count(info), Some(3));
         assert_eq!(parse_page_count("Pages: many"), None);
+    }
+
+    #[test]
+    fn page_sizes_are_read_as_long_sides_and_odd_lines_skipped() {
+        let info = "Pages:          3\nPage    1 size: 595.276 x 841.89 pts (A4)\n\
+                    Page    1 rot:  0\nPage    2 size: 842 x 595 pts\nPage    3 size: 0 x 0 pts\n\
+                    Page size:      595 x 842 pts\n";
+
+        let sides = parse_long_sides(info);
+
+        assert_eq!(sides.len(), 2);
+        assert_eq!(sides[&1], 841.89);
+        assert_eq!(sides[&2], 842.0);
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use vitrine_shim::protocol::{
     Capability, ExportOffer, FrameReader, FrameWriter, GuestMessage, HostMessage, Identity,
-    InputEvent, Limits, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
+    InputEvent, Limits, PagePrint, SafeCopy, Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES,
 };
 use vitrine_shim::raster::{Raster, Rgb};
 
@@ -47,12 +47,19 @@ pub struct Outcome {
     pub exports: Vec<ExportOffer>,
     pub exit: Option<(Option<i32>, Option<i32>)>,
     pub first_frame: Option<Duration>,
+    /// Safe copies' print data, each with whether its page's frame came first.
+    pub prints: Vec<(PagePrint, bool)>,
 }
 
 impl Guest {
     /// A local shim past `Ready` and its identity.
     pub fn start() -> Guest {
-        let mut guest = Self::start_without_identity();
+        Self::start_with_env(&[])
+    }
+
+    /// `start` with more environment for the shim.
+    pub fn start_with_env(env: &[(&str, &Path)]) -> Guest {
+        let mut guest = Self::start_without_identity_with_env(env);
         guest
             .writer
             .send(&HostMessage::Identity(Identity {
@@ -82,6 +89,10 @@ impl Guest {
 
     /// A local shim that said `Ready` and was given nothing yet.
     pub fn start_without_identity() -> Guest {
+        Self::start_without_identity_with_env(&[])
+    }
+
+    fn start_without_identity_with_env(env: &[(&str, &Path)]) -> Guest {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("shim.sock");
         let listener = UnixListener::bind(&sock).expect("bind");
@@ -91,6 +102,7 @@ impl Guest {
             .arg(&sock)
             .env("VITRINE_SHIM_UID", uid.to_string())
             .env("VITRINE_SHIM_WORKDIR", dir.path())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn vitrine-shim");
@@ -127,12 +139,22 @@ impl Guest {
     }
 
     pub fn submit(&mut self, kind: TaskKind, data: &[u8], limits: Limits) {
+        self.submit_task(kind, data, limits, None)
+    }
+
+    pub fn submit_task(
+        &mut self,
+        kind: TaskKind,
+        data: &[u8],
+        limits: Limits,
+        safe_copy: Option<SafeCopy>,
+    ) {
         self.writer
             .send(&HostMessage::Task(Task {
                 id: 1,
                 kind,
                 limits,
-                safe_copy: None,
+                safe_copy,
             }))
             .unwrap();
         match self.reader.recv().unwrap() {
@@ -159,6 +181,24 @@ impl Guest {
         };
         let t0 = Instant::now();
         self.submit(kind, data, limits);
+        self.collect_until_done(t0)
+    }
+
+    /// `open_file` as a safe copy.
+    pub fn safe_copy(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        limits: Limits,
+        copy: SafeCopy,
+    ) -> Outcome {
+        let kind = TaskKind::OpenFile {
+            name: name.into(),
+            mime_hint: None,
+            size: data.len() as u64,
+        };
+        let t0 = Instant::now();
+        self.submit_task(kind, data, limits, Some(copy));
         self.collect_until_done(t0)
     }
 
@@ -201,6 +241,10 @@ impl Guest {
                 *page = Raster::from_rgba(f.width, f.height, rgba).unwrap();
             }
             GuestMessage::Log { text, .. } => out.logs.push(text),
+            GuestMessage::PagePrint(print) => {
+                let after_frame = out.pages.contains_key(&print.page);
+                out.prints.push((print, after_frame));
+            }
             GuestMessage::ExportOffer(o) => out.exports.push(o),
             GuestMessage::ProgramExited { code, signal } => out.exit = Some((code, signal)),
             GuestMessage::Done { status, .. } => {

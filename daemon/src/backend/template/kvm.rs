@@ -95,6 +95,7 @@ impl KvmTemplates {
             accel: format!("{:?}", config.accel),
             backend: KVM_BACKEND.to_owned(),
             backend_version: backend_version(),
+            app_disk: super::store::app_disk_identity(&config.image),
         }
     }
 
@@ -197,6 +198,7 @@ mod tests {
             kernel: PathBuf::from("/images/vmlinux"),
             initrd: PathBuf::from("/images/initrd.gz"),
             cmdline: "console=ttyS0 reboot=t quiet".to_owned(),
+            app_disk: None,
         });
         config.accel = Accel::Kvm;
         config

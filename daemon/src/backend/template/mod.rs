@@ -101,6 +101,7 @@ impl TemplateCloner {
             accel: format!("{:?}", config.accel),
             backend: "qemu".to_owned(),
             backend_version: self.qemu_version.clone(),
+            app_disk: store::app_disk_identity(&config.image),
         }
     }
 

@@ -90,6 +90,38 @@ pub struct TemplateKey {
     pub backend: String,
     /// QEMU's version line, or the VMM's snapshot format version.
     pub backend_version: String,
+    /// The application disk the template mounted ([`app_disk_identity`]);
+    /// empty without one. A template's RAM caches the disk's blocks, so a
+    /// clone must get the same disk.
+    #[serde(default)]
+    pub app_disk: String,
+}
+
+/// What stands for the image's application disk in a template key: its
+/// path (build.sh's image directories are named by their content), size
+/// and modification time (a disk replaced in place); empty without a disk.
+pub fn app_disk_identity(image: &crate::backend::GuestImage) -> String {
+    let Some(disk) = &image.app_disk else {
+        return String::new();
+    };
+    let stamp = std::fs::metadata(disk).ok().map(|m| {
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        format!(
+            "{} bytes, mtime {}.{:09}",
+            m.len(),
+            mtime.as_secs(),
+            mtime.subsec_nanos()
+        )
+    });
+    format!(
+        "{} ({})",
+        disk.display(),
+        stamp.unwrap_or_else(|| "unreadable".into())
+    )
 }
 
 impl TemplateKey {
@@ -656,7 +688,34 @@ mod tests {
             accel: "Kvm".to_owned(),
             backend: backend.to_owned(),
             backend_version: "snapshot format 2".to_owned(),
+            app_disk: String::new(),
         }
+    }
+
+    #[test]
+    fn a_replaced_app_disk_changes_the_template_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("apps.squashfs");
+        std::fs::write(&disk, b"hsqs one").unwrap();
+        let mut image = crate::backend::GuestImage {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            app_disk: Some(disk.clone()),
+        };
+        let before = app_disk_identity(&image);
+        std::fs::write(&disk, b"hsqs two, longer").unwrap();
+        let after = app_disk_identity(&image);
+        image.app_disk = None;
+
+        assert_ne!(before, after);
+        assert!(before.contains("apps.squashfs"), "{before}");
+        assert_eq!(app_disk_identity(&image), "");
+        let with = |app_disk: String| TemplateKey {
+            app_disk,
+            ..key("qemu")
+        };
+        assert_ne!(with(before).id(), with(after).id());
     }
 
     fn meta(key: TemplateKey) -> TemplateMeta {

@@ -1,0 +1,126 @@
+# The application disk: a read-only squashfs that the VM gets as virtio-blk
+# and the guest mounts at /apps (sourced by build.sh). Programs too big for
+# the initramfs, which every VM unpacks into RAM, go here: tesseract now,
+# office and browser later. Each carries its library closure and the disk's
+# own loader, so it does not depend on the initramfs's libraries.
+#
+# Layout: /bin/<program>, /lib/<libraries + ld-linux-x86-64.so.2>,
+# /share/tessdata/<lang>.traineddata.
+#
+# Same inputs, same bytes: files staged with fixed mtimes, root-owned, no
+# xattrs, a fixed creation time; mksquashfs sorts directories itself. gzip
+# (zlib), which the guest kernel reads without a config change.
+
+APP_PROGRAMS=(/usr/bin/tesseract)
+# Tesseract languages on the disk; each needs Debian's tesseract-ocr-<lang>.
+VITRINE_OCR_LANGS=${VITRINE_OCR_LANGS:-eng}
+
+# appdisk_packages: the Debian packages whose files the disk holds, one a line.
+appdisk_packages() {
+  local lang
+  printf '%s\n' tesseract-ocr
+  for lang in $VITRINE_OCR_LANGS; do printf 'tesseract-ocr-%s\n' "$lang"; done
+}
+
+# traineddata LANG: the host's LANG.traineddata from tesseract-ocr-LANG, or a
+# clear error naming the package.
+traineddata() {
+  local lang=$1 pkg=tesseract-ocr-$1 file
+  [[ $lang =~ ^[A-Za-z0-9_]+$ ]] || die "VITRINE_OCR_LANGS: bad language name: $lang"
+  if [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true) != installed ]]; then
+    die "VITRINE_OCR_LANGS names $lang, but the Debian package $pkg is not installed (apt-get install $pkg)"
+  fi
+  file=$(dpkg -L "$pkg" | grep -E "/$lang\.traineddata$" | head -n1)
+  [[ -n $file && -f $file ]] || die "$pkg holds no $lang.traineddata"
+  printf '%s\n' "$file"
+}
+
+# appdisk_languages: sets TRAINEDDATA to `lang=path` pairs; run in this
+# shell (not in a command substitution) so that a missing language stops the
+# build.
+appdisk_languages() {
+  local lang file
+  TRAINEDDATA=()
+  for lang in $VITRINE_OCR_LANGS; do
+    traineddata "$lang" >/dev/null
+    file=$(traineddata "$lang")
+    TRAINEDDATA+=("$lang=$file")
+  done
+  (( ${#TRAINEDDATA[@]} > 0 )) || die "VITRINE_OCR_LANGS is empty: name at least one language (eng)"
+}
+
+# appdisk_entries: `<name on the disk> <host source>` lines, sorted by name.
+appdisk_entries() {
+  local p lib pair
+  for p in "${APP_PROGRAMS[@]}"; do printf '/bin/%s %s\n' "$(basename "$p")" "$p"; done
+  # Every library and the loader under /lib, by file name.
+  while read -r lib; do
+    printf '/lib/%s %s\n' "$(basename "$lib")" "$lib"
+  done < <(ldd "${APP_PROGRAMS[@]}" | awk '
+    $2 == "=>" && $3 ~ /^\// { print $3 }
+    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | LC_ALL=C sort -u)
+  for pair in "${TRAINEDDATA[@]}"; do
+    printf '/share/tessdata/%s.traineddata %s\n' "${pair%%=*}" "${pair#*=}"
+  done
+}
+
+# appdisk_key ENTRIES: sha256 over the names, the content of each source,
+# mksquashfs's version and this recipe.
+appdisk_key() {
+  local entries=$1
+  {
+    sha256sum <"$IMAGE_DIR/lib/appdisk.sh"
+    mksquashfs -version 2>/dev/null | head -n1
+    paste -d' ' <(cut -d' ' -f1 "$entries") \
+      <(cut -d' ' -f2- "$entries" | xargs -d '\n' sha256sum | cut -c1-64)
+  } | sha256sum | cut -c1-64
+}
+
+# build_appdisk: sets APPS_KEY and APPS_OUT (holding apps.squashfs and the
+# packages of its files); builds only when APPS_OUT is absent.
+build_appdisk() {
+  appdisk_languages
+  local entries
+  entries=$(mktemp)
+  appdisk_entries | LC_ALL=C sort -k1,1 >"$entries" || { rm -f "$entries"; exit 1; }
+  if [[ $(cut -d' ' -f1 "$entries" | uniq -d) ]]; then
+    die "app disk: two files share a name: $(cut -d' ' -f1 "$entries" | uniq -d | tr '\n' ' ')"
+  fi
+  APPS_KEY=$(appdisk_key "$entries")
+  APPS_OUT=$VITRINE_CACHE/apps-${APPS_KEY:0:16}
+  if [[ -f $APPS_OUT/apps.squashfs ]]; then
+    say "app disk: cached at $APPS_OUT ($(du -h "$APPS_OUT/apps.squashfs" | cut -f1))"
+    rm -f "$entries"
+    return 0
+  fi
+  if [[ $PRINT_ONLY == 1 ]]; then
+    rm -f "$entries"
+    return 0
+  fi
+
+  say "app disk: staging $(wc -l <"$entries") files (languages: $VITRINE_OCR_LANGS)"
+  local work=$VITRINE_CACHE/work/apps-${APPS_KEY:0:16}.$$ name src
+  rm -rf "$work"; mkdir -p "$work/stage" "$work/out"
+  while read -r name src; do
+    mkdir -p "$work/stage$(dirname "$name")"
+    cp -L "$src" "$work/stage$name"
+    case $name in
+      /share/*) chmod 0644 "$work/stage$name" ;;
+      *) chmod 0755 "$work/stage$name" ;;
+    esac
+  done <"$entries"
+  find "$work/stage" -type d -exec chmod 0755 {} +
+  find "$work/stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  mksquashfs "$work/stage" "$work/out/apps.squashfs" -comp gzip -all-root -noappend \
+    -no-xattrs -quiet -no-progress >&2 \
+    || die "mksquashfs failed"
+  cp "$entries" "$work/out/entries.txt"
+  appdisk_packages | while read -r pkg; do
+    printf '%s %s\n' "$pkg" "$(package_version "$pkg")"
+  done >"$work/out/packages.txt"
+  rm -f "$entries"
+  rm -rf "$APPS_OUT"
+  mv "$work/out" "$APPS_OUT"
+  rm -rf "$work"
+  say "app disk: built $(du -h "$APPS_OUT/apps.squashfs" | cut -f1) apps.squashfs at $APPS_OUT"
+}
