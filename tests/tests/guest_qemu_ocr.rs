@@ -91,7 +91,7 @@ fn a_guest_without_the_app_disk_renders_but_refuses_ocr_saying_why() -> anyhow::
         time_limit_ms: 60_000,
         ..Limits::default()
     };
-    let plain = TaskInput::file("a.txt", "text/plain", b"hello".to_vec(), limits.clone());
+    let plain = TaskInput::file("a.txt", "text/plain", b"hello".to_vec(), limits);
     let mut ocr = plain.clone();
     ocr.safe_copy = Some(SafeCopy {
         ocr: Some("eng".into()),
