@@ -32,6 +32,19 @@ fn run(bus: &PrivateBus, program: &str, args: &[&str], file: &Path) -> std::proc
     bus.command(program).args(args).arg(file).output().unwrap()
 }
 
+/// `pdftotext ARGS FILE -`: its text on stdout.
+fn pdftotext(bus: &PrivateBus, args: &[&str], file: &Path) -> String {
+    let out = bus
+        .command("pdftotext")
+        .args(args)
+        .arg(file)
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pdftotext: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `pdfinfo`'s page count.
 fn pages(bus: &PrivateBus, file: &Path) -> u32 {
     let out = run(bus, "pdfinfo", &[], file);
@@ -45,8 +58,7 @@ fn pages(bus: &PrivateBus, file: &Path) -> u32 {
 /// The first word of `word` in `pdftotext -bbox`, as fractions of the page:
 /// (xMin, yMin).
 fn word_position(bus: &PrivateBus, file: &Path, word: &str) -> Option<(f64, f64)> {
-    let out = run(bus, "pdftotext", &["-bbox", "-f", "1", "-l", "1"], file);
-    let html = String::from_utf8_lossy(&out.stdout).into_owned();
+    let html = pdftotext(bus, &["-bbox", "-f", "1", "-l", "1"], file);
     let attr = |tag: &str, name: &str| -> Option<f64> {
         let at = tag.find(&format!("{name}=\""))? + name.len() + 2;
         tag[at..].split('"').next()?.parse().ok()
@@ -136,8 +148,7 @@ fn safe_copy_keeps_the_pixels_and_the_words_and_drops_everything_active() {
     assert_eq!(pages(&bus, &copy), 2, "the same page count");
 
     // The OCR layer: the sentence is searchable, where it is drawn.
-    let words = run(&bus, "pdftotext", &[], &copy);
-    let found = String::from_utf8_lossy(&words.stdout).into_owned();
+    let found = pdftotext(&bus, &[], &copy);
     assert!(found.contains(SENTENCE), "pdftotext of the copy: {found}");
     let want = word_position(&bus, &input, "Quarterly").expect("the input's word box");
     let got = word_position(&bus, &copy, "Quarterly").expect("the copy's word box");

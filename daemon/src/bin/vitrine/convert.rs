@@ -109,7 +109,7 @@ async fn convert_one(
     let done = bus.wait(task).await?;
     let path = done.detail("safe-copy");
     if !done.verdict.starts_with("clean") || path.is_empty() {
-        return Ok(Err(one_line(&done.verdict)));
+        return Ok(Err(reason(&done.verdict)));
     }
     Ok(Ok(Copy {
         path: one_line(&path),
@@ -117,6 +117,26 @@ async fn convert_one(
         words: done.detail("safe-copy-words"),
         bytes: done.detail("safe-copy-bytes").parse().unwrap_or(0),
     }))
+}
+
+/// Longest reason the table shows.
+const REASON_CHARS: usize = 160;
+
+/// A verdict on one line of the table: its lines joined, repeats dropped,
+/// cut at [`REASON_CHARS`] (the task's details keep it whole).
+fn reason(verdict: &str) -> String {
+    let text = vitrine_policy::diagnostics::printable(verdict);
+    let mut lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.dedup();
+    let joined = lines.join("; ");
+    match joined.char_indices().nth(REASON_CHARS) {
+        Some((cut, _)) => format!("{}…", &joined[..cut]),
+        None => joined,
+    }
 }
 
 /// The batch as a table, then a count line.
@@ -199,5 +219,24 @@ mod tests {
             "{table}"
         );
         assert!(table.ends_with("1 of 2 converted, 1 failed\n"), "{table}");
+    }
+
+    #[test]
+    fn a_long_guest_reason_is_one_short_line() {
+        let verdict = format!(
+            "failed: pdf: pdfinfo failed (exit code 1):\nSyntax Error\nSyntax Error\n\x1b[31m{}",
+            "x".repeat(500)
+        );
+
+        let line = reason(&verdict);
+
+        assert!(
+            line.starts_with(
+                "failed: pdf: pdfinfo failed (exit code 1):; Syntax Error; \u{fffd}[31m"
+            ),
+            "{line}"
+        );
+        assert_eq!(line.chars().count(), REASON_CHARS + 1, "{line}");
+        assert!(line.ends_with('…') && !line.contains('\n'), "{line}");
     }
 }
