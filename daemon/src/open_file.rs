@@ -5,7 +5,7 @@
 //! never parses the document.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -141,6 +141,10 @@ impl Subject {
         let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
             .ok()
             .filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(" (deleted)"));
+        // The whole file, wherever the descriptor's offset is: a caller's
+        // fd may have been read already, and a duplicate shares its offset.
+        let mut file = file;
+        file.seek(SeekFrom::Start(0)).map_err(read_err)?;
         let mut data = Vec::new();
         file.take(MAX_TASK_INPUT + 1)
             .read_to_end(&mut data)
@@ -367,6 +371,21 @@ mod tests {
         assert_eq!(subject.guest_name, "mail-attachment.pdf");
         assert_eq!(subject.mime, "application/pdf");
         assert!(matches!(on_pipe, OpenFileError::NotAFile(_)), "{on_pipe:?}");
+    }
+
+    #[test]
+    fn from_file_reads_the_whole_file_whatever_the_descriptors_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("report.pdf");
+        fs::write(&real, b"%PDF-1.4\n...").unwrap();
+        let mut read_already = File::open(&real).unwrap();
+        read_already.read_to_end(&mut Vec::new()).unwrap();
+        let duplicate = read_already.try_clone().unwrap();
+
+        let subject = Subject::from_file(duplicate, "report.pdf", &[]).unwrap();
+
+        assert_eq!(subject.data, b"%PDF-1.4\n...");
+        assert_eq!(subject.mime, "application/pdf");
     }
 
     #[test]

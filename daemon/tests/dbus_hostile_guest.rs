@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use dbus_support::{
     example_policy, loud, manager_proxy, manager_signals, task_proxy, tool_or_skip, wait_finished,
-    PrivateBus,
+    PrivateBus, Xvfb,
 };
 use vitrine_shim::protocol::{
     Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, IdentityApplied,
@@ -53,6 +53,8 @@ fn main() -> ExitCode {
     println!("test {TEST} ... ok");
     rt.block_on(hostile_print_data_writes_no_safe_copy());
     println!("test {SAFE_COPY_TEST} ... ok");
+    rt.block_on(the_viewers_button_saves_a_safe_copy_beside_the_file());
+    println!("test {VIEWER_COPY_TEST} ... ok");
     ExitCode::SUCCESS
 }
 
@@ -341,4 +343,141 @@ async fn hostile_print_data_writes_no_safe_copy() {
     );
     let pdf = std::fs::read(out.join("honest-safe.pdf")).unwrap();
     assert!(pdf.starts_with(b"%PDF-"), "not a PDF");
+}
+
+const VIEWER_COPY_TEST: &str = "the_viewers_button_saves_a_safe_copy_beside_the_file";
+
+fn xdotool(display: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+async fn the_viewers_button_saves_a_safe_copy_beside_the_file() {
+    use vitrine_daemon::viewer::canvas::{NAV_WIDTH, SAVE_WIDTH, STATUS_HEIGHT};
+    let test = VIEWER_COPY_TEST;
+    if !tool_or_skip(test, "dbus-daemon", "dbus")
+        || !tool_or_skip(test, "Xvfb", "xvfb")
+        || !tool_or_skip(test, "xdotool", "xdotool")
+    {
+        return;
+    }
+    // Arrange: a task shown in its viewer on a private X server.
+    let me = std::env::current_exe().unwrap();
+    let x = Xvfb::start();
+    let bus = PrivateBus::start(
+        &[
+            "--policy-dir".as_ref(),
+            example_policy().as_os_str(),
+            "--insecure-local-guest".as_ref(),
+            me.as_os_str(),
+        ],
+        &[
+            ("DISPLAY", std::ffi::OsStr::new(&x.display)),
+            (
+                "VITRINE_VIEWER",
+                env!("CARGO_BIN_EXE_vitrine-viewer").as_ref(),
+            ),
+        ],
+    );
+    let files = tempfile::tempdir().unwrap();
+    let input = files.path().join("shown.txt");
+    std::fs::write(&input, b"some plain text\n").unwrap();
+    let connection = bus.connect().await;
+    let mut signals = manager_signals(&connection).await;
+    let manager = manager_proxy(&connection).await;
+    let file = std::fs::File::open(&input).unwrap();
+    let shown: OwnedObjectPath = manager
+        .call(
+            "OpenFile",
+            &(
+                Fd::from(&file),
+                "shown.txt",
+                HashMap::<&str, Value<'_>>::new(),
+            ),
+        )
+        .await
+        .unwrap();
+    let verdict = wait_finished(&connection, &mut signals, &shown, Duration::from_secs(60)).await;
+    assert_eq!(verdict, "clean");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let window = loop {
+        if let Some(w) = xdotool(
+            &x.display,
+            &["search", "--onlyvisible", "--name", "shown.txt"],
+        ) {
+            if let Some(first) = w.lines().next() {
+                break first.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no viewer window appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let geometry = xdotool(&x.display, &["getwindowgeometry", "--shell", &window]).unwrap();
+    let field = |name: &str| -> u32 {
+        geometry
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {geometry}"))
+    };
+    let (wx, wy, ww, wh) = (field("X"), field("Y"), field("WIDTH"), field("HEIGHT"));
+
+    // Act: click "save safe copy" in the status bar.
+    let bx = wx + ww - 2 * NAV_WIDTH - SAVE_WIDTH / 2;
+    let by = wy + wh - STATUS_HEIGHT / 2;
+    xdotool(
+        &x.display,
+        &[
+            "mousemove",
+            "--sync",
+            &bx.to_string(),
+            &by.to_string(),
+            "click",
+            "1",
+        ],
+    )
+    .expect("click the button");
+
+    // Assert: a safe-copy task for the same file, and its copy beside it.
+    let copy_task = loop {
+        let details: HashMap<String, String> = task_proxy(&connection, shown.as_str())
+            .await
+            .get_property("Details")
+            .await
+            .unwrap();
+        if let Some(path) = details.get("safe-copy-task") {
+            break path.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no safe-copy task was started: {details:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let copy_path = OwnedObjectPath::try_from(copy_task.clone()).expect(&copy_task);
+    let proxy = task_proxy(&connection, copy_path.as_str()).await;
+    let kind: String = proxy.get_property("Kind").await.unwrap();
+    let verdict = loop {
+        let v: String = proxy.get_property("Verdict").await.unwrap();
+        if !v.is_empty() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the safe copy did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    loud(&format!("{test}: {copy_task} ({kind}) -> {verdict}"));
+    assert_eq!(kind, "safe-copy");
+    assert_eq!(verdict, "clean");
+    let copy = files.path().join("shown-safe.pdf");
+    assert!(
+        std::fs::read(&copy).unwrap().starts_with(b"%PDF-"),
+        "{} is not a PDF",
+        copy.display()
+    );
 }
