@@ -98,7 +98,11 @@ impl TemplateCloner {
             memory_mib: config.memory_mib,
             vcpus: config.vcpus,
             cmdline,
-            accel: format!("{:?}", config.accel),
+            accel: format!(
+                "{:?} cpu={}",
+                config.accel,
+                super::qemu::cpu_model(config.accel)
+            ),
             backend: "qemu".to_owned(),
             backend_version: self.qemu_version.clone(),
             app_disk: store::app_disk_identity(&config.image),
