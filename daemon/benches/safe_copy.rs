@@ -7,7 +7,7 @@
 //! - peer: `pdftoppm -r 150` + `img2pdf` (the pixels as a lossless PDF,
 //!   what a Dangerzone-style pipeline writes), and for the OCR column
 //!   `pdftoppm -r 150` + `tesseract ... pdf` (a searchable PDF of the same
-//!   pixels).
+//!   pixels, one OpenMP thread as in the guest).
 //!
 //! Prints pages/s, seconds, output MiB and the ratios to the peer, p50 over
 //! `VITRINE_BENCH_RUNS` runs (default 1). Without the guest image, QEMU,
@@ -210,7 +210,10 @@ fn peer(input: &Path, dir: &Path, ocr: bool) -> Copy {
         let list = dir.join("pages.txt");
         let names: Vec<String> = pngs.iter().map(|p| p.display().to_string()).collect();
         std::fs::write(&list, names.join("\n") + "\n").unwrap();
+        // One thread, as the guest runs it: tesseract's OpenMP threads
+        // thrash on a loaded 2-core host (11 s a page instead of 1.7 s).
         Command::new("tesseract")
+            .env("OMP_THREAD_LIMIT", "1")
             .arg(&list)
             .arg(dir.join("out"))
             .args(["-l", "eng", "pdf"])
