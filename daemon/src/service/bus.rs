@@ -260,6 +260,26 @@ impl Manager {
         Ok(path)
     }
 
+    /// Starts a task on the file behind `fd`, refused past the input cap.
+    async fn start_file(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        options: TaskOptions,
+    ) -> fdo::Result<OwnedObjectPath> {
+        let file = File::from(std::os::fd::OwnedFd::from(fd));
+        file_size_checked(&file)?;
+        self.start(
+            Payload::File {
+                file,
+                name: name.clone(),
+            },
+            name,
+            options,
+        )
+        .await
+    }
+
     /// Drops the oldest finished tasks past the limit.
     async fn prune(&self) {
         let gone: Vec<u64> = {
@@ -323,17 +343,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = options_checked(&options)?;
-        let file = File::from(std::os::fd::OwnedFd::from(fd));
-        file_size_checked(&file)?;
-        self.start(
-            Payload::File {
-                file,
-                name: name.clone(),
-            },
-            name,
-            options,
-        )
-        .await
+        self.start_file(fd, name, options).await
     }
 
     /// Renders the file behind `fd` in a VM and rebuilds it on the host as
@@ -346,17 +356,7 @@ impl Manager {
         options: HashMap<String, OwnedValue>,
     ) -> fdo::Result<OwnedObjectPath> {
         let options = safe_copy_options(&options)?;
-        let file = File::from(std::os::fd::OwnedFd::from(fd));
-        file_size_checked(&file)?;
-        self.start(
-            Payload::File {
-                file,
-                name: name.clone(),
-            },
-            name,
-            options,
-        )
-        .await
+        self.start_file(fd, name, options).await
     }
 
     /// Opens a link safely.
