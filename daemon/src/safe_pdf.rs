@@ -7,9 +7,6 @@
 //! dictionary) and nothing of the input document can reach the file.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 
 use pdf_writer::types::{
     CidFontType, FontFlags, Predictor, SystemInfo, TextRenderingMode, UnicodeCmap,
@@ -18,12 +15,13 @@ use pdf_writer::{Content, Filter, Finish, Name, Pdf, Rect, Ref, Str, TextStr};
 
 use crate::pages::PageImage;
 
+use vitrine_shim::protocol::{MAX_PRINT_DPI, MIN_PRINT_DPI};
+/// The protocol's caps on what a guest may say of a page: the writer holds
+/// its input to the same.
+pub use vitrine_shim::protocol::{MAX_WORDS_PER_PAGE, MAX_WORD_BYTES};
+
 /// Lowest and highest resolution a page may claim, in dots per inch.
-pub const DPI_RANGE: std::ops::RangeInclusive<u32> = 36..=1200;
-/// Most OCR words on one page.
-pub const MAX_WORDS_PER_PAGE: usize = 8192;
-/// Most UTF-8 bytes in one OCR word.
-pub const MAX_WORD_BYTES: usize = 100;
+pub const DPI_RANGE: std::ops::RangeInclusive<u32> = MIN_PRINT_DPI..=MAX_PRINT_DPI;
 /// Widest or tallest page, in pixels (JPEG's limit, and far above any render).
 pub const MAX_PAGE_SIDE: u32 = 65_535;
 /// Info key that carries the SHA-256 of the input, as the task's signed receipt
@@ -62,7 +60,7 @@ pub enum SafePdfError {
         bytes: usize,
     },
     /// A page's resolution is outside [`DPI_RANGE`].
-    #[error("page {page} claims {dpi} dpi, outside 36..=1200")]
+    #[error("page {page} claims {dpi} dpi, outside {MIN_PRINT_DPI}..={MAX_PRINT_DPI}")]
     Dpi {
         /// Page index, from 0.
         page: usize,
@@ -113,21 +111,6 @@ pub enum SafePdfError {
     /// The input hash is not 64 lowercase hex digits.
     #[error("input hash {0:?} is not a SHA-256 in lowercase hex")]
     InputHash(String),
-    /// The output file already exists; it is never replaced.
-    #[error("{} already exists; a safe copy never replaces a file", path.display())]
-    Exists {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The output file could not be written.
-    #[error("cannot write safe PDF {}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: io::Error,
-    },
 }
 
 /// One OCR word: its text and its box in page pixels, origin top left.
@@ -166,17 +149,6 @@ pub struct SafePdfMeta {
     pub input_sha256: Option<String>,
 }
 
-/// What [`write_safe_pdf_file`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SafePdfStats {
-    /// File size.
-    pub bytes: u64,
-    /// Pages.
-    pub pages: usize,
-    /// OCR words drawn (words with no printable character are left out).
-    pub words: usize,
-}
-
 /// How one page's pixels are stored.
 struct EncodedImage {
     data: Vec<u8>,
@@ -194,65 +166,8 @@ struct PreparedPage {
     words: Vec<(Vec<u16>, [f32; 4])>,
 }
 
-/// Builds the safe copy in memory.
+/// Checks every input, then builds the safe copy in memory.
 pub fn write_safe_pdf(pages: &[SafePage<'_>], meta: &SafePdfMeta) -> Result<Vec<u8>, SafePdfError> {
-    build(pages, meta).map(|(bytes, _)| bytes)
-}
-
-/// Writes the safe copy to `out`, which must not exist: the file appears
-/// whole (written to a temporary file in the same directory, synced, then
-/// linked in without replacing anything) or not at all.
-pub fn write_safe_pdf_file(
-    pages: &[SafePage<'_>],
-    meta: &SafePdfMeta,
-    out: &Path,
-) -> Result<SafePdfStats, SafePdfError> {
-    let io_err = |source| SafePdfError::Io {
-        path: out.to_owned(),
-        source,
-    };
-    let exists = || SafePdfError::Exists {
-        path: out.to_owned(),
-    };
-    // Early and cheap; persist_noclobber below is what makes it race-free.
-    if out.symlink_metadata().is_ok() {
-        return Err(exists());
-    }
-    let (bytes, words) = build(pages, meta)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".vitrine-safe-")
-        .suffix(".pdf.part")
-        .tempfile_in(dir)
-        .map_err(io_err)?;
-    temp.write_all(&bytes).map_err(io_err)?;
-    temp.as_file().sync_all().map_err(io_err)?;
-    // On error the temporary file is dropped, which removes it.
-    temp.persist_noclobber(out).map_err(|e| {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            exists()
-        } else {
-            io_err(e.error)
-        }
-    })?;
-    // The new name must survive a crash too; if it cannot be made to, take
-    // back the file we just linked rather than leave one of unknown state.
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        let _ = std::fs::remove_file(out);
-        return Err(io_err(e));
-    }
-    Ok(SafePdfStats {
-        bytes: u64::try_from(bytes.len()).unwrap_or(u64::MAX),
-        pages: pages.len(),
-        words,
-    })
-}
-
-/// Checks every input, then writes the PDF; returns it and the words drawn.
-fn build(pages: &[SafePage<'_>], meta: &SafePdfMeta) -> Result<(Vec<u8>, usize), SafePdfError> {
     if pages.is_empty() {
         return Err(SafePdfError::NoPages);
     }
@@ -370,7 +285,7 @@ fn to_f32(n: u32) -> f32 {
     n as f32
 }
 
-fn assemble(pages: &[PreparedPage], meta: &SafePdfMeta) -> (Vec<u8>, usize) {
+fn assemble(pages: &[PreparedPage], meta: &SafePdfMeta) -> Vec<u8> {
     let mut pdf = Pdf::new();
     let catalog_id = Ref::new(1);
     let tree_id = Ref::new(2);
@@ -431,7 +346,7 @@ fn assemble(pages: &[PreparedPage], meta: &SafePdfMeta) -> (Vec<u8>, usize) {
             &used,
         );
     }
-    (pdf.finish(), word_count)
+    pdf.finish()
 }
 
 /// The page: its image over the whole media box, then each word as

@@ -267,4 +267,26 @@ mod tests {
         );
         assert!(!dir.path().join("b.txt").exists());
     }
+
+    #[test]
+    fn a_dangling_symlink_at_the_name_is_neither_followed_nor_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.pdf");
+        std::os::unix::fs::symlink(&target, dir.path().join("copy-safe.pdf")).unwrap();
+        let data = b"%PDF-1.7 safe copy";
+
+        let path = write_new(dir.path(), "copy-safe.pdf", data, &sha256_hex(data)).unwrap();
+
+        assert_eq!(path, dir.path().join("copy-safe (2).pdf"));
+        assert!(!target.exists(), "the symlink was followed");
+        assert_eq!(
+            fs::read_link(dir.path().join("copy-safe.pdf")).unwrap(),
+            target
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "a temporary file was left"
+        );
+    }
 }
