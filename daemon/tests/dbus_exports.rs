@@ -15,8 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use dbus_support::{
-    example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program, text,
-    tool_or_skip, wait_finished, PrivateBus,
+    example_policy, file_names, image_or_skip, loud, manager_proxy, manager_signals,
+    static_program, text, tool_or_skip, wait_finished, PrivateBus,
 };
 use vitrine_daemon::service::receipt::{sha256_hex, verify_file};
 use zbus::export::futures_core::Stream;
@@ -366,11 +366,7 @@ async fn flattened_export_is_rebuilt_from_pixels_and_its_bytes_never_come() {
     // Assert: a PDF of the text's pixels, never the text file itself.
     loud(&format!("{test}: verdict {verdict:?}"));
     assert_eq!(verdict, "clean, 1 export(s) written");
-    let mut names: Vec<String> = std::fs::read_dir(&export_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = file_names(&export_dir);
     assert_eq!(names, ["result-safe.pdf"]);
     let pdf = export_dir.join("result-safe.pdf");
     let bytes = std::fs::read(&pdf).unwrap();

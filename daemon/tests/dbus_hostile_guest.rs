@@ -24,8 +24,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
-    example_policy, loud, manager_proxy, manager_signals, task_proxy, tool_or_skip, wait_finished,
-    PrivateBus, Xvfb,
+    example_policy, file_names, loud, manager_proxy, manager_signals, task_proxy, tool_or_skip,
+    wait_finished, xdotool, PrivateBus, Xvfb,
 };
 use vitrine_shim::protocol::{
     Capability, Frame, FrameReader, FrameWriter, GuestMessage, HostMessage, IdentityApplied,
@@ -331,11 +331,7 @@ async fn hostile_print_data_writes_no_safe_copy() {
         "{verdicts:?}"
     );
     assert_eq!(verdicts["honest.txt"], "clean", "{verdicts:?}");
-    let mut written: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    written.sort();
+    let written = file_names(&out);
     assert_eq!(
         written,
         ["honest-safe.pdf"],
@@ -346,17 +342,6 @@ async fn hostile_print_data_writes_no_safe_copy() {
 }
 
 const VIEWER_COPY_TEST: &str = "the_viewers_button_saves_a_safe_copy_beside_the_file";
-
-fn xdotool(display: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("xdotool")
-        .args(args)
-        .env("DISPLAY", display)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 async fn the_viewers_button_saves_a_safe_copy_beside_the_file() {
     use vitrine_daemon::viewer::canvas::{NAV_WIDTH, SAVE_WIDTH, STATUS_HEIGHT};

@@ -11,12 +11,11 @@ mod dbus_support;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use dbus_support::{
     example_policy, image_or_skip, loud, manager_proxy, manager_signals, static_program,
-    task_proxy, tool_or_skip, wait_finished, PrivateBus, Xvfb,
+    task_proxy, tool_or_skip, wait_finished, xdotool, PrivateBus, Xvfb,
 };
 use zbus::zvariant::{Fd, OwnedObjectPath, Value};
 
@@ -32,17 +31,6 @@ int main(void) {
     return strncmp(line, "vitrine\n", 8) == 0 ? 0 : 3;
 }
 "#;
-
-fn xdotool(display: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new("xdotool")
-        .args(args)
-        .env("DISPLAY", display)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_at_a_prompt_gets_the_line_typed_into_its_window() {

@@ -13,7 +13,9 @@ mod dbus_support;
 use std::path::Path;
 
 use dbus_support::pdf_files::{hostile_pdf, plain_pdf, SENTENCE};
-use dbus_support::{example_policy, image_or_skip, loud, text, tool_or_skip, PrivateBus};
+use dbus_support::{
+    example_policy, file_names, image_or_skip, loud, text, tool_or_skip, PrivateBus,
+};
 
 /// A 64x48 PNG of one colour.
 fn png_picture() -> Vec<u8> {
@@ -223,11 +225,7 @@ fn a_batch_converts_the_good_files_and_names_the_hostile_one() {
         failed_line.contains("pdf"),
         "the reason names what failed: {failed_line}"
     );
-    let mut written: Vec<String> = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    written.sort();
+    let written = file_names(&out_dir);
     assert_eq!(
         written,
         [

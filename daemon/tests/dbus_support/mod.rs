@@ -352,6 +352,28 @@ pub fn ocr_or_skip(what: &str, png: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&ocr.stdout).to_uppercase())
 }
 
+/// `xdotool ARGS` on `display`: its trimmed output, `None` when it failed.
+pub fn xdotool(display: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new("xdotool")
+        .args(args)
+        .env("DISPLAY", display)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The names in `dir`, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Output of a command, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
