@@ -18,6 +18,10 @@ pub const AGENT_ROLE_ENV: &str = "VITRINE_SHIM_ROLE";
 /// Where the read-only application disk (tesseract; later office and
 /// browser) is mounted in the guest.
 pub const APP_DISK_MOUNT: &str = "/apps";
+/// Kernel parameter naming the application the guest starts before it says
+/// `Ready` (`vitrine.preload=office`), so that a template snapshotted at
+/// `Ready` holds it already running and its clones skip its start.
+pub const PRELOAD_PARAM: &str = "vitrine.preload";
 /// The application disk: the VM's first virtio-blk device.
 const APP_DISK_DEVICE: &str = "/dev/vda";
 
