@@ -70,6 +70,19 @@ impl ChildLimits {
         }
     }
 
+    /// For LibreOffice: a big address space (it maps much it never
+    /// touches; the VM's memory is the real bound) and its many threads,
+    /// which count as processes.
+    pub fn office(time_limit: Duration) -> Self {
+        Self {
+            address_space: 16 << 30,
+            cpu_secs: time_limit.as_secs() + 1,
+            file_size: 512 << 20,
+            nproc: 256,
+            nofile: 1024,
+        }
+    }
+
     /// For an untrusted program on the terminal.
     pub fn program(time_limit: Duration) -> Self {
         Self {

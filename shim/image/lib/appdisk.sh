@@ -1,11 +1,12 @@
 # The application disk: a read-only squashfs that the VM gets as virtio-blk
 # and the guest mounts at /apps (sourced by build.sh). Programs too big for
-# the initramfs, which every VM unpacks into RAM, go here: tesseract now,
-# office and browser later. Each carries its library closure and the disk's
-# own loader, so it does not depend on the initramfs's libraries.
+# the initramfs, which every VM unpacks into RAM, go here: tesseract and
+# LibreOffice now, a browser later. Each carries its library closure and the
+# disk's own loader, so it does not depend on the initramfs's libraries.
 #
 # Layout: /bin/<program>, /lib/<libraries + ld-linux-x86-64.so.2>,
-# /share/tessdata/<lang>.traineddata.
+# /share/tessdata/<lang>.traineddata, /libreoffice/<Debian's
+# /usr/lib/libreoffice, links resolved>, /fonts/<faces> + /fonts/fonts.conf.
 #
 # Same inputs, same bytes: files staged with fixed mtimes, root-owned, no
 # xattrs, a fixed creation time; mksquashfs sorts directories itself. gzip
@@ -15,10 +16,21 @@ APP_PROGRAMS=(/usr/bin/tesseract)
 # Tesseract languages on the disk; each needs Debian's tesseract-ocr-<lang>.
 VITRINE_OCR_LANGS=${VITRINE_OCR_LANGS:-eng}
 
+# LibreOffice without a GUI, and the faces that keep Microsoft layouts
+# honest: Liberation (Arial, Times New Roman, Courier New metrics),
+# Carlito/Caladea (Calibri, Cambria metrics), DejaVu for the rest.
+OFFICE_PACKAGES=(libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui
+  libreoffice-impress-nogui)
+OFFICE_FONT_PACKAGES=(fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
+  fonts-dejavu-core)
+OFFICE_DIR=/usr/lib/libreoffice
+# Icon themes LibreOffice has no use for without a GUI (it keeps colibre).
+OFFICE_SKIP='/share/config/images_(colibre_dark|colibre_svg|colibre_dark_svg|helpimg)\.zip$'
+
 # appdisk_packages: the Debian packages whose files the disk holds, one a line.
 appdisk_packages() {
   local lang
-  printf '%s\n' tesseract-ocr
+  printf '%s\n' tesseract-ocr "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}"
   for lang in $VITRINE_OCR_LANGS; do printf 'tesseract-ocr-%s\n' "$lang"; done
 }
 
@@ -49,19 +61,66 @@ appdisk_languages() {
   (( ${#TRAINEDDATA[@]} > 0 )) || die "VITRINE_OCR_LANGS is empty: name at least one language (eng)"
 }
 
+# office_elves: LibreOffice's programs and libraries (the ELF files under
+# OFFICE_DIR/program), one path a line.
+office_elves() {
+  local f
+  find -L "$OFFICE_DIR/program" -type f | LC_ALL=C sort | while read -r f; do
+    [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]] && printf '%s\n' "$f"
+  done
+}
+
+# The fontconfig file LibreOffice reads in the guest (FONTCONFIG_FILE): the
+# disk's faces and the initramfs's, no caches on the read-only disk.
+OFFICE_FONTS_CONF='<?xml version="1.0"?>
+<!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">
+<fontconfig>
+  <dir>/apps/fonts</dir>
+  <dir>/usr/share/fonts</dir>
+  <cachedir>/tmp/vitrine-fontconfig</cachedir>
+</fontconfig>'
+
 # appdisk_entries: `<name on the disk> <host source>` lines, sorted by name.
 appdisk_entries() {
-  local p lib pair
+  local p lib pair f
   for p in "${APP_PROGRAMS[@]}"; do printf '/bin/%s %s\n' "$(basename "$p")" "$p"; done
-  # Every library and the loader under /lib, by file name.
+  for p in "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}"; do
+    [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) == installed ]] \
+      || die "app disk: the Debian package $p is not installed (apt-get install $p)"
+  done
+  # LibreOffice's tree as it is installed, Debian's links to /etc and
+  # /usr/share resolved: the guest has neither.
+  find -L "$OFFICE_DIR" -type f | LC_ALL=C sort | grep -Ev "$OFFICE_SKIP" | while read -r f; do
+    printf '/libreoffice%s %s\n' "${f#"$OFFICE_DIR"}" "$f"
+  done
+  dpkg -L "${OFFICE_FONT_PACKAGES[@]}" | grep -E '\.(ttf|otf)$' | LC_ALL=C sort -u | while read -r f; do
+    printf '/fonts/%s %s\n' "$(basename "$f")" "$f"
+  done
+  printf '/fonts/fonts.conf %s\n' "$OFFICE_FONTS_CONF_FILE"
+  # Every library the programs load from outside their own tree, and the
+  # loader, under /lib by file name.
   while read -r lib; do
     printf '/lib/%s %s\n' "$(basename "$lib")" "$lib"
-  done < <(ldd "${APP_PROGRAMS[@]}" | awk '
+  done < <({ ldd "${APP_PROGRAMS[@]}"; office_elves | xargs -d '\n' ldd 2>/dev/null; } | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
-    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | LC_ALL=C sort -u)
+    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | grep -v "^$OFFICE_DIR/" \
+    | sed 's#^/lib/x86_64-linux-gnu/#/usr/lib/x86_64-linux-gnu/#' | LC_ALL=C sort -u)
   for pair in "${TRAINEDDATA[@]}"; do
     printf '/share/tessdata/%s.traineddata %s\n' "${pair%%=*}" "${pair#*=}"
   done
+}
+
+# office_relocate DIR: Debian's bootstrap names /usr/lib/libreoffice and
+# /etc/libreoffice; on the disk the tree is found from the program's own
+# place, as upstream's is, and its configuration inside the tree.
+office_relocate() {
+  local rc=$1/program/fundamentalrc
+  [[ -f $rc ]] || die "app disk: LibreOffice has no $rc"
+  sed -i -e 's#file:///usr/lib/libreoffice#${ORIGIN}/..#g' \
+    -e 's#file:///etc/libreoffice/registry#${BRAND_BASE_DIR}/share/registry#g' \
+    -e 's# dconf:\*##' -e 's#^URE_MORE_JAVA_CLASSPATH_URLS=.*#URE_MORE_JAVA_CLASSPATH_URLS=#' "$rc"
+  grep -q 'file:///' "$rc" && die "app disk: $rc still names a host path: $(grep 'file:///' "$rc")"
+  return 0
 }
 
 # appdisk_key ENTRIES: sha256 over the names, the content of each source,
@@ -82,7 +141,10 @@ build_appdisk() {
   appdisk_languages
   local entries
   entries=$(mktemp)
-  appdisk_entries | LC_ALL=C sort -k1,1 >"$entries" || { rm -f "$entries"; exit 1; }
+  OFFICE_FONTS_CONF_FILE=$(mktemp)
+  printf '%s\n' "$OFFICE_FONTS_CONF" >"$OFFICE_FONTS_CONF_FILE"
+  # The same library reached from two programs is one line.
+  appdisk_entries | LC_ALL=C sort -u | LC_ALL=C sort -k1,1 >"$entries" || { rm -f "$entries" "$OFFICE_FONTS_CONF_FILE"; exit 1; }
   if [[ $(cut -d' ' -f1 "$entries" | uniq -d) ]]; then
     die "app disk: two files share a name: $(cut -d' ' -f1 "$entries" | uniq -d | tr '\n' ' ')"
   fi
@@ -90,11 +152,11 @@ build_appdisk() {
   APPS_OUT=$VITRINE_CACHE/apps-${APPS_KEY:0:16}
   if [[ -f $APPS_OUT/apps.squashfs ]]; then
     say "app disk: cached at $APPS_OUT ($(du -h "$APPS_OUT/apps.squashfs" | cut -f1))"
-    rm -f "$entries"
+    rm -f "$entries" "$OFFICE_FONTS_CONF_FILE"
     return 0
   fi
   if [[ $PRINT_ONLY == 1 ]]; then
-    rm -f "$entries"
+    rm -f "$entries" "$OFFICE_FONTS_CONF_FILE"
     return 0
   fi
 
@@ -105,10 +167,11 @@ build_appdisk() {
     mkdir -p "$work/stage$(dirname "$name")"
     cp -L "$src" "$work/stage$name"
     case $name in
-      /share/*) chmod 0644 "$work/stage$name" ;;
+      /share/* | /fonts/*) chmod 0644 "$work/stage$name" ;;
       *) chmod 0755 "$work/stage$name" ;;
     esac
   done <"$entries"
+  office_relocate "$work/stage/libreoffice"
   find "$work/stage" -type d -exec chmod 0755 {} +
   find "$work/stage" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   mksquashfs "$work/stage" "$work/out/apps.squashfs" -comp gzip -all-root -noappend \
@@ -118,7 +181,7 @@ build_appdisk() {
   appdisk_packages | while read -r pkg; do
     printf '%s %s\n' "$pkg" "$(package_version "$pkg")"
   done >"$work/out/packages.txt"
-  rm -f "$entries"
+  rm -f "$entries" "$OFFICE_FONTS_CONF_FILE"
   rm -rf "$APPS_OUT"
   mv "$work/out" "$APPS_OUT"
   rm -rf "$work"

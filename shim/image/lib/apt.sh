@@ -5,6 +5,8 @@ IMAGE_BUILD_PACKAGES=(
   linux-source-6.1 bc flex bison libelf-dev libssl-dev make gcc libc6-dev
   xz-utils patch busybox-static poppler-utils fontconfig-config fonts-dejavu-core
   gzip binutils squashfs-tools tesseract-ocr tesseract-ocr-eng
+  libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
+  fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
 )
 # What boots and checks the image: the QEMU backend and the end-to-end tests
 # (which also read rendered text back with the host's tesseract).

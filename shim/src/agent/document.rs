@@ -28,6 +28,7 @@ use crate::protocol::{
 };
 use crate::raster::Raster;
 use crate::render::page_stream::{PageReader, StreamHeader};
+use crate::render::office::{self, Convert, Office, OfficeError};
 use crate::render::{pdf, DocKind};
 use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome};
 
@@ -60,6 +61,9 @@ struct PrintPage<'a> {
 /// A document being shown, for input events after `Done`.
 pub(super) struct Document {
     kind: DocKind,
+    /// False for a document converted only up to the page cap and one
+    /// page more: its page count is then a lower bound.
+    pages_known: bool,
     input: PathBuf,
     out_dir: PathBuf,
     /// Pages sent (the page cap and the budget may leave fewer than the
@@ -134,18 +138,24 @@ impl Agent {
                 f.take(probe).read_to_end(&mut head)
             })
             .map_err(failed)?;
-        let kind = DocKind::detect(&head, file.name, file.mime_hint);
+        let mut kind = DocKind::detect(&head, file.name, file.mime_hint);
         self.log(
             LogLevel::Info,
             format!("rendering {} as {}", file.name, kind.as_str()),
         )?;
+        let mut input = file.input.to_path_buf();
+        if kind == DocKind::Office {
+            input = self.office_to_pdf(task, file.input, work, deadline)?;
+            kind = DocKind::Pdf;
+        }
         let print = match &task.safe_copy {
             None => None,
             Some(copy) => Some(self.print_setup(copy.ocr.as_deref())?),
         };
         let mut doc = Document {
             kind,
-            input: file.input.to_path_buf(),
+            pages_known: input == file.input,
+            input,
             out_dir: work.join("out"),
             shown: 0,
             width: task.limits.max_width.min(900),
@@ -157,6 +167,55 @@ impl Agent {
         doc.print = None;
         *view = View::Document(doc);
         result
+    }
+
+    /// Converts an office document to PDF with LibreOffice (the preloaded
+    /// one when the VM has it), up to the page cap and one page more.
+    fn office_to_pdf(
+        &mut self,
+        task: &Task,
+        input: &Path,
+        work: &Path,
+        deadline: Instant,
+    ) -> Result<PathBuf, Stop> {
+        let office = Office::find(self.config.in_guest, &self.config.work_root)
+            .ok_or_else(|| failed(format!("office: {}", OfficeError::Missing)))?;
+        let format = office::sniff_file(input)
+            .map_err(failed)?
+            .ok_or_else(|| failed("office: the content is not an office format"))?;
+        let out_dir = work.join("office");
+        std::fs::create_dir_all(&out_dir).map_err(failed)?;
+        if let Identity::Uid(uid) = self.office_identity() {
+            std::os::unix::fs::chown(&out_dir, Some(uid), Some(uid)).map_err(failed)?;
+        }
+        let started = Instant::now();
+        let job = Convert {
+            input,
+            format,
+            out_dir: &out_dir,
+            pages: task.limits.max_pages.saturating_add(1),
+            limits: ChildLimits::office(Duration::from_millis(task.limits.time_limit_ms.into())),
+            identity: self.office_identity(),
+            deadline,
+        };
+        let converted = office
+            .convert(&job)
+            .map_err(|e| failed(format!("office: {}", chain(&e))))?;
+        self.log(
+            LogLevel::Info,
+            format!(
+                "office: {} converted to PDF in {} ms by {} LibreOffice; no file written \
+                 outside its output (macros did not run)",
+                format.ext,
+                started.elapsed().as_millis(),
+                if converted.preloaded {
+                    "the preloaded"
+                } else {
+                    "a newly started"
+                }
+            ),
+        )?;
+        Ok(converted.pdf)
     }
 
     /// A safe copy's OCR, checked before anything renders: no tesseract
@@ -284,7 +343,7 @@ impl Agent {
         result
     }
 
-    fn announce(&mut self, task: &Task, plan: PagePlan) -> Result<(), Stop> {
+    fn announce(&mut self, task: &Task, plan: PagePlan, known: bool) -> Result<(), Stop> {
         self.send(GuestMessage::PageInfo {
             task: task.id,
             count: plan.shown,
@@ -293,8 +352,10 @@ impl Agent {
             self.log(
                 LogLevel::Info,
                 format!(
-                    "page cap: shown={} total={} reason={reason}",
-                    plan.shown, plan.total
+                    "page cap: shown={} total={}{} reason={reason}",
+                    plan.shown,
+                    plan.total,
+                    if known { "" } else { "+" }
                 ),
             )?;
         }
@@ -441,7 +502,7 @@ impl Agent {
                         if p.shown == 0 && p.total > 0 {
                             return Err(budget_spent(w, h));
                         }
-                        self.announce(task, p)?;
+                        self.announce(task, p, true)?;
                         p
                     } else {
                         PagePlan {
@@ -595,7 +656,7 @@ impl Agent {
         if plan.shown == 0 {
             return Err(budget_spent(w, h));
         }
-        self.announce(task, plan)?;
+        self.announce(task, plan, doc.pages_known)?;
         let print = doc.print.as_ref();
         let print_of =
             |page: u32| print.map(|p| (p, info.long_sides.get(&(page + 1)).copied(), job.deadline));

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::export::{Exports, CHUNK};
 use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
+use crate::render::office::{Office, OfficeError};
 use crate::identity;
 use crate::ocr::Tesseract;
 use crate::protocol::{
@@ -31,6 +32,9 @@ use crate::sandbox::{describe, limited_command, ChildLimits, Identity, RunOutcom
 use crate::transport::Connection;
 use document::Document;
 
+/// Longest wait for a preloaded application (the host's template waits
+/// up to 180 s for `Ready`).
+const PRELOAD_WAIT: Duration = Duration::from_secs(150);
 /// Version reported in `Ready`.
 pub const SHIM_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -134,6 +138,9 @@ pub struct Agent {
     events_tx: SyncSender<Event>,
     config: AgentConfig,
     identity: Identity,
+    /// The LibreOffice started before `Ready` (`vitrine.preload=office`);
+    /// it lives as long as the VM.
+    office: Option<Supervised>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -166,6 +173,7 @@ pub fn serve(conn: Connection, config: AgentConfig) -> Result<(), AgentError> {
         events_tx,
         config,
         identity,
+        office: None,
     };
     agent.run()
 }
@@ -227,6 +235,7 @@ impl Agent {
         if Tesseract::find(self.config.in_guest).is_some() {
             capabilities.push(Capability::Ocr);
         }
+        self.preload();
         self.send(GuestMessage::Ready(Ready {
             shim_version: SHIM_VERSION.into(),
             capabilities,
@@ -262,6 +271,46 @@ impl Agent {
         let result = self.run_task(&task, &work);
         let _ = std::fs::remove_dir_all(&work);
         result
+    }
+
+    /// Who LibreOffice runs as: a uid of its own, beside the renderers'
+    /// since its many threads count against their process limit.
+    fn office_identity(&self) -> Identity {
+        Identity::for_sandbox(self.config.sandbox_uid.saturating_add(1))
+    }
+
+    /// Starts what the kernel command line asks to have running before
+    /// `Ready` (the template's snapshot), in the guest only. A failure is
+    /// logged: conversions then start LibreOffice themselves.
+    fn preload(&mut self) {
+        if !self.config.in_guest || !crate::init::preload_office() {
+            return;
+        }
+        let Some(office) = Office::find(true, &self.config.work_root) else {
+            eprintln!("vitrine-shim: preload: {}", OfficeError::Missing);
+            return;
+        };
+        let dir = self.config.work_root.join("vitrine-office-preload");
+        let identity = self.office_identity();
+        let made = std::fs::create_dir_all(&dir).and_then(|()| match identity {
+            Identity::Uid(uid) => std::os::unix::fs::chown(&dir, Some(uid), Some(uid)),
+            Identity::Inherit => Ok(()),
+        });
+        if let Err(e) = made {
+            eprintln!("vitrine-shim: preload: {}: {e}", dir.display());
+            return;
+        }
+        let started = Instant::now();
+        match office.preload(identity, &dir, started + PRELOAD_WAIT) {
+            Ok(server) => {
+                eprintln!(
+                    "vitrine-shim: preload: LibreOffice loaded and idle after {} ms",
+                    started.elapsed().as_millis()
+                );
+                self.office = Some(server);
+            }
+            Err(e) => eprintln!("vitrine-shim: preload: LibreOffice: {}", chain(&e)),
+        }
     }
 
     /// Applies the host's seed and clock and answers with the digest.

@@ -6,6 +6,7 @@ pub mod hex;
 pub mod html;
 pub mod image;
 pub mod page_stream;
+pub mod office;
 pub mod pdf;
 pub mod svg;
 pub mod terminal;
@@ -61,6 +62,9 @@ pub enum DocKind {
     Svg,
     /// HTML.
     Html,
+    /// Word, Excel, PowerPoint, OpenDocument or RTF: converted to PDF by
+    /// LibreOffice.
+    Office,
     /// Anything else that is text.
     Text,
     /// Data that is not text, shown as a hex view.
@@ -75,6 +79,7 @@ impl DocKind {
             DocKind::Image => "image",
             DocKind::Svg => "svg",
             DocKind::Html => "html",
+            DocKind::Office => "office",
             DocKind::Text => "text",
             DocKind::Binary => "hex",
         }
@@ -91,6 +96,9 @@ impl DocKind {
         }
         if svg::sniff(head) {
             return DocKind::Svg;
+        }
+        if office::sniff(head).is_some() {
+            return DocKind::Office;
         }
         let lower = name.to_ascii_lowercase();
         let hint_html = mime_hint.is_some_and(|m| m.starts_with("text/html"));

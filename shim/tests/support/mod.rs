@@ -18,9 +18,10 @@ use vitrine_shim::raster::{Raster, Rgb};
 
 static NEXT_UID: AtomicU32 = AtomicU32::new(0);
 
-/// A uid no one else on this host uses, so kill-by-uid stays inside the test.
+/// A uid no one else on this host uses, so kill-by-uid stays inside the
+/// test; the next one is left free for the shim's LibreOffice.
 pub fn unique_uid() -> u32 {
-    400_000 + (std::process::id() % 10_000) * 64 + NEXT_UID.fetch_add(1, Ordering::Relaxed)
+    400_000 + (std::process::id() % 10_000) * 64 + NEXT_UID.fetch_add(2, Ordering::Relaxed)
 }
 
 /// A running shim and our end of its socket.
