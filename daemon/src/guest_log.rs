@@ -11,8 +11,11 @@ pub const OUT_OF_MEMORY: &str = "program-exit: out-of-memory";
 pub struct PagesCut {
     /// Pages sent.
     pub shown: u32,
-    /// Pages the document has.
+    /// Pages the document has, or (when `at_least`) the fewest it has.
     pub total: u32,
+    /// The guest knows only that the document has `total` pages or more:
+    /// LibreOffice converts only up to the page cap and one page past it.
+    pub at_least: bool,
     /// Which limit cut it.
     pub by: CutBy,
 }
@@ -26,17 +29,22 @@ pub enum CutBy {
     PixelBudget,
 }
 
-/// Reads the shim's `page cap: shown=N total=M reason=R` line. The host
-/// words the cut itself; the guest gives only numbers and a keyword.
+/// Reads the shim's `page cap: shown=N total=M reason=R` line, where `M+`
+/// means at least M pages. The host words the cut itself; the guest gives
+/// only numbers and a keyword.
 pub fn pages_cut(text: &str) -> Option<PagesCut> {
     let rest = text.strip_prefix("page cap: ")?;
     let mut shown = None;
     let mut total = None;
+    let mut at_least = false;
     let mut by = None;
     for field in rest.split(' ') {
         match field.split_once('=')? {
             ("shown", n) => shown = n.parse().ok(),
-            ("total", n) => total = n.parse().ok(),
+            ("total", n) => {
+                at_least = n.ends_with('+');
+                total = n.strip_suffix('+').unwrap_or(n).parse().ok();
+            }
             ("reason", "page-cap") => by = Some(CutBy::PageCap),
             ("reason", "pixel-budget") => by = Some(CutBy::PixelBudget),
             _ => return None,
@@ -46,6 +54,7 @@ pub fn pages_cut(text: &str) -> Option<PagesCut> {
     (shown < total).then_some(PagesCut {
         shown,
         total,
+        at_least,
         by: by?,
     })
 }
@@ -61,11 +70,37 @@ mod tests {
             Some(PagesCut {
                 shown: 2,
                 total: 900,
+                at_least: false,
                 by: CutBy::PageCap
             })
         );
         assert_eq!(pages_cut("page cap: shown=2 total=3 reason=lies"), None);
         assert_eq!(pages_cut("page cap: shown=3 total=3 reason=page-cap"), None);
         assert_eq!(pages_cut("page cap: shown=x total=3 reason=page-cap"), None);
+    }
+
+    #[test]
+    fn a_total_with_a_plus_is_a_lower_bound() {
+        let cut = pages_cut("page cap: shown=200 total=201+ reason=page-cap");
+
+        assert_eq!(
+            cut,
+            Some(PagesCut {
+                shown: 200,
+                total: 201,
+                at_least: true,
+                by: CutBy::PageCap
+            })
+        );
+        assert_eq!(
+            pages_cut("page cap: shown=200 total=200+ reason=page-cap"),
+            None,
+            "at least as many as were shown is no cut"
+        );
+        assert_eq!(pages_cut("page cap: shown=2 total=+ reason=page-cap"), None);
+        assert_eq!(
+            pages_cut("page cap: shown=2 total=3++ reason=page-cap"),
+            None
+        );
     }
 }

@@ -987,6 +987,7 @@ mod tests {
             Some(PagesCut {
                 shown: 2,
                 total: 900,
+                at_least: false,
                 by: crate::guest_log::CutBy::PixelBudget
             })
         );

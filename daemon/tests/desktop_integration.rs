@@ -255,6 +255,87 @@ fn install_writes_every_integration_file_with_the_right_exec() {
         .contains(VITRINED));
 }
 
+/// Every office type the guest's LibreOffice shows, as file managers and
+/// mail clients name them.
+const OFFICE_TYPES: &[&str] = &[
+    "application/msword",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.ms-word.document.macroEnabled.12",
+    "application/vnd.ms-excel.sheet.macroEnabled.12",
+    "application/vnd.ms-powerpoint.presentation.macroEnabled.12",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+    "application/rtf",
+    "text/rtf",
+];
+
+#[test]
+fn office_documents_reach_the_handler_and_every_file_manager_action() {
+    // Arrange
+    let scratch = tempfile::tempdir().unwrap();
+    let home = scratch.path().join("home");
+    fs::create_dir(&home).unwrap();
+    let opts = options(&home, scratch.path());
+    let t = &opts.targets;
+
+    // Act
+    install::install(&opts).unwrap();
+
+    // Assert: the handler lists each type by name.
+    let handler = key_file(&t.desktop_file());
+    let listed: Vec<&str> = handler["Desktop Entry"]["MimeType"]
+        .split(';')
+        .filter(|m| !m.is_empty())
+        .collect();
+    let missing: Vec<&&str> = OFFICE_TYPES
+        .iter()
+        .filter(|m| !listed.contains(m))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the handler's MimeType lacks {missing:?}"
+    );
+    // The menus take every file, so every office type: Dolphin through
+    // application/octet-stream, which every file type derives from; Nemo
+    // with no Mimetypes filter; Thunar by pattern `*` over the file kinds
+    // office documents fall in (RTF is text, the rest "other").
+    for menu in [t.dolphin_plasma5(), t.dolphin_plasma6()] {
+        assert_eq!(
+            key_file(&menu)["Desktop Entry"]["MimeType"],
+            "application/octet-stream;"
+        );
+    }
+    for action in [t.nemo_action(), t.nemo_safe_copy()] {
+        let nemo = key_file(&action);
+        assert!(!nemo["Nemo Action"].contains_key("Mimetypes"), "{nemo:?}");
+        assert_eq!(nemo["Nemo Action"]["Extensions"], "nodirs;");
+    }
+    let uca = fs::read_to_string(t.thunar_uca()).unwrap();
+    let doc = roxmltree::Document::parse(&uca).unwrap();
+    for id in [THUNAR_UNIQUE_ID, THUNAR_SAFE_COPY_ID] {
+        let action = doc
+            .descendants()
+            .find(|n| {
+                n.has_tag_name("action")
+                    && n.children()
+                        .any(|c| c.has_tag_name("unique-id") && c.text() == Some(id))
+            })
+            .unwrap_or_else(|| panic!("no Thunar action {id}: {uca}"));
+        let has = |tag: &str| action.children().any(|c| c.has_tag_name(tag));
+        let patterns = action
+            .children()
+            .find(|c| c.has_tag_name("patterns"))
+            .and_then(|c| c.text());
+        assert_eq!(patterns, Some("*"), "{id}");
+        assert!(has("other-files") && has("text-files"), "{id}: {uca}");
+    }
+}
+
 fn menu_path_ends(path: &Path, tail: &str) -> bool {
     path.to_string_lossy().ends_with(tail)
 }

@@ -45,7 +45,7 @@ pub use audit::{AuditConfig, AuditLog};
 pub use decision::{Decision, Explanation, MatchedBy, Verdict};
 pub use diagnostics::{Diagnostic, Diagnostics, Severity, SourceFile};
 pub use policy::{PolicySet, PolicyVersion, SYSTEM_POLICY_DIR};
-pub use profile::{Clipboard, DisplayLimits, Egress, ExportMode, ExportRules, Profile};
+pub use profile::{Clipboard, DisplayLimits, Egress, ExportMode, ExportRules, Preload, Profile};
 pub use request::{Action, FileFacts, Origin, Request, Uri};
 pub use store::PolicyStore;
 pub use watch::{PolicyHandle, PolicyWatcher, ReloadEvent};

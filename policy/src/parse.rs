@@ -8,7 +8,7 @@
 
 use crate::diagnostics::{did_you_mean, Diagnostic, Diagnostics, Severity, SourceFile};
 use crate::pattern::{self, Endpoint, HostPattern, MimePattern, PathGlobs, PatternError};
-use crate::profile::{self, limits, Clipboard, Egress, ExportMode, Profile};
+use crate::profile::{self, limits, Clipboard, Egress, ExportMode, Preload, Profile};
 use crate::request::Action;
 use crate::rule::{Rule, RuleDecision, RuleSource, ORIGIN_NAMES};
 use std::ops::Range;
@@ -25,6 +25,7 @@ pub const PROFILE_KEYS: &[&str] = &[
     "egress",
     "clipboard",
     "export",
+    "preload",
 ];
 pub const DISPLAY_KEYS: &[&str] = &["max_width", "max_height", "max_fps"];
 pub const EXPORT_KEYS: &[&str] = &["mode", "types", "max_size", "flatten", "ocr"];
@@ -432,6 +433,11 @@ impl<'a> Parser<'a> {
                         self.export(&e, &mut p.export);
                     }
                 }
+                "preload" => {
+                    if let Some(v) = self.preload(item) {
+                        p.preload = v;
+                    }
+                }
                 other => self.unknown_key(t, other, PROFILE_KEYS),
             }
         }
@@ -452,6 +458,24 @@ impl<'a> Parser<'a> {
             }
         }
         (self.diags.error_count() == errors_before).then_some(p)
+    }
+
+    fn preload(&mut self, item: &Item) -> Option<Preload> {
+        let hint = || Some("write preload = \"office\" or preload = \"none\"".to_owned());
+        let Item::Value(Value::String(s)) = item else {
+            self.wrong_type(item, "preload", "a string", hint());
+            return None;
+        };
+        let value = s.value();
+        let parsed = Preload::parse(value);
+        if parsed.is_none() {
+            self.error(
+                item.span().unwrap_or(0..0),
+                format!("`preload` cannot be \"{value}\"; it is \"office\" or \"none\""),
+                hint(),
+            );
+        }
+        parsed
     }
 
     fn duration(&mut self, item: &Item, key: &str) -> Option<std::time::Duration> {

@@ -137,6 +137,36 @@ impl ExportMode {
     }
 }
 
+/// The application a VM's template starts before it is snapshotted, so the
+/// clones that serve tasks find it already running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preload {
+    /// Nothing: the guest's own viewers start per task.
+    None,
+    /// A headless LibreOffice, which converts office documents.
+    Office,
+}
+
+impl Preload {
+    pub const NAMES: [&'static str; 2] = ["office", "none"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "office" => Some(Self::Office),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Office => "office",
+        }
+    }
+}
+
 /// What may flow from the guest back to the host as files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExportRules {
@@ -220,6 +250,7 @@ pub struct Profile {
     pub egress: Egress,
     pub clipboard: Clipboard,
     pub export: ExportRules,
+    pub preload: Preload,
 }
 
 fn serialize_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -250,6 +281,7 @@ impl Profile {
                 flatten: true,
                 ocr: None,
             },
+            preload: Preload::None,
         }
     }
 
@@ -273,6 +305,7 @@ impl Profile {
                 "export.ocr",
                 self.export.ocr.clone().unwrap_or_else(|| "none".to_owned()),
             ),
+            ("preload", self.preload.as_str().to_owned()),
         ]
     }
 }

@@ -348,6 +348,47 @@ mod tests {
     }
 
     #[test]
+    fn macro_enabled_ooxml_and_every_office_kind_sniff_as_their_family() {
+        // .docm/.xlsm/.pptm differ from .docx/.xlsx/.pptx only in the content
+        // type inside [Content_Types].xml and a vbaProject.bin part.
+        let macro_zip = |dir: &str, main: &str| {
+            let mut z = zip_entry(
+                "[Content_Types].xml",
+                b"<Types><Override ContentType=\"application/vnd.ms-word.document.macroEnabled.main+xml\"/></Types>",
+            );
+            z.extend(zip_entry(&format!("{dir}{main}"), b"<x/>"));
+            z.extend(zip_entry(&format!("{dir}vbaProject.bin"), b"\xd0\xcf"));
+            z
+        };
+        let ods = zip_entry(
+            "mimetype",
+            b"application/vnd.oasis.opendocument.spreadsheet",
+        );
+        let odp = zip_entry(
+            "mimetype",
+            b"application/vnd.oasis.opendocument.presentation",
+        );
+
+        assert_eq!(sniff(&macro_zip("word/", "document.xml")), DOCX);
+        assert_eq!(sniff(&macro_zip("xl/", "workbook.xml")), XLSX);
+        assert_eq!(sniff(&macro_zip("ppt/", "presentation.xml")), PPTX);
+        assert_eq!(
+            sniff(&ods),
+            "application/vnd.oasis.opendocument.spreadsheet"
+        );
+        assert_eq!(
+            sniff(&odp),
+            "application/vnd.oasis.opendocument.presentation"
+        );
+        assert_eq!(
+            sniff(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\0\0"),
+            "application/x-ole-storage",
+            ".doc, .xls and .ppt are OLE2 compound files"
+        );
+        assert_eq!(sniff(b"{\\rtf1\\ansi hello}"), "application/rtf");
+    }
+
+    #[test]
     fn markup_and_text_are_recognised() {
         assert_eq!(sniff(b"\xef\xbb\xbf  <!DOCTYPE html><p>x"), "text/html");
         assert_eq!(sniff(b"<html>"), "text/html");

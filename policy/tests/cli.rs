@@ -315,7 +315,7 @@ fn validate_accepts_the_shipped_example_policy() {
     let out = cli(&["validate", s(&example_dir())]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     assert!(
-        stdout(&out).contains("valid (5 file(s), 13 rule(s), 4 profile(s), 0 warning(s))"),
+        stdout(&out).contains("valid (5 file(s), 13 rule(s), 5 profile(s), 0 warning(s))"),
         "{}",
         stdout(&out)
     );
@@ -365,6 +365,82 @@ fn explain_open_file_sniffs_content_and_gives_reasons() {
     );
     assert!(text.contains("name `notes.txt` does not end in"), "{text}");
     assert!(text.contains("memory_mib           512"), "{text}");
+}
+
+/// One stored ZIP local file entry, as an office document holds them.
+fn zip_entry(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut v = b"PK\x03\x04".to_vec();
+    v.extend_from_slice(&[20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let len = u32::try_from(data.len()).unwrap().to_le_bytes();
+    v.extend_from_slice(&len); // compressed size
+    v.extend_from_slice(&len); // uncompressed size
+    v.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn explain_sends_a_docx_to_the_office_profile_that_preloads_libreoffice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut docx = zip_entry("[Content_Types].xml", b"<Types/>");
+    docx.extend(zip_entry("word/document.xml", b"<w:document/>"));
+    // The name says text; the content says Word.
+    let file = temp_file(tmp.path(), "letter.txt", &docx);
+
+    let out = cli(&[
+        "--dir",
+        s(&example_dir()),
+        "explain",
+        "--action",
+        "open-file",
+        "--file",
+        s(&file),
+    ]);
+
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(
+        text.contains(
+            "mime=application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("decision: sandbox(office)"), "{text}");
+    assert!(
+        text.contains("by:       rule `office` (50-documents.toml:"),
+        "{text}"
+    );
+    assert!(text.contains("profile `office`:"), "{text}");
+    assert!(text.contains("preload              office"), "{text}");
+    assert!(text.contains("memory_mib           1024"), "{text}");
+}
+
+#[test]
+fn explain_sends_legacy_ole2_office_files_to_the_office_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = temp_file(
+        tmp.path(),
+        "old.doc",
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\0\0\0\0",
+    );
+
+    let v = json(&cli(&[
+        "--dir",
+        s(&example_dir()),
+        "--json",
+        "explain",
+        "--action",
+        "open-file",
+        "--file",
+        s(&doc),
+    ]));
+
+    assert_eq!(v["request"]["mime"], "application/x-ole-storage", "{v}");
+    assert_eq!(v["decision"]["rule"]["name"], "office", "{v}");
+    assert_eq!(v["decision"]["profile"]["name"], "office", "{v}");
+    assert_eq!(v["decision"]["profile"]["preload"], "office", "{v}");
 }
 
 #[test]

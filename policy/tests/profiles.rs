@@ -5,7 +5,7 @@ mod fixture;
 use fixture::*;
 use std::time::Duration;
 use vitrine_policy::pattern::{Endpoint, MimePattern};
-use vitrine_policy::{Clipboard, DisplayLimits, Egress, ExportMode, Profile};
+use vitrine_policy::{Clipboard, DisplayLimits, Egress, ExportMode, Preload, Profile};
 
 fn profile_from(body: &str) -> Profile {
     let text = format!("{body}\n[[rule]]\naction = \"open-file\"\nsandbox = \"p\"\n");
@@ -78,6 +78,7 @@ fn omitted_fields_take_the_strict_values() {
     assert_eq!(p.egress, Egress::None);
     assert_eq!(p.clipboard, Clipboard::None);
     assert_eq!(p.export, strict.export);
+    assert_eq!(p.preload, Preload::None);
 }
 
 #[test]
@@ -218,6 +219,43 @@ fn the_safe_copy_ocr_language_is_a_tesseract_list_or_nothing() {
         assert!(
             text.contains("eng"),
             "{bad}: the fix names a language: {text}"
+        );
+    }
+}
+
+#[test]
+fn preload_names_the_application_the_template_starts() {
+    let office = profile_from("[profile.p]\npreload = \"office\"\n");
+    let none = profile_from("[profile.p]\npreload = \"none\"\n");
+    let unset = profile_from("[profile.p]\nvcpus = 1\n");
+
+    assert_eq!(office.preload, Preload::Office);
+    assert!(office.fields().contains(&("preload", "office".to_owned())));
+    assert_eq!(none.preload, Preload::None);
+    assert_eq!(
+        unset.preload,
+        Preload::None,
+        "nothing preloads unless asked"
+    );
+    assert_eq!(Profile::strict().preload, Preload::None);
+}
+
+#[test]
+fn a_preload_that_is_not_office_or_none_names_its_line_and_the_fix() {
+    for bad in ["\"libreoffice\"", "\"\"", "true"] {
+        let d = load_err(&[(
+            "10-p.toml",
+            &format!(
+                "[profile.p]\nvcpus = 1\npreload = {bad}\n[[rule]]\naction = \"open-file\"\nsandbox = \"p\"\n"
+            ),
+        )]);
+
+        let text = d.to_string();
+        assert!(text.contains("10-p.toml:3:11: error:"), "{bad}: {text}");
+        assert!(text.contains("`preload`"), "{bad}: {text}");
+        assert!(
+            text.contains("preload = \"office\""),
+            "{bad}: the fix names the values: {text}"
         );
     }
 }

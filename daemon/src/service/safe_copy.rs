@@ -151,7 +151,9 @@ pub fn pages_of(run: &TaskRun) -> Result<Vec<PrintedPage<'_>>, SafeCopyError> {
     if let Some(cut) = run.pages_cut {
         return Err(incomplete(format!(
             "{} of {} pages fit the task's limits ({:?})",
-            cut.shown, cut.total, cut.by
+            cut.shown,
+            super::verdict::total_words(cut),
+            cut.by
         )));
     }
     let count = run

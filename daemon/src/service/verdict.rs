@@ -55,8 +55,21 @@ pub fn cut_words(cut: PagesCut, limits: &Limits) -> String {
     };
     format!(
         "showing {} of {} pages; the rest are past {limit}",
-        cut.shown, cut.total
+        cut.shown,
+        total_words(cut)
     )
+}
+
+/// How many pages a cut document has: "1724", "more than 200" (the guest
+/// converted one page past what it showed), or "at least 250".
+pub fn total_words(cut: PagesCut) -> String {
+    if !cut.at_least {
+        cut.total.to_string()
+    } else if cut.total == cut.shown.saturating_add(1) {
+        format!("more than {}", cut.shown)
+    } else {
+        format!("at least {}", cut.total)
+    }
 }
 
 /// The name of Linux signal `n` (x86-64 numbering).
@@ -142,6 +155,7 @@ mod tests {
             pages_cut: Some(PagesCut {
                 shown: 135,
                 total: 1724,
+                at_least: false,
                 by,
             }),
             ..TaskRun::default()
@@ -155,6 +169,31 @@ mod tests {
         assert_eq!(
             of_run(&cut(CutBy::PageCap), &limits),
             "clean, showing 135 of 1724 pages; the rest are past the task's page cap of 500 pages"
+        );
+    }
+
+    #[test]
+    fn a_document_known_only_to_pass_the_cap_says_more_than() {
+        let limits = Limits {
+            max_pages: 200,
+            ..Limits::default()
+        };
+        let cut = |total| PagesCut {
+            shown: 200,
+            total,
+            at_least: true,
+            by: CutBy::PageCap,
+        };
+
+        assert_eq!(
+            cut_words(cut(201), &limits),
+            "showing 200 of more than 200 pages; the rest are past the task's page cap of \
+             200 pages"
+        );
+        assert_eq!(
+            cut_words(cut(250), &limits),
+            "showing 200 of at least 250 pages; the rest are past the task's page cap of \
+             200 pages"
         );
     }
 }

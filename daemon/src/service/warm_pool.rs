@@ -329,6 +329,22 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_that_preloads_an_application_never_serves_one_that_does_not() {
+        let backend = Arc::new(PairBackend::default());
+        let pool = WarmPool::new(backend.clone(), 1);
+        let plain = config(1024);
+        let mut office = config(1024);
+        office.extra_cmdline = "vitrine.preload=office".into();
+        pool.refill(&office);
+
+        let as_plain = pool.take(&plain);
+        let as_office = pool.take(&office);
+
+        assert!(as_plain.is_none(), "same memory, other command line");
+        assert!(as_office.is_some());
+    }
+
+    #[test]
     fn a_pooled_vm_whose_guest_went_away_is_dropped_not_served() {
         let backend = Arc::new(PairBackend::default());
         let pool = WarmPool::new(backend.clone(), 1);

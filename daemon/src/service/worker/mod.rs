@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vitrine_policy::{AuditLog, PolicyHandle, Profile, Request, Verdict};
+use vitrine_policy::{AuditLog, PolicyHandle, Preload, Profile, Request, Verdict};
 use vitrine_shim::protocol::{EgressReply, Frame, GuestMessage, HostMessage, InputEvent};
 
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
@@ -294,9 +294,22 @@ pub fn task_vm_config(
     // slowly that the guest kernel's IO-APIC timer check can fail and
     // panic (seen with 10 at once on 2 cores): skip that check there.
     config.ready_timeout = profile.time_limit.min(READY_WAIT);
+    let mut extra = Vec::new();
     if accel == Accel::Tcg {
-        config.extra_cmdline = "no_timer_check".to_owned();
+        extra.push("no_timer_check".to_owned());
     }
+    // The guest starts the application before `Ready`, so the template
+    // snapshotted there holds it running. Being on the command line, it is
+    // part of the warm pool's shape and the template key: a VM that preloads
+    // never serves a task that does not, and the other way round.
+    if profile.preload != Preload::None {
+        extra.push(format!(
+            "{}={}",
+            vitrine_shim::init::PRELOAD_PARAM,
+            profile.preload.as_str()
+        ));
+    }
+    config.extra_cmdline = extra.join(" ");
     Ok(config)
 }
 
@@ -1008,20 +1021,4 @@ pub fn image_info(image: GuestImage) -> Result<ImageInfo, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_task_stopped_by_its_time_limit_says_which_limit() {
-        let mut profile = Profile::strict();
-        profile.time_limit = Duration::from_secs(20);
-        let err = TaskError::TimeLimit {
-            after: Duration::from_secs(20),
-            seen: "Accepted".into(),
-        };
-
-        let verdict = error_verdict(&err, &profile);
-
-        assert_eq!(verdict, "timed-out: time limit of 20s reached");
-    }
-}
+mod tests;
