@@ -171,11 +171,16 @@ fn sniff_zip(b: &[u8]) -> &'static str {
                 return mime;
             }
         }
-        // Bit 3: sizes follow the data, so the next header cannot be found.
-        if flags & 0x8 != 0 {
-            break;
-        }
-        at = data + size;
+        // Bit 3: the sizes follow the data (LibreOffice writes OOXML so),
+        // so the next header is found by its signature.
+        at = if flags & 0x8 != 0 {
+            match b.get(data..).and_then(|rest| find(rest, b"PK\x03\x04")) {
+                Some(k) => data + k,
+                None => break,
+            }
+        } else {
+            data + size
+        };
     }
     "application/zip"
 }
@@ -283,6 +288,30 @@ mod tests {
         v.extend_from_slice(name.as_bytes());
         v.extend_from_slice(data);
         v
+    }
+
+    /// A local header with bit 3 set: sizes zero, the data then a
+    /// descriptor, as LibreOffice writes every part of a .docx.
+    fn streamed_zip_entry(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = zip_entry(name, &[]);
+        v[6] = 0x08;
+        v.extend_from_slice(data);
+        v.extend_from_slice(b"PK\x07\x08");
+        v.extend_from_slice(&[0; 12]);
+        v
+    }
+
+    #[test]
+    fn ooxml_written_with_data_descriptors_is_still_told_by_its_parts() {
+        // LibreOffice's own .docx came back as application/zip and opened
+        // as a hex view in the strict profile.
+        let mut docx = streamed_zip_entry("[Content_Types].xml", b"<Types/>");
+        docx.extend(streamed_zip_entry("_rels/.rels", b"<Relationships/>"));
+        docx.extend(streamed_zip_entry("word/document.xml", b"<w:document/>"));
+        assert_eq!(sniff(&docx), DOCX);
+        let mut xlsx = streamed_zip_entry("[Content_Types].xml", b"<Types/>");
+        xlsx.extend(streamed_zip_entry("xl/workbook.xml", b"<x/>"));
+        assert_eq!(sniff(&xlsx), XLSX);
     }
 
     #[test]

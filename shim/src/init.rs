@@ -146,13 +146,6 @@ fn mount_app_disk() {
     }
 }
 
-/// Whether the kernel command line asks for LibreOffice to be running
-/// before `Ready` (`vitrine.preload=office`).
-pub fn preload_office() -> bool {
-    std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|line| line.split_whitespace().any(|w| w == format!("{PRELOAD_PARAM}=office")))
-}
-
 /// Whether this process is the agent that the guest's init started: its
 /// parent is PID 1 and it carries the agent role.
 pub fn started_by_init() -> bool {

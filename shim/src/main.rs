@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use vitrine_shim::agent::{self, AgentConfig};
+use vitrine_shim::render::office::PRELOAD_ENV;
 use vitrine_shim::{init, render, sandbox, transport};
 
 /// Uid of sandboxed children in the guest unless the cmdline says otherwise.
@@ -104,6 +105,9 @@ fn run_agent(args: &[OsString]) -> anyhow::Result<()> {
             work_root,
             sandbox_uid,
             in_guest: init::started_by_init(),
+            // A local process (tests) may ask for it too.
+            preload_office: kernel.preload_office
+                || std::env::var_os(PRELOAD_ENV).is_some_and(|v| v == "office"),
         },
     )
     .context("session with the host")

@@ -58,6 +58,8 @@ pub struct KernelArgs {
     pub port: Option<u32>,
     /// `vitrine.uid`: uid for sandboxed children.
     pub uid: Option<u32>,
+    /// `vitrine.preload=office`: LibreOffice runs before `Ready`.
+    pub preload_office: bool,
 }
 
 impl KernelArgs {
@@ -69,6 +71,11 @@ impl KernelArgs {
                 out.port = v.parse().ok();
             } else if let Some(v) = word.strip_prefix("vitrine.uid=") {
                 out.uid = v.parse().ok();
+            } else if word
+                .strip_prefix(crate::init::PRELOAD_PARAM)
+                .is_some_and(|v| v == "=office")
+            {
+                out.preload_office = true;
             }
         }
         out
@@ -226,13 +233,21 @@ mod tests {
 
         assert_eq!(args.port, Some(1024));
         assert_eq!(args.uid, Some(4242));
+        assert!(!args.preload_office);
+    }
+
+    #[test]
+    fn kernel_cmdline_asks_for_libreoffice_only_by_its_exact_word() {
+        assert!(KernelArgs::parse("quiet vitrine.preload=office").preload_office);
+        assert!(!KernelArgs::parse("vitrine.preload=officer").preload_office);
+        assert!(!KernelArgs::parse("vitrine.preload=").preload_office);
     }
 
     #[test]
     fn explicit_socket_wins_over_vsock() {
         let kernel = KernelArgs {
             port: Some(5),
-            uid: None,
+            ..KernelArgs::default()
         };
 
         let eps = endpoints(Some("/tmp/s".into()), &kernel);

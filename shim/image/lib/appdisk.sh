@@ -24,6 +24,9 @@ OFFICE_PACKAGES=(libreoffice-core-nogui libreoffice-writer-nogui libreoffice-cal
 OFFICE_FONT_PACKAGES=(fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
   fonts-dejavu-core)
 OFFICE_DIR=/usr/lib/libreoffice
+# Libraries LibreOffice loads by name at run time, which ldd does not list:
+# NSS's software token (without it every PDF export fails to write).
+OFFICE_DLOPENED=(libsoftokn3.so libfreebl3.so libfreeblpriv3.so)
 # Icon themes LibreOffice has no use for without a GUI (it keeps colibre).
 OFFICE_SKIP='/share/config/images_(colibre_dark|colibre_svg|colibre_dark_svg|helpimg)\.zip$'
 
@@ -88,6 +91,10 @@ appdisk_entries() {
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) == installed ]] \
       || die "app disk: the Debian package $p is not installed (apt-get install $p)"
   done
+  for f in "${OFFICE_DLOPENED[@]}"; do
+    [[ -f /usr/lib/x86_64-linux-gnu/$f ]] \
+      || die "app disk: LibreOffice needs /usr/lib/x86_64-linux-gnu/$f (Debian package libnss3)"
+  done
   # LibreOffice's tree as it is installed, Debian's links to /etc and
   # /usr/share resolved: the guest has neither.
   find -L "$OFFICE_DIR" -type f | LC_ALL=C sort | grep -Ev "$OFFICE_SKIP" | while read -r f; do
@@ -101,7 +108,15 @@ appdisk_entries() {
   # loader, under /lib by file name.
   while read -r lib; do
     printf '/lib/%s %s\n' "$(basename "$lib")" "$lib"
-  done < <({ ldd "${APP_PROGRAMS[@]}"; office_elves | xargs -d '\n' ldd 2>/dev/null; } | awk '
+  done < <({
+    ldd "${APP_PROGRAMS[@]}"
+    office_elves | xargs -d '\n' ldd 2>/dev/null
+    for lib in "${OFFICE_DLOPENED[@]}"; do
+      lib=/usr/lib/x86_64-linux-gnu/$lib
+      printf '%s (0x0)\n' "$lib"
+      ldd "$lib"
+    done
+  } | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
     $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | grep -v "^$OFFICE_DIR/" \
     | sed 's#^/lib/x86_64-linux-gnu/#/usr/lib/x86_64-linux-gnu/#' | LC_ALL=C sort -u)

@@ -27,8 +27,8 @@ use crate::protocol::{
     MAX_WORDS_PER_PAGE, MIN_PRINT_DPI,
 };
 use crate::raster::Raster;
-use crate::render::page_stream::{PageReader, StreamHeader};
 use crate::render::office::{self, Convert, Office, OfficeError};
+use crate::render::page_stream::{PageReader, StreamHeader};
 use crate::render::{pdf, DocKind};
 use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome};
 

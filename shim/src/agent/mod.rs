@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use crate::export::{Exports, CHUNK};
 use crate::fetch::{fetch, FetchError, FetchLimits, Fetched, Trust, Tunnel, Url};
-use crate::render::office::{Office, OfficeError};
 use crate::identity;
 use crate::ocr::Tesseract;
 use crate::protocol::{
@@ -26,6 +25,7 @@ use crate::protocol::{
     Task, TaskKind, TaskStatus, MAX_CHUNK_BYTES, MAX_TEXT_BYTES,
 };
 use crate::raster::Raster;
+use crate::render::office::{Office, OfficeError};
 use crate::render::pdf;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
 use crate::sandbox::{describe, limited_command, ChildLimits, Identity, RunOutcome, Supervised};
@@ -67,6 +67,8 @@ pub struct AgentConfig {
     /// it may reseed the kernel's CRNG and set its clock. A shim run as a
     /// local process (tests) never touches the kernel it runs on.
     pub in_guest: bool,
+    /// Start LibreOffice before `Ready` (`vitrine.preload=office`).
+    pub preload_office: bool,
 }
 
 enum Event {
@@ -280,13 +282,13 @@ impl Agent {
     }
 
     /// Starts what the kernel command line asks to have running before
-    /// `Ready` (the template's snapshot), in the guest only. A failure is
-    /// logged: conversions then start LibreOffice themselves.
+    /// `Ready` (the template's snapshot). A failure is logged: conversions
+    /// then start LibreOffice themselves.
     fn preload(&mut self) {
-        if !self.config.in_guest || !crate::init::preload_office() {
+        if !self.config.preload_office {
             return;
         }
-        let Some(office) = Office::find(true, &self.config.work_root) else {
+        let Some(office) = Office::find(self.config.in_guest, &self.config.work_root) else {
             eprintln!("vitrine-shim: preload: {}", OfficeError::Missing);
             return;
         };

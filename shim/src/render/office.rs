@@ -25,13 +25,15 @@ use md5::{Digest, Md5};
 
 use crate::init::APP_DISK_MOUNT;
 use crate::sandbox::{
-    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, SandboxError,
-    Supervised,
+    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, SandboxError, Supervised,
 };
 
 /// Environment for a shim run as a local process (tests): a host
 /// `soffice.bin` to run instead of the disk's. Ignored in the guest.
 pub const SOFFICE_ENV: &str = "VITRINE_SOFFICE";
+/// Environment for a shim run as a local process (tests): `office` starts
+/// LibreOffice before `Ready`, as `vitrine.preload=office` does in a VM.
+pub const PRELOAD_ENV: &str = "VITRINE_PRELOAD";
 /// `soffice.bin` on the app disk.
 const DISK_SOFFICE: &str = "libreoffice/program/soffice.bin";
 /// The disk's fontconfig file: its faces and the initramfs's.
@@ -99,6 +101,15 @@ pub enum OfficeError {
     /// The deadline passed.
     #[error("LibreOffice ran out of time")]
     TimedOut,
+    /// No LibreOffice listens on its pipe (a socket left by one that died).
+    #[error("no LibreOffice listens on its pipe")]
+    NotListening(#[source] std::io::Error),
+    /// The file is OLE2 but holds no document LibreOffice shows.
+    #[error(
+        "an OLE2 file (the container of Office 97-2003 documents) with no Word, Excel or \
+         PowerPoint stream in it: not a document to show"
+    )]
+    NotADocument,
     /// The running LibreOffice broke off the request.
     #[error("the running LibreOffice broke off the conversion: {0}")]
     Pipe(String),
@@ -170,9 +181,21 @@ pub fn sniff(head: &[u8]) -> Option<Format> {
     if head.get(30..38) == Some(b"mimetype") {
         let rest = &head[38..head.len().min(38 + 128)];
         for (mime, family, ext) in [
-            ("application/vnd.oasis.opendocument.text", Family::Text, "odt"),
-            ("application/vnd.oasis.opendocument.spreadsheet", Family::Spreadsheet, "ods"),
-            ("application/vnd.oasis.opendocument.presentation", Family::Presentation, "odp"),
+            (
+                "application/vnd.oasis.opendocument.text",
+                Family::Text,
+                "odt",
+            ),
+            (
+                "application/vnd.oasis.opendocument.spreadsheet",
+                Family::Spreadsheet,
+                "ods",
+            ),
+            (
+                "application/vnd.oasis.opendocument.presentation",
+                Family::Presentation,
+                "odp",
+            ),
         ] {
             if find(rest, mime.as_bytes()).is_some() {
                 return format(family, ext);
@@ -205,9 +228,13 @@ fn zip_names(head: &[u8]) -> impl Iterator<Item = &[u8]> {
         let size = u32::from_le_bytes([h[18], h[19], h[20], h[21]]);
         let (name_len, extra_len) = (le16(26), le16(28));
         let name = head.get(at + 30..at + 30 + name_len)?;
-        // Bit 3: the size follows the data, so the next header is unknown.
+        // Bit 3: the size follows the data (LibreOffice writes OOXML so),
+        // so the next header is found by its signature.
+        let data = at + 30 + name_len + extra_len;
         at = if le16(6) & 0x8 != 0 {
-            usize::MAX / 2
+            head.get(data..)
+                .and_then(|rest| find(rest, b"PK\x03\x04"))
+                .map_or(usize::MAX / 2, |k| data + k)
         } else {
             at + 30 + name_len + extra_len + usize::try_from(size).ok()?
         };
@@ -219,44 +246,85 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Like [`sniff`], and for an OLE2 file the application its first
-/// directory sector names (`WordDocument`, `Workbook`, `PowerPoint Document`).
+/// Like [`sniff`], and for an OLE2 file the application its directory
+/// names (`WordDocument`, `Workbook`, `PowerPoint Document`); one that
+/// names none stays `Family::Unknown`.
 pub fn sniff_file(path: &Path) -> std::io::Result<Option<Format>> {
     let mut file = File::open(path)?;
-    let mut head = vec![0u8; 4096];
+    let mut head = vec![0u8; 64 * 1024];
     let n = read_up_to(&mut file, &mut head)?;
     head.truncate(n);
     let Some(format) = sniff(&head) else {
         return Ok(None);
     };
-    if format.family != Family::Unknown || head.len() < 0x34 {
+    if format.family != Family::Unknown {
         return Ok(Some(format));
     }
-    let shift = u32::from(u16::from_le_bytes([head[0x1e], head[0x1f]]));
-    let first_dir = u32::from_le_bytes([head[0x30], head[0x31], head[0x32], head[0x33]]);
-    if !(9..=12).contains(&shift) {
-        return Ok(Some(format));
-    }
-    let sector = 1u64 << shift;
-    let at = (u64::from(first_dir) + 1).saturating_mul(sector);
-    let mut dir = vec![0u8; usize::try_from(sector).unwrap_or(512)];
-    if file.seek(SeekFrom::Start(at)).is_err() {
-        return Ok(Some(format));
-    }
-    let n = read_up_to(&mut file, &mut dir)?;
-    dir.truncate(n);
-    let utf16 = |s: &str| s.encode_utf16().flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+    let names = ole2_stream_names(&mut file, &head).unwrap_or_default();
     for (stream, family, ext) in [
         ("WordDocument", Family::Text, "doc"),
         ("Workbook", Family::Spreadsheet, "xls"),
         ("Book", Family::Spreadsheet, "xls"),
         ("PowerPoint Document", Family::Presentation, "ppt"),
     ] {
-        if find(&dir, &utf16(stream)).is_some() {
+        if names.iter().any(|n| n == stream) {
             return Ok(Some(Format { family, ext }));
         }
     }
     Ok(Some(format))
+}
+
+/// Most directory sectors of an OLE2 file read (a document's directory
+/// is one or two).
+const MAX_OLE2_DIR_SECTORS: usize = 64;
+
+/// The entry names of an OLE2 file's directory, following its chain in
+/// the FAT; `None` where the header or the chain is broken.
+fn ole2_stream_names(file: &mut File, head: &[u8]) -> Option<Vec<String>> {
+    let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let shift = u16::from_le_bytes(head.get(0x1e..0x20)?.try_into().ok()?);
+    if !(9..=12).contains(&shift) {
+        return None;
+    }
+    let size = 1usize << shift;
+    let mut read_sector = |sector: u32| -> Option<Vec<u8>> {
+        let at = (u64::from(sector) + 1).checked_mul(size as u64)?;
+        file.seek(SeekFrom::Start(at)).ok()?;
+        let mut buf = vec![0u8; size];
+        (read_up_to(file, &mut buf).ok()? == size).then_some(buf)
+    };
+    // The FAT's first 109 sectors are listed in the header.
+    let next = |read: &mut dyn FnMut(u32) -> Option<Vec<u8>>, sector: u32| -> Option<u32> {
+        let per = size / 4;
+        let index = usize::try_from(sector).ok()? / per;
+        let fat_sector = u32_at(head, 0x4c + index.checked_mul(4)?).filter(|_| index < 109)?;
+        let fat = read(fat_sector)?;
+        u32_at(&fat, (usize::try_from(sector).ok()? % per) * 4)
+    };
+    let mut names = Vec::new();
+    let mut sector = u32_at(head, 0x30)?;
+    for _ in 0..MAX_OLE2_DIR_SECTORS {
+        // 0xFFFFFFFE ends a chain; anything past it is not a sector.
+        if sector >= 0xffff_fffa {
+            break;
+        }
+        let dir = read_sector(sector)?;
+        for entry in dir.chunks_exact(128) {
+            let len = usize::from(u16::from_le_bytes([entry[64], entry[65]])).min(64);
+            let units: Vec<u16> = entry[..len.saturating_sub(2)]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            names.push(String::from_utf16_lossy(&units));
+        }
+        match next(&mut read_sector, sector) {
+            Some(s) => sector = s,
+            None => break,
+        }
+    }
+    Some(names)
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -369,19 +437,18 @@ impl Office {
         Ok(())
     }
 
-    /// The socket a running LibreOffice of this profile listens on.
-    fn pipe(&self, identity: Identity) -> PathBuf {
+    /// The socket a running LibreOffice of this profile listens on, if
+    /// one does.
+    fn pipe(&self, identity: Identity) -> Option<PathBuf> {
         let uid = match identity {
             Identity::Uid(uid) => uid,
             Identity::Inherit => nix::unistd::geteuid().as_raw(),
         };
-        let url: Vec<u8> = self
-            .profile_url()
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect();
-        let hash: String = Md5::digest(&url).iter().map(|b| format!("{b:x}")).collect();
-        Path::new(PIPE_DIR).join(format!("OSL_PIPE_{uid}_SingleOfficeIPC_{hash}"))
+        let url = self.profile_url();
+        // A uid without a passwd entry (the guest's) gets no name part.
+        [pipe_of(&url, Some(uid)), pipe_of(&url, None)]
+            .into_iter()
+            .find(|p| p.exists())
     }
 
     fn command(
@@ -391,16 +458,9 @@ impl Office {
         identity: Identity,
         dir: &Path,
     ) -> Result<std::process::Command, OfficeError> {
-        let mut all: Vec<OsString> = [
-            "--headless",
-            "--invisible",
-            "--nologo",
-            "--norestore",
-            "--nolockcheck",
-            "--nodefault",
-        ]
-        .map(OsString::from)
-        .to_vec();
+        let mut all: Vec<OsString> = ["--headless", "--nologo", "--norestore", "--nolockcheck"]
+            .map(OsString::from)
+            .to_vec();
         all.push(format!("-env:UserInstallation={}", self.profile_url()).into());
         all.extend_from_slice(args);
         let mut cmd = limited_command(limits, identity, false, &self.program, &all)?;
@@ -436,12 +496,19 @@ impl Office {
             doc.clone().into(),
         ];
         let pipe = self.pipe(job.identity);
-        let preloaded = pipe.exists();
+        let preloaded = pipe.is_some();
+        if job.format.family == Family::Unknown {
+            return Err(OfficeError::NotADocument);
+        }
         let log = job.out_dir.join("soffice.log");
-        if preloaded {
-            ipc_convert(&pipe, job.out_dir, &args, job.deadline)?;
-        } else {
-            self.run_cold(&args, job, &log)?;
+        let mut preloaded = preloaded;
+        match pipe.map(|pipe| ipc_convert(&pipe, job.out_dir, &args, job.deadline)) {
+            Some(Ok(())) => {}
+            Some(Err(OfficeError::NotListening(_))) | None => {
+                preloaded = false;
+                self.run_cold(&args, job, &log)?;
+            }
+            Some(Err(e)) => return Err(e),
         }
         if !pdf.is_file() {
             return Err(OfficeError::NoPdf {
@@ -465,8 +532,10 @@ impl Office {
         job: &Convert<'_>,
         log: &Path,
     ) -> Result<(), OfficeError> {
+        let mut all: Vec<OsString> = vec!["--invisible".into(), "--nodefault".into()];
+        all.extend_from_slice(args);
         for _ in 0..2 {
-            let mut cmd = self.command(args, job.limits, job.identity, job.out_dir)?;
+            let mut cmd = self.command(&all, job.limits, job.identity, job.out_dir)?;
             let out = File::create(log)?;
             cmd.stdout(Stdio::from(out.try_clone()?))
                 .stderr(Stdio::from(out));
@@ -524,8 +593,12 @@ impl Office {
             deadline,
         };
         self.run_cold(&convert(dir), &cold, &dir.join("soffice.log"))?;
+        // A LibreOffice with no document open ends after the conversion it
+        // was handed: it keeps a hidden one (which also keeps Writer loaded).
+        let keep = dir.join("keep.rtf");
+        std::fs::write(&keep, "{\\rtf1\\ansi }\n")?;
         let mut cmd = self.command(
-            &["--accept=pipe,name=vitrine-office;urp;".into()],
+            &["--accept=pipe,name=vitrine-office;urp;".into(), keep.into()],
             limits,
             identity,
             dir,
@@ -534,8 +607,10 @@ impl Office {
         // It lives as long as the VM: no deadline of its own.
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let mut server = Supervised::spawn(cmd, identity, far)?;
-        let pipe = self.pipe(identity);
-        while !pipe.exists() {
+        let pipe = loop {
+            if let Some(pipe) = self.pipe(identity) {
+                break pipe;
+            }
             if let Some(end) = server.poll()? {
                 return Err(OfficeError::Failed {
                     status: match end {
@@ -550,7 +625,7 @@ impl Office {
                 return Err(OfficeError::TimedOut);
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
+        };
         let out = dir.join("warm-out");
         std::fs::create_dir_all(&out)?;
         if let Identity::Uid(uid) = identity {
@@ -569,6 +644,16 @@ impl Office {
     }
 }
 
+/// LibreOffice's single-instance socket for profile `url` and `uid` (none
+/// when the uid has no passwd entry): the MD5 of the URL in UTF-16LE, each
+/// byte in hex without padding.
+fn pipe_of(url: &str, uid: Option<u32>) -> PathBuf {
+    let url: Vec<u8> = url.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let hash: String = Md5::digest(&url).iter().map(|b| format!("{b:x}")).collect();
+    let user = uid.map(|u| format!("{u}_")).unwrap_or_default();
+    Path::new(PIPE_DIR).join(format!("OSL_PIPE_{user}SingleOfficeIPC_{hash}"))
+}
+
 /// Hands `args` to the LibreOffice listening on `pipe`, as a second
 /// `soffice` would, and waits until it says they are done.
 pub fn ipc_convert(
@@ -577,7 +662,7 @@ pub fn ipc_convert(
     args: &[OsString],
     deadline: Instant,
 ) -> Result<(), OfficeError> {
-    let mut stream = UnixStream::connect(pipe)?;
+    let mut stream = UnixStream::connect(pipe).map_err(OfficeError::NotListening)?;
     let left = || {
         deadline
             .checked_duration_since(Instant::now())
@@ -725,10 +810,30 @@ mod tests {
         assert_eq!(sniff(&xlsx).map(|f| f.family), Some(Family::Spreadsheet));
         let pptx = zip_entry("ppt/presentation.xml", b"<p/>");
         assert_eq!(sniff(&pptx).map(|f| f.ext), Some("pptx"));
-        let odp = zip_entry("mimetype", b"application/vnd.oasis.opendocument.presentation");
+        let odp = zip_entry(
+            "mimetype",
+            b"application/vnd.oasis.opendocument.presentation",
+        );
         assert_eq!(sniff(&odp).map(|f| f.ext), Some("odp"));
         assert_eq!(sniff(b"{\\rtf1 hi}").map(|f| f.ext), Some("rtf"));
         assert_eq!(sniff(OLE2_MAGIC).map(|f| f.family), Some(Family::Unknown));
+    }
+
+    #[test]
+    fn ooxml_written_with_data_descriptors_is_told_by_its_parts() {
+        // As LibreOffice writes a .docx: bit 3 set, sizes after the data.
+        let streamed = |name: &str, data: &[u8]| {
+            let mut v = zip_entry(name, &[]);
+            v[6] = 0x08;
+            v.extend_from_slice(data);
+            v.extend_from_slice(b"PK\x07\x08");
+            v.extend_from_slice(&[0; 12]);
+            v
+        };
+        let mut docx = streamed("[Content_Types].xml", b"<Types/>");
+        docx.extend(streamed("_rels/.rels", b"<Relationships/>"));
+        docx.extend(streamed("word/document.xml", b"<w:document/>"));
+        assert_eq!(sniff(&docx).map(|f| f.ext), Some("docx"));
     }
 
     #[test]
@@ -741,12 +846,22 @@ mod tests {
     #[test]
     fn an_ole2_file_is_known_by_the_streams_its_directory_names() {
         let dir = tempfile::tempdir().unwrap();
-        let mut file = vec![0u8; 1024];
+        // Header, directory in sector 0, the FAT in sector 1.
+        let mut file = vec![0u8; 512 * 3];
         file[..8].copy_from_slice(OLE2_MAGIC);
         file[0x1e] = 9; // 512-byte sectors
-        file[0x30..0x34].copy_from_slice(&0u32.to_le_bytes()); // directory at sector 0
-        let name: Vec<u8> = "Workbook".encode_utf16().flat_map(u16::to_le_bytes).collect();
-        file[512 + 128..512 + 128 + name.len()].copy_from_slice(&name);
+        file[0x30..0x34].copy_from_slice(&0u32.to_le_bytes());
+        file[0x4c..0x50].copy_from_slice(&1u32.to_le_bytes());
+        file[1024..1028].copy_from_slice(&0xffff_fffe_u32.to_le_bytes());
+        let entry = |file: &mut Vec<u8>, slot: usize, name: &str| {
+            let units: Vec<u8> = name.encode_utf16().flat_map(u16::to_le_bytes).collect();
+            let at = 512 + slot * 128;
+            file[at..at + units.len()].copy_from_slice(&units);
+            let len = u16::try_from(units.len() + 2).unwrap().to_le_bytes();
+            file[at + 64..at + 66].copy_from_slice(&len);
+        };
+        entry(&mut file, 0, "Root Entry");
+        entry(&mut file, 1, "Workbook");
         let path = dir.path().join("x");
         std::fs::write(&path, &file).unwrap();
         assert_eq!(
@@ -756,8 +871,44 @@ mod tests {
                 ext: "xls"
             })
         );
-        std::fs::write(&path, &file[..600]).unwrap();
-        assert_eq!(sniff_file(&path).unwrap().map(|f| f.family), Some(Family::Unknown));
+        // The same header with garbage for a directory names nothing.
+        let garbage = [&file[..512], &[0x5a; 4096][..]].concat();
+        std::fs::write(&path, garbage).unwrap();
+        assert_eq!(
+            sniff_file(&path).unwrap().map(|f| f.family),
+            Some(Family::Unknown)
+        );
+    }
+
+    #[test]
+    fn files_libreoffices_uid_wrote_outside_its_places_are_found() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED files_libreoffices_uid_wrote_...: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let uid = 400_000 + std::process::id() % 10_000;
+        let since = SystemTime::now() - Duration::from_secs(1);
+        let own = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(uid)).unwrap();
+        let kept = dir.path().join("profile");
+        std::fs::create_dir(&kept).unwrap();
+        std::fs::write(kept.join("registry.xcu"), "x").unwrap();
+        own(&kept.join("registry.xcu"));
+        std::fs::write(dir.path().join("macro-ran"), "x").unwrap();
+        own(&dir.path().join("macro-ran"));
+        std::fs::write(dir.path().join("roots-file"), "x").unwrap();
+
+        let found = written_since(
+            &[dir.path().to_path_buf()],
+            since,
+            Identity::Uid(uid),
+            &[kept],
+        );
+
+        assert_eq!(
+            found,
+            vec![dir.path().join("macro-ran").display().to_string()]
+        );
     }
 
     #[test]
@@ -768,23 +919,17 @@ mod tests {
     }
 
     #[test]
-    fn the_pipe_name_is_the_md5_of_the_profile_url_in_utf16() {
-        let office = Office {
-            program: PathBuf::from("/x"),
-            env: Vec::new(),
-            home: PathBuf::from("/tmp/lot"),
-            writable: Vec::new(),
-        };
-        // Seen on a host: `file:///tmp/lot/profile` gave this socket.
-        let pipe = office.pipe(Identity::Uid(0));
-        let url: Vec<u8> = "file:///tmp/lot/profile"
-            .encode_utf16()
-            .flat_map(u16::to_le_bytes)
-            .collect();
-        let hex: String = Md5::digest(&url).iter().map(|b| format!("{b:x}")).collect();
+    fn the_pipe_name_is_the_one_libreoffice_listens_on() {
+        // Seen on a host: LibreOffice 7.4 of profile file:///tmp/lot/prof,
+        // run as root, listened on this socket.
         assert_eq!(
-            pipe,
-            PathBuf::from(format!("/tmp/OSL_PIPE_0_SingleOfficeIPC_{hex}"))
+            pipe_of("file:///tmp/lot/prof", Some(0)),
+            PathBuf::from("/tmp/OSL_PIPE_0_SingleOfficeIPC_14788549cebb4162b64b6bf180209318")
+        );
+        // And as a uid without a passwd entry, as the guest's is.
+        assert_eq!(
+            pipe_of("file:///tmp/lot/prof", None),
+            PathBuf::from("/tmp/OSL_PIPE_SingleOfficeIPC_14788549cebb4162b64b6bf180209318")
         );
     }
 }
