@@ -76,9 +76,10 @@ pub fn sheet_fods(rows: &[&[&str]]) -> String {
 <office:document {NS} office:mimetype="application/vnd.oasis.opendocument.spreadsheet">
 <office:automatic-styles>
 <style:style style:name="Big" style:family="table-cell"><style:text-properties fo:font-size="20pt"/></style:style>
+<style:style style:name="Wide" style:family="table-column"><style:table-column-properties style:column-width="9cm"/></style:style>
 </office:automatic-styles>
 <office:body><office:spreadsheet><table:table table:name="Sheet1">
-<table:table-column table:number-columns-repeated="{}"/>
+<table:table-column table:style-name="Wide" table:number-columns-repeated="{}"/>
 {body}
 </table:table></office:spreadsheet></office:body></office:document>
 "#,
@@ -91,7 +92,7 @@ pub fn slides_fodp(slides: &[&str]) -> String {
     let mut body = String::new();
     for (i, slide) in slides.iter().enumerate() {
         body.push_str(&format!(
-            r#"<draw:page draw:name="s{i}"><draw:frame svg:x="1cm" svg:y="3cm" svg:width="24cm" svg:height="6cm"><draw:text-box><text:p text:style-name="Big">{}</text:p></draw:text-box></draw:frame></draw:page>"#,
+            r#"<draw:page draw:name="s{i}"><draw:frame draw:style-name="Plain" svg:x="1cm" svg:y="3cm" svg:width="24cm" svg:height="6cm"><draw:text-box><text:p text:style-name="Big">{}</text:p></draw:text-box></draw:frame></draw:page>"#,
             escape(slide)
         ));
     }
@@ -100,6 +101,7 @@ pub fn slides_fodp(slides: &[&str]) -> String {
 <office:document {NS} office:mimetype="application/vnd.oasis.opendocument.presentation">
 <office:automatic-styles>
 <style:style style:name="Big" style:family="paragraph"><style:text-properties fo:font-size="36pt"/></style:style>
+<style:style style:name="Plain" style:family="graphic"><style:graphic-properties draw:fill="none" draw:stroke="none"/></style:style>
 </office:automatic-styles>
 <office:body><office:presentation>{body}</office:presentation></office:body></office:document>
 "#
