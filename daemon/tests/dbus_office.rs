@@ -210,9 +210,12 @@ fn hostile_office_files_end_with_a_clear_verdict_and_the_daemon_keeps_serving() 
     }
     let (code, report, pages) = &long.1;
     assert_eq!(*code, Some(0), "{report}");
+    // LibreOffice converts the cap and one page more: the verdict knows
+    // only that there are more.
     assert!(
-        report.contains("of more than"),
-        "long.odt says the cap cut it: {report}"
+        report.contains("showing ")
+            && (report.contains("of more than") || report.contains("of at least")),
+        "long.odt says a limit cut it: {report}"
     );
     assert!(pages_in(pages) >= 1, "{report}");
     let (code, report, pages) = &good.1;

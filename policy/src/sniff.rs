@@ -171,9 +171,10 @@ fn sniff_zip(b: &[u8]) -> &'static str {
                 return mime;
             }
         }
-        // Bit 3: the sizes follow the data (LibreOffice writes OOXML so),
-        // so the next header is found by its signature.
-        at = if flags & 0x8 != 0 {
+        // Bit 3: the sizes follow the data (LibreOffice writes OOXML so);
+        // 0xFFFFFFFF: they are in a zip64 field. Either way the next
+        // header is found by its signature.
+        at = if flags & 0x8 != 0 || size == 0xffff_ffff {
             match b.get(data..).and_then(|rest| find(rest, b"PK\x03\x04")) {
                 Some(k) => data + k,
                 None => break,
@@ -312,6 +313,11 @@ mod tests {
         let mut xlsx = streamed_zip_entry("[Content_Types].xml", b"<Types/>");
         xlsx.extend(streamed_zip_entry("xl/workbook.xml", b"<x/>"));
         assert_eq!(sniff(&xlsx), XLSX);
+        // A zip64 writer's sizes, 0xFFFFFFFF in the local header.
+        let mut big = zip_entry("[Content_Types].xml", b"<Types/>");
+        big[18..26].copy_from_slice(&[0xff; 8]);
+        big.extend(zip_entry("word/document.xml", b"<w/>"));
+        assert_eq!(sniff(&big), DOCX);
     }
 
     #[test]

@@ -228,10 +228,11 @@ fn zip_names(head: &[u8]) -> impl Iterator<Item = &[u8]> {
         let size = u32::from_le_bytes([h[18], h[19], h[20], h[21]]);
         let (name_len, extra_len) = (le16(26), le16(28));
         let name = head.get(at + 30..at + 30 + name_len)?;
-        // Bit 3: the size follows the data (LibreOffice writes OOXML so),
-        // so the next header is found by its signature.
+        // Bit 3: the size follows the data (LibreOffice writes OOXML so);
+        // 0xFFFFFFFF: it is in a zip64 field. Either way the next header
+        // is found by its signature.
         let data = at + 30 + name_len + extra_len;
-        at = if le16(6) & 0x8 != 0 {
+        at = if le16(6) & 0x8 != 0 || size == u32::MAX {
             head.get(data..)
                 .and_then(|rest| find(rest, b"PK\x03\x04"))
                 .map_or(usize::MAX / 2, |k| data + k)
@@ -834,6 +835,11 @@ mod tests {
         docx.extend(streamed("_rels/.rels", b"<Relationships/>"));
         docx.extend(streamed("word/document.xml", b"<w:document/>"));
         assert_eq!(sniff(&docx).map(|f| f.ext), Some("docx"));
+        // A zip64 writer's sizes, 0xFFFFFFFF in the local header.
+        let mut big = zip_entry("[Content_Types].xml", b"<Types/>");
+        big[18..26].copy_from_slice(&[0xff; 8]);
+        big.extend(zip_entry("word/document.xml", b"<w/>"));
+        assert_eq!(sniff(&big).map(|f| f.ext), Some("docx"));
     }
 
     #[test]
