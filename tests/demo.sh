@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Vitrine's main job: open a sample document safely and show its pixels.
 #
-#   tests/demo.sh
+#   tests/demo.sh          # a sample 3-page PDF
+#   tests/demo.sh --docx   # a 3-page Word document it makes (LibreOffice in the VM)
 #
 # First the project's own KVM VMM probes this host, boots a test guest and
 # races QEMU on it. Then the guest image is built (cached), the shipped
@@ -10,6 +11,13 @@
 # bus) to render it in a fresh VM: only its pixels come back, in a viewer
 # window where $DISPLAY is set, else as PNG pages.
 set -euo pipefail
+
+sample_kind=pdf
+case ${1:-} in
+  "") ;;
+  --docx) sample_kind=docx ;;
+  *) printf 'usage: %s [--docx]\n' "$0" >&2; exit 2 ;;
+esac
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -49,6 +57,27 @@ cargo build --quiet --release --locked -p vitrine-policy --bin vitrine-policy
 policy=$REPO/policy/examples/policy.d
 sample=$REPO/shim/fixtures/three-pages.pdf
 pages=$target/demo-pages
+if [[ $sample_kind == docx ]]; then
+  # A Word document made here by the host's LibreOffice (the image build
+  # installed it: the same program runs from the VM's application disk).
+  made=$target/demo-docx
+  rm -rf "$made"; mkdir -p "$made"
+  cat >"$made/letter.fodt" <<'DOC'
+<?xml version="1.0" encoding="UTF-8"?>
+<office:document xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0" xmlns:style="urn:oasis:names:tc:opendocument:xmlns:style:1.0" xmlns:fo="urn:oasis:names:tc:opendocument:xmlns:xsl-fo-compatible:1.0" office:version="1.2" office:mimetype="application/vnd.oasis.opendocument.text">
+<office:automatic-styles><style:style style:name="Next" style:family="paragraph"><style:paragraph-properties fo:break-before="page"/></style:style></office:automatic-styles>
+<office:body><office:text>
+<text:h text:outline-level="1">Quarterly report</text:h><text:p>Opened safely: LibreOffice ran inside a disposable VM, and only these pixels came back.</text:p>
+<text:h text:style-name="Next" text:outline-level="1">Results</text:h><text:p>Page two of three.</text:p>
+<text:h text:style-name="Next" text:outline-level="1">Outlook</text:h><text:p>Page three of three.</text:p>
+</office:text></office:body></office:document>
+DOC
+  soffice --headless "-env:UserInstallation=file://$made/profile" --convert-to docx \
+    --outdir "$made" "$made/letter.fodt" >/dev/null 2>&1 ||
+    die "the host's LibreOffice could not make the sample .docx"
+  sample=$made/letter.docx
+  [[ -f $sample ]] || die "the host's LibreOffice made no $sample"
+fi
 
 say "vitrine-policy explain: what the example policy decides for $(basename "$sample"), and why"
 "$target/release/vitrine-policy" --dir "$policy" explain --action open-file --file "$sample"
@@ -66,7 +95,7 @@ EOF
 on_private_bus() { XDG_DATA_DIRS=$bus_dir/share:/usr/share dbus-run-session -- "$@"; }
 
 if [[ -n ${DISPLAY:-} ]]; then
-  say "vitrine open: over D-Bus, vitrined asks the policy, a fresh VM renders the PDF, and only its pixels come back, in a window (close it to finish)"
+  say "vitrine open: over D-Bus, vitrined asks the policy, a VM renders the file, and only its pixels come back, in a window (close it to finish)"
   on_private_bus "$target/release/vitrine" open --wait "$sample"
   exit 0
 fi

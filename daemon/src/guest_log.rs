@@ -59,6 +59,46 @@ pub fn pages_cut(text: &str) -> Option<PagesCut> {
     })
 }
 
+/// An office document LibreOffice converted in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfficeRun {
+    /// The format sniffed (a known extension).
+    pub format: &'static str,
+    /// Conversion time.
+    pub ms: u64,
+    /// A LibreOffice preloaded in the template did it (else one started
+    /// for it).
+    pub preloaded: bool,
+}
+
+/// The formats the shim names; anything else is not read.
+const OFFICE_FORMATS: [&str; 10] = [
+    "docx", "doc", "odt", "rtf", "xlsx", "xls", "ods", "pptx", "ppt", "odp",
+];
+
+/// Reads the shim's `office: format=F ms=N libreoffice=preloaded|started
+/// written-outside=0` line: the shim logs it only when its check found
+/// nothing written outside LibreOffice's output (else the task fails).
+pub fn office_run(text: &str) -> Option<OfficeRun> {
+    let rest = text.strip_prefix("office: ")?;
+    let (mut format, mut ms, mut preloaded, mut clean) = (None, None, None, false);
+    for field in rest.split(' ') {
+        match field.split_once('=')? {
+            ("format", f) => format = OFFICE_FORMATS.iter().copied().find(|k| *k == f),
+            ("ms", n) => ms = n.parse().ok(),
+            ("libreoffice", "preloaded") => preloaded = Some(true),
+            ("libreoffice", "started") => preloaded = Some(false),
+            ("written-outside", "0") => clean = true,
+            _ => return None,
+        }
+    }
+    clean.then_some(OfficeRun {
+        format: format?,
+        ms: ms?,
+        preloaded: preloaded?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +142,27 @@ mod tests {
             pages_cut("page cap: shown=2 total=3++ reason=page-cap"),
             None
         );
+    }
+
+    #[test]
+    fn the_office_line_is_read_only_when_well_formed_and_clean() {
+        assert_eq!(
+            office_run("office: format=docx ms=2364 libreoffice=preloaded written-outside=0"),
+            Some(OfficeRun {
+                format: "docx",
+                ms: 2364,
+                preloaded: true
+            })
+        );
+        for bad in [
+            "office: format=exe ms=1 libreoffice=started written-outside=0",
+            "office: format=docx ms=1 libreoffice=started written-outside=3",
+            "office: format=docx ms=x libreoffice=started written-outside=0",
+            "office: format=docx ms=1 libreoffice=started",
+            "office: format=docx ms=1 libreoffice=maybe written-outside=0",
+            "rendering a.docx as office",
+        ] {
+            assert_eq!(office_run(bad), None, "{bad}");
+        }
     }
 }

@@ -24,7 +24,7 @@ use vitrine_shim::protocol::{
 };
 
 use crate::backend::{ChannelError, GuestChannel};
-use crate::guest_log::{self, PagesCut};
+use crate::guest_log::{self, OfficeRun, PagesCut};
 use crate::pages::{page_bytes, PageImage, PagesError};
 
 /// Longest a user's input waits while the guest is silent.
@@ -199,6 +199,9 @@ pub struct TaskRun {
     /// The document had more pages than were sent: (shown, total, why),
     /// from the shim's `page cap: shown=N total=M reason=R` log line.
     pub pages_cut: Option<PagesCut>,
+    /// An office document the guest's LibreOffice converted (the shim's
+    /// `office: ...` log line).
+    pub office: Option<OfficeRun>,
     /// Files the guest offered for export, in order.
     pub exports: Vec<ExportOffer>,
     /// A safe-copy task's print data (resolution, OCR words), by page.
@@ -551,6 +554,9 @@ fn drive(
                 }
                 if let Some(cut) = guest_log::pages_cut(&text) {
                     run.pages_cut = Some(cut);
+                }
+                if let Some(office) = guest_log::office_run(&text) {
+                    run.office = Some(office);
                 }
                 run.logs.push(format!("{level:?}: {text}"));
             }

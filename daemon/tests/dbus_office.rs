@@ -2,9 +2,10 @@
 //! `vitrined` and QEMU guests whose LibreOffice runs from the read-only
 //! application disk: a .docx, .xlsx, .pptx and .odt the test makes come
 //! back as pages whose words OCR reads, as many pages as the host's
-//! LibreOffice makes of them; a document whose macro would write a file
-//! shows its pages and writes nothing; hostile files end with a clear
-//! verdict and the daemon keeps serving.
+//! LibreOffice makes of them, converted by the LibreOffice preloaded in the
+//! office template; a .docm whose VBA auto-runs and an .odt whose load
+//! macro would write a file show their pages and write nothing; hostile
+//! files end with a clear verdict and the daemon keeps serving.
 //!
 //! Needs dbus, QEMU, the guest image (its application disk), the host's
 //! LibreOffice and poppler-utils; each missing piece prints a SKIPPED line.
@@ -13,6 +14,7 @@ mod dbus_support;
 
 use std::path::Path;
 
+use dbus_support::docm::docm_with_auto_macro;
 use dbus_support::office_docs::{
     convert, host_page_count, load_macro, sheet_fods, slides_fodp, soffice_or_skip, text_fodt,
     text_fodt_with,
@@ -116,6 +118,10 @@ fn word_excel_powerpoint_and_opendocument_files_come_back_as_their_pages() {
         // Assert
         assert_eq!(code, Some(0), "{name}: {report}");
         assert!(report.contains("sandbox(office)"), "{name}: {report}");
+        assert!(
+            report.contains("by the LibreOffice preloaded in its template"),
+            "{name}: a template clone converts with the LibreOffice it holds: {report}"
+        );
         assert_eq!(
             pages_in(&pages),
             want_pages,
@@ -130,29 +136,45 @@ fn word_excel_powerpoint_and_opendocument_files_come_back_as_their_pages() {
 }
 
 #[test]
-fn a_document_whose_macro_would_write_a_file_shows_its_pages_and_writes_nothing() {
-    let test = "a_document_whose_macro_would_write_a_file_shows_its_pages_and_writes_nothing";
+fn documents_whose_macros_would_write_a_file_show_their_pages_and_write_nothing() {
+    let test = "documents_whose_macros_would_write_a_file_show_their_pages_and_write_nothing";
     let Some(image) = ready(test) else {
         return;
     };
-    // Arrange: a document with an auto-run macro that writes in /tmp.
+    // Arrange: a .docm whose VBA AutoOpen and Document_Open write in /tmp
+    // (olevba lists both as AutoExec), and an .odt whose Basic macro is
+    // bound to the load event.
     let work = tempfile::tempdir().unwrap();
-    let source = text_fodt_with(&["MACRO document body"], &load_macro("/tmp/macro-ran"));
-    let file = work.path().join("invoice.odt");
+    let docm = work.path().join("invoice.docm");
     std::fs::write(
-        &file,
+        &docm,
+        docm_with_auto_macro("VBA invoice body", "/tmp/macro-ran"),
+    )
+    .unwrap();
+    let source = text_fodt_with(&["MACRO document body"], &load_macro("/tmp/macro-ran"));
+    let odt = work.path().join("invoice.odt");
+    std::fs::write(
+        &odt,
         convert(work.path(), "invoice.fodt", source.as_bytes(), "odt"),
     )
     .unwrap();
     let bus = start(&image);
 
-    // Act
-    let (code, report, pages) = open(&bus, test, &file);
+    for (file, format) in [(&docm, "docx"), (&odt, "odt")] {
+        // Act
+        let (code, report, pages) = open(&bus, test, file);
 
-    // Assert: clean, pages, and the shim's check found nothing written.
-    assert_eq!(code, Some(0), "{report}");
-    assert!(report.contains("clean"), "{report}");
-    assert_eq!(pages_in(&pages), 1, "{report}");
+        // Assert: clean, its page, and the shim's check found nothing
+        // written outside LibreOffice's output.
+        assert_eq!(code, Some(0), "{report}");
+        assert!(report.contains("verdict   clean"), "{report}");
+        assert_eq!(pages_in(&pages), 1, "{report}");
+        assert!(
+            report.contains(&format!("office    {format} converted to PDF in the VM"))
+                && report.contains("macros did not run (nothing was written outside"),
+            "{report}"
+        );
+    }
 }
 
 #[test]

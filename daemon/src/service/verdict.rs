@@ -44,6 +44,21 @@ fn program_end(code: Option<i32>, signal: Option<i32>, oom: bool) -> String {
     }
 }
 
+/// What the guest's LibreOffice did, in words.
+pub fn office_words(run: crate::guest_log::OfficeRun) -> String {
+    format!(
+        "{} converted to PDF in the VM by {} in {:.1} s; macros did not run (nothing was \
+         written outside LibreOffice's output)",
+        run.format,
+        if run.preloaded {
+            "the LibreOffice preloaded in its template"
+        } else {
+            "a LibreOffice started for it"
+        },
+        run.ms as f64 / 1000.0
+    )
+}
+
 /// "showing N of M pages; the rest are past ..." in words.
 pub fn cut_words(cut: PagesCut, limits: &Limits) -> String {
     let limit = match cut.by {

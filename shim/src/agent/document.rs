@@ -201,17 +201,17 @@ impl Agent {
         let converted = office
             .convert(&job)
             .map_err(|e| failed(format!("office: {}", chain(&e))))?;
+        // Numbers and keywords only: the host words them (`guest_log`).
         self.log(
             LogLevel::Info,
             format!(
-                "office: {} converted to PDF in {} ms by {} LibreOffice; no file written \
-                 outside its output (macros did not run)",
+                "office: format={} ms={} libreoffice={} written-outside=0",
                 format.ext,
                 started.elapsed().as_millis(),
                 if converted.preloaded {
-                    "the preloaded"
+                    "preloaded"
                 } else {
-                    "a newly started"
+                    "started"
                 }
             ),
         )?;

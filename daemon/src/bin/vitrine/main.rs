@@ -708,6 +708,9 @@ fn report(done: &Finished, name: &str) {
     if done.details.contains_key("vm") {
         println!("vm        {}", d("vm"));
     }
+    if done.details.contains_key("office") {
+        println!("office    {}", d("office"));
+    }
     if let Some(line) = timings_line(done) {
         println!("timings   {line}");
     }

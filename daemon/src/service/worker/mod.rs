@@ -746,6 +746,9 @@ impl Worker<'_> {
         if let Some(cut) = run.pages_cut {
             self.detail("pages-cut", verdict::cut_words(cut, &input.limits));
         }
+        if let Some(office) = run.office {
+            self.detail("office", verdict::office_words(office));
+        }
         if !run.exports.is_empty() {
             let written = self.exports(
                 channel,
