@@ -80,8 +80,22 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let clone = rt.block_on(measure(&image, &input, &templates, &["--warm-pool", "0"], runs, true));
-    let warm = rt.block_on(measure(&image, &input, &templates, &["--warm-pool", "1"], runs, true));
+    let clone = rt.block_on(measure(
+        &image,
+        &input,
+        &templates,
+        &["--warm-pool", "0"],
+        runs,
+        true,
+    ));
+    let warm = rt.block_on(measure(
+        &image,
+        &input,
+        &templates,
+        &["--warm-pool", "1"],
+        runs,
+        true,
+    ));
     let cold = rt.block_on(measure(
         &image,
         &input,
@@ -102,7 +116,10 @@ fn main() {
     for (label, frames) in [
         ("Vitrine, clone of the office template (QEMU TCG)", &clone),
         ("Vitrine, warm pool of office clones (QEMU TCG)", &warm),
-        ("Vitrine, cold boot, LibreOffice started in the VM (1 run)", &cold),
+        (
+            "Vitrine, cold boot, LibreOffice started in the VM (1 run)",
+            &cold,
+        ),
     ] {
         let first = p50(&frames.iter().map(|f| f.first_frame).collect::<Vec<_>>()) / 1e3;
         let render = p50(&frames.iter().map(|f| f.render).collect::<Vec<_>>()) / 1e3;
@@ -111,7 +128,9 @@ fn main() {
             first / peer_p50
         );
     }
-    println!("| peer: host `soffice --convert-to pdf` + `pdftoppm` page 1 | {peer_p50:.2} | | 1.0x |");
+    println!(
+        "| peer: host `soffice --convert-to pdf` + `pdftoppm` page 1 | {peer_p50:.2} | | 1.0x |"
+    );
     println!();
     for (kind, mib) in template_memory(&templates) {
         println!("- guest RAM held at Ready by the {kind} template: {mib} MiB");
@@ -243,7 +262,7 @@ fn template_memory(dir: &Path) -> Vec<(String, u64)> {
         } else {
             "document"
         };
-        out.push((kind.to_owned(), memory.blocks() * 512 >> 20));
+        out.push((kind.to_owned(), (memory.blocks() * 512) >> 20));
     }
     out.sort();
     out

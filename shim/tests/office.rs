@@ -7,7 +7,9 @@
 
 mod support;
 
+// Shared with the D-Bus tests, which use all of it.
 #[path = "../../daemon/tests/dbus_support/office_docs.rs"]
+#[allow(dead_code)]
 mod office_docs;
 
 use std::path::Path;
@@ -61,7 +63,10 @@ fn a_docx_comes_back_as_its_pages_from_a_libreoffice_started_for_it() {
     assert_eq!(out.pages.len(), 3);
     let converted = logs_with(&out.logs, "office: format=docx ");
     assert_eq!(converted.len(), 1, "{:?}", out.logs);
-    assert!(converted[0].contains(" libreoffice=started "), "{converted:?}");
+    assert!(
+        converted[0].contains(" libreoffice=started "),
+        "{converted:?}"
+    );
     guest.shutdown();
 }
 

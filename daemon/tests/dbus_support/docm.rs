@@ -47,7 +47,7 @@ fn dir_stream() -> Vec<u8> {
     record(&mut d, 0x003d, b"");
     record(&mut d, 0x0007, &0u32.to_le_bytes()); // HELPCONTEXT
     record(&mut d, 0x0008, &0u32.to_le_bytes()); // LIBFLAGS
-    // VERSION: its size field is 4, then 6 bytes follow.
+                                                 // VERSION: its size field is 4, then 6 bytes follow.
     d.extend_from_slice(&0x0009u16.to_le_bytes());
     d.extend_from_slice(&4u32.to_le_bytes());
     d.extend_from_slice(&1u32.to_le_bytes());
@@ -90,7 +90,10 @@ fn vba_project(path: &str) -> Vec<u8> {
         s.write_all(data).unwrap();
     };
     put("/PROJECT", project.as_bytes());
-    put("/VBA/_VBA_PROJECT", &[0xcc, 0x61, 0xff, 0xff, 0x00, 0x00, 0x00]);
+    put(
+        "/VBA/_VBA_PROJECT",
+        &[0xcc, 0x61, 0xff, 0xff, 0x00, 0x00, 0x00],
+    );
     put("/VBA/dir", &ovba_compress(&dir_stream()));
     put("/VBA/Module1", &ovba_compress(source.as_bytes()));
     cfb.flush().unwrap();

@@ -20,15 +20,17 @@ VITRINE_OCR_LANGS=${VITRINE_OCR_LANGS:-eng}
 # honest: Liberation (Arial, Times New Roman, Courier New metrics),
 # Carlito/Caladea (Calibri, Cambria metrics), DejaVu for the rest.
 OFFICE_PACKAGES=(libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui
-  libreoffice-impress-nogui)
+  libreoffice-impress-nogui libreoffice-math-nogui)
 OFFICE_FONT_PACKAGES=(fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
   fonts-dejavu-core)
 OFFICE_DIR=/usr/lib/libreoffice
 # Libraries LibreOffice loads by name at run time, which ldd does not list:
 # NSS's software token (without it every PDF export fails to write).
 OFFICE_DLOPENED=(libsoftokn3.so libfreebl3.so libfreeblpriv3.so)
-# Icon themes LibreOffice has no use for without a GUI (it keeps colibre).
-OFFICE_SKIP='/share/config/images_(colibre_dark|colibre_svg|colibre_dark_svg|helpimg)\.zip$'
+# Icon themes LibreOffice has no use for without a GUI (it keeps colibre),
+# and Python: its script provider (python3-uno, which apt recommends) would
+# be one more macro language, and the disk has no Python to run it.
+OFFICE_SKIP='/share/config/images_(colibre_dark|colibre_svg|colibre_dark_svg|helpimg)\.zip$|\.py$|/__pycache__/|/share/Scripts/python/|/program/(libpythonloaderlo|libpyuno|pyuno)\.so$|/program/pythonloader\.unorc$|/program/services/pyuno\.rdb$|/share/\.registry/pyuno\.xcd$'
 
 # appdisk_packages: the Debian packages whose files the disk holds, one a line.
 appdisk_packages() {
@@ -68,7 +70,7 @@ appdisk_languages() {
 # OFFICE_DIR/program), one path a line.
 office_elves() {
   local f
-  find -L "$OFFICE_DIR/program" -type f | LC_ALL=C sort | while read -r f; do
+  find -L "$OFFICE_DIR/program" -type f | LC_ALL=C sort | grep -Ev "$OFFICE_SKIP" | while read -r f; do
     [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]] && printf '%s\n' "$f"
   done
 }

@@ -6,6 +6,7 @@ IMAGE_BUILD_PACKAGES=(
   xz-utils patch busybox-static poppler-utils fontconfig-config fonts-dejavu-core
   gzip binutils squashfs-tools tesseract-ocr tesseract-ocr-eng
   libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
+  libreoffice-math-nogui
   fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
 )
 # What boots and checks the image: the QEMU backend and the end-to-end tests
