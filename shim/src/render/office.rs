@@ -252,9 +252,8 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// names none stays `Family::Unknown`.
 pub fn sniff_file(path: &Path) -> std::io::Result<Option<Format>> {
     let mut file = File::open(path)?;
-    let mut head = vec![0u8; 64 * 1024];
-    let n = read_up_to(&mut file, &mut head)?;
-    head.truncate(n);
+    let mut head = Vec::new();
+    (&mut file).take(64 * 1024).read_to_end(&mut head)?;
     let Some(format) = sniff(&head) else {
         return Ok(None);
     };
@@ -293,8 +292,9 @@ fn ole2_stream_names(file: &mut File, head: &[u8]) -> Option<Vec<String>> {
     let mut read_sector = |sector: u32| -> Option<Vec<u8>> {
         let at = (u64::from(sector) + 1).checked_mul(size as u64)?;
         file.seek(SeekFrom::Start(at)).ok()?;
-        let mut buf = vec![0u8; size];
-        (read_up_to(file, &mut buf).ok()? == size).then_some(buf)
+        let mut buf = Vec::with_capacity(size);
+        (&mut *file).take(size as u64).read_to_end(&mut buf).ok()?;
+        (buf.len() == size).then_some(buf)
     };
     // The FAT's first 109 sectors are listed in the header.
     let next = |read: &mut dyn FnMut(u32) -> Option<Vec<u8>>, sector: u32| -> Option<u32> {
@@ -326,17 +326,6 @@ fn ole2_stream_names(file: &mut File, head: &[u8]) -> Option<Vec<String>> {
         }
     }
     Some(names)
-}
-
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
 }
 
 /// One conversion.
