@@ -56,6 +56,9 @@ pub struct ChildLimits {
     pub nproc: u64,
     /// RLIMIT_NOFILE.
     pub nofile: u64,
+    /// SIGKILL it when the thread that started it ends (a long-lived
+    /// child must not outlive a shim that was killed).
+    pub die_with_parent: bool,
 }
 
 impl ChildLimits {
@@ -67,6 +70,7 @@ impl ChildLimits {
             file_size: 512 << 20,
             nproc: 16,
             nofile: 64,
+            die_with_parent: false,
         }
     }
 
@@ -80,6 +84,7 @@ impl ChildLimits {
             file_size: 512 << 20,
             nproc: 256,
             nofile: 1024,
+            die_with_parent: true,
         }
     }
 
@@ -91,6 +96,7 @@ impl ChildLimits {
             file_size: 64 << 20,
             nproc: 32,
             nofile: 64,
+            die_with_parent: false,
         }
     }
 }
@@ -150,6 +156,9 @@ pub fn limited_command(
     if ctty {
         cmd.arg("--ctty");
     }
+    if limits.die_with_parent {
+        cmd.arg("--die-with-parent");
+    }
     // The helper starts as root and drops to the uid itself, after its
     // limits and before the final exec: the shim binary need not be
     // reachable by the sandbox uid (it may sit in a 0700 directory).
@@ -190,6 +199,10 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
         }
         if s == "--ctty" {
             ctty = true;
+            continue;
+        }
+        if s == "--die-with-parent" {
+            limits.die_with_parent = true;
             continue;
         }
         let (key, value) = s
@@ -240,6 +253,11 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
         .map_err(|e| SandboxError::Exec(program.to_string_lossy().into_owned(), e))?;
     if let Some(uid) = uid {
         become_uid(uid)?;
+    }
+    // After the uid change, which clears it.
+    if limits.die_with_parent {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+            .map_err(|e| SandboxError::Limit("PR_SET_PDEATHSIG", e))?;
     }
     if let Some(binary) = own_binary {
         return Err(exec_fd(&binary, program, &program_args));

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use office_docs::{convert, soffice_or_skip, text_fodt, text_fodt_with};
-use support::{have_poppler, limits, Guest};
+use support::{have_poppler, limits, processes_of_uid, Guest};
 use vitrine_shim::protocol::TaskStatus;
 use vitrine_shim::render::office::{PRELOAD_ENV, SOFFICE_ENV};
 
@@ -110,6 +110,35 @@ fn a_preloaded_libreoffice_converts_over_its_pipe_without_starting_another() {
         t0.elapsed()
     );
     guest.shutdown();
+}
+
+#[test]
+fn a_preloaded_libreoffice_dies_with_a_shim_that_was_killed() {
+    let test = "a_preloaded_libreoffice_dies_with_a_shim_that_was_killed";
+    if !ready(test) || !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {test} unless root with LibreOffice: it runs LibreOffice as a uid");
+        return;
+    }
+    // Arrange: LibreOffice runs as the uid after the sandbox's.
+    let mut guest = guest(true);
+    let office_uid = guest.uid + 1;
+    assert!(processes_of_uid(office_uid) > 0, "no preloaded LibreOffice");
+
+    // Act: the shim dies without a word (a crash, a SIGKILL).
+    guest.child.kill().unwrap();
+    guest.child.wait().unwrap();
+
+    // Assert: nothing of LibreOffice is left (one was left spinning at
+    // 76% CPU for an hour before).
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while processes_of_uid(office_uid) > 0 && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        processes_of_uid(office_uid),
+        0,
+        "LibreOffice outlived the shim"
+    );
 }
 
 #[test]
