@@ -111,6 +111,16 @@ pub enum Identity {
 }
 
 impl Identity {
+    /// Creates `dir` (and its parents) and gives it to this identity, so a
+    /// child run as it can write there.
+    pub fn make_dir(self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        match self {
+            Identity::Uid(uid) => std::os::unix::fs::chown(dir, Some(uid), Some(uid)),
+            Identity::Inherit => Ok(()),
+        }
+    }
+
     /// `Uid(uid)` when running as root, else `Inherit`.
     pub fn for_sandbox(uid: u32) -> Self {
         if nix::unistd::geteuid().is_root() {

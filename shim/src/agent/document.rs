@@ -30,7 +30,7 @@ use crate::raster::Raster;
 use crate::render::office::{self, Convert, Office, OfficeError};
 use crate::render::page_stream::{PageReader, StreamHeader};
 use crate::render::{pdf, DocKind};
-use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome};
+use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, RunOutcome};
 
 /// PDF pages rendered per `pdftoppm` run after the first page: few enough
 /// that their files on the guest's tmpfs stay small, enough to amortise
@@ -184,10 +184,7 @@ impl Agent {
             .map_err(failed)?
             .ok_or_else(|| failed("office: the content is not an office format"))?;
         let out_dir = work.join("office");
-        std::fs::create_dir_all(&out_dir).map_err(failed)?;
-        if let Identity::Uid(uid) = self.office_identity() {
-            std::os::unix::fs::chown(&out_dir, Some(uid), Some(uid)).map_err(failed)?;
-        }
+        self.office_identity().make_dir(&out_dir).map_err(failed)?;
         let started = Instant::now();
         let job = Convert {
             input,
@@ -298,10 +295,7 @@ impl Agent {
     fn render_dir(&self, doc: &mut Document) -> Result<PathBuf, Stop> {
         doc.renders += 1;
         let dir = doc.out_dir.join(format!("r{}", doc.renders));
-        std::fs::create_dir_all(&dir).map_err(failed)?;
-        if let Identity::Uid(uid) = self.identity {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).map_err(failed)?;
-        }
+        self.identity.make_dir(&dir).map_err(failed)?;
         Ok(dir)
     }
 

@@ -294,11 +294,7 @@ impl Agent {
         };
         let dir = self.config.work_root.join("vitrine-office-preload");
         let identity = self.office_identity();
-        let made = std::fs::create_dir_all(&dir).and_then(|()| match identity {
-            Identity::Uid(uid) => std::os::unix::fs::chown(&dir, Some(uid), Some(uid)),
-            Identity::Inherit => Ok(()),
-        });
-        if let Err(e) = made {
+        if let Err(e) = identity.make_dir(&dir) {
             eprintln!("vitrine-shim: preload: {}: {e}", dir.display());
             return;
         }

@@ -38,6 +38,8 @@ pub const PRELOAD_ENV: &str = "VITRINE_PRELOAD";
 const DISK_SOFFICE: &str = "libreoffice/program/soffice.bin";
 /// The disk's fontconfig file: its faces and the initramfs's.
 const DISK_FONTS_CONF: &str = "fonts/fonts.conf";
+/// What a LibreOffice started for a conversion printed, in its directory.
+const LOG: &str = "soffice.log";
 /// LibreOffice's exit code after it made a new profile: start it again.
 const EXIT_RESTART: i32 = 81;
 /// Directory (under the work root) of LibreOffice's profile and home.
@@ -466,18 +468,21 @@ impl Office {
     /// one listens, else in one started for it. Then checks that nothing
     /// but the PDF was written.
     pub fn convert(&self, job: &Convert<'_>) -> Result<Converted, OfficeError> {
+        // An OLE2 file naming no application has no export filter either.
+        let filter = job
+            .format
+            .family
+            .pdf_filter()
+            .ok_or(OfficeError::NotADocument)?;
         self.prepare(job.identity)?;
         let started = SystemTime::now();
         let doc = job.out_dir.join(format!("document.{}", job.format.ext));
         std::os::unix::fs::symlink(job.input, &doc)?;
         let pdf = job.out_dir.join("document.pdf");
-        let target = match job.format.family.pdf_filter() {
-            Some(filter) => format!(
-                "pdf:{filter}:{{\"PageRange\":{{\"type\":\"string\",\"value\":\"1-{}\"}}}}",
-                job.pages.max(1)
-            ),
-            None => "pdf".to_owned(),
-        };
+        let target = format!(
+            "pdf:{filter}:{{\"PageRange\":{{\"type\":\"string\",\"value\":\"1-{}\"}}}}",
+            job.pages.max(1)
+        );
         let args: Vec<OsString> = vec![
             "--convert-to".into(),
             target.into(),
@@ -485,21 +490,18 @@ impl Office {
             job.out_dir.into(),
             doc.clone().into(),
         ];
+        let log = job.out_dir.join(LOG);
         let pipe = self.pipe(job.identity);
-        let preloaded = pipe.is_some();
-        if job.format.family == Family::Unknown {
-            return Err(OfficeError::NotADocument);
-        }
-        let log = job.out_dir.join("soffice.log");
-        let mut preloaded = preloaded;
-        match pipe.map(|pipe| ipc_convert(&pipe, job.out_dir, &args, job.deadline)) {
-            Some(Ok(())) => {}
+        let preloaded = match pipe.map(|pipe| ipc_convert(&pipe, job.out_dir, &args, job.deadline))
+        {
+            Some(Ok(())) => true,
+            // None listens (a socket left by one that died): start one.
             Some(Err(OfficeError::NotListening(_))) | None => {
-                preloaded = false;
-                self.run_cold(&args, job, &log)?;
+                self.run_cold(&args, job.limits, job.identity, job.out_dir, job.deadline)?;
+                false
             }
             Some(Err(e)) => return Err(e),
-        }
+        };
         if !pdf.is_file() {
             return Err(OfficeError::NoPdf {
                 format: job.format.ext,
@@ -514,36 +516,40 @@ impl Office {
         Ok(Converted { pdf, preloaded })
     }
 
-    /// Runs LibreOffice for this conversion alone; a first run on a new
-    /// profile ends asking for a restart, so it may run twice.
+    /// Runs LibreOffice for these arguments alone, in `dir`, its output in
+    /// [`LOG`] in `dir`; a first run on a new profile ends asking for a
+    /// restart, so it may run twice.
     fn run_cold(
         &self,
         args: &[OsString],
-        job: &Convert<'_>,
-        log: &Path,
+        limits: ChildLimits,
+        identity: Identity,
+        dir: &Path,
+        deadline: Instant,
     ) -> Result<(), OfficeError> {
+        let log = dir.join(LOG);
         let mut all: Vec<OsString> = vec!["--invisible".into(), "--nodefault".into()];
         all.extend_from_slice(args);
         for _ in 0..2 {
-            let mut cmd = self.command(&all, job.limits, job.identity, job.out_dir)?;
-            let out = File::create(log)?;
+            let mut cmd = self.command(&all, limits, identity, dir)?;
+            let out = File::create(&log)?;
             cmd.stdout(Stdio::from(out.try_clone()?))
                 .stderr(Stdio::from(out));
-            match Supervised::spawn(cmd, job.identity, job.deadline)?.wait()? {
+            match Supervised::spawn(cmd, identity, deadline)?.wait()? {
                 RunOutcome::TimedOut => return Err(OfficeError::TimedOut),
                 RunOutcome::Exited(s) if s.code() == Some(EXIT_RESTART) => {}
                 RunOutcome::Exited(s) if s.success() => return Ok(()),
                 RunOutcome::Exited(s) => {
                     return Err(OfficeError::Failed {
                         status: describe(s),
-                        stderr: tail_of(log, 400),
+                        stderr: tail_of(&log, 400),
                     })
                 }
             }
         }
         Err(OfficeError::Failed {
             status: "asked for a restart twice".into(),
-            stderr: tail_of(log, 400),
+            stderr: tail_of(&log, 400),
         })
     }
 
@@ -570,19 +576,7 @@ impl Office {
                 warm.clone().into(),
             ]
         };
-        let cold = Convert {
-            input: &warm,
-            format: Format {
-                family: Family::Text,
-                ext: "rtf",
-            },
-            out_dir: dir,
-            pages: 1,
-            limits,
-            identity,
-            deadline,
-        };
-        self.run_cold(&convert(dir), &cold, &dir.join("soffice.log"))?;
+        self.run_cold(&convert(dir), limits, identity, dir, deadline)?;
         // A LibreOffice with no document open ends after the conversion it
         // was handed: it keeps a hidden one (which also keeps Writer loaded).
         let keep = dir.join("keep.rtf");
@@ -617,10 +611,7 @@ impl Office {
             std::thread::sleep(Duration::from_millis(50));
         };
         let out = dir.join("warm-out");
-        std::fs::create_dir_all(&out)?;
-        if let Identity::Uid(uid) = identity {
-            std::os::unix::fs::chown(&out, Some(uid), Some(uid))?;
-        }
+        identity.make_dir(&out)?;
         ipc_convert(&pipe, dir, &convert(&out), deadline)?;
         if !out.join("warm.pdf").is_file() {
             server.kill();
