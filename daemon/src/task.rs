@@ -295,6 +295,7 @@ impl TaskInput {
             kind: self.kind.clone(),
             limits: self.limits,
             safe_copy: self.safe_copy.clone(),
+            live: false,
         })
         .validate()
         .map_err(TaskError::BreaksCap)
@@ -455,6 +456,7 @@ fn drive(
             kind: input.kind.clone(),
             limits: input.limits,
             safe_copy: input.safe_copy.clone(),
+            live: false,
         }),
     };
     channel.send(&start).map_err(|e| fail(e, &seen))?;

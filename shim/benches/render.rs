@@ -41,6 +41,7 @@ fn one_run() -> Sample {
         },
         limits: support::limits(30_000),
         safe_copy: None,
+        live: false,
     };
     guest.send(HostMessage::Task(task));
     assert!(matches!(

@@ -432,6 +432,7 @@ fn a_task_before_the_vms_fresh_identity_is_refused() {
             },
             limits: Limits::default(),
             safe_copy: None,
+            live: false,
         }))
         .unwrap();
     let answer = guest.reader.recv().unwrap();

@@ -11,8 +11,8 @@
 use std::io::Read;
 
 use vitrine_shim::protocol::{
-    Frame, InputEvent, Key, KeyEvent, Modifiers, PixelFormat, Rect, MAX_DIM, MAX_FRAME_PIXEL_BYTES,
-    MAX_PAGES, MAX_TEXT_BYTES,
+    Frame, InputEvent, Key, KeyEvent, Modifiers, MouseButton, PixelFormat, Rect, MAX_DIM,
+    MAX_FRAME_PIXEL_BYTES, MAX_PAGES, MAX_TEXT_BYTES,
 };
 
 /// Bytes of the length prefix.
@@ -27,11 +27,14 @@ pub const MAX_BODY_BYTES: usize = 1 + FRAME_HEADER_BYTES + MAX_FRAME_PIXEL_BYTES
 const TAG_FRAME: u8 = 1;
 const TAG_STATUS: u8 = 2;
 const TAG_PAGES: u8 = 3;
+const TAG_TITLE: u8 = 4;
 const TAG_KEY: u8 = 16;
 const TAG_TEXT: u8 = 17;
 const TAG_SCROLL: u8 = 18;
 const TAG_PAGE_CHANGE: u8 = 19;
 const TAG_RESIZE: u8 = 20;
+const TAG_BUTTON: u8 = 21;
+const TAG_MOTION: u8 = 22;
 const TAG_CLOSED: u8 = 32;
 const TAG_PRESENTED: u8 = 33;
 const TAG_SAVE_SAFE_COPY: u8 = 34;
@@ -49,6 +52,8 @@ pub enum Message {
     Status(String),
     /// Daemon to viewer: how many pages the task has (1..=MAX_PAGES).
     Pages(u32),
+    /// Daemon to viewer: what the window shows now (a live page's URL).
+    Title(String),
     /// Viewer to daemon: something the user did.
     Input(InputEvent),
     /// Viewer to daemon: the user closed the window.
@@ -193,6 +198,10 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
             check_page_count(*count)?;
             Ok(finish(TAG_PAGES, &count.to_le_bytes()))
         }
+        Message::Title(text) => {
+            check_status(text)?;
+            Ok(finish(TAG_TITLE, text.as_bytes()))
+        }
         Message::Input(event) => encode_input(event),
         Message::Closed => Ok(finish(TAG_CLOSED, &[])),
         Message::Presented { frames } => Ok(finish(TAG_PRESENTED, &frames.to_le_bytes())),
@@ -313,6 +322,11 @@ fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             check_status(&text)?;
             Ok(Message::Status(text))
         }
+        TAG_TITLE => {
+            let text = utf8("title", rest)?;
+            check_status(&text)?;
+            Ok(Message::Title(text))
+        }
         TAG_PAGES => {
             fields.expect_len(tag, 4)?;
             let count = fields.u32()?;
@@ -361,6 +375,47 @@ fn decode_body(body: &[u8]) -> Result<Message, WireError> {
             check_dim("width", width)?;
             check_dim("height", height)?;
             Ok(Message::Input(InputEvent::Resize { width, height }))
+        }
+        TAG_BUTTON => {
+            fields.expect_len(tag, 14)?;
+            let (page, x, y) = (fields.u32()?, fields.u32()?, fields.u32()?);
+            check_point(page, x, y)?;
+            let button = match fields.u8()? {
+                0 => MouseButton::Left,
+                1 => MouseButton::Middle,
+                2 => MouseButton::Right,
+                other => {
+                    return Err(WireError::OutOfRange {
+                        field: "button",
+                        value: other.into(),
+                        max: 2,
+                    })
+                }
+            };
+            let down = match fields.u8()? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(WireError::OutOfRange {
+                        field: "button state",
+                        value: other.into(),
+                        max: 1,
+                    })
+                }
+            };
+            Ok(Message::Input(InputEvent::Button {
+                page,
+                x,
+                y,
+                button,
+                down,
+            }))
+        }
+        TAG_MOTION => {
+            fields.expect_len(tag, 12)?;
+            let (page, x, y) = (fields.u32()?, fields.u32()?, fields.u32()?);
+            check_point(page, x, y)?;
+            Ok(Message::Input(InputEvent::Motion { page, x, y }))
         }
         TAG_CLOSED => {
             fields.expect_len(tag, 0)?;
@@ -421,6 +476,32 @@ fn encode_input(event: &InputEvent) -> Result<Vec<u8>, WireError> {
             body.extend_from_slice(&width.to_le_bytes());
             body.extend_from_slice(&height.to_le_bytes());
             TAG_RESIZE
+        }
+        InputEvent::Button {
+            page,
+            x,
+            y,
+            button,
+            down,
+        } => {
+            check_point(*page, *x, *y)?;
+            for v in [page, x, y] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            body.push(match button {
+                MouseButton::Left => 0,
+                MouseButton::Middle => 1,
+                MouseButton::Right => 2,
+            });
+            body.push(u8::from(*down));
+            TAG_BUTTON
+        }
+        InputEvent::Motion { page, x, y } => {
+            check_point(*page, *x, *y)?;
+            for v in [page, x, y] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            TAG_MOTION
         }
     };
     Ok(finish(tag, &body))
@@ -543,6 +624,21 @@ fn check_page(page: u32) -> Result<(), WireError> {
             value: page.into(),
             max: (MAX_PAGES - 1).into(),
         });
+    }
+    Ok(())
+}
+
+/// A pointer position: on a page, and inside the largest page.
+fn check_point(page: u32, x: u32, y: u32) -> Result<(), WireError> {
+    check_page(page)?;
+    for (field, v) in [("x", x), ("y", y)] {
+        if v >= MAX_DIM {
+            return Err(WireError::OutOfRange {
+                field,
+                value: v.into(),
+                max: (MAX_DIM - 1).into(),
+            });
+        }
     }
     Ok(())
 }

@@ -720,6 +720,8 @@ impl Agent {
                 let raster = term.screen.raster().clone();
                 return self.send_raster(0, &raster, full, budget);
             }
+            // A terminal has no pointer.
+            InputEvent::Button { .. } | InputEvent::Motion { .. } => return Ok(()),
             InputEvent::PageChange { .. } => {
                 let full = term.screen.full_rect();
                 let raster = term.screen.raster().clone();
@@ -822,6 +824,7 @@ impl Agent {
             },
             limits: task.limits,
             safe_copy: Some(safe_copy),
+            live: false,
         };
         let dir = work.join(format!("flatten-{id}"));
         let input = dir.join("input");

@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::{
     MAX_ARGS, MAX_ARG_BYTES, MAX_CAPABILITIES, MAX_CHUNK_BYTES, MAX_DIM, MAX_EXPORTS,
     MAX_EXPORT_BYTES, MAX_EXTRA_ROOTS, MAX_FRAME_PIXEL_BYTES, MAX_HOST_BYTES, MAX_MIME_BYTES,
-    MAX_NAME_BYTES, MAX_OCR_LANG_BYTES, MAX_PAGES, MAX_PRINT_DPI, MAX_ROOT_BYTES, MAX_TASK_INPUT,
-    MAX_TASK_PIXEL_BYTES, MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS, MAX_URI_BYTES, MAX_VERSION_BYTES,
-    MAX_WORDS_PER_PAGE, MAX_WORD_BYTES, MIN_PRINT_DPI,
+    MAX_NAME_BYTES, MAX_OCR_LANG_BYTES, MAX_PAGES, MAX_POLL_WAIT_MS, MAX_PRINT_DPI, MAX_ROOT_BYTES,
+    MAX_STREAMS, MAX_TASK_INPUT, MAX_TASK_PIXEL_BYTES, MAX_TEXT_BYTES, MAX_TIME_LIMIT_MS,
+    MAX_URI_BYTES, MAX_VERSION_BYTES, MAX_WORDS_PER_PAGE, MAX_WORD_BYTES, MIN_PRINT_DPI,
 };
 
 /// A decoded message broke one of the protocol's caps.
@@ -162,6 +162,74 @@ pub enum GuestMessage {
     /// In a safe-copy task, after each page's frames: the page's print
     /// resolution and the words OCR found on it.
     PagePrint(PagePrint),
+    /// Opens tunnel stream `stream` to `host:port` (a browser's connection;
+    /// many may be open at once). The host answers with `Stream(Opened)`.
+    StreamOpen {
+        /// Stream id, chosen by the guest, unused among its open streams.
+        stream: StreamId,
+        /// DNS name or IP literal.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+    /// Bytes for an open stream. No answer; a failed write shows as the
+    /// stream's end at the next poll.
+    StreamSend {
+        /// Stream.
+        stream: StreamId,
+        /// Bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Closes a stream. No answer.
+    StreamClose {
+        /// Stream.
+        stream: StreamId,
+    },
+    /// Asks for what arrived on any open stream, waiting at most `wait_ms`
+    /// for the first byte. The host answers with `Stream(Data)`, which may
+    /// be empty. It also paces a live task: the host sends user input after
+    /// each guest message.
+    StreamPoll {
+        /// Longest wait, in ms.
+        wait_ms: u32,
+    },
+    /// The page a live task shows now: the viewer's title.
+    Location {
+        /// The page's URL.
+        url: String,
+        /// The page's title, possibly empty.
+        title: String,
+    },
+}
+
+/// Identifies one tunnel stream of a task.
+pub type StreamId = u32;
+
+/// The host's answers on tunnel streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamReply {
+    /// The answer to `StreamOpen`: `Connected`, `Refused` or `Failed`.
+    Opened {
+        /// Stream.
+        stream: StreamId,
+        /// Outcome.
+        outcome: EgressReply,
+    },
+    /// The answer to `StreamPoll`: what arrived, by stream.
+    Data(Vec<StreamData>),
+}
+
+/// Bytes that arrived on one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamData {
+    /// Stream.
+    pub stream: StreamId,
+    /// Bytes, possibly none.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+    /// The stream ended after these bytes (closed by the peer, or broken).
+    pub end: bool,
 }
 
 /// What a safe copy needs of one page beside its pixels.
@@ -357,6 +425,8 @@ pub enum HostMessage {
     /// wakes with the template's CRNG state and clock. The guest refuses a
     /// `Task` that comes before it.
     Identity(Identity),
+    /// The answer to `StreamOpen` or `StreamPoll`.
+    Stream(StreamReply),
 }
 
 /// The identity one VM gets before its task.
@@ -405,6 +475,10 @@ pub struct Task {
     /// Render for a safe copy: print resolution, `PagePrint` after each
     /// page, and OCR when asked. Only for `OpenFile`.
     pub safe_copy: Option<SafeCopy>,
+    /// A window shows the task: after `Done`, a page that stays live (a
+    /// browser tab) keeps sending frames and taking input until `Shutdown`.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// The task id under which the guest renders export `id` for
@@ -567,6 +641,39 @@ pub enum InputEvent {
         /// Height.
         height: u32,
     },
+    /// A mouse button went down or up at a point of a page, in page pixels.
+    Button {
+        /// Page index, from 0.
+        page: u32,
+        /// Column.
+        x: u32,
+        /// Row.
+        y: u32,
+        /// Button.
+        button: MouseButton,
+        /// Pressed (`true`) or released.
+        down: bool,
+    },
+    /// The pointer moved to a point of a page, in page pixels.
+    Motion {
+        /// Page index, from 0.
+        page: u32,
+        /// Column.
+        x: u32,
+        /// Row.
+        y: u32,
+    },
+}
+
+/// A mouse button.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MouseButton {
+    /// The primary button.
+    Left,
+    /// The wheel button.
+    Middle,
+    /// The context-menu button.
+    Right,
 }
 
 /// A key press.
@@ -787,6 +894,45 @@ impl WireMessage for GuestMessage {
             }
             GuestMessage::EgressClose | GuestMessage::IdentityApplied(_) => Ok(()),
             GuestMessage::PagePrint(print) => print.validate(),
+            GuestMessage::StreamOpen { stream, host, port } => {
+                check_range("stream", (*stream).into(), MAX_STREAMS.into())?;
+                check_len("stream host", host.len(), MAX_HOST_BYTES)?;
+                if host.is_empty() {
+                    return Err(MessageError::BadName(host.clone()));
+                }
+                if *port == 0 {
+                    return Err(MessageError::Zero {
+                        field: "stream port",
+                    });
+                }
+                Ok(())
+            }
+            GuestMessage::StreamSend { stream, data } => {
+                check_range("stream", (*stream).into(), MAX_STREAMS.into())?;
+                check_len("stream data", data.len(), MAX_CHUNK_BYTES)
+            }
+            GuestMessage::StreamClose { stream } => {
+                check_range("stream", (*stream).into(), MAX_STREAMS.into())
+            }
+            GuestMessage::StreamPoll { wait_ms } => {
+                check_range("poll wait", (*wait_ms).into(), MAX_POLL_WAIT_MS.into())
+            }
+            GuestMessage::Location { url, title } => {
+                check_len("location url", url.len(), MAX_URI_BYTES)?;
+                check_len("location title", title.len(), MAX_TEXT_BYTES)
+            }
+        }
+    }
+}
+
+impl EgressReply {
+    fn validate(&self) -> Result<(), MessageError> {
+        match self {
+            EgressReply::Connected => Ok(()),
+            EgressReply::Data(data) => check_len("egress data", data.len(), MAX_CHUNK_BYTES),
+            EgressReply::Refused(reason) | EgressReply::Failed(reason) => {
+                check_len("reason", reason.len(), MAX_TEXT_BYTES)
+            }
         }
     }
 }
@@ -856,6 +1002,11 @@ impl WireMessage for HostMessage {
                         max: 12,
                     })
                 }
+                InputEvent::Button { page, x, y, .. } | InputEvent::Motion { page, x, y } => {
+                    check_range("page", (*page).into(), MAX_PAGES.into())?;
+                    check_range("x", (*x).into(), MAX_DIM.into())?;
+                    check_range("y", (*y).into(), MAX_DIM.into())
+                }
                 InputEvent::Key(_) | InputEvent::Scroll { .. } => Ok(()),
             },
             HostMessage::FetchExport { id } => {
@@ -872,13 +1023,20 @@ impl WireMessage for HostMessage {
                 }
                 Ok(())
             }
-            HostMessage::Egress(reply) => match reply {
-                EgressReply::Connected => Ok(()),
-                EgressReply::Data(data) => check_len("egress data", data.len(), MAX_CHUNK_BYTES),
-                EgressReply::Refused(reason) | EgressReply::Failed(reason) => {
-                    check_len("reason", reason.len(), MAX_TEXT_BYTES)
+            HostMessage::Egress(reply) => reply.validate(),
+            HostMessage::Stream(StreamReply::Opened { stream, outcome }) => {
+                check_range("stream", (*stream).into(), MAX_STREAMS.into())?;
+                outcome.validate()
+            }
+            HostMessage::Stream(StreamReply::Data(data)) => {
+                check_len("streams in a poll", data.len(), MAX_STREAMS as usize)?;
+                let mut total = 0usize;
+                for d in data {
+                    check_range("stream", d.stream.into(), MAX_STREAMS.into())?;
+                    total = total.saturating_add(d.data.len());
                 }
-            },
+                check_len("stream data", total, MAX_CHUNK_BYTES)
+            }
         }
     }
 }

@@ -28,8 +28,8 @@ pub use framing::{FrameReader, FrameWriter, FramingError};
 pub use message::{
     flatten_task_id, Capability, EgressReply, ExportId, ExportOffer, Frame, GuestMessage,
     HostMessage, Identity, IdentityApplied, InputEvent, Key, KeyEvent, Limits, LogLevel,
-    MessageError, Modifiers, OcrWord, PagePrint, PixelFormat, Ready, Rect, SafeCopy, Task, TaskId,
-    TaskKind, TaskStatus, WireMessage,
+    MessageError, Modifiers, MouseButton, OcrWord, PagePrint, PixelFormat, Ready, Rect, SafeCopy,
+    StreamData, StreamId, StreamReply, Task, TaskId, TaskKind, TaskStatus, WireMessage,
 };
 /// The byte-string type of `TaskKind::OpenUri::extra_roots`.
 pub use serde_bytes::ByteBuf;
@@ -44,7 +44,7 @@ pub fn check_export_name(name: &str) -> Result<(), MessageError> {
 pub use async_framing::{AsyncFrameReader, AsyncFrameWriter};
 
 /// Version of the wire protocol. Bump on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX_BYTES: usize = 4;
@@ -101,6 +101,10 @@ pub const MAX_OCR_LANG_BYTES: usize = 64;
 pub const MIN_PRINT_DPI: u32 = 36;
 /// Highest print resolution of a safe copy's page.
 pub const MAX_PRINT_DPI: u32 = 1200;
+/// Highest tunnel stream id: a browser opens a few connections per host.
+pub const MAX_STREAMS: u32 = 256;
+/// Longest wait a `StreamPoll` may ask of the host.
+pub const MAX_POLL_WAIT_MS: u32 = 1000;
 /// Longest time limit a host may ask for (10 minutes).
 pub const MAX_TIME_LIMIT_MS: u32 = 10 * 60 * 1000;
 

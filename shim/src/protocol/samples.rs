@@ -32,6 +32,7 @@ pub fn task() -> Task {
         },
         limits: Limits::default(),
         safe_copy: None,
+        live: false,
     }
 }
 
@@ -95,6 +96,21 @@ pub fn guest_messages() -> Vec<GuestMessage> {
         },
         GuestMessage::EgressRecv { max: 16384 },
         GuestMessage::EgressClose,
+        GuestMessage::StreamOpen {
+            stream: 3,
+            host: "example.org".into(),
+            port: 443,
+        },
+        GuestMessage::StreamSend {
+            stream: 3,
+            data: vec![0x16, 3, 1],
+        },
+        GuestMessage::StreamPoll { wait_ms: 20 },
+        GuestMessage::StreamClose { stream: 3 },
+        GuestMessage::Location {
+            url: "https://example.org/".into(),
+            title: "Example Domain".into(),
+        },
         GuestMessage::IdentityApplied(IdentityApplied {
             random_digest: [0xd1; 32],
             clock_unix_ns: 1_795_000_000_000_000_000,
@@ -121,6 +137,7 @@ pub fn host_messages() -> Vec<HostMessage> {
             },
             limits: Limits::default(),
             safe_copy: None,
+            live: false,
         }),
         HostMessage::Task(Task {
             id: 9,
@@ -131,6 +148,7 @@ pub fn host_messages() -> Vec<HostMessage> {
             },
             limits: Limits::default(),
             safe_copy: None,
+            live: false,
         }),
         HostMessage::TaskData {
             offset: 0,
@@ -150,6 +168,18 @@ pub fn host_messages() -> Vec<HostMessage> {
             width: 800,
             height: 600,
         }),
+        HostMessage::Input(InputEvent::Button {
+            page: 0,
+            x: 120,
+            y: 48,
+            button: MouseButton::Left,
+            down: true,
+        }),
+        HostMessage::Input(InputEvent::Motion {
+            page: 0,
+            x: 121,
+            y: 50,
+        }),
         HostMessage::FetchExport { id: 0 },
         HostMessage::FlattenExport {
             id: 1,
@@ -161,6 +191,22 @@ pub fn host_messages() -> Vec<HostMessage> {
         HostMessage::Egress(EgressReply::Data(Vec::new())),
         HostMessage::Egress(EgressReply::Refused("example.net:80 is not allowed".into())),
         HostMessage::Egress(EgressReply::Failed("connection refused".into())),
+        HostMessage::Stream(StreamReply::Opened {
+            stream: 3,
+            outcome: EgressReply::Connected,
+        }),
+        HostMessage::Stream(StreamReply::Data(vec![
+            StreamData {
+                stream: 3,
+                data: vec![0x17, 3, 3],
+                end: false,
+            },
+            StreamData {
+                stream: 4,
+                data: Vec::new(),
+                end: true,
+            },
+        ])),
         HostMessage::Identity(Identity {
             seed: [0x5e; 32],
             clock_unix_ns: 1_795_000_000_000_000_000,

@@ -156,6 +156,7 @@ impl Guest {
                 kind,
                 limits,
                 safe_copy,
+                live: false,
             }))
             .unwrap();
         match self.reader.recv().unwrap() {
