@@ -9,6 +9,7 @@
 //! from the application disk, for safe copies).
 
 pub mod agent;
+pub mod browser;
 pub mod export;
 pub mod fetch;
 pub mod identity;

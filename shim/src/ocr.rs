@@ -15,7 +15,8 @@ use std::time::Instant;
 use crate::init::APP_DISK_MOUNT;
 use crate::protocol::{OcrWord, MAX_WORDS_PER_PAGE, MAX_WORD_BYTES};
 use crate::sandbox::{
-    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, SandboxError, Supervised,
+    describe, limited_command, tail_of, ChildLimits, ChildStdio, Identity, RunOutcome,
+    SandboxError, Supervised,
 };
 
 /// The loader the app disk carries: its libraries need not match the
@@ -164,7 +165,7 @@ impl Tesseract {
         );
         let out = dir.join("ocr.tsv");
         let err = dir.join("ocr.stderr");
-        let mut cmd = limited_command(limits, identity, false, &self.program, &args)?;
+        let mut cmd = limited_command(limits, identity, ChildStdio::Plain, &self.program, &args)?;
         // One thread: OpenMP's would count against the sandbox's nproc.
         cmd.env("TESSDATA_PREFIX", &self.tessdata)
             .env("OMP_THREAD_LIMIT", "1")

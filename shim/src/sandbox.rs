@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -88,6 +89,20 @@ impl ChildLimits {
         }
     }
 
+    /// For the browser: no address-space cap, since V8 and PartitionAlloc
+    /// reserve far more than they touch (V8's heap cap and the VM's memory
+    /// are the bounds), and its many threads.
+    pub fn browser(time_limit: Duration) -> Self {
+        Self {
+            address_space: u64::MAX,
+            cpu_secs: time_limit.as_secs() + 1,
+            file_size: 512 << 20,
+            nproc: 512,
+            nofile: 4096,
+            die_with_parent: true,
+        }
+    }
+
     /// For an untrusted program on the terminal.
     pub fn program(time_limit: Duration) -> Self {
         Self {
@@ -147,11 +162,24 @@ impl RunOutcome {
     }
 }
 
+/// What a limited child's standard fds are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildStdio {
+    /// As the caller sets them.
+    Plain,
+    /// Stdin is a terminal, which becomes the child's controlling tty.
+    Tty,
+    /// Stdin and stdout move to fds 3 and 4, Chromium's DevTools pipe
+    /// (`--remote-debugging-pipe`); stdin becomes /dev/null and stdout
+    /// joins stderr.
+    CdpPipe,
+}
+
 /// A command that runs `program args` through `vitrine-shim exec-limited`.
 pub fn limited_command(
     limits: ChildLimits,
     identity: Identity,
-    ctty: bool,
+    stdio: ChildStdio,
     program: &Path,
     args: &[OsString],
 ) -> Result<Command, SandboxError> {
@@ -163,8 +191,14 @@ pub fn limited_command(
         .arg(format!("--fsize={}", limits.file_size))
         .arg(format!("--nproc={}", limits.nproc))
         .arg(format!("--nofile={}", limits.nofile));
-    if ctty {
-        cmd.arg("--ctty");
+    match stdio {
+        ChildStdio::Plain => {}
+        ChildStdio::Tty => {
+            cmd.arg("--ctty");
+        }
+        ChildStdio::CdpPipe => {
+            cmd.arg("--cdp-pipe");
+        }
     }
     if limits.die_with_parent {
         cmd.arg("--die-with-parent");
@@ -198,6 +232,7 @@ enum Never {}
 fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
     let mut limits = ChildLimits::program(Duration::from_secs(30));
     let mut ctty = false;
+    let mut cdp_pipe = false;
     let mut uid = None;
     let mut rest = args.iter();
     for arg in rest.by_ref() {
@@ -209,6 +244,10 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
         }
         if s == "--ctty" {
             ctty = true;
+            continue;
+        }
+        if s == "--cdp-pipe" {
+            cdp_pipe = true;
             continue;
         }
         if s == "--die-with-parent" {
@@ -244,6 +283,9 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
             SandboxError::Limit("TIOCSCTTY", nix::Error::from_raw(e.raw_os_error()))
         })?;
     }
+    if cdp_pipe {
+        move_to_cdp_fds().map_err(|e| SandboxError::Limit("the DevTools pipe's fds", e))?;
+    }
     let set = |res: Resource, name: &'static str, v: u64| {
         setrlimit(res, v, v).map_err(|e| SandboxError::Limit(name, e))
     };
@@ -277,6 +319,32 @@ fn parse_and_exec(args: &[OsString]) -> Result<Never, SandboxError> {
         program.to_string_lossy().into_owned(),
         err,
     ))
+}
+
+/// Moves stdin to fd 3 and stdout to fd 4, where Chromium looks for its
+/// DevTools pipe; then stdin reads /dev/null and stdout writes to stderr.
+/// Only 0, 1 and 2 are open here (the shim opens everything close-on-exec),
+/// so the two files opened first take fds 3 and 4.
+fn move_to_cdp_fds() -> Result<(), nix::Error> {
+    let open_null = || {
+        File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(nix::Error::EIO as i32)))
+    };
+    let mut three = open_null()?;
+    let mut four = open_null()?;
+    if three.as_raw_fd() != 3 || four.as_raw_fd() != 4 {
+        return Err(nix::Error::EBADF);
+    }
+    nix::unistd::dup2(std::io::stdin(), &mut three)?;
+    nix::unistd::dup2(std::io::stdout(), &mut four)?;
+    let null = open_null()?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(std::io::stderr())?;
+    // dup2 cleared close-on-exec on 3 and 4: they stay open into Chromium.
+    let _ = three.into_raw_fd();
+    let _ = four.into_raw_fd();
+    Ok(())
 }
 
 /// A started child in its own session.

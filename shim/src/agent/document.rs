@@ -30,7 +30,7 @@ use crate::raster::Raster;
 use crate::render::office::{self, Convert, Office, OfficeError};
 use crate::render::page_stream::{PageReader, StreamHeader};
 use crate::render::{pdf, DocKind};
-use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, RunOutcome};
+use crate::sandbox::{describe, limited_command, tail_of, ChildLimits, ChildStdio, RunOutcome};
 
 /// PDF pages rendered per `pdftoppm` run after the first page: few enough
 /// that their files on the guest's tmpfs stay small, enough to amortise
@@ -447,7 +447,8 @@ impl Agent {
         let (pipe_r, pipe_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(chain(&e)))?;
         let limits = ChildLimits::renderer(Duration::from_millis(task.limits.time_limit_ms.into()));
-        let mut cmd = limited_command(limits, self.identity, false, &exe, &args).map_err(failed)?;
+        let mut cmd = limited_command(limits, self.identity, ChildStdio::Plain, &exe, &args)
+            .map_err(failed)?;
         cmd.stdout(Stdio::from(pipe_w))
             .stderr(Stdio::from(File::create(&stderr_path).map_err(failed)?));
         let mut oom = OomWatch::start();

@@ -4,6 +4,7 @@
 
 mod document;
 mod memory;
+mod web;
 
 use memory::OomWatch;
 
@@ -28,7 +29,9 @@ use crate::raster::Raster;
 use crate::render::office::{Office, OfficeError};
 use crate::render::pdf;
 use crate::render::terminal::{key_bytes, Pty, Screen, DEFAULT_COLS, DEFAULT_ROWS};
-use crate::sandbox::{describe, limited_command, ChildLimits, Identity, RunOutcome, Supervised};
+use crate::sandbox::{
+    describe, limited_command, ChildLimits, ChildStdio, Identity, RunOutcome, Supervised,
+};
 use crate::transport::Connection;
 use document::Document;
 
@@ -75,6 +78,10 @@ enum Event {
     Host(Result<Option<HostMessage>, FramingError>),
     PtyOutput(Vec<u8>),
     PtyClosed,
+    /// A message from the browser's DevTools pipe (`None`: it closed).
+    Cdp(Result<Option<crate::browser::cdp::Incoming>, crate::browser::cdp::CdpError>),
+    /// A connection of the browser's proxy.
+    Proxy(crate::browser::proxy::ProxyEvent),
 }
 
 /// Why a task stopped early.
@@ -125,6 +132,8 @@ enum View {
     None,
     Document(Document),
     Terminal(Box<Terminal>),
+    /// A browser tab, live after `Done` when the task is.
+    Web(Box<web::Tab>),
 }
 
 struct Terminal {
@@ -456,6 +465,16 @@ impl Agent {
     ) -> Result<(), Stop> {
         match &task.kind {
             TaskKind::OpenUri {
+                uri, extra_roots, ..
+            } if crate::browser::Engine::find(self.config.in_guest, &self.config.work_root)
+                .is_some() =>
+            {
+                let roots: Vec<Vec<u8>> = extra_roots.iter().map(|r| r.to_vec()).collect();
+                let tab = self.open_in_browser(task, uri, &roots, deadline, budget)?;
+                *view = View::Web(Box::new(tab));
+                Ok(())
+            }
+            TaskKind::OpenUri {
                 uri,
                 now_unix_secs,
                 extra_roots,
@@ -571,8 +590,8 @@ impl Agent {
         let args: Vec<OsString> = args.iter().map(OsString::from).collect();
         let limits = ChildLimits::program(Duration::from_millis(task.limits.time_limit_ms.into()));
         let slave = |pty: &Pty| pty.slave_stdio().map_err(failed);
-        let mut cmd =
-            limited_command(limits, self.identity, true, program, &args).map_err(failed)?;
+        let mut cmd = limited_command(limits, self.identity, ChildStdio::Tty, program, &args)
+            .map_err(failed)?;
         cmd.current_dir(&export_dir)
             .env("HOME", &export_dir)
             .env("TERM", "xterm")
@@ -640,6 +659,7 @@ impl Agent {
                     }
                 }
                 Ok(Event::PtyClosed) => pty_closed = true,
+                Ok(Event::Cdp(_) | Event::Proxy(_)) => {}
                 Ok(Event::Host(msg)) => match msg? {
                     Some(HostMessage::Input(event)) => self.terminal_input(term, &event, budget)?,
                     Some(HostMessage::Shutdown) | None => return Err(Stop::Shutdown),
@@ -743,6 +763,20 @@ impl Agent {
         budget: &mut PixelBudget,
         exports: &Exports,
     ) -> Result<(), AgentError> {
+        if let View::Web(tab) = view {
+            if !task.live {
+                tab.kill();
+                return self.wait_shutdown();
+            }
+            return match self.serve_live_tab(tab, budget) {
+                Ok(()) | Err(Stop::Shutdown) => Ok(()),
+                Err(Stop::Link(e)) => Err(e),
+                Err(Stop::Task(status)) => {
+                    self.log(LogLevel::Warn, format!("the live page ended: {status:?}"))?;
+                    self.wait_shutdown()
+                }
+            };
+        }
         loop {
             let msg = match self.next_host() {
                 Ok(Some(msg)) => msg,
@@ -770,6 +804,19 @@ impl Agent {
                         other => format!("input failed: {other:?}"),
                     };
                     self.log(LogLevel::Warn, text)?;
+                }
+            }
+        }
+    }
+
+    /// Waits for `Shutdown` (or the host's end), answering nothing more.
+    fn wait_shutdown(&mut self) -> Result<(), AgentError> {
+        loop {
+            match self.next_host()? {
+                Some(HostMessage::Shutdown) | None => return Ok(()),
+                Some(HostMessage::Stream(_)) => {}
+                Some(other) => {
+                    self.log(LogLevel::Warn, format!("ignored after done: {other:?}"))?
                 }
             }
         }

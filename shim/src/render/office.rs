@@ -25,7 +25,8 @@ use md5::{Digest, Md5};
 
 use crate::init::APP_DISK_MOUNT;
 use crate::sandbox::{
-    describe, limited_command, tail_of, ChildLimits, Identity, RunOutcome, SandboxError, Supervised,
+    describe, limited_command, tail_of, ChildLimits, ChildStdio, Identity, RunOutcome,
+    SandboxError, Supervised,
 };
 
 /// Environment for a shim run as a local process (tests): a host
@@ -455,7 +456,7 @@ impl Office {
             .to_vec();
         all.push(format!("-env:UserInstallation={}", self.profile_url()).into());
         all.extend_from_slice(args);
-        let mut cmd = limited_command(limits, identity, false, &self.program, &all)?;
+        let mut cmd = limited_command(limits, identity, ChildStdio::Plain, &self.program, &all)?;
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("HOME", &self.home)
             .env("TMPDIR", dir)

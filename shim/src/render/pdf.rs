@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use crate::sandbox::{
-    describe, find_tool, limited_command, tail_of, ChildLimits, Identity, RunOutcome, SandboxError,
-    Supervised,
+    describe, find_tool, limited_command, tail_of, ChildLimits, ChildStdio, Identity, RunOutcome,
+    SandboxError, Supervised,
 };
 
 /// A PDF could not be rendered.
@@ -74,7 +74,13 @@ impl PdfJob {
     ) -> Result<(), PdfError> {
         let program = find_tool(tool).ok_or(PdfError::Missing(tool))?;
         let stderr_path = self.out_dir.join(format!("{tool}.stderr"));
-        let mut cmd = limited_command(self.limits, self.identity, false, &program, args)?;
+        let mut cmd = limited_command(
+            self.limits,
+            self.identity,
+            ChildStdio::Plain,
+            &program,
+            args,
+        )?;
         cmd.current_dir(&self.out_dir)
             .stderr(Stdio::from(std::fs::File::create(&stderr_path)?))
             .stdout(match stdout {

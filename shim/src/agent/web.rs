@@ -1,0 +1,763 @@
+//! A link shown in a real browser tab: Chromium from the application disk,
+//! its network only through the shim's proxy and the host's tunnel
+//! streams. The first frame is the page after its load event; a live task
+//! (a window shows it) then keeps the tab: the screencast brings damage,
+//! the user's pointer and keys go back into the page.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::{chain, failed, Agent, Event, Stop};
+use crate::browser::cdp::Incoming;
+use crate::browser::proxy::{self, ProxyEvent};
+use crate::browser::{Engine, Session};
+use crate::protocol::{
+    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, MouseButton, PixelBudget,
+    Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
+};
+use crate::raster::Raster;
+use crate::sandbox::{ChildLimits, Identity};
+
+/// The viewport when the profile's page size allows it.
+const VIEWPORT: (u32, u32) = (1024, 768);
+/// How long a poll may hold the host: short, since the host forwards the
+/// user's input only between guest messages.
+const POLL_WAIT_MS: u32 = 25;
+/// The wait for an event between two polls.
+const TICK: Duration = Duration::from_millis(10);
+/// A wheel line, in CSS pixels.
+const WHEEL_LINE: i32 = 40;
+
+/// One browser connection through the proxy.
+struct Conn {
+    stream: StreamId,
+    client: TcpStream,
+    target: String,
+    /// The host answered `Connected`.
+    open: bool,
+    /// Bytes from the browser before the host answered.
+    held: Vec<u8>,
+    /// Plain http: the request head, sent once open.
+    first: Option<Vec<u8>>,
+}
+
+/// The browser tab of one task.
+pub(super) struct Tab {
+    task: u64,
+    session: Session,
+    viewport: (u32, u32),
+    shown: Option<Raster>,
+    pointer: (u32, u32),
+    conns: HashMap<u64, Conn>,
+    by_stream: BTreeMap<StreamId, u64>,
+    poll_out: bool,
+    /// Calls whose replies matter, by id.
+    calls: HashMap<u64, Call>,
+    /// The last refusal of the host's egress policy, for the error page.
+    refused: Option<String>,
+    /// The page's load event came.
+    loaded: bool,
+    /// The first navigation failed: why.
+    nav_error: Option<String>,
+    /// The renderer crashed.
+    crashed: bool,
+    location: (String, String),
+    screencast: bool,
+    frames_sent: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Navigate,
+    Screenshot,
+    ErrorPage,
+}
+
+/// What the first part of a task waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// A first frame of the loaded page (or of its error page).
+    FirstFrame,
+    /// Nothing: serve the live tab until `Shutdown`.
+    Live,
+}
+
+impl Agent {
+    /// Shows `uri` in a browser tab; returns after its first frame, with
+    /// the tab kept in `tab` for a live task.
+    pub(super) fn open_in_browser(
+        &mut self,
+        task: &Task,
+        uri: &str,
+        extra_roots: &[Vec<u8>],
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<Tab, Stop> {
+        let engine = Engine::find(self.config.in_guest, &self.config.work_root)
+            .ok_or_else(|| failed(crate::browser::BrowserError::Missing))?;
+        let identity = self.browser_identity();
+        engine
+            .trust_roots(identity, extra_roots)
+            .map_err(|e| failed(chain(&e)))?;
+        let events = self.events_tx.clone();
+        let port = proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok()).map_err(failed)?;
+        let viewport = (
+            VIEWPORT.0.min(task.limits.max_width),
+            VIEWPORT.1.min(task.limits.max_height),
+        );
+        let started = Instant::now();
+        let (session, mut reader) = engine
+            .start(
+                identity,
+                Some(port),
+                viewport,
+                ChildLimits::browser(deadline.saturating_duration_since(Instant::now())),
+                deadline,
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        let events = self.events_tx.clone();
+        std::thread::spawn(move || loop {
+            let msg = reader.read_message();
+            let end = !matches!(msg, Ok(Some(_)));
+            if events.send(Event::Cdp(msg)).is_err() || end {
+                return;
+            }
+        });
+        self.log(
+            LogLevel::Info,
+            format!(
+                "browser: started in {} ms, opening {uri}",
+                started.elapsed().as_millis()
+            ),
+        )?;
+        let mut tab = Tab {
+            task: task.id,
+            session,
+            viewport,
+            shown: None,
+            pointer: (viewport.0 / 2, viewport.1 / 2),
+            conns: HashMap::new(),
+            by_stream: BTreeMap::new(),
+            poll_out: false,
+            calls: HashMap::new(),
+            refused: None,
+            loaded: false,
+            nav_error: None,
+            crashed: false,
+            location: (String::new(), String::new()),
+            screencast: false,
+            frames_sent: 0,
+        };
+        let id = tab
+            .session
+            .call("Page.navigate", json!({ "url": uri }))
+            .map_err(|e| failed(chain(&e)))?;
+        tab.calls.insert(id, Call::Navigate);
+        let loaded_at = Instant::now();
+        match self.pump(&mut tab, Goal::FirstFrame, deadline, budget) {
+            Ok(()) => {}
+            Err(stop) => {
+                tab.session.kill();
+                return Err(stop);
+            }
+        }
+        self.log(
+            LogLevel::Info,
+            format!(
+                "browser: first frame of {} after {} ms",
+                tab.location.0,
+                loaded_at.elapsed().as_millis()
+            ),
+        )?;
+        if let Some(why) = tab.nav_error.clone() {
+            tab.session.kill();
+            return Err(failed(why));
+        }
+        Ok(tab)
+    }
+
+    /// Serves a live tab after `Done` until `Shutdown` or the host goes.
+    pub(super) fn serve_live_tab(
+        &mut self,
+        tab: &mut Tab,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let id = tab
+            .session
+            .call(
+                "Page.startScreencast",
+                json!({ "format": "png", "maxWidth": tab.viewport.0,
+                        "maxHeight": tab.viewport.1, "everyNthFrame": 1 }),
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        let _ = id;
+        tab.screencast = true;
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        let result = self.pump(tab, Goal::Live, far, budget);
+        tab.session.kill();
+        result
+    }
+
+    /// Who the browser runs as: a uid of its own, like LibreOffice's, since
+    /// its threads count against the process limit.
+    fn browser_identity(&self) -> Identity {
+        Identity::for_sandbox(self.config.sandbox_uid.saturating_add(2))
+    }
+
+    fn pump(
+        &mut self,
+        tab: &mut Tab,
+        goal: Goal,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        loop {
+            if goal == Goal::FirstFrame && tab.frames_sent > 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Stop::Task(TaskStatus::TimedOut));
+            }
+            if tab.crashed {
+                return Err(failed(
+                    "the page's renderer crashed: it ran out of memory or hit a limit",
+                ));
+            }
+            let want_poll = !tab.conns.is_empty() || goal == Goal::Live;
+            if want_poll && !tab.poll_out {
+                self.send(GuestMessage::StreamPoll {
+                    wait_ms: POLL_WAIT_MS,
+                })?;
+                tab.poll_out = true;
+            }
+            let event = match self.events.recv_timeout(TICK) {
+                Ok(ev) => ev,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Err(Stop::Shutdown),
+            };
+            match event {
+                Event::Host(Ok(Some(msg))) => self.web_host(tab, msg, budget)?,
+                Event::Host(Ok(None)) => return Err(Stop::Shutdown),
+                Event::Host(Err(e)) => return Err(Stop::Link(e.into())),
+                Event::Cdp(Ok(Some(msg))) => self.web_cdp(tab, msg, budget)?,
+                Event::Cdp(Ok(None)) => {
+                    return Err(failed(format!(
+                        "the browser ended: {}",
+                        tab.session.log_tail()
+                    )))
+                }
+                Event::Cdp(Err(e)) => return Err(failed(chain(&e))),
+                Event::Proxy(ev) => self.web_proxy(tab, ev)?,
+                Event::PtyOutput(_) | Event::PtyClosed => {}
+            }
+        }
+    }
+
+    fn web_host(
+        &mut self,
+        tab: &mut Tab,
+        msg: HostMessage,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        match msg {
+            HostMessage::Stream(StreamReply::Opened { stream, outcome }) => {
+                self.stream_opened(tab, stream, outcome)
+            }
+            HostMessage::Stream(StreamReply::Data(list)) => {
+                tab.poll_out = false;
+                for data in list {
+                    stream_data(tab, data);
+                }
+                Ok(())
+            }
+            HostMessage::Input(event) => self.web_input(tab, &event, budget),
+            HostMessage::Shutdown => Err(Stop::Shutdown),
+            other => Ok(self.log(
+                LogLevel::Warn,
+                format!("ignored in a browser task: {other:?}"),
+            )?),
+        }
+    }
+
+    fn stream_opened(
+        &mut self,
+        tab: &mut Tab,
+        stream: StreamId,
+        outcome: EgressReply,
+    ) -> Result<(), Stop> {
+        let Some(&conn_id) = tab.by_stream.get(&stream) else {
+            return Ok(());
+        };
+        let Some(conn) = tab.conns.get_mut(&conn_id) else {
+            return Ok(());
+        };
+        match outcome {
+            EgressReply::Connected => {
+                conn.open = true;
+                let mut out = conn.first.take().unwrap_or_default();
+                if out.is_empty() && proxy::accept(&mut conn.client).is_err() {
+                    return self.close_conn(tab, conn_id);
+                }
+                out.append(&mut conn.held);
+                if !out.is_empty() {
+                    self.send(GuestMessage::StreamSend { stream, data: out })?;
+                }
+                Ok(())
+            }
+            EgressReply::Refused(why) | EgressReply::Failed(why) => {
+                let why = format!("{}: {why}", conn.target);
+                proxy::refuse(&mut conn.client, &why);
+                self.log(LogLevel::Info, format!("browser: {why}"))?;
+                tab.refused = Some(why);
+                tab.conns.remove(&conn_id);
+                tab.by_stream.remove(&stream);
+                Ok(())
+            }
+            EgressReply::Data(_) => Ok(()),
+        }
+    }
+
+    fn web_proxy(&mut self, tab: &mut Tab, ev: ProxyEvent) -> Result<(), Stop> {
+        match ev {
+            ProxyEvent::Open {
+                conn,
+                host,
+                port,
+                mut client,
+                first,
+            } => {
+                let Some(stream) = (0..=MAX_STREAMS).find(|s| !tab.by_stream.contains_key(s))
+                else {
+                    proxy::refuse(&mut client, "too many connections at once");
+                    return Ok(());
+                };
+                let target = format!("{host}:{port}");
+                tab.by_stream.insert(stream, conn);
+                tab.conns.insert(
+                    conn,
+                    Conn {
+                        stream,
+                        client,
+                        target,
+                        open: false,
+                        held: Vec::new(),
+                        first,
+                    },
+                );
+                self.send(GuestMessage::StreamOpen { stream, host, port })?;
+            }
+            ProxyEvent::Data { conn, data } => {
+                let Some(c) = tab.conns.get_mut(&conn) else {
+                    return Ok(());
+                };
+                if c.open {
+                    let stream = c.stream;
+                    for piece in data.chunks(crate::protocol::MAX_CHUNK_BYTES) {
+                        self.send(GuestMessage::StreamSend {
+                            stream,
+                            data: piece.to_vec(),
+                        })?;
+                    }
+                } else {
+                    c.held.extend_from_slice(&data);
+                }
+            }
+            ProxyEvent::Closed { conn } => self.close_conn(tab, conn)?,
+        }
+        Ok(())
+    }
+
+    fn close_conn(&mut self, tab: &mut Tab, conn: u64) -> Result<(), Stop> {
+        if let Some(c) = tab.conns.remove(&conn) {
+            let _ = c.client.shutdown(Shutdown::Both);
+            tab.by_stream.remove(&c.stream);
+            self.send(GuestMessage::StreamClose { stream: c.stream })?;
+        }
+        Ok(())
+    }
+
+    fn web_cdp(
+        &mut self,
+        tab: &mut Tab,
+        msg: Incoming,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        match msg {
+            Incoming::Reply { id, result } => match (tab.calls.remove(&id), result) {
+                (Some(Call::Navigate), Ok(v)) => {
+                    if let Some(err) = v.get("errorText").and_then(Value::as_str) {
+                        let why = match &tab.refused {
+                            Some(r) => format!("the page did not load ({err}): {r}"),
+                            None => format!("the page did not load: {err}"),
+                        };
+                        tab.nav_error = Some(why.clone());
+                        self.show_error_page(tab, &why)?;
+                    }
+                }
+                (Some(Call::Screenshot), Ok(v)) => {
+                    let data = v.get("data").and_then(Value::as_str).unwrap_or_default();
+                    self.show_png(tab, data, budget)?;
+                }
+                (Some(Call::ErrorPage), Ok(_)) => self.screenshot(tab)?,
+                (Some(call), Err(e)) => {
+                    self.log(LogLevel::Warn, format!("browser: {call:?}: {e}"))?;
+                    if call == Call::Navigate {
+                        tab.nav_error = Some(format!("the page did not load: {e}"));
+                        self.show_error_page(tab, &format!("the page did not load: {e}"))?;
+                    }
+                }
+                (None, _) => {}
+            },
+            Incoming::Event { method, params, .. } => match method.as_str() {
+                "Page.loadEventFired" => {
+                    tab.loaded = true;
+                    if !tab.screencast {
+                        self.screenshot(tab)?;
+                    }
+                }
+                "Page.frameNavigated" => {
+                    let frame = &params["frame"];
+                    if frame.get("parentId").is_none() {
+                        let url = frame["url"].as_str().unwrap_or_default().to_owned();
+                        if let Some(unreachable) =
+                            frame.get("unreachableUrl").and_then(Value::as_str)
+                        {
+                            let why = match &tab.refused {
+                                Some(r) => format!("{unreachable} was not loaded: {r}"),
+                                None => format!("{unreachable} could not be loaded"),
+                            };
+                            if tab.frames_sent > 0 {
+                                self.show_error_page(tab, &why)?;
+                            }
+                        } else if !url.starts_with("data:") {
+                            self.set_location(tab, url, None)?;
+                        }
+                    }
+                }
+                "Page.domContentEventFired" => {
+                    let _ = tab.session.call(
+                        "Runtime.evaluate",
+                        json!({ "expression": "document.title", "returnByValue": true }),
+                    );
+                }
+                "Page.screencastFrame" => {
+                    if let Some(ack) = params.get("sessionId").and_then(Value::as_u64) {
+                        let _ = tab
+                            .session
+                            .call("Page.screencastFrameAck", json!({ "sessionId": ack }));
+                    }
+                    let data = params["data"].as_str().unwrap_or_default().to_owned();
+                    self.show_png(tab, &data, budget)?;
+                }
+                "Inspector.targetCrashed" => tab.crashed = true,
+                "Page.javascriptDialogOpening" => {
+                    let _ = tab
+                        .session
+                        .call("Page.handleJavaScriptDialog", json!({ "accept": false }));
+                }
+                _ => {}
+            },
+        }
+        Ok(())
+    }
+
+    fn set_location(
+        &mut self,
+        tab: &mut Tab,
+        url: String,
+        title: Option<String>,
+    ) -> Result<(), Stop> {
+        let title = title.unwrap_or_else(|| tab.location.1.clone());
+        let mut url = url;
+        url.truncate(crate::protocol::MAX_URI_BYTES);
+        while !url.is_char_boundary(url.len()) {
+            url.pop();
+        }
+        if (url.as_str(), title.as_str()) != (tab.location.0.as_str(), tab.location.1.as_str()) {
+            tab.location = (url.clone(), title.clone());
+            self.send(GuestMessage::Location { url, title })?;
+        }
+        Ok(())
+    }
+
+    fn screenshot(&mut self, tab: &mut Tab) -> Result<(), Stop> {
+        let id = tab
+            .session
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .map_err(|e| failed(chain(&e)))?;
+        tab.calls.insert(id, Call::Screenshot);
+        Ok(())
+    }
+
+    /// Replaces the tab's page with Vitrine's own, saying why the page is
+    /// not there (a host the profile does not allow, a network error).
+    fn show_error_page(&mut self, tab: &mut Tab, why: &str) -> Result<(), Stop> {
+        let html = format!(
+            "<!doctype html><html><head><meta charset=utf-8><title>Not loaded</title></head>\
+             <body style=\"font:18px sans-serif;margin:48px;color:#222\">\
+             <h1 style=\"color:#a40000\">Vitrine did not load this page</h1><p>{}</p>\
+             <p>Only the hosts this profile allows are reachable from the sandbox.</p>\
+             </body></html>",
+            escape_html(why)
+        );
+        let id = tab
+            .session
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": format!("document.open();document.write({});document.close()",
+                        serde_json::to_string(&html).unwrap_or_default()) }),
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        tab.calls.insert(id, Call::ErrorPage);
+        Ok(())
+    }
+
+    /// Decodes a PNG of the viewport and sends what changed.
+    fn show_png(&mut self, tab: &mut Tab, b64: &str, budget: &mut PixelBudget) -> Result<(), Stop> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| failed(format!("a screenshot that is not base64: {e}")))?;
+        let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+            .map_err(|e| failed(format!("a screenshot that is not a PNG: {e}")))?
+            .to_rgba8();
+        let (w, h) = img.dimensions();
+        if w == 0 || h == 0 || w > tab.viewport.0.max(1) * 2 || h > tab.viewport.1.max(1) * 2 {
+            return Ok(());
+        }
+        let raster = Raster::from_rgba(w, h, img.into_raw()).map_err(failed)?;
+        let damage = match &tab.shown {
+            Some(old) if old.width() == w && old.height() == h => {
+                match changed_rect(old.rgba(), raster.rgba(), w, h) {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            _ => Rect { x: 0, y: 0, w, h },
+        };
+        if tab.frames_sent == 0 {
+            self.send(GuestMessage::PageInfo {
+                task: tab.task,
+                count: 1,
+            })?;
+        }
+        self.send_raster(0, &raster, damage, budget)?;
+        tab.frames_sent += 1;
+        tab.shown = Some(raster);
+        Ok(())
+    }
+
+    fn web_input(
+        &mut self,
+        tab: &mut Tab,
+        event: &InputEvent,
+        budget: &mut PixelBudget,
+    ) -> Result<(), Stop> {
+        let _ = budget;
+        let call = |tab: &mut Tab, method: &str, params: Value| {
+            tab.session
+                .call(method, params)
+                .map(|_| ())
+                .map_err(|e| failed(chain(&e)))
+        };
+        match event {
+            InputEvent::Button {
+                x, y, button, down, ..
+            } => {
+                tab.pointer = (*x, *y);
+                let button = match button {
+                    MouseButton::Left => "left",
+                    MouseButton::Middle => "middle",
+                    MouseButton::Right => "right",
+                };
+                let kind = if *down {
+                    "mousePressed"
+                } else {
+                    "mouseReleased"
+                };
+                call(
+                    tab,
+                    "Input.dispatchMouseEvent",
+                    json!({ "type": kind, "x": x, "y": y, "button": button, "clickCount": 1 }),
+                )
+            }
+            InputEvent::Motion { x, y, .. } => {
+                tab.pointer = (*x, *y);
+                call(
+                    tab,
+                    "Input.dispatchMouseEvent",
+                    json!({ "type": "mouseMoved", "x": x, "y": y }),
+                )
+            }
+            InputEvent::Scroll { dx, dy } => {
+                let (x, y) = tab.pointer;
+                call(
+                    tab,
+                    "Input.dispatchMouseEvent",
+                    json!({ "type": "mouseWheel", "x": x, "y": y,
+                            "deltaX": dx.saturating_mul(WHEEL_LINE),
+                            "deltaY": dy.saturating_mul(WHEEL_LINE) }),
+                )
+            }
+            InputEvent::Text(text) => call(tab, "Input.insertText", json!({ "text": text })),
+            InputEvent::Key(key) => {
+                if let Key::Char(c) = key.key {
+                    if !key.modifiers.ctrl && !key.modifiers.alt {
+                        return call(tab, "Input.insertText", json!({ "text": c.to_string() }));
+                    }
+                }
+                let Some((name, code)) = key_name(key.key) else {
+                    return Ok(());
+                };
+                let modifiers = u8::from(key.modifiers.alt)
+                    | (u8::from(key.modifiers.ctrl) << 1)
+                    | (u8::from(key.modifiers.shift) << 3);
+                for kind in ["rawKeyDown", "keyUp"] {
+                    call(
+                        tab,
+                        "Input.dispatchKeyEvent",
+                        json!({ "type": kind, "key": name, "code": name,
+                                "windowsVirtualKeyCode": code, "modifiers": modifiers }),
+                    )?;
+                }
+                Ok(())
+            }
+            InputEvent::Resize { width, height } => {
+                tab.viewport = (*width, *height);
+                call(
+                    tab,
+                    "Emulation.setDeviceMetricsOverride",
+                    json!({ "width": width, "height": height, "deviceScaleFactor": 1,
+                            "mobile": false }),
+                )?;
+                if tab.screencast {
+                    call(tab, "Page.stopScreencast", json!({}))?;
+                    call(
+                        tab,
+                        "Page.startScreencast",
+                        json!({ "format": "png", "maxWidth": width, "maxHeight": height,
+                                "everyNthFrame": 1 }),
+                    )?;
+                }
+                Ok(())
+            }
+            InputEvent::PageChange { .. } => Ok(()),
+        }
+    }
+}
+
+impl Tab {
+    /// Ends the browser.
+    pub(super) fn kill(&mut self) {
+        self.session.kill();
+    }
+}
+
+/// Hands the bytes of one poll answer to the browser's connection.
+fn stream_data(tab: &mut Tab, data: StreamData) {
+    let Some(&conn) = tab.by_stream.get(&data.stream) else {
+        return;
+    };
+    let Some(c) = tab.conns.get_mut(&conn) else {
+        return;
+    };
+    let broken = !data.data.is_empty() && c.client.write_all(&data.data).is_err();
+    if data.end || broken {
+        let _ = c.client.shutdown(Shutdown::Write);
+        if broken {
+            let _ = c.client.shutdown(Shutdown::Both);
+        }
+        tab.by_stream.remove(&data.stream);
+        tab.conns.remove(&conn);
+    }
+}
+
+/// The smallest rectangle holding every pixel that differs.
+fn changed_rect(old: &[u8], new: &[u8], w: u32, h: u32) -> Option<Rect> {
+    let row = usize::try_from(w).ok()? * 4;
+    let (mut top, mut bottom, mut left, mut right) = (None, 0u32, w, 0u32);
+    for y in 0..h {
+        let at = usize::try_from(y).ok()? * row;
+        let (a, b) = (old.get(at..at + row)?, new.get(at..at + row)?);
+        if a == b {
+            continue;
+        }
+        top.get_or_insert(y);
+        bottom = y;
+        let first = a.chunks(4).zip(b.chunks(4)).position(|(p, q)| p != q)?;
+        let last = a.chunks(4).zip(b.chunks(4)).rposition(|(p, q)| p != q)?;
+        left = left.min(u32::try_from(first).ok()?);
+        right = right.max(u32::try_from(last).ok()?);
+    }
+    let top = top?;
+    Some(Rect {
+        x: left,
+        y: top,
+        w: right - left + 1,
+        h: bottom - top + 1,
+    })
+}
+
+fn key_name(key: Key) -> Option<(&'static str, u32)> {
+    Some(match key {
+        Key::Enter => ("Enter", 13),
+        Key::Tab => ("Tab", 9),
+        Key::Backspace => ("Backspace", 8),
+        Key::Escape => ("Escape", 27),
+        Key::Up => ("ArrowUp", 38),
+        Key::Down => ("ArrowDown", 40),
+        Key::Left => ("ArrowLeft", 37),
+        Key::Right => ("ArrowRight", 39),
+        Key::Home => ("Home", 36),
+        Key::End => ("End", 35),
+        Key::PageUp => ("PageUp", 33),
+        Key::PageDown => ("PageDown", 34),
+        Key::Insert => ("Insert", 45),
+        Key::Delete => ("Delete", 46),
+        Key::F(_) | Key::Char(_) => return None,
+    })
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_changed_rect_bounds_every_changed_pixel() {
+        let (w, h) = (6u32, 5u32);
+        let old = vec![0u8; 6 * 5 * 4];
+        let mut new = old.clone();
+        assert_eq!(changed_rect(&old, &new, w, h), None);
+        new[(w as usize + 4) * 4] = 9; // (4, 1)
+        new[(3 * w as usize + 1) * 4 + 2] = 9; // (1, 3)
+        assert_eq!(
+            changed_rect(&old, &new, w, h),
+            Some(Rect {
+                x: 1,
+                y: 1,
+                w: 4,
+                h: 3
+            })
+        );
+    }
+
+    #[test]
+    fn error_pages_escape_what_they_quote() {
+        assert_eq!(
+            escape_html("<a href=\"x\">&"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The real shim, as a local process, showing a link in a real Chromium
+//! (Debian's `chromium-headless-shell`, named by `VITRINE_CHROMIUM`): the
+//! test plays the host's tunnel streams over real TCP to a local server.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{limits, Guest, Outcome};
+use vitrine_shim::protocol::{
+    EgressReply, GuestMessage, HostMessage, StreamData, StreamReply, TaskKind, TaskStatus,
+};
+
+const CHROMIUM: &str = "/usr/lib/chromium/chromium-headless-shell";
+
+/// A local HTTP server: `/` is a page with a styled heading, text written
+/// by JavaScript and an inline red PNG; it records every request line.
+struct Server {
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+fn server(pages: HashMap<&'static str, String>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let pages = pages.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let line = head.lines().next().unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(line.clone());
+                let path = line.split(' ').nth(1).unwrap_or("/");
+                let (status, body) = match pages.get(path) {
+                    Some(b) => ("200 OK", b.clone()),
+                    None => ("404 Not Found", "no".into()),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    Server { port, requests }
+}
+
+/// Plays the host: streams to 127.0.0.1 only, everything else refused.
+fn run_until_done(guest: &mut Guest, uri: &str, time_limit_ms: u32) -> (Outcome, Vec<String>) {
+    let kind = TaskKind::OpenUri {
+        uri: uri.into(),
+        now_unix_secs: 1_800_000_000,
+        extra_roots: Vec::new(),
+    };
+    let t0 = Instant::now();
+    guest.submit(kind, &[], limits(time_limit_ms));
+    let mut out = Outcome::default();
+    let mut streams: HashMap<u32, TcpStream> = HashMap::new();
+    let mut opened = Vec::new();
+    loop {
+        let msg = guest
+            .reader
+            .recv()
+            .unwrap()
+            .expect("shim closed before Done");
+        match msg {
+            GuestMessage::StreamOpen { stream, host, port } => {
+                opened.push(format!("{host}:{port}"));
+                let outcome = if host == "localhost" || host == "127.0.0.1" {
+                    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    streams.insert(stream, s);
+                    EgressReply::Connected
+                } else {
+                    EgressReply::Refused(format!("{host}:{port} is not in the test's list"))
+                };
+                guest.send(HostMessage::Stream(StreamReply::Opened { stream, outcome }));
+            }
+            GuestMessage::StreamSend { stream, data } => {
+                if let Some(s) = streams.get_mut(&stream) {
+                    s.set_nonblocking(false).unwrap();
+                    let _ = s.write_all(&data);
+                    s.set_nonblocking(true).unwrap();
+                }
+            }
+            GuestMessage::StreamClose { stream } => {
+                streams.remove(&stream);
+            }
+            GuestMessage::StreamPoll { wait_ms } => {
+                std::thread::sleep(Duration::from_millis(u64::from(wait_ms).min(5)));
+                let mut list = Vec::new();
+                let mut ended = Vec::new();
+                for (&id, s) in &mut streams {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    match s.read(&mut buf) {
+                        Ok(0) => {
+                            ended.push(id);
+                            list.push(StreamData {
+                                stream: id,
+                                data: Vec::new(),
+                                end: true,
+                            });
+                        }
+                        Ok(n) => list.push(StreamData {
+                            stream: id,
+                            data: buf[..n].to_vec(),
+                            end: false,
+                        }),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            ended.push(id);
+                            list.push(StreamData {
+                                stream: id,
+                                data: Vec::new(),
+                                end: true,
+                            });
+                        }
+                    }
+                }
+                for id in ended {
+                    streams.remove(&id);
+                }
+                guest.send(HostMessage::Stream(StreamReply::Data(list)));
+            }
+            GuestMessage::Location { .. } => {}
+            other => {
+                if guest.apply(&mut out, other, t0) {
+                    return (out, opened);
+                }
+            }
+        }
+    }
+}
+
+fn have_chromium(test: &str) -> bool {
+    if Path::new(CHROMIUM).is_file() {
+        return true;
+    }
+    support::skip(test, "Debian's chromium-headless-shell is not installed");
+    false
+}
+
+fn guest() -> Guest {
+    Guest::start_with_env(&[("VITRINE_CHROMIUM", Path::new(CHROMIUM))])
+}
+
+const RED_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP4z8CAFWEXHbQSACj/P8Fu7N9hAAAAAElFTkSuQmCC";
+
+#[test]
+fn a_link_is_shown_by_the_browser_with_its_styles_script_and_image() {
+    if !have_chromium("a_link_is_shown_by_the_browser_with_its_styles_script_and_image") {
+        return;
+    }
+    // Arrange
+    let page = format!(
+        "<!doctype html><html><head><title>Test page</title></head>\
+         <body style=\"margin:0;background:#fff\">\
+         <h1 style=\"color:#0000ff;font:bold 48px sans-serif;margin:20px\">Styled heading</h1>\
+         <p id=js style=\"font:32px sans-serif;margin:20px\"></p>\
+         <script>document.getElementById('js').textContent='Written by script';</script>\
+         <img src=\"data:image/png;base64,{RED_PNG}\" width=100 height=100 \
+              style=\"position:absolute;left:400px;top:300px\"></body></html>"
+    );
+    let srv = server(HashMap::from([("/", page)]));
+    let mut guest = guest();
+
+    // Act
+    let uri = format!("http://localhost:{}/", srv.port);
+    let (out, opened) = run_until_done(&mut guest, &uri, 60_000);
+
+    // Assert
+    assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
+    assert!(
+        opened.contains(&format!("localhost:{}", srv.port)),
+        "{opened:?}"
+    );
+    let shot = out.pages.get(&0).expect("no frame of the page");
+    let rgba = shot.rgba();
+    let at = |x: u32, y: u32| {
+        let i = ((y * shot.width() + x) * 4) as usize;
+        (rgba[i], rgba[i + 1], rgba[i + 2])
+    };
+    assert_eq!(
+        at(450, 350),
+        (255, 0, 0),
+        "the image's red is not at its place"
+    );
+    let blue = (0..shot.height())
+        .flat_map(|y| (0..shot.width()).map(move |x| (x, y)))
+        .filter(|&(x, y)| at(x, y) == (0, 0, 255))
+        .count();
+    assert!(blue > 500, "the heading's blue has {blue} pixels");
+    assert!(srv
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.starts_with("GET / ")));
+    guest.shutdown();
+}
