@@ -137,6 +137,12 @@ pub trait TaskObserver {
     fn frame(&mut self, _frame: &Frame) {}
     /// The guest offered a file for export (not yet checked against a profile).
     fn export_offer(&mut self, _offer: &ExportOffer) {}
+    /// The page a browser tab shows now (the guest's `Location`).
+    fn location(&mut self, _url: &str, _title: &str) {}
+    /// A live page's user is done with it (its window closed).
+    fn live_over(&mut self) -> bool {
+        true
+    }
     /// User input to send to the guest now (called after each message).
     fn input(&mut self) -> Vec<InputEvent> {
         Vec::new()
@@ -202,6 +208,8 @@ pub struct TaskRun {
     /// An office document the guest's LibreOffice converted (the shim's
     /// `office: ...` log line).
     pub office: Option<OfficeRun>,
+    /// The URL a browser tab showed last (the guest's `Location`).
+    pub location: Option<String>,
     /// Files the guest offered for export, in order.
     pub exports: Vec<ExportOffer>,
     /// A safe-copy task's print data (resolution, OCR words), by page.
@@ -249,6 +257,9 @@ pub struct TaskInput {
     pub limits: Limits,
     /// Render for a safe copy (files only).
     pub safe_copy: Option<SafeCopy>,
+    /// A window shows the task: a page that stays live (a browser tab)
+    /// keeps serving after `Done` (see [`serve_live`]).
+    pub live: bool,
 }
 
 impl TaskInput {
@@ -263,6 +274,7 @@ impl TaskInput {
             data,
             limits,
             safe_copy: None,
+            live: false,
         }
     }
 
@@ -280,6 +292,7 @@ impl TaskInput {
             data: Vec::new(),
             limits,
             safe_copy: None,
+            live: false,
         }
     }
 
@@ -311,6 +324,7 @@ impl TaskInput {
             data,
             limits,
             safe_copy: None,
+            live: false,
         }
     }
 }
@@ -404,6 +418,7 @@ pub fn flatten_export(
         data: Vec::new(),
         limits,
         safe_copy: Some(safe_copy),
+        live: false,
     };
     drive(
         channel,
@@ -456,7 +471,7 @@ fn drive(
             kind: input.kind.clone(),
             limits: input.limits,
             safe_copy: input.safe_copy.clone(),
-            live: false,
+            live: input.live,
         }),
     };
     channel.send(&start).map_err(|e| fail(e, &seen))?;
@@ -562,6 +577,10 @@ fn drive(
                 }
                 run.logs.push(format!("{level:?}: {text}"));
             }
+            GuestMessage::Location { url, title } => {
+                observer.location(&url, &title);
+                run.location = Some(url);
+            }
             GuestMessage::ExportOffer(offer) => {
                 if run.exports.len() >= usize::try_from(MAX_EXPORTS_HELD).unwrap_or(usize::MAX) {
                     return Err(TaskError::ExportMismatch {
@@ -598,6 +617,83 @@ fn drive(
                 .map_err(|e| fail(e, &seen))?;
         }
     }
+}
+
+/// What a live page did after `Done`.
+#[derive(Debug, Default)]
+pub struct LiveRun {
+    /// Frames received and shown.
+    pub frames: usize,
+    /// Pixel bytes received.
+    pub pixel_bytes: u64,
+    /// Files offered for export after `Done` (downloads).
+    pub exports: Vec<ExportOffer>,
+}
+
+/// After `Done` of a live task (a browser tab in a window): carries the
+/// page's frames to the observer and the user's input back, and serves its
+/// network, until the observer says the user is done, the guest ends or
+/// `deadline` passes. Each frame is checked as before `Done`: page 0, the
+/// task's page limits.
+pub fn serve_live(
+    channel: &mut GuestChannel,
+    input: &TaskInput,
+    deadline: Instant,
+    observer: &mut dyn TaskObserver,
+) -> Result<LiveRun, TaskError> {
+    let mut live = LiveRun::default();
+    let fail = |source| TaskError::Channel {
+        source,
+        after: Duration::ZERO,
+        seen: "live page".into(),
+    };
+    while !observer.live_over() {
+        let msg = match channel.recv_until(deadline) {
+            Ok(msg) => msg,
+            Err(ChannelError::TimedOut(_)) => return Ok(live),
+            Err(e) => return Err(fail(e)),
+        };
+        match msg {
+            GuestMessage::Frame(frame) => {
+                if frame.page != 0 {
+                    return Err(TaskError::PageOutOfRange {
+                        page: frame.page,
+                        pages: 1,
+                    });
+                }
+                if frame.width > input.limits.max_width || frame.height > input.limits.max_height
+                {
+                    return Err(TaskError::PageTooLarge {
+                        width: frame.width,
+                        height: frame.height,
+                        max_width: input.limits.max_width,
+                        max_height: input.limits.max_height,
+                    });
+                }
+                live.frames += 1;
+                live.pixel_bytes += u64::try_from(frame.pixels.len()).unwrap_or(u64::MAX);
+                observer.frame(&frame);
+            }
+            GuestMessage::Location { url, title } => observer.location(&url, &title),
+            GuestMessage::Log { level, text } => log::debug!("live page: {level:?}: {text}"),
+            GuestMessage::ExportOffer(offer) => live.exports.push(offer),
+            msg @ (GuestMessage::EgressOpen { .. }
+            | GuestMessage::EgressSend { .. }
+            | GuestMessage::EgressRecv { .. }
+            | GuestMessage::EgressClose) => {
+                if let Some(reply) = observer.egress(&msg, deadline) {
+                    channel.send(&HostMessage::Egress(reply)).map_err(fail)?;
+                }
+            }
+            other => log::debug!("live page: ignored {other:?}"),
+        }
+        for event in observer.input() {
+            channel
+                .send(&HostMessage::Input(within(event, &input.limits)))
+                .map_err(fail)?;
+        }
+    }
+    Ok(live)
 }
 
 /// `event`, with a resize cut to the task's page limits: a window larger
@@ -1206,6 +1302,7 @@ mod tests {
             data: Vec::new(),
             limits: limits(),
             safe_copy: None,
+            live: false,
         };
         let started = Instant::now();
 

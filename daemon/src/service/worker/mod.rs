@@ -29,7 +29,9 @@ use crate::egress::EgressTunnel;
 use crate::fresh_guest::DONE_MARGIN;
 use crate::open_file::{self, Subject};
 use crate::pages;
-use crate::task::{self, run_task_observed, TaskError, TaskInput, TaskObserver, TaskRun};
+use crate::task::{
+    self, run_task_observed, serve_live, TaskError, TaskInput, TaskObserver, TaskRun,
+};
 use crate::viewer::ViewerLink;
 
 /// How long the VM may take to end after `Shutdown` before it is killed.
@@ -587,7 +589,7 @@ impl Worker<'_> {
         viewer: &mut Option<ViewerLink>,
     ) -> String {
         let Prepared {
-            input,
+            mut input,
             name,
             profile,
         } = prepared;
@@ -681,6 +683,8 @@ impl Worker<'_> {
         }
         let limit = Duration::from_millis(input.limits.time_limit_ms.into()) + DONE_MARGIN;
         let deadline = (Instant::now() + limit).min(started + profile.time_limit);
+        // A link in a window stays a live tab after its first frame.
+        input.live = viewer.is_some() && matches!(input.kind, vitrine_shim::protocol::TaskKind::OpenUri { .. });
         let mut observer = Streamer {
             egress: EgressTunnel::new(&profile.name, profile.egress.clone()),
             worker: self,
@@ -689,8 +693,19 @@ impl Worker<'_> {
             pixel_bytes: 0,
             first_frame: false,
             shown_noted: false,
+            live: false,
+            closed: false,
         };
-        let result = run_task_observed(&mut channel, 1, &input, deadline, &mut observer);
+        let mut result = run_task_observed(&mut channel, 1, &input, deadline, &mut observer);
+        if let (Ok(run), true) = (&result, input.live) {
+            if matches!(run.status, Some(vitrine_shim::protocol::TaskStatus::Ok)) {
+                observer.worker.state("live");
+                observer.live = true;
+                if let Err(e) = serve_live(&mut channel, &input, deadline, &mut observer) {
+                    result = Err(e);
+                }
+            }
+        }
         // The next task of this shape finds a VM ready: booted now, on the
         // pool's own thread, once this one no longer needs the CPU to render.
         self.ctx.pool.refill(&config);
@@ -896,6 +911,10 @@ struct Streamer<'w, 'c> {
     first_frame: bool,
     /// "first-frame-shown" was recorded.
     shown_noted: bool,
+    /// Past `Done` of a live page: a closed window ends it, not cancels it.
+    live: bool,
+    /// The user closed the window of a live page.
+    closed: bool,
     /// The guest's only network.
     egress: EgressTunnel,
 }
@@ -923,13 +942,32 @@ impl TaskObserver for Streamer<'_, '_> {
         self.worker.detail("pages", count.to_string());
     }
 
+    fn location(&mut self, url: &str, title: &str) {
+        self.worker.detail("location", url);
+        if !title.is_empty() {
+            self.worker.detail("title", title);
+        }
+        if let Some(link) = self.viewer.as_deref_mut() {
+            let _ = link.send_title(url);
+        }
+    }
+
+    fn live_over(&mut self) -> bool {
+        self.closed || self.viewer.is_none() || self.worker.control.cancelled()
+    }
+
     fn input(&mut self) -> Vec<InputEvent> {
         let Some(link) = self.viewer.as_deref_mut() else {
             return Vec::new();
         };
         if link.closed() {
-            // The user closed the window: the task is not wanted any more.
-            self.worker.control.cancel_from_worker();
+            if self.live {
+                // The user is done with the page: the task ends as it was.
+                self.closed = true;
+            } else {
+                // The user closed the window: the task is not wanted any more.
+                self.worker.control.cancel_from_worker();
+            }
             return Vec::new();
         }
         link.poll_input()
