@@ -8,6 +8,7 @@
 
 pub mod canvas;
 mod link;
+mod pointer;
 pub mod window;
 pub mod wire;
 
