@@ -18,6 +18,7 @@ use winit::keyboard::{Key as WKey, ModifiersState, NamedKey};
 use winit::window::{Window, WindowId};
 
 use super::canvas::{Canvas, Click, Layout, StatusFont};
+use super::link::window_title;
 use super::pointer::GuestPointer;
 use super::wire::{self, Message};
 
@@ -99,7 +100,7 @@ pub fn run(title: &str, stream: UnixStream) -> Result<(), WindowError> {
         .name("daemon-reader".into())
         .spawn(move || read_daemon(from_daemon, &proxy))?;
     let mut viewer = Viewer {
-        title: super::link::window_title(title.trim_end_matches(" (sandboxed)")),
+        title: window_title(title.trim_end_matches(" (sandboxed)")),
         to_daemon: stream,
         canvas: Canvas::new(),
         font: StatusFont::load(),
@@ -271,6 +272,15 @@ impl Viewer {
         }
     }
 
+    fn set_title(&mut self, text: &str) {
+        // The viewer adds the marker itself: no text, from the guest or
+        // anywhere else, makes a window that does not say it is sandboxed.
+        self.title = window_title(text);
+        if let Some(shown) = &self.shown {
+            shown.window.set_title(&self.title);
+        }
+    }
+
     fn send_resize(&mut self) {
         let content = self.layout().content;
         if content.w > 0 && content.h > 0 {
@@ -367,6 +377,7 @@ impl ApplicationHandler<FromDaemon> for Viewer {
                 self.canvas.set_status(&text);
                 self.request_redraw();
             }
+            FromDaemon::Message(Message::Title(text)) => self.set_title(&text),
             FromDaemon::Message(other) => {
                 eprintln!(
                     "vitrine-viewer: ignoring a viewer-side message from the daemon: {other:?}"

@@ -678,7 +678,7 @@ fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), WireErro
 
 fn utf8(field: &'static str, bytes: &[u8]) -> Result<String, WireError> {
     // Check the cap before copying: the body cap is far above the field caps.
-    let max = if field == "status" {
+    let max = if matches!(field, "status" | "title") {
         MAX_STATUS_BYTES
     } else {
         MAX_TEXT_BYTES
@@ -816,6 +816,32 @@ mod tests {
                 width: 800,
                 height: 600,
             },
+            InputEvent::Button {
+                page: 0,
+                x: 0,
+                y: MAX_DIM - 1,
+                button: MouseButton::Left,
+                down: true,
+            },
+            InputEvent::Button {
+                page: 3,
+                x: 17,
+                y: 4,
+                button: MouseButton::Middle,
+                down: false,
+            },
+            InputEvent::Button {
+                page: 0,
+                x: 640,
+                y: 480,
+                button: MouseButton::Right,
+                down: true,
+            },
+            InputEvent::Motion {
+                page: 0,
+                x: 12,
+                y: 34,
+            },
         ]
     }
 
@@ -825,6 +851,7 @@ mod tests {
             Message::Frame(frame(3, 2)),
             Message::Status("finished: clean".into()),
             Message::Pages(3),
+            Message::Title("https://example.org/ — Example".into()),
             Message::Closed,
             Message::Presented { frames: 7 },
         ];
@@ -945,6 +972,38 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn unknown_buttons_and_button_states_and_overlong_titles_are_refused() {
+        let press = |button: u8, down: u8| {
+            let mut body = Vec::new();
+            for v in [0u32, 10, 20] {
+                body.extend_from_slice(&v.to_le_bytes());
+            }
+            body.extend_from_slice(&[button, down]);
+            finish(TAG_BUTTON, &body)
+        };
+        assert!(decode(&press(2, 1)).is_ok());
+        assert!(matches!(
+            decode(&press(3, 1)),
+            Err(WireError::OutOfRange {
+                field: "button",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(&press(0, 2)),
+            Err(WireError::OutOfRange {
+                field: "button state",
+                ..
+            })
+        ));
+        let long = "x".repeat(MAX_STATUS_BYTES + 1);
+        assert!(matches!(
+            decode(&finish(TAG_TITLE, long.as_bytes())),
+            Err(WireError::TooLong { field: "title", .. })
+        ));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
 
@@ -957,7 +1016,8 @@ mod tests {
         #[test]
         fn decode_never_panics_on_plausible_headers(
             tag in prop_oneof![Just(TAG_FRAME), Just(TAG_STATUS), Just(TAG_PAGES), Just(TAG_KEY), Just(TAG_TEXT),
-                               Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), Just(TAG_PRESENTED), any::<u8>()],
+                               Just(TAG_SCROLL), Just(TAG_PAGE_CHANGE), Just(TAG_RESIZE), Just(TAG_CLOSED), Just(TAG_PRESENTED),
+                               Just(TAG_TITLE), Just(TAG_BUTTON), Just(TAG_MOTION), any::<u8>()],
             fields in proptest::collection::vec(any::<u32>(), 0..8),
             tail in proptest::collection::vec(any::<u8>(), 0..64),
             len_delta in -4i64..4,
