@@ -747,6 +747,92 @@ fn clicks_on_the_page_reach_the_guest_as_the_page_pixels_under_the_cursor() -> a
 }
 
 #[test]
+fn fast_pointer_moves_reach_the_guest_in_order_and_end_on_the_last_pixel() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!(
+            "SKIPPED fast_pointer_moves_reach_the_guest_in_order_and_end_on_the_last_pixel: {reason}"
+        );
+        return Ok(());
+    }
+    // Arrange: a page on screen and the guest's pointer on it.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "moving-page")?;
+    let window = wait_for(|| find_window(&display, "moving-page"), "the viewer window")?;
+    let geo = geometry(&display, window)?;
+    let content = Layout::new(geo.width, geo.height).content;
+    link.send_frame(&coordinate_page(320, 200))?;
+    let (ox, oy) = (geo.x + content.x, geo.y + content.y);
+    wait_for(
+        || {
+            let shot = screenshot(&display).ok()?;
+            (coordinate_of(shot.at(ox, oy)) == Some((0, 0))).then_some(())
+        },
+        "the page on screen",
+    )?;
+    let start = (ox + 10).to_string();
+    xdotool(
+        &display,
+        &["mousemove", "--sync", &start, &(oy + 10).to_string()],
+    )?;
+    wait_input(
+        &mut link,
+        |e| {
+            *e == InputEvent::Motion {
+                page: 0,
+                x: 10,
+                y: 10,
+            }
+        },
+        "the first motion",
+    )?;
+
+    // Act: one burst of moves, each pixel twice, faster than the throttle.
+    let mut burst = Vec::new();
+    for x in 11..=30 {
+        for _ in 0..2 {
+            burst.extend([
+                "mousemove".to_owned(),
+                (ox + x).to_string(),
+                (oy + 10).to_string(),
+            ]);
+        }
+    }
+    let burst: Vec<&str> = burst.iter().map(String::as_str).collect();
+    xdotool(&display, &burst)?;
+    let moved = inputs_until(
+        &mut link,
+        |e| {
+            *e == InputEvent::Motion {
+                page: 0,
+                x: 30,
+                y: 10,
+            }
+        },
+        "the motion to the burst's last pixel",
+    )?;
+
+    // Assert: motion only, left to right, never the same pixel twice in a
+    // row, and the last move is not lost to the coalescing.
+    let xs: Vec<u32> = moved
+        .iter()
+        .map(|e| match e {
+            InputEvent::Motion { page: 0, x, y: 10 } => Ok(*x),
+            other => Err(anyhow::anyhow!("not a motion on row 10: {other:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        xs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {xs:?}"
+    );
+    assert_eq!(xs.last(), Some(&30));
+    eprintln!("40 moves over 20 pixels came as {} motion events", xs.len());
+    Ok(())
+}
+
+#[test]
 fn window_title_follows_the_daemon_and_keeps_the_sandbox_marker() -> anyhow::Result<()> {
     if let Some(reason) = skip_reason() {
         eprintln!("SKIPPED window_title_follows_the_daemon_and_keeps_the_sandbox_marker: {reason}");
