@@ -1,18 +1,19 @@
 //! The real viewer under a real X server: `vitrine-viewer` spawned through
 //! `ViewerLink` on a private Xvfb shows the frames it is sent at the right
 //! place (read back from a screenshot of the root window), sends back the
-//! keys and clicks that xdotool makes, and reports when its window is closed
-//! the way a window manager closes it.
+//! keys and clicks that xdotool makes (clicks on a page as the page pixels
+//! under the cursor), titles its window as the daemon says, and reports when
+//! its window is closed the way a window manager closes it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vitrine_daemon::viewer::canvas::{
-    Layout, BACKGROUND, SANDBOX_COLOUR, SAVE_WIDTH, STATUS_HEIGHT,
+    Layout, BACKGROUND, LINE_PIXELS, NAV_WIDTH, SANDBOX_COLOUR, SAVE_WIDTH, STATUS_HEIGHT,
 };
 use vitrine_daemon::viewer::ViewerLink;
-use vitrine_shim::protocol::{Frame, InputEvent, Key, PixelFormat, Rect};
+use vitrine_shim::protocol::{Frame, InputEvent, Key, MouseButton, PixelFormat, Rect};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{ClientMessageEvent, ConnectionExt, EventMask};
 
@@ -238,6 +239,118 @@ fn solid(page: u32, rect: Rect, rgb: [u8; 3]) -> Frame {
         format: PixelFormat::Rgba8,
         pixels: [rgb[0], rgb[1], rgb[2], 255].repeat(usize::try_from(rect.w * rect.h).unwrap()),
     }
+}
+
+/// A page whose every pixel says where it is: red is x's low byte, green
+/// y's low byte, blue their high bits (over 0x80, so no pixel is black).
+fn coordinate_page(width: u32, height: u32) -> Frame {
+    let mut pixels = Vec::with_capacity(usize::try_from(width * height * 4).unwrap());
+    for y in 0..height {
+        for x in 0..width {
+            let high = u8::try_from(0x80 | (x >> 8) << 3 | (y >> 8)).unwrap();
+            pixels.extend_from_slice(&[(x & 0xFF) as u8, (y & 0xFF) as u8, high, 255]);
+        }
+    }
+    Frame {
+        page: 0,
+        width,
+        height,
+        rect: Rect {
+            x: 0,
+            y: 0,
+            w: width,
+            h: height,
+        },
+        format: PixelFormat::Rgba8,
+        pixels,
+    }
+}
+
+/// The page pixel a [`coordinate_page`] pixel on screen says it is.
+fn coordinate_of(pixel: u32) -> Option<(u32, u32)> {
+    let (r, g, b) = (pixel >> 16 & 0xFF, pixel >> 8 & 0xFF, pixel & 0xFF);
+    (b & 0xF0 == 0x80).then_some(((b >> 3 & 1) << 8 | r, (b & 7) << 8 | g))
+}
+
+/// Input events up to and including the first that `last` matches.
+fn inputs_until(
+    link: &mut ViewerLink,
+    last: impl Fn(&InputEvent) -> bool,
+    what: &str,
+) -> anyhow::Result<Vec<InputEvent>> {
+    let mut seen = Vec::new();
+    let found = wait_for(
+        || {
+            for e in link.poll_input() {
+                let done = last(&e);
+                seen.push(e);
+                if done {
+                    return Some(());
+                }
+            }
+            None
+        },
+        what,
+    );
+    found.map_err(|e| anyhow::anyhow!("{e}; saw {seen:?}"))?;
+    Ok(seen)
+}
+
+/// The wheel lines down the viewer reported, once it reported some and then
+/// nothing more for half a second. winit 0.30 turns both the press and the
+/// release of X button 5 into a wheel event, so one `xdotool click 5` may
+/// be one line or two; the viewer's canvas scrolls by what it reports.
+fn wheel_lines_settled(link: &mut ViewerLink) -> anyhow::Result<u32> {
+    let mut lines = 0;
+    let mut last_seen = Instant::now();
+    wait_for(
+        || {
+            for e in link.poll_input() {
+                if let InputEvent::Scroll { dy, .. } = e {
+                    lines += dy;
+                    last_seen = Instant::now();
+                }
+            }
+            (lines > 0 && last_seen.elapsed() > Duration::from_millis(500)).then_some(())
+        },
+        "the wheel's scroll events",
+    )?;
+    Ok(u32::try_from(lines)?)
+}
+
+fn buttons(events: &[InputEvent]) -> Vec<InputEvent> {
+    events
+        .iter()
+        .filter(|e| matches!(e, InputEvent::Button { .. }))
+        .cloned()
+        .collect()
+}
+
+fn left(x: u32, y: u32, down: bool) -> InputEvent {
+    InputEvent::Button {
+        page: 0,
+        x,
+        y,
+        button: MouseButton::Left,
+        down,
+    }
+}
+
+fn is_left_release(e: &InputEvent) -> bool {
+    matches!(
+        e,
+        InputEvent::Button {
+            button: MouseButton::Left,
+            down: false,
+            ..
+        }
+    )
+}
+
+fn click_at(display: &str, x: u32, y: u32) -> anyhow::Result<()> {
+    let (x, y) = (x.to_string(), y.to_string());
+    xdotool(display, &["mousemove", "--sync", &x, &y, "click", "1"])?;
+    Ok(())
 }
 
 fn wait_input(
@@ -538,6 +651,225 @@ fn viewer_without_a_display_exits_and_the_link_reports_closed() -> anyhow::Resul
     // Assert: the task sees a closed viewer instead of hanging on it.
     wait_for(|| link.closed().then_some(()), "closed() without a display")?;
     assert!(link.send_status("late").is_err());
+    Ok(())
+}
+
+#[test]
+fn clicks_on_the_page_reach_the_guest_as_the_page_pixels_under_the_cursor() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!(
+            "SKIPPED clicks_on_the_page_reach_the_guest_as_the_page_pixels_under_the_cursor: {reason}"
+        );
+        return Ok(());
+    }
+    // Arrange: a page taller than the window, each pixel coloured by its
+    // own coordinates, scrolled down one wheel notch.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "live-page")?;
+    let window = wait_for(|| find_window(&display, "live-page"), "the viewer window")?;
+    let geo = geometry(&display, window)?;
+    let content = Layout::new(geo.width, geo.height).content;
+    let (page_w, page_h) = (320, content.h + 200);
+    link.send_frame(&coordinate_page(page_w, page_h))?;
+    let (ox, oy) = (geo.x + content.x, geo.y + content.y);
+    wait_for(
+        || {
+            let shot = screenshot(&display).ok()?;
+            (coordinate_of(shot.at(ox, oy)) == Some((0, 0))).then_some(())
+        },
+        "the page on screen",
+    )?;
+    let scroll = u32::try_from(LINE_PIXELS)?;
+    let (cx, cy) = (ox + 123, oy + 321);
+    xdotool(
+        &display,
+        &["mousemove", "--sync", &cx.to_string(), &cy.to_string()],
+    )?;
+    xdotool(&display, &["click", "5"])?;
+    let lines = wheel_lines_settled(&mut link)?;
+    let scrolled = lines * scroll;
+    let expected = (123, 321 + scrolled);
+    wait_for(
+        || {
+            let shot = screenshot(&display).ok()?;
+            (coordinate_of(shot.at(cx, cy)) == Some(expected)).then_some(())
+        },
+        "the scrolled page on screen, with the expected pixel under the cursor",
+    )?;
+
+    // Act: a left click there.
+    xdotool(&display, &["click", "1"])?;
+    let clicked = inputs_until(&mut link, is_left_release, "the click's release")?;
+
+    // Assert: a move to that pixel, the press, the release, all on it.
+    let (x, y) = expected;
+    let press_at = clicked
+        .iter()
+        .position(|e| *e == left(x, y, true))
+        .ok_or_else(|| anyhow::anyhow!("no press at {expected:?} in {clicked:?}"))?;
+    assert!(press_at > 0, "a motion comes before the press: {clicked:?}");
+    assert_eq!(clicked[press_at - 1], InputEvent::Motion { page: 0, x, y });
+    assert_eq!(buttons(&clicked), vec![left(x, y, true), left(x, y, false)]);
+
+    // Act: clicks right of the page, on the frame, on "previous" and on
+    // "save safe copy", then one more on the page to close the sequence.
+    let bar_y = geo.y + geo.height - STATUS_HEIGHT / 2;
+    let previous_x = geo.x + geo.width - NAV_WIDTH - NAV_WIDTH / 2;
+    let save_x = geo.x + geo.width - 2 * NAV_WIDTH - SAVE_WIDTH / 2;
+    click_at(&display, ox + page_w + 20, oy + 10)?;
+    click_at(&display, geo.x + 1, geo.y + 1)?;
+    click_at(&display, previous_x, bar_y)?;
+    click_at(&display, save_x, bar_y)?;
+    click_at(&display, ox + 7, oy + 5)?;
+    let later = inputs_until(&mut link, is_left_release, "the last click's release")?;
+
+    // Assert: only the click on the page reached the guest; the control
+    // still did its job.
+    let last = (7, 5 + scrolled);
+    assert_eq!(
+        buttons(&later),
+        vec![left(last.0, last.1, true), left(last.0, last.1, false)]
+    );
+    assert!(
+        !later
+            .iter()
+            .any(|e| matches!(e, InputEvent::PageChange { .. })),
+        "no page before the first: {later:?}"
+    );
+    wait_for(
+        || link.take_safe_copy_request().then_some(()),
+        "the viewer's safe copy request",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn fast_pointer_moves_reach_the_guest_in_order_and_end_on_the_last_pixel() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!(
+            "SKIPPED fast_pointer_moves_reach_the_guest_in_order_and_end_on_the_last_pixel: {reason}"
+        );
+        return Ok(());
+    }
+    // Arrange: a page on screen and the guest's pointer on it.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "moving-page")?;
+    let window = wait_for(|| find_window(&display, "moving-page"), "the viewer window")?;
+    let geo = geometry(&display, window)?;
+    let content = Layout::new(geo.width, geo.height).content;
+    link.send_frame(&coordinate_page(320, 200))?;
+    let (ox, oy) = (geo.x + content.x, geo.y + content.y);
+    wait_for(
+        || {
+            let shot = screenshot(&display).ok()?;
+            (coordinate_of(shot.at(ox, oy)) == Some((0, 0))).then_some(())
+        },
+        "the page on screen",
+    )?;
+    let start = (ox + 10).to_string();
+    xdotool(
+        &display,
+        &["mousemove", "--sync", &start, &(oy + 10).to_string()],
+    )?;
+    wait_input(
+        &mut link,
+        |e| {
+            *e == InputEvent::Motion {
+                page: 0,
+                x: 10,
+                y: 10,
+            }
+        },
+        "the first motion",
+    )?;
+
+    // Act: one burst of moves, each pixel twice, faster than the throttle.
+    let mut burst = Vec::new();
+    for x in 11..=30 {
+        for _ in 0..2 {
+            burst.extend([
+                "mousemove".to_owned(),
+                (ox + x).to_string(),
+                (oy + 10).to_string(),
+            ]);
+        }
+    }
+    let burst: Vec<&str> = burst.iter().map(String::as_str).collect();
+    xdotool(&display, &burst)?;
+    let moved = inputs_until(
+        &mut link,
+        |e| {
+            *e == InputEvent::Motion {
+                page: 0,
+                x: 30,
+                y: 10,
+            }
+        },
+        "the motion to the burst's last pixel",
+    )?;
+
+    // Assert: motion only, left to right, never the same pixel twice in a
+    // row, and the last move is not lost to the coalescing.
+    let xs: Vec<u32> = moved
+        .iter()
+        .map(|e| match e {
+            InputEvent::Motion { page: 0, x, y: 10 } => Ok(*x),
+            other => Err(anyhow::anyhow!("not a motion on row 10: {other:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        xs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {xs:?}"
+    );
+    assert_eq!(xs.last(), Some(&30));
+    eprintln!("40 moves over 20 pixels came as {} motion events", xs.len());
+    Ok(())
+}
+
+#[test]
+fn window_title_follows_the_daemon_and_keeps_the_sandbox_marker() -> anyhow::Result<()> {
+    if let Some(reason) = skip_reason() {
+        eprintln!("SKIPPED window_title_follows_the_daemon_and_keeps_the_sandbox_marker: {reason}");
+        return Ok(());
+    }
+    // Arrange
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let xvfb = Xvfb::start()?;
+    let display = xvfb.display.clone();
+    std::env::set_var("DISPLAY", &display);
+    let mut link = ViewerLink::spawn(&viewer_bin(), "start-page")?;
+    let window = wait_for(|| find_window(&display, "start-page"), "the viewer window")?;
+    let name_is = |want: &str| {
+        let name = xdotool(&display, &["getwindowname", &window.to_string()]).ok()?;
+        (name.trim_end_matches('\n') == want).then_some(())
+    };
+
+    // Act + assert: a page's address, control characters dropped.
+    link.send_title("https://example.org/\u{1b}[31m?q=1\n")?;
+    wait_for(
+        || name_is("https://example.org/[31m?q=1 (sandboxed)"),
+        "the page's title",
+    )?;
+
+    // Act + assert: a long title claiming the marker itself is cut, and the
+    // real marker still ends it.
+    link.send_title(&format!(
+        "{} (sandboxed){}",
+        "a".repeat(100),
+        "b".repeat(300)
+    ))?;
+    let want = format!(
+        "{} (sandboxed){} (sandboxed)",
+        "a".repeat(100),
+        "b".repeat(8)
+    );
+    wait_for(|| name_is(&want), "the long title, cut, with the marker")?;
     Ok(())
 }
 

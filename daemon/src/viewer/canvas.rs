@@ -124,6 +124,17 @@ fn nav_zones(layout: &Layout) -> (Area, Area) {
     )
 }
 
+/// A pixel of a page, in the page's own coordinates (as in `Frame`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagePoint {
+    /// Page index, from 0.
+    pub page: u32,
+    /// Column.
+    pub x: u32,
+    /// Row.
+    pub y: u32,
+}
+
 /// What a click on the status bar asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Click {
@@ -273,6 +284,69 @@ impl Canvas {
         moved
     }
 
+    /// The page pixel under window position (`x`, `y`), or None where no
+    /// page pixel is drawn (the frame, the status bar, the background, a
+    /// page not received yet). The page is drawn one page pixel per window
+    /// pixel (both are physical pixels), so only its placement and the
+    /// scroll are undone.
+    pub fn page_point(&self, layout: &Layout, x: f64, y: f64) -> Option<PagePoint> {
+        let shown = self.shown_area(layout)?;
+        if !shown.contains(x, y) {
+            return None;
+        }
+        self.point_in(shown, x, y)
+    }
+
+    /// Like [`Canvas::page_point`], but a position outside the page goes
+    /// to the nearest drawn page pixel: a drag that leaves the page still
+    /// ends on it.
+    pub fn page_point_clamped(&self, layout: &Layout, x: f64, y: f64) -> Option<PagePoint> {
+        let shown = self.shown_area(layout)?;
+        let clamp = |v: f64, start: u32, len: u32| {
+            let last = f64::from(start) + f64::from(len) - 1.0;
+            if v.is_nan() {
+                f64::from(start)
+            } else {
+                v.clamp(f64::from(start), last)
+            }
+        };
+        self.point_in(
+            shown,
+            clamp(x, shown.x, shown.w),
+            clamp(y, shown.y, shown.h),
+        )
+    }
+
+    /// The window area the page on screen covers: the content area, less
+    /// what lies past the page's right and bottom edges after the scroll.
+    fn shown_area(&self, layout: &Layout) -> Option<Area> {
+        let page = self.pages.get(&self.current)?;
+        let area = Area {
+            x: layout.content.x,
+            y: layout.content.y,
+            w: page
+                .width
+                .saturating_sub(self.scroll_x)
+                .min(layout.content.w),
+            h: page
+                .height
+                .saturating_sub(self.scroll_y)
+                .min(layout.content.h),
+        };
+        (area.w > 0 && area.h > 0).then_some(area)
+    }
+
+    /// The page pixel at window position (`x`, `y`) inside `shown`.
+    fn point_in(&self, shown: Area, x: f64, y: f64) -> Option<PagePoint> {
+        let column = whole_px(x - f64::from(shown.x))?.min(shown.w - 1);
+        let row = whole_px(y - f64::from(shown.y))?.min(shown.h - 1);
+        Some(PagePoint {
+            page: self.current,
+            x: self.scroll_x + column,
+            y: self.scroll_y + row,
+        })
+    }
+
     /// What a click at window position (`x`, `y`) means.
     pub fn click(&self, layout: &Layout, x: f64, y: f64) -> Click {
         let (previous, next) = nav_zones(layout);
@@ -307,21 +381,14 @@ impl Canvas {
         let stride = to_usize(width);
         buf.fill(SANDBOX_COLOUR);
         fill(buf, stride, layout.content, BACKGROUND);
-        if let Some(page) = self.pages.get(&self.current) {
-            let visible_w = page
-                .width
-                .saturating_sub(self.scroll_x)
-                .min(layout.content.w);
-            let visible_h = page
-                .height
-                .saturating_sub(self.scroll_y)
-                .min(layout.content.h);
-            for row in 0..to_usize(visible_h) {
+        if let (Some(page), Some(shown)) = (self.pages.get(&self.current), self.shown_area(&layout))
+        {
+            for row in 0..to_usize(shown.h) {
                 let src_start = (to_usize(self.scroll_y) + row) * to_usize(page.width)
                     + to_usize(self.scroll_x);
                 let dst_start =
                     (to_usize(layout.content.y) + row) * stride + to_usize(layout.content.x);
-                let n = to_usize(visible_w);
+                let n = to_usize(shown.w);
                 if let (Some(src), Some(dst)) = (
                     page.pixels.get(src_start..src_start + n),
                     buf.get_mut(dst_start..dst_start + n),
@@ -468,6 +535,19 @@ fn f32_from(v: u32) -> f32 {
     f32::from(u16::try_from(v).unwrap_or(u16::MAX))
 }
 
+/// The whole window pixel that holds position `v` (>= 0), or None for a
+/// position left of or above 0.
+fn whole_px(v: f64) -> Option<u32> {
+    let floor = v.floor();
+    if !(0.0..=f64::from(u32::MAX)).contains(&floor) {
+        return None;
+    }
+    // Inside u32's range (checked above) and whole, so the cast is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let px = floor as u32;
+    Some(px)
+}
+
 fn float_px(v: f32) -> u32 {
     let r = v.round();
     if r <= 0.0 || r.is_nan() {
@@ -577,6 +657,82 @@ mod tests {
         assert!(!canvas.scroll(0, -1, &layout));
         assert!(canvas.scroll(0, 100, &layout));
         assert_eq!(canvas.scroll_y, 500 - layout.content.h);
+    }
+
+    #[test]
+    fn window_positions_map_to_the_page_pixel_drawn_there_after_scrolling() {
+        // Arrange: a 300x500 page in a window that shows 192 rows of it,
+        // scrolled down two lines.
+        let mut canvas = Canvas::new();
+        let whole = Rect {
+            x: 0,
+            y: 0,
+            w: 300,
+            h: 500,
+        };
+        canvas
+            .apply_frame(&solid(0, 300, 500, whole, [1, 2, 3]))
+            .unwrap();
+        let (w, h) = (200, 224);
+        let layout = Layout::new(w, h);
+        assert!(canvas.scroll(0, 2, &layout));
+        let c = layout.content;
+
+        // Act
+        let top_left = canvas.page_point(&layout, f64::from(c.x), f64::from(c.y));
+        let inside = canvas.page_point(&layout, f64::from(c.x) + 17.6, f64::from(c.y) + 9.2);
+        let last = canvas.page_point(
+            &layout,
+            f64::from(c.x + c.w) - 0.5,
+            f64::from(c.y + c.h) - 0.5,
+        );
+        let on_frame = canvas.page_point(&layout, 1.0, 1.0);
+        let on_status_bar = canvas.page_point(&layout, 50.0, f64::from(h) - 2.0);
+        let dragged_off = canvas.page_point_clamped(&layout, -40.0, f64::from(h) + 9.0);
+
+        // Assert
+        let at = |x, y| Some(PagePoint { page: 0, x, y });
+        let scroll = 2 * u32::try_from(LINE_PIXELS).unwrap();
+        assert_eq!(top_left, at(0, scroll));
+        assert_eq!(inside, at(17, scroll + 9));
+        assert_eq!(last, at(c.w - 1, scroll + c.h - 1));
+        assert_eq!(on_frame, None);
+        assert_eq!(on_status_bar, None);
+        assert_eq!(dragged_off, at(0, scroll + c.h - 1));
+    }
+
+    #[test]
+    fn positions_past_a_small_page_or_before_any_frame_are_not_on_the_page() {
+        // Arrange
+        let mut canvas = Canvas::new();
+        let layout = Layout::new(400, 300);
+        let c = layout.content;
+        let empty = canvas.page_point(&layout, f64::from(c.x), f64::from(c.y));
+        let r = Rect {
+            x: 0,
+            y: 0,
+            w: 30,
+            h: 20,
+        };
+        canvas.apply_frame(&solid(0, 30, 20, r, [4, 5, 6])).unwrap();
+
+        // Act
+        let right_of_page = canvas.page_point(&layout, f64::from(c.x + 30), f64::from(c.y));
+        let below_page = canvas.page_point(&layout, f64::from(c.x), f64::from(c.y + 20));
+        let clamped = canvas.page_point_clamped(&layout, 399.0, 0.0);
+
+        // Assert
+        assert_eq!(empty, None, "no page received yet");
+        assert_eq!(right_of_page, None);
+        assert_eq!(below_page, None);
+        assert_eq!(
+            clamped,
+            Some(PagePoint {
+                page: 0,
+                x: 29,
+                y: 0
+            })
+        );
     }
 
     #[test]

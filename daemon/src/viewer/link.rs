@@ -1,6 +1,6 @@
 //! The daemon's end of one viewer window: spawns `vitrine-viewer` with a
-//! socketpair as its stdin (its only channel), sends frames and status
-//! lines, and collects the user's input on a reader thread.
+//! socketpair as its stdin (its only channel), sends frames, status lines
+//! and titles, and collects the user's input on a reader thread.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -128,6 +128,14 @@ impl ViewerLink {
         self.write(&bytes)
     }
 
+    /// What the window shows now (a live page's address): the viewer titles
+    /// its window with it and adds " (sandboxed)" itself. Control
+    /// characters are dropped and the text is cut to the wire cap.
+    pub fn send_title(&mut self, text: &str) -> Result<(), ViewerError> {
+        let bytes = wire::encode(&Message::Title(status_text(text)))?;
+        self.write(&bytes)
+    }
+
     /// How many pages the task has, for "page 2 of 5" and the page buttons
     /// (counts beyond the protocol's page cap are cut to it; 0 is ignored).
     pub fn send_page_count(&mut self, count: u32) -> Result<(), ViewerError> {
@@ -239,6 +247,8 @@ pub fn window_title(name: &str) -> String {
     format!("{} (sandboxed)", clean.trim())
 }
 
+/// `text` without control characters, cut on a character boundary to the
+/// wire's cap for a status line or a title.
 fn status_text(text: &str) -> String {
     let mut out = String::new();
     for c in text.chars().filter(|c| !c.is_control()) {

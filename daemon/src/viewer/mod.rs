@@ -2,12 +2,14 @@
 //!
 //! The daemon holds a [`ViewerLink`] per task; it starts `vitrine-viewer`
 //! with one socketpair as its only channel. Over it go damage rectangles of
-//! raw pixels and status lines one way, input the other way, in the tiny
+//! raw pixels, status lines and titles one way, input (keys, text, wheel,
+//! pointer buttons and motion in page pixels) the other way, in the tiny
 //! bounded format of [`wire`]. The viewer parses nothing else: never the
 //! payload, never the guest's protocol.
 
 pub mod canvas;
 mod link;
+mod pointer;
 pub mod window;
 pub mod wire;
 

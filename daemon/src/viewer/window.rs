@@ -7,7 +7,9 @@ use std::num::NonZeroU32;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use vitrine_shim::protocol::{InputEvent, Key, KeyEvent, Modifiers, MAX_DIM};
+use vitrine_shim::protocol::{
+    InputEvent, Key, KeyEvent, Modifiers, MouseButton as GuestButton, MAX_DIM,
+};
 use winit::application::ApplicationHandler;
 use winit::dpi::{PhysicalPosition, PhysicalSize};
 use winit::event::{ElementState, MouseButton, MouseScrollDelta, WindowEvent};
@@ -16,6 +18,8 @@ use winit::keyboard::{Key as WKey, ModifiersState, NamedKey};
 use winit::window::{Window, WindowId};
 
 use super::canvas::{Canvas, Click, Layout, StatusFont};
+use super::link::window_title;
+use super::pointer::GuestPointer;
 use super::wire::{self, Message};
 
 /// The longest the event loop sleeps. softbuffer shares winit's X
@@ -76,6 +80,8 @@ struct Viewer {
     size: PhysicalSize<u32>,
     modifiers: ModifiersState,
     cursor: PhysicalPosition<f64>,
+    /// Buttons and motion the guest was sent.
+    pointer: GuestPointer,
     /// Frames received so far, and how many of them are on screen.
     frames_received: u32,
     frames_presented: u32,
@@ -94,7 +100,7 @@ pub fn run(title: &str, stream: UnixStream) -> Result<(), WindowError> {
         .name("daemon-reader".into())
         .spawn(move || read_daemon(from_daemon, &proxy))?;
     let mut viewer = Viewer {
-        title: super::link::window_title(title.trim_end_matches(" (sandboxed)")),
+        title: window_title(title.trim_end_matches(" (sandboxed)")),
         to_daemon: stream,
         canvas: Canvas::new(),
         font: StatusFont::load(),
@@ -102,6 +108,7 @@ pub fn run(title: &str, stream: UnixStream) -> Result<(), WindowError> {
         size: INITIAL_SIZE,
         modifiers: ModifiersState::empty(),
         cursor: PhysicalPosition::new(0.0, 0.0),
+        pointer: GuestPointer::default(),
         frames_received: 0,
         frames_presented: 0,
         trace: std::env::var_os("VITRINE_VIEWER_TRACE").is_some(),
@@ -198,8 +205,84 @@ impl Viewer {
         let _ = self.to_daemon.write_all(&bytes);
     }
 
+    fn layout(&self) -> Layout {
+        Layout::new(self.size.width, self.size.height)
+    }
+
+    /// A button went down or up. The viewer's own controls take a left
+    /// press; a press over the page goes to the guest, and so does the
+    /// release of a button the guest saw go down, wherever it happens.
+    fn mouse_button(&mut self, button: MouseButton, state: ElementState) {
+        let Some(button) = guest_button(button) else {
+            return;
+        };
+        let layout = self.layout();
+        let (x, y) = (self.cursor.x, self.cursor.y);
+        if state == ElementState::Released {
+            let point = self.canvas.page_point_clamped(&layout, x, y);
+            if let Some(event) = self.pointer.release(point, button) {
+                self.send(event);
+            }
+            return;
+        }
+        if button == GuestButton::Left && self.control_click(&layout) {
+            return;
+        }
+        if let Some(point) = self.canvas.page_point(&layout, x, y) {
+            let now = std::time::Instant::now();
+            for event in self.pointer.press(point, button, now) {
+                self.send(event);
+            }
+        }
+    }
+
+    /// Acts on a left press on the status bar's controls; false where the
+    /// press is not on one.
+    fn control_click(&mut self, layout: &Layout) -> bool {
+        match self.canvas.click(layout, self.cursor.x, self.cursor.y) {
+            Click::PreviousPage => self.change_page(false),
+            Click::NextPage => self.change_page(true),
+            Click::SaveSafeCopy => {
+                if let Ok(bytes) = wire::encode(&Message::SaveSafeCopy) {
+                    let _ = self.to_daemon.write_all(&bytes);
+                }
+                self.canvas.set_status("asking for a safe copy…");
+                self.request_redraw();
+            }
+            Click::Nothing => return false,
+        }
+        true
+    }
+
+    /// The cursor moved: motion over the page (or anywhere during a drag
+    /// the guest saw start) goes to the guest, throttled.
+    fn cursor_moved(&mut self, position: PhysicalPosition<f64>) {
+        self.cursor = position;
+        let layout = self.layout();
+        let point = if self.pointer.dragging() {
+            self.canvas
+                .page_point_clamped(&layout, position.x, position.y)
+        } else {
+            self.canvas.page_point(&layout, position.x, position.y)
+        };
+        if let Some(point) = point {
+            if let Some(event) = self.pointer.moved(point, std::time::Instant::now()) {
+                self.send(event);
+            }
+        }
+    }
+
+    fn set_title(&mut self, text: &str) {
+        // The viewer adds the marker itself: no text, from the guest or
+        // anywhere else, makes a window that does not say it is sandboxed.
+        self.title = window_title(text);
+        if let Some(shown) = &self.shown {
+            shown.window.set_title(&self.title);
+        }
+    }
+
     fn send_resize(&mut self) {
-        let content = Layout::new(self.size.width, self.size.height).content;
+        let content = self.layout().content;
         if content.w > 0 && content.h > 0 {
             self.send(InputEvent::Resize {
                 width: content.w.min(MAX_DIM),
@@ -265,9 +348,15 @@ impl ApplicationHandler<FromDaemon> for Viewer {
     }
 
     fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {
-        event_loop.set_control_flow(ControlFlow::WaitUntil(
-            std::time::Instant::now() + MAX_SLEEP,
-        ));
+        let now = std::time::Instant::now();
+        if let Some(event) = self.pointer.due(now) {
+            self.send(event);
+        }
+        let wake = match self.pointer.deadline() {
+            Some(motion) => motion.min(now + MAX_SLEEP),
+            None => now + MAX_SLEEP,
+        };
+        event_loop.set_control_flow(ControlFlow::WaitUntil(wake));
     }
 
     fn user_event(&mut self, event_loop: &ActiveEventLoop, event: FromDaemon) {
@@ -288,6 +377,7 @@ impl ApplicationHandler<FromDaemon> for Viewer {
                 self.canvas.set_status(&text);
                 self.request_redraw();
             }
+            FromDaemon::Message(Message::Title(text)) => self.set_title(&text),
             FromDaemon::Message(other) => {
                 eprintln!(
                     "vitrine-viewer: ignoring a viewer-side message from the daemon: {other:?}"
@@ -332,35 +422,28 @@ impl ApplicationHandler<FromDaemon> for Viewer {
             WindowEvent::MouseWheel { delta, .. } => {
                 let (dx, dy) = wheel_lines(delta);
                 if dx != 0 || dy != 0 {
-                    let layout = Layout::new(self.size.width, self.size.height);
+                    let layout = self.layout();
                     if self.canvas.scroll(dx, dy, &layout) {
                         self.request_redraw();
                     }
                     self.send(InputEvent::Scroll { dx, dy });
                 }
             }
-            WindowEvent::CursorMoved { position, .. } => self.cursor = position,
-            WindowEvent::MouseInput {
-                state: ElementState::Pressed,
-                button: MouseButton::Left,
-                ..
-            } => {
-                let layout = Layout::new(self.size.width, self.size.height);
-                match self.canvas.click(&layout, self.cursor.x, self.cursor.y) {
-                    Click::PreviousPage => self.change_page(false),
-                    Click::NextPage => self.change_page(true),
-                    Click::SaveSafeCopy => {
-                        if let Ok(bytes) = wire::encode(&Message::SaveSafeCopy) {
-                            let _ = self.to_daemon.write_all(&bytes);
-                        }
-                        self.canvas.set_status("asking for a safe copy…");
-                        self.request_redraw();
-                    }
-                    Click::Nothing => {}
-                }
-            }
+            WindowEvent::CursorMoved { position, .. } => self.cursor_moved(position),
+            WindowEvent::MouseInput { state, button, .. } => self.mouse_button(button, state),
             _ => {}
         }
+    }
+}
+
+/// The guest's name for a window-system button; None for the others (back,
+/// forward), which the protocol does not carry.
+fn guest_button(button: MouseButton) -> Option<GuestButton> {
+    match button {
+        MouseButton::Left => Some(GuestButton::Left),
+        MouseButton::Middle => Some(GuestButton::Middle),
+        MouseButton::Right => Some(GuestButton::Right),
+        _ => None,
     }
 }
 
