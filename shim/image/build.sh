@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Vitrine guest image: a minimal kernel (vmlinux, PVH entry), an
 # initramfs with busybox, the static vitrine-shim as /init and the renderers,
-# and the read-only application disk (apps.squashfs: tesseract for OCR).
+# and the read-only app disk (apps.squashfs: tesseract, LibreOffice, Chromium).
 #
 #   shim/image/build.sh                   build (or find in the cache) the image
 #   shim/image/build.sh --print-dir       print the image directory if built; exit 3 if not

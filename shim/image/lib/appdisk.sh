@@ -1,18 +1,22 @@
 # The application disk: a read-only squashfs that the VM gets as virtio-blk
 # and the guest mounts at /apps (sourced by build.sh). Programs too big for
-# the initramfs, which every VM unpacks into RAM, go here: tesseract and
-# LibreOffice now, a browser later. Each carries its library closure and the
-# disk's own loader, so it does not depend on the initramfs's libraries.
+# the initramfs, which every VM unpacks into RAM, go here: tesseract,
+# LibreOffice and Chromium's headless shell. Each carries its library
+# closure under /lib, so it does not depend on the initramfs's libraries.
 #
-# Layout: /bin/<program>, /lib/<libraries + ld-linux-x86-64.so.2>,
-# /share/tessdata/<lang>.traineddata, /libreoffice/<Debian's
-# /usr/lib/libreoffice, links resolved>, /fonts/<faces> + /fonts/fonts.conf.
+# Layout: /bin/<program> (tesseract; certutil, to make the NSS database
+# that makes Chromium trust a task's CA), /lib/<libraries +
+# ld-linux-x86-64.so.2>, /share/tessdata/<lang>.traineddata,
+# /libreoffice/<Debian's /usr/lib/libreoffice, links resolved>,
+# /chromium/<Debian's /usr/lib/chromium: chromium-headless-shell, its .pak
+# files, ICU data, V8 snapshots, locales/en-US.pak>, /fonts/<faces> +
+# /fonts/fonts.conf (LibreOffice's and Chromium's).
 #
 # Same inputs, same bytes: files staged with fixed mtimes, root-owned, no
 # xattrs, a fixed creation time; mksquashfs sorts directories itself. gzip
 # (zlib), which the guest kernel reads without a config change.
 
-APP_PROGRAMS=(/usr/bin/tesseract)
+APP_PROGRAMS=(/usr/bin/tesseract /usr/bin/certutil)
 # Tesseract languages on the disk; each needs Debian's tesseract-ocr-<lang>.
 VITRINE_OCR_LANGS=${VITRINE_OCR_LANGS:-eng}
 
@@ -24,18 +28,36 @@ OFFICE_PACKAGES=(libreoffice-core-nogui libreoffice-writer-nogui libreoffice-cal
 OFFICE_FONT_PACKAGES=(fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
   fonts-dejavu-core)
 OFFICE_DIR=/usr/lib/libreoffice
-# Libraries LibreOffice loads by name at run time, which ldd does not list:
-# NSS's software token (without it every PDF export fails to write).
-OFFICE_DLOPENED=(libsoftokn3.so libfreebl3.so libfreeblpriv3.so)
+# Libraries NSS loads by name at run time, which ldd does not list: its
+# software token. Without it every LibreOffice PDF export fails to write,
+# certutil opens no database and Chromium reads no trust from one.
+NSS_DLOPENED=(libsoftokn3.so libfreebl3.so libfreeblpriv3.so)
 # Icon themes LibreOffice has no use for without a GUI (it keeps colibre),
 # and Python: its script provider (python3-uno, which apt recommends) would
 # be one more macro language, and the disk has no Python to run it.
 OFFICE_SKIP='/share/config/images_(colibre_dark|colibre_svg|colibre_dark_svg|helpimg)\.zip$|\.py$|/__pycache__/|/share/Scripts/python/|/program/(libpythonloaderlo|libpyuno|pyuno)\.so$|/program/pythonloader\.unorc$|/program/services/pyuno\.rdb$|/share/\.registry/pyuno\.xcd$'
 
+# Chromium's headless shell (its resources come from chromium-common), run
+# with LD_LIBRARY_PATH=/apps/lib: it starts its renderers from
+# /proc/self/exe, which must be the browser, not the disk's loader.
+BROWSER_PACKAGES=(chromium-headless-shell chromium-common)
+BROWSER_DIR=/usr/lib/chromium
+# The one locale Chromium's strings come from.
+BROWSER_LOCALES=(en-US)
+# What a headless run with --disable-gpu never loads (checked: it renders
+# and serves CDP without them): the crash reporter, which Chromium starts
+# only when crash reporting is on; Vulkan's validation layer and mock ICD,
+# debugging aids; the other locales.
+BROWSER_SKIP='/chrome_crashpad_handler$|/libVkLayer_khronos_validation\.so(\.TOC)?$|/libVkICD_mock_icd\.so(\.TOC)?$|/locales/'
+# certutil, which makes the NSS database ($HOME/.pki/nssdb) that holds a
+# task's extra CA certificates for Chromium.
+NSS_TOOLS_PACKAGES=(libnss3-tools)
+
 # appdisk_packages: the Debian packages whose files the disk holds, one a line.
 appdisk_packages() {
   local lang
-  printf '%s\n' tesseract-ocr "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}"
+  printf '%s\n' tesseract-ocr "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}" \
+    "${BROWSER_PACKAGES[@]}" "${NSS_TOOLS_PACKAGES[@]}"
   for lang in $VITRINE_OCR_LANGS; do printf 'tesseract-ocr-%s\n' "$lang"; done
 }
 
@@ -71,12 +93,22 @@ appdisk_languages() {
 office_elves() {
   local f
   find -L "$OFFICE_DIR/program" -type f | LC_ALL=C sort | grep -Ev "$OFFICE_SKIP" | while read -r f; do
-    [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]] && printf '%s\n' "$f"
+    if [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]]; then printf '%s\n' "$f"; fi
   done
 }
 
-# The fontconfig file LibreOffice reads in the guest (FONTCONFIG_FILE): the
-# disk's faces and the initramfs's, no caches on the read-only disk.
+# browser_elves: Chromium's programs and libraries (the ELF files under
+# BROWSER_DIR), one path a line.
+browser_elves() {
+  local f
+  find -L "$BROWSER_DIR" -type f | LC_ALL=C sort | grep -Ev "$BROWSER_SKIP" | while read -r f; do
+    if [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]]; then printf '%s\n' "$f"; fi
+  done
+}
+
+# The fontconfig file LibreOffice and Chromium read in the guest
+# (FONTCONFIG_FILE): the disk's faces and the initramfs's, no caches on the
+# read-only disk.
 OFFICE_FONTS_CONF='<?xml version="1.0"?>
 <!DOCTYPE fontconfig SYSTEM "urn:fontconfig:fonts.dtd">
 <fontconfig>
@@ -89,18 +121,27 @@ OFFICE_FONTS_CONF='<?xml version="1.0"?>
 appdisk_entries() {
   local p lib pair f
   for p in "${APP_PROGRAMS[@]}"; do printf '/bin/%s %s\n' "$(basename "$p")" "$p"; done
-  for p in "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}"; do
+  for p in "${OFFICE_PACKAGES[@]}" "${OFFICE_FONT_PACKAGES[@]}" "${BROWSER_PACKAGES[@]}" \
+    "${NSS_TOOLS_PACKAGES[@]}"; do
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true) == installed ]] \
       || die "app disk: the Debian package $p is not installed (apt-get install $p)"
   done
-  for f in "${OFFICE_DLOPENED[@]}"; do
+  for f in "${NSS_DLOPENED[@]}"; do
     [[ -f /usr/lib/x86_64-linux-gnu/$f ]] \
-      || die "app disk: LibreOffice needs /usr/lib/x86_64-linux-gnu/$f (Debian package libnss3)"
+      || die "app disk: NSS needs /usr/lib/x86_64-linux-gnu/$f (Debian package libnss3)"
   done
   # LibreOffice's tree as it is installed, Debian's links to /etc and
   # /usr/share resolved: the guest has neither.
   find -L "$OFFICE_DIR" -type f | LC_ALL=C sort | grep -Ev "$OFFICE_SKIP" | while read -r f; do
     printf '/libreoffice%s %s\n' "${f#"$OFFICE_DIR"}" "$f"
+  done
+  # Chromium's tree as it is installed, and its locales.
+  find -L "$BROWSER_DIR" -type f | LC_ALL=C sort | grep -Ev "$BROWSER_SKIP" | while read -r f; do
+    printf '/chromium%s %s\n' "${f#"$BROWSER_DIR"}" "$f"
+  done
+  for f in "${BROWSER_LOCALES[@]}"; do
+    [[ -f $BROWSER_DIR/locales/$f.pak ]] || die "app disk: Chromium has no $BROWSER_DIR/locales/$f.pak"
+    printf '/chromium/locales/%s.pak %s\n' "$f" "$BROWSER_DIR/locales/$f.pak"
   done
   dpkg -L "${OFFICE_FONT_PACKAGES[@]}" | grep -E '\.(ttf|otf)$' | LC_ALL=C sort -u | while read -r f; do
     printf '/fonts/%s %s\n' "$(basename "$f")" "$f"
@@ -113,14 +154,15 @@ appdisk_entries() {
   done < <({
     ldd "${APP_PROGRAMS[@]}"
     office_elves | xargs -d '\n' ldd 2>/dev/null
-    for lib in "${OFFICE_DLOPENED[@]}"; do
+    browser_elves | xargs -d '\n' ldd 2>/dev/null
+    for lib in "${NSS_DLOPENED[@]}"; do
       lib=/usr/lib/x86_64-linux-gnu/$lib
       printf '%s (0x0)\n' "$lib"
       ldd "$lib"
     done
   } | awk '
     $2 == "=>" && $3 ~ /^\// { print $3 }
-    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | grep -v "^$OFFICE_DIR/" \
+    $1 ~ /^\// && $1 !~ /:$/ { print $1 }' | grep -Ev "^($OFFICE_DIR|$BROWSER_DIR)/" \
     | sed 's#^/lib/x86_64-linux-gnu/#/usr/lib/x86_64-linux-gnu/#' | LC_ALL=C sort -u)
   for pair in "${TRAINEDDATA[@]}"; do
     printf '/share/tessdata/%s.traineddata %s\n' "${pair%%=*}" "${pair#*=}"
@@ -156,7 +198,7 @@ appdisk_key() {
 # packages of its files); builds only when APPS_OUT is absent.
 build_appdisk() {
   appdisk_languages
-  local entries
+  local entries f
   entries=$(mktemp)
   OFFICE_FONTS_CONF_FILE=$(mktemp)
   printf '%s\n' "$OFFICE_FONTS_CONF" >"$OFFICE_FONTS_CONF_FILE"
@@ -165,6 +207,11 @@ build_appdisk() {
   if [[ $(cut -d' ' -f1 "$entries" | uniq -d) ]]; then
     die "app disk: two files share a name: $(cut -d' ' -f1 "$entries" | uniq -d | tr '\n' ' ')"
   fi
+  # The library closure comes from a process substitution, whose failure
+  # does not stop the build: check that its last part made it.
+  for f in "${NSS_DLOPENED[@]}"; do
+    grep -q "^/lib/$f " "$entries" || die "app disk: the library closure lacks /lib/$f"
+  done
   APPS_KEY=$(appdisk_key "$entries")
   APPS_OUT=$VITRINE_CACHE/apps-${APPS_KEY:0:16}
   if [[ -f $APPS_OUT/apps.squashfs ]]; then

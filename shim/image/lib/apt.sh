@@ -8,6 +8,7 @@ IMAGE_BUILD_PACKAGES=(
   libreoffice-core-nogui libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui
   libreoffice-math-nogui
   fonts-liberation2 fonts-crosextra-carlito fonts-crosextra-caladea
+  chromium-headless-shell libnss3-tools
 )
 # What boots and checks the image: the QEMU backend and the end-to-end tests
 # (which also read rendered text back with the host's tesseract).
