@@ -152,12 +152,26 @@ pub fn started_by_init() -> bool {
     std::env::var_os(AGENT_ROLE_ENV).is_some() && nix::unistd::getppid().as_raw() == 1
 }
 
+/// Brings up `lo`, where the browser's proxy listens (busybox's `ip`; the
+/// kernel leaves it down). A failure is logged: only links need it.
+fn loopback_up() {
+    match Command::new("/bin/busybox")
+        .args(["ip", "link", "set", "lo", "up"])
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("vitrine-shim: bringing up lo: busybox ip: {s}"),
+        Err(e) => eprintln!("vitrine-shim: bringing up lo: {e}"),
+    }
+}
+
 /// PID 1 main: mount, run the agent, reap, power off. Never returns.
 pub fn run_as_init(args: &[std::ffi::OsString]) -> ! {
     if let Err(e) = mount_all() {
         eprintln!("vitrine-shim: {e}: {:?}", std::error::Error::source(&e));
     }
     mount_app_disk();
+    loopback_up();
     let agent = std::env::current_exe()
         .map_err(InitError::Spawn)
         .and_then(|exe| {
