@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use vitrine_shim::protocol::{
     flatten_task_id, BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage,
     HostMessage, Identity, IdentityApplied, InputEvent, Limits, MessageError, PagePrint,
-    PixelBudget, SafeCopy, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
+    PixelBudget, SafeCopy, StreamReply, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
     MAX_EXPORT_BYTES, MAX_TASK_INPUT,
 };
 
@@ -141,16 +141,27 @@ pub trait TaskObserver {
     fn input(&mut self) -> Vec<InputEvent> {
         Vec::new()
     }
-    /// An egress message from the guest (`EgressOpen`, `EgressSend`,
-    /// `EgressRecv`, `EgressClose`); `Some` is the answer. By default the
-    /// guest has no network.
-    fn egress(&mut self, msg: &GuestMessage, _deadline: Instant) -> Option<EgressReply> {
+    /// An egress message from the guest (`Egress*` or `Stream*`); `Some` is
+    /// the answer (`HostMessage::Egress` or `HostMessage::Stream`). By
+    /// default the guest has no network.
+    fn egress(&mut self, msg: &GuestMessage, _deadline: Instant) -> Option<HostMessage> {
         match msg {
-            GuestMessage::EgressOpen { host, port } => Some(EgressReply::Refused(format!(
-                "{host}:{port}: this task has no egress tunnel"
+            GuestMessage::EgressOpen { host, port } => Some(HostMessage::Egress(
+                EgressReply::Refused(format!("{host}:{port}: this task has no egress tunnel")),
+            )),
+            GuestMessage::EgressRecv { .. } => Some(HostMessage::Egress(EgressReply::Failed(
+                "no connection is open".into(),
             ))),
-            GuestMessage::EgressRecv { .. } => {
-                Some(EgressReply::Failed("no connection is open".into()))
+            GuestMessage::StreamOpen { stream, host, port } => {
+                Some(HostMessage::Stream(StreamReply::Opened {
+                    stream: *stream,
+                    outcome: EgressReply::Refused(format!(
+                        "{host}:{port}: this task has no egress tunnel"
+                    )),
+                }))
+            }
+            GuestMessage::StreamPoll { .. } => {
+                Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
             }
             _ => None,
         }
@@ -576,14 +587,17 @@ fn drive(
             GuestMessage::EgressOpen { .. }
             | GuestMessage::EgressSend { .. }
             | GuestMessage::EgressRecv { .. }
-            | GuestMessage::EgressClose => {
+            | GuestMessage::EgressClose
+            | GuestMessage::StreamOpen { .. }
+            | GuestMessage::StreamSend { .. }
+            | GuestMessage::StreamClose { .. }
+            | GuestMessage::StreamPoll { .. } => {
+                // `seen` lists single opens, not streams: a browser opens hundreds.
                 if let GuestMessage::EgressOpen { host, port } = &msg {
                     seen.push(format!("EgressOpen({host}:{port})"));
                 }
                 if let Some(reply) = observer.egress(&msg, deadline) {
-                    channel
-                        .send(&HostMessage::Egress(reply))
-                        .map_err(|e| fail(e, &seen))?;
+                    channel.send(&reply).map_err(|e| fail(e, &seen))?;
                 }
             }
             other => {
