@@ -1344,4 +1344,40 @@ mod tests {
         );
         assert!(pdf_input().check().is_ok());
     }
+
+    #[test]
+    fn a_task_without_a_tunnel_refuses_streams_and_its_polls_find_nothing() {
+        let mut observer = NoObserver;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let open = GuestMessage::StreamOpen {
+            stream: 3,
+            host: "example.org".into(),
+            port: 443,
+        };
+        let send = GuestMessage::StreamSend {
+            stream: 3,
+            data: b"hello".to_vec(),
+        };
+
+        let opened = observer.egress(&open, deadline);
+        let sent = observer.egress(&send, deadline);
+        let closed = observer.egress(&GuestMessage::StreamClose { stream: 3 }, deadline);
+        let polled = observer.egress(&GuestMessage::StreamPoll { wait_ms: 500 }, deadline);
+
+        assert_eq!(
+            opened,
+            Some(HostMessage::Stream(StreamReply::Opened {
+                stream: 3,
+                outcome: EgressReply::Refused(
+                    "example.org:443: this task has no egress tunnel".into()
+                ),
+            }))
+        );
+        assert_eq!(sent, None);
+        assert_eq!(closed, None);
+        assert_eq!(
+            polled,
+            Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
+        );
+    }
 }

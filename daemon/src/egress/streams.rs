@@ -262,3 +262,364 @@ impl EgressTunnel {
 fn relayed_cap_text() -> String {
     format!("the task relayed more than {} MiB", MAX_RELAYED_BYTES >> 20)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::thread;
+
+    use vitrine_policy::pattern::Endpoint;
+    use vitrine_policy::profile::Egress;
+    use vitrine_shim::protocol::{EgressReply, GuestMessage, HostMessage};
+
+    use super::*;
+
+    /// A tunnel whose profile names each of `ports` on 127.0.0.1 exactly.
+    fn tunnel_to(ports: &[u16]) -> EgressTunnel {
+        let list = ports
+            .iter()
+            .map(|p| Endpoint::parse(&format!("127.0.0.1:{p}")).unwrap())
+            .collect();
+        EgressTunnel::new("web", Egress::Allow(list))
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(20)
+    }
+
+    fn open(t: &mut EgressTunnel, stream: StreamId, port: u16) -> EgressReply {
+        let msg = GuestMessage::StreamOpen {
+            stream,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        match t.handle(&msg, soon(), &|| false) {
+            Some(HostMessage::Stream(StreamReply::Opened { stream: s, outcome })) => {
+                assert_eq!(s, stream);
+                outcome
+            }
+            other => panic!("not an Opened answer: {other:?}"),
+        }
+    }
+
+    fn send(t: &mut EgressTunnel, stream: StreamId, data: &[u8]) {
+        let msg = GuestMessage::StreamSend {
+            stream,
+            data: data.to_vec(),
+        };
+        assert_eq!(t.handle(&msg, soon(), &|| false), None);
+    }
+
+    fn poll_once(t: &mut EgressTunnel, wait_ms: u32) -> Vec<StreamData> {
+        match t.handle(&GuestMessage::StreamPoll { wait_ms }, soon(), &|| false) {
+            Some(HostMessage::Stream(StreamReply::Data(data))) => data,
+            other => panic!("not a Data answer: {other:?}"),
+        }
+    }
+
+    /// Polls until every stream in `streams` ended: each one's bytes, and
+    /// how many times its end was reported.
+    fn drain(t: &mut EgressTunnel, streams: &[StreamId]) -> BTreeMap<StreamId, (Vec<u8>, u32)> {
+        let mut got: BTreeMap<StreamId, (Vec<u8>, u32)> = BTreeMap::new();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while streams.iter().any(|s| got.get(s).is_none_or(|g| g.1 == 0)) {
+            assert!(Instant::now() < give_up, "streams did not end: {got:?}");
+            for d in poll_once(t, 200) {
+                let entry = got.entry(d.stream).or_default();
+                entry.0.extend(d.data);
+                entry.1 += u32::from(d.end);
+            }
+        }
+        got
+    }
+
+    /// A server that answers one connection with the upper case of the
+    /// `len` bytes it reads, then closes.
+    fn shouting_server(len: usize) -> (u16, thread::JoinHandle<()>) {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let handle = thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            let mut buf = vec![0u8; len];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf.to_ascii_uppercase()).unwrap();
+        });
+        (port, handle)
+    }
+
+    #[test]
+    fn two_streams_open_at_once_each_carry_their_own_servers_bytes() {
+        let (port_a, server_a) = shouting_server(6);
+        let (port_b, server_b) = shouting_server(7);
+        let mut t = tunnel_to(&[port_a, port_b]);
+
+        assert_eq!(open(&mut t, 1, port_a), EgressReply::Connected);
+        assert_eq!(open(&mut t, 2, port_b), EgressReply::Connected);
+        send(&mut t, 2, b"bravo-");
+        send(&mut t, 1, b"alpha-");
+        send(&mut t, 2, b"2");
+        let got = drain(&mut t, &[1, 2]);
+
+        server_a.join().unwrap();
+        server_b.join().unwrap();
+        assert_eq!(got[&1], (b"ALPHA-".to_vec(), 1));
+        assert_eq!(got[&2], (b"BRAVO-2".to_vec(), 1));
+        assert_eq!(t.relayed(), (13, 13));
+        assert_eq!(t.records().len(), 2);
+        assert!(t.records()[0]
+            .outcome
+            .starts_with("connected to 127.0.0.1:"));
+    }
+
+    #[test]
+    fn a_poll_on_idle_streams_waits_about_its_wait_and_answers_nothing() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut t = tunnel_to(&[port]);
+        assert_eq!(open(&mut t, 0, port), EgressReply::Connected);
+        let _peer = server.accept().unwrap();
+
+        let started = Instant::now();
+        let got = poll_once(&mut t, 300);
+        let waited = started.elapsed();
+
+        assert_eq!(got, Vec::new());
+        assert!(waited >= Duration::from_millis(290), "{waited:?}");
+        assert!(waited < Duration::from_millis(900), "{waited:?}");
+    }
+
+    #[test]
+    fn a_poll_with_no_stream_open_waits_its_wait_rather_than_spin() {
+        let mut t = tunnel_to(&[]);
+
+        let started = Instant::now();
+        let got = poll_once(&mut t, 200);
+        let waited = started.elapsed();
+
+        assert_eq!(got, Vec::new());
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(waited < Duration::from_millis(600), "{waited:?}");
+    }
+
+    #[test]
+    fn a_cancel_ends_a_waiting_poll_early() {
+        let mut t = tunnel_to(&[]);
+        let started = Instant::now();
+
+        let answer = t.handle(&GuestMessage::StreamPoll { wait_ms: 1000 }, soon(), &|| {
+            started.elapsed() > Duration::from_millis(50)
+        });
+
+        assert_eq!(
+            answer,
+            Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_streams_end_is_reported_once_and_then_it_is_forgotten() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let peer = thread::spawn(move || {
+            let (mut s, _) = server.accept().unwrap();
+            s.write_all(b"bye").unwrap();
+        });
+        let mut t = tunnel_to(&[port]);
+        assert_eq!(open(&mut t, 9, port), EgressReply::Connected);
+        peer.join().unwrap();
+
+        let got = drain(&mut t, &[9]);
+        let after = poll_once(&mut t, 50);
+        send(&mut t, 9, b"late");
+
+        assert_eq!(got[&9], (b"bye".to_vec(), 1));
+        assert_eq!(after, Vec::new());
+        assert_eq!(t.relayed(), (0, 3));
+    }
+
+    #[test]
+    fn a_stream_to_a_host_outside_the_list_is_refused_and_nothing_connects() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut t = tunnel_to(&[port.wrapping_add(1)]);
+
+        let reply = open(&mut t, 3, port);
+
+        let EgressReply::Refused(why) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(
+            why.contains(&format!("127.0.0.1:{port} is not in profile `web`")),
+            "{why}"
+        );
+        assert_eq!(t.records()[0].target, format!("127.0.0.1:{port}"));
+        assert!(t.records()[0].outcome.starts_with("refused: "));
+        server.set_nonblocking(true).unwrap();
+        assert!(server.accept().is_err(), "nothing may have connected");
+        assert_eq!(poll_once(&mut t, 0), Vec::new());
+    }
+
+    #[test]
+    fn a_profile_without_egress_refuses_every_stream() {
+        let mut t = EgressTunnel::new("document", Egress::None);
+
+        let reply = open(&mut t, 0, 443);
+
+        let EgressReply::Refused(why) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(
+            why.contains("profile `document` allows no network"),
+            "{why}"
+        );
+        assert_eq!(t.records().len(), 1);
+    }
+
+    #[test]
+    fn no_more_than_the_cap_of_streams_are_open_at_once() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let mut t = tunnel_to(&[port]);
+        let cap = StreamId::try_from(MAX_STREAMS_OPEN).unwrap();
+        for id in 0..cap {
+            assert_eq!(
+                open(&mut t, id, port),
+                EgressReply::Connected,
+                "stream {id}"
+            );
+        }
+
+        let over = open(&mut t, cap, port);
+        let close = GuestMessage::StreamClose { stream: 0 };
+        assert_eq!(t.handle(&close, soon(), &|| false), None);
+        let after_close = open(&mut t, cap, port);
+
+        assert_eq!(
+            over,
+            EgressReply::Refused(
+                "the task has 64 streams open, the most at once; close one first".into()
+            )
+        );
+        assert_eq!(after_close, EgressReply::Connected);
+    }
+
+    #[test]
+    fn no_more_than_the_cap_of_streams_are_asked_for_and_the_records_stop_growing() {
+        let mut t = tunnel_to(&[]);
+        let cap = StreamId::try_from(MAX_STREAMS_OPENED).unwrap();
+        for id in 0..cap {
+            let reply = open(&mut t, id % 8, 1);
+            assert!(matches!(reply, EgressReply::Refused(_)), "{reply:?}");
+        }
+
+        let over = open(&mut t, 0, 1);
+        let again = open(&mut t, 0, 1);
+
+        let expected = "the task already asked for 512 streams, the most one task may";
+        assert_eq!(over, EgressReply::Refused(expected.into()));
+        assert_eq!(again, EgressReply::Refused(expected.into()));
+        assert_eq!(t.records().len(), MAX_STREAMS_OPENED + 1);
+        assert_eq!(
+            t.records().last().unwrap().outcome,
+            format!("refused: {expected}")
+        );
+    }
+
+    #[test]
+    fn a_stream_id_already_open_is_refused_and_the_open_one_keeps_working() {
+        let (port, server) = shouting_server(2);
+        let mut t = tunnel_to(&[port]);
+        assert_eq!(open(&mut t, 5, port), EgressReply::Connected);
+
+        let again = open(&mut t, 5, port);
+        send(&mut t, 5, b"ok");
+        let got = drain(&mut t, &[5]);
+
+        server.join().unwrap();
+        assert_eq!(
+            again,
+            EgressReply::Refused("stream 5 is already open".into())
+        );
+        assert_eq!(got[&5], (b"OK".to_vec(), 1));
+        assert_eq!(t.records()[1].outcome, "refused: stream 5 is already open");
+    }
+
+    #[test]
+    fn a_send_or_close_on_an_unknown_stream_is_ignored() {
+        let mut t = tunnel_to(&[]);
+
+        send(&mut t, 42, b"nobody");
+        let close = t.handle(&GuestMessage::StreamClose { stream: 42 }, soon(), &|| false);
+
+        assert_eq!(close, None);
+        assert_eq!(t.relayed(), (0, 0));
+        assert_eq!(poll_once(&mut t, 0), Vec::new());
+    }
+
+    #[test]
+    fn streams_and_single_connections_count_against_their_own_caps() {
+        let mut t = tunnel_to(&[]);
+        for _ in 0..crate::egress::MAX_CONNECTIONS {
+            let msg = GuestMessage::EgressOpen {
+                host: "127.0.0.1".into(),
+                port: 1,
+            };
+            t.handle(&msg, soon(), &|| false);
+        }
+
+        let reply = open(&mut t, 0, 1);
+
+        let EgressReply::Refused(why) = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(why.contains("is not in profile `web`"), "{why}");
+    }
+
+    #[test]
+    fn one_poll_carries_at_most_one_chunk_shared_between_busy_streams_and_loses_no_byte() {
+        const SENT: usize = 3 * 1024 * 1024;
+        let servers: Vec<_> = (0..2)
+            .map(|_| {
+                let server = TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = server.local_addr().unwrap().port();
+                let peer = thread::spawn(move || {
+                    let (mut s, _) = server.accept().unwrap();
+                    s.write_all(&vec![b'x'; SENT]).unwrap();
+                });
+                (port, peer)
+            })
+            .collect();
+        let ports: Vec<u16> = servers.iter().map(|(p, _)| *p).collect();
+        let mut t = tunnel_to(&ports);
+        assert_eq!(open(&mut t, 0, ports[0]), EgressReply::Connected);
+        assert_eq!(open(&mut t, 1, ports[1]), EgressReply::Connected);
+        // Room for more than a chunk to wait on the host's side.
+        for stream in t.streams.values() {
+            rustix::net::sockopt::set_socket_recv_buffer_size(&stream.socket, SENT).unwrap();
+        }
+        thread::sleep(Duration::from_millis(300));
+
+        let first = poll_once(&mut t, 1000);
+        let rest = drain(&mut t, &[0, 1]);
+
+        let total: usize = first.iter().map(|d| d.data.len()).sum();
+        assert!(total <= MAX_CHUNK_BYTES, "{total}");
+        let share = MAX_CHUNK_BYTES / first.len();
+        assert!(first.iter().all(|d| d.data.len() <= share), "{first:?}");
+        for id in [0, 1] {
+            let before: usize = first
+                .iter()
+                .filter(|d| d.stream == id)
+                .map(|d| d.data.len())
+                .sum();
+            assert_eq!(before + rest[&id].0.len(), SENT, "stream {id}");
+            assert_eq!(rest[&id].1, 1);
+        }
+        for (_, peer) in servers {
+            peer.join().unwrap();
+        }
+    }
+}
