@@ -1380,4 +1380,62 @@ mod tests {
             Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
         );
     }
+
+    #[test]
+    fn the_task_loop_answers_a_guests_streams_through_its_observer() {
+        // Arrange: a guest that opens a stream, polls, then ends.
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let guest = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            reader.recv().unwrap().unwrap();
+            writer.send(&GuestMessage::Accepted { task: 7 }).unwrap();
+            let open = GuestMessage::StreamOpen {
+                stream: 1,
+                host: "example.org".into(),
+                port: 443,
+            };
+            writer.send(&open).unwrap();
+            let opened = reader.recv().unwrap().unwrap();
+            writer
+                .send(&GuestMessage::StreamClose { stream: 1 })
+                .unwrap();
+            writer
+                .send(&GuestMessage::StreamPoll { wait_ms: 10 })
+                .unwrap();
+            let polled = reader.recv().unwrap().unwrap();
+            writer
+                .send(&GuestMessage::Done {
+                    task: 7,
+                    status: TaskStatus::Ok,
+                })
+                .unwrap();
+            (opened, polled)
+        });
+        let input = TaskInput {
+            kind: TaskKind::OpenUri {
+                uri: "https://example.org/".into(),
+                now_unix_secs: 0,
+                extra_roots: Vec::new(),
+            },
+            data: Vec::new(),
+            limits: limits(),
+            safe_copy: None,
+        };
+
+        // Act
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let run = run_task_observed(&mut channel, 7, &input, deadline, &mut NoObserver).unwrap();
+
+        // Assert
+        let (opened, polled) = guest.join().unwrap();
+        let HostMessage::Stream(StreamReply::Opened { stream: 1, outcome }) = opened else {
+            panic!("{opened:?}")
+        };
+        assert!(matches!(outcome, EgressReply::Refused(_)), "{outcome:?}");
+        assert_eq!(polled, HostMessage::Stream(StreamReply::Data(Vec::new())));
+        assert_eq!(run.status, Some(TaskStatus::Ok));
+        assert!(run.unexpected.is_empty(), "{:?}", run.unexpected);
+    }
 }
