@@ -526,6 +526,22 @@ mod tests {
     }
 
     #[test]
+    fn single_connections_past_the_cap_are_refused_and_recorded_once() {
+        let mut t = EgressTunnel::new("web", allow(&["*:443"]));
+        for _ in 0..MAX_CONNECTIONS {
+            open(&mut t, "example.org", 80);
+        }
+
+        let over = open(&mut t, "example.org", 443);
+        let again = open(&mut t, "example.org", 443);
+
+        let expected = "the task already asked for 32 connections";
+        assert_eq!(over, EgressReply::Refused(expected.into()));
+        assert_eq!(again, EgressReply::Refused(expected.into()));
+        assert_eq!(t.records().len(), MAX_CONNECTIONS + 1);
+    }
+
+    #[test]
     fn a_closed_port_fails_with_the_reason() {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
