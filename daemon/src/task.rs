@@ -20,7 +20,7 @@ use vitrine_shim::protocol::{
     flatten_task_id, BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage,
     HostMessage, Identity, IdentityApplied, InputEvent, Limits, MessageError, PagePrint,
     PixelBudget, SafeCopy, StreamReply, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
-    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    MAX_EXPORT_BYTES, MAX_POLL_WAIT_MS, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -143,8 +143,9 @@ pub trait TaskObserver {
     }
     /// An egress message from the guest (`Egress*` or `Stream*`); `Some` is
     /// the answer (`HostMessage::Egress` or `HostMessage::Stream`). By
-    /// default the guest has no network.
-    fn egress(&mut self, msg: &GuestMessage, _deadline: Instant) -> Option<HostMessage> {
+    /// default the guest has no network; a poll still waits as asked, so a
+    /// guest that polls to pace itself does not spin.
+    fn egress(&mut self, msg: &GuestMessage, deadline: Instant) -> Option<HostMessage> {
         match msg {
             GuestMessage::EgressOpen { host, port } => Some(HostMessage::Egress(
                 EgressReply::Refused(format!("{host}:{port}: this task has no egress tunnel")),
@@ -160,7 +161,9 @@ pub trait TaskObserver {
                     )),
                 }))
             }
-            GuestMessage::StreamPoll { .. } => {
+            GuestMessage::StreamPoll { wait_ms } => {
+                let wait = Duration::from_millis((*wait_ms).min(MAX_POLL_WAIT_MS).into());
+                std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
                 Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
             }
             _ => None,
@@ -1362,7 +1365,9 @@ mod tests {
         let opened = observer.egress(&open, deadline);
         let sent = observer.egress(&send, deadline);
         let closed = observer.egress(&GuestMessage::StreamClose { stream: 3 }, deadline);
-        let polled = observer.egress(&GuestMessage::StreamPoll { wait_ms: 500 }, deadline);
+        let started = Instant::now();
+        let polled = observer.egress(&GuestMessage::StreamPoll { wait_ms: 50 }, deadline);
+        let waited = started.elapsed();
 
         assert_eq!(
             opened,
@@ -1379,6 +1384,8 @@ mod tests {
             polled,
             Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
         );
+        assert!(waited >= Duration::from_millis(45), "{waited:?}");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
     }
 
     #[test]
