@@ -65,6 +65,7 @@ impl EgressTunnel {
         };
         let result = result.map(|(socket, addr)| {
             let _ = socket.set_write_timeout(Some(SEND_TIMEOUT));
+            log::debug!("egress: stream {id} is {target}");
             let stream = Stream {
                 socket,
                 target: target.clone(),
@@ -73,7 +74,6 @@ impl EgressTunnel {
             self.streams.insert(id, stream);
             addr
         });
-        log::debug!("egress: stream {id} is {target}");
         let record = self.stream_opens <= MAX_STREAMS_OPENED + 1;
         StreamReply::Opened {
             stream: id,
@@ -140,7 +140,7 @@ impl EgressTunnel {
     ) -> StreamReply {
         let wait = Duration::from_millis(wait_ms.min(MAX_POLL_WAIT_MS).into());
         let give_up = (Instant::now() + wait).min(deadline);
-        if self.over_relayed_cap() {
+        if self.over_relayed_cap() && !self.streams.is_empty() {
             log::warn!("egress: {}; every stream ends", relayed_cap_text());
             self.streams.values_mut().for_each(Stream::break_off);
         }
