@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use vitrine_shim::protocol::{
     flatten_task_id, BudgetError, ByteBuf, EgressReply, ExportOffer, Frame, GuestMessage,
     HostMessage, Identity, IdentityApplied, InputEvent, Limits, MessageError, PagePrint,
-    PixelBudget, SafeCopy, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
-    MAX_EXPORT_BYTES, MAX_TASK_INPUT,
+    PixelBudget, SafeCopy, StreamReply, Task, TaskKind, TaskStatus, WireMessage, MAX_CHUNK_BYTES,
+    MAX_EXPORT_BYTES, MAX_POLL_WAIT_MS, MAX_TASK_INPUT,
 };
 
 use crate::backend::{ChannelError, GuestChannel};
@@ -147,16 +147,30 @@ pub trait TaskObserver {
     fn input(&mut self) -> Vec<InputEvent> {
         Vec::new()
     }
-    /// An egress message from the guest (`EgressOpen`, `EgressSend`,
-    /// `EgressRecv`, `EgressClose`); `Some` is the answer. By default the
-    /// guest has no network.
-    fn egress(&mut self, msg: &GuestMessage, _deadline: Instant) -> Option<EgressReply> {
+    /// An egress message from the guest (`Egress*` or `Stream*`); `Some` is
+    /// the answer (`HostMessage::Egress` or `HostMessage::Stream`). By
+    /// default the guest has no network; a poll still waits as asked, so a
+    /// guest that polls to pace itself does not spin.
+    fn egress(&mut self, msg: &GuestMessage, deadline: Instant) -> Option<HostMessage> {
         match msg {
-            GuestMessage::EgressOpen { host, port } => Some(EgressReply::Refused(format!(
-                "{host}:{port}: this task has no egress tunnel"
+            GuestMessage::EgressOpen { host, port } => Some(HostMessage::Egress(
+                EgressReply::Refused(format!("{host}:{port}: this task has no egress tunnel")),
+            )),
+            GuestMessage::EgressRecv { .. } => Some(HostMessage::Egress(EgressReply::Failed(
+                "no connection is open".into(),
             ))),
-            GuestMessage::EgressRecv { .. } => {
-                Some(EgressReply::Failed("no connection is open".into()))
+            GuestMessage::StreamOpen { stream, host, port } => {
+                Some(HostMessage::Stream(StreamReply::Opened {
+                    stream: *stream,
+                    outcome: EgressReply::Refused(format!(
+                        "{host}:{port}: this task has no egress tunnel"
+                    )),
+                }))
+            }
+            GuestMessage::StreamPoll { wait_ms } => {
+                let wait = Duration::from_millis((*wait_ms).min(MAX_POLL_WAIT_MS).into());
+                std::thread::sleep(wait.min(deadline.saturating_duration_since(Instant::now())));
+                Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
             }
             _ => None,
         }
@@ -595,14 +609,17 @@ fn drive(
             GuestMessage::EgressOpen { .. }
             | GuestMessage::EgressSend { .. }
             | GuestMessage::EgressRecv { .. }
-            | GuestMessage::EgressClose => {
+            | GuestMessage::EgressClose
+            | GuestMessage::StreamOpen { .. }
+            | GuestMessage::StreamSend { .. }
+            | GuestMessage::StreamClose { .. }
+            | GuestMessage::StreamPoll { .. } => {
+                // `seen` lists single opens, not streams: a browser opens hundreds.
                 if let GuestMessage::EgressOpen { host, port } = &msg {
                     seen.push(format!("EgressOpen({host}:{port})"));
                 }
                 if let Some(reply) = observer.egress(&msg, deadline) {
-                    channel
-                        .send(&HostMessage::Egress(reply))
-                        .map_err(|e| fail(e, &seen))?;
+                    channel.send(&reply).map_err(|e| fail(e, &seen))?;
                 }
             }
             other => {
@@ -1426,5 +1443,103 @@ mod tests {
             "refused before any VM was taken: uri is 100020 bytes, more than the cap of 8192"
         );
         assert!(pdf_input().check().is_ok());
+    }
+
+    #[test]
+    fn a_task_without_a_tunnel_refuses_streams_and_its_polls_find_nothing() {
+        let mut observer = NoObserver;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let open = GuestMessage::StreamOpen {
+            stream: 3,
+            host: "example.org".into(),
+            port: 443,
+        };
+        let send = GuestMessage::StreamSend {
+            stream: 3,
+            data: b"hello".to_vec(),
+        };
+
+        let opened = observer.egress(&open, deadline);
+        let sent = observer.egress(&send, deadline);
+        let closed = observer.egress(&GuestMessage::StreamClose { stream: 3 }, deadline);
+        let started = Instant::now();
+        let polled = observer.egress(&GuestMessage::StreamPoll { wait_ms: 50 }, deadline);
+        let waited = started.elapsed();
+
+        assert_eq!(
+            opened,
+            Some(HostMessage::Stream(StreamReply::Opened {
+                stream: 3,
+                outcome: EgressReply::Refused(
+                    "example.org:443: this task has no egress tunnel".into()
+                ),
+            }))
+        );
+        assert_eq!(sent, None);
+        assert_eq!(closed, None);
+        assert_eq!(
+            polled,
+            Some(HostMessage::Stream(StreamReply::Data(Vec::new())))
+        );
+        assert!(waited >= Duration::from_millis(45), "{waited:?}");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
+    }
+
+    #[test]
+    fn the_task_loop_answers_a_guests_streams_through_its_observer() {
+        // Arrange: a guest that opens a stream, polls, then ends.
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut channel = GuestChannel::new(host).unwrap();
+        let guest = thread::spawn(move || {
+            let mut reader = FrameReader::<_, HostMessage>::new(&guest);
+            let mut writer = FrameWriter::<_, GuestMessage>::new(&guest);
+            reader.recv().unwrap().unwrap();
+            writer.send(&GuestMessage::Accepted { task: 7 }).unwrap();
+            let open = GuestMessage::StreamOpen {
+                stream: 1,
+                host: "example.org".into(),
+                port: 443,
+            };
+            writer.send(&open).unwrap();
+            let opened = reader.recv().unwrap().unwrap();
+            writer
+                .send(&GuestMessage::StreamClose { stream: 1 })
+                .unwrap();
+            writer
+                .send(&GuestMessage::StreamPoll { wait_ms: 10 })
+                .unwrap();
+            let polled = reader.recv().unwrap().unwrap();
+            writer
+                .send(&GuestMessage::Done {
+                    task: 7,
+                    status: TaskStatus::Ok,
+                })
+                .unwrap();
+            (opened, polled)
+        });
+        let input = TaskInput {
+            kind: TaskKind::OpenUri {
+                uri: "https://example.org/".into(),
+                now_unix_secs: 0,
+                extra_roots: Vec::new(),
+            },
+            data: Vec::new(),
+            limits: limits(),
+            safe_copy: None,
+        };
+
+        // Act
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let run = run_task_observed(&mut channel, 7, &input, deadline, &mut NoObserver).unwrap();
+
+        // Assert
+        let (opened, polled) = guest.join().unwrap();
+        let HostMessage::Stream(StreamReply::Opened { stream: 1, outcome }) = opened else {
+            panic!("{opened:?}")
+        };
+        assert!(matches!(outcome, EgressReply::Refused(_)), "{outcome:?}");
+        assert_eq!(polled, HostMessage::Stream(StreamReply::Data(Vec::new())));
+        assert_eq!(run.status, Some(TaskStatus::Ok));
+        assert!(run.unexpected.is_empty(), "{:?}", run.unexpected);
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vitrine_policy::{AuditLog, PolicyHandle, Preload, Profile, Request, Verdict};
-use vitrine_shim::protocol::{EgressReply, Frame, GuestMessage, HostMessage, InputEvent};
+use vitrine_shim::protocol::{Frame, GuestMessage, HostMessage, InputEvent};
 
 use super::receipt::{hex, sha256_hex, ReceiptBody, ReceiptOutput, ReceiptSigner};
 use super::safe_copy::{self, SafeCopyRequest};
@@ -973,7 +973,7 @@ impl TaskObserver for Streamer<'_, '_> {
         link.poll_input()
     }
 
-    fn egress(&mut self, msg: &GuestMessage, deadline: Instant) -> Option<EgressReply> {
+    fn egress(&mut self, msg: &GuestMessage, deadline: Instant) -> Option<HostMessage> {
         let control = &self.worker.control;
         let before = self.egress.records().len();
         let reply = self.egress.handle(msg, deadline, &|| control.cancelled());

@@ -9,14 +9,24 @@
 //! resolved address). An entry that names the host exactly may reach it
 //! wherever it is. Every connection, allowed or refused, is recorded for the
 //! task's details.
+//!
+//! Two ways to use it: one connection at a time, each receive a request
+//! (`EgressOpen`/`Send`/`Recv`/`Close`, the shim's own fetcher), and tunnel
+//! streams, many at once and polled together (`Stream*`, a browser's
+//! connections; [`streams`]).
 
+mod streams;
+
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use vitrine_policy::pattern::HostPattern;
 use vitrine_policy::profile::Egress;
-use vitrine_shim::protocol::{EgressReply, GuestMessage, MAX_CHUNK_BYTES};
+use vitrine_shim::protocol::{EgressReply, GuestMessage, HostMessage, StreamId, MAX_CHUNK_BYTES};
+
+pub use streams::{MAX_STREAMS_OPEN, MAX_STREAMS_OPENED};
 
 /// Longest wait for one TCP connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,8 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECV_WAIT: Duration = Duration::from_secs(30);
 /// How often a blocked receive looks for a cancel.
 const RECV_SLICE: Duration = Duration::from_millis(200);
-/// Most connections one task may open: enough for redirects, too few to
-/// scan with.
+/// Most single connections (`EgressOpen`) one task may ask for: enough for
+/// redirects, too few to scan with. Streams have caps of their own.
 pub const MAX_CONNECTIONS: usize = 32;
 /// Most bytes relayed each way in one task.
 pub const MAX_RELAYED_BYTES: u64 = 512 * 1024 * 1024;
@@ -45,6 +55,11 @@ pub struct EgressTunnel {
     profile: String,
     allow: Egress,
     conn: Option<Connection>,
+    /// `EgressOpen`s asked for.
+    opens: usize,
+    streams: BTreeMap<StreamId, streams::Stream>,
+    /// `StreamOpen`s asked for.
+    stream_opens: usize,
     records: Vec<EgressRecord>,
     sent: u64,
     received: u64,
@@ -63,13 +78,17 @@ impl EgressTunnel {
             profile: profile.to_owned(),
             allow,
             conn: None,
+            opens: 0,
+            streams: BTreeMap::new(),
+            stream_opens: 0,
             records: Vec::new(),
             sent: 0,
             received: 0,
         }
     }
 
-    /// Connections asked for so far.
+    /// Connections asked for so far, single and streams. Past a cap, only
+    /// the first refusal is recorded, so a guest cannot grow the list.
     pub fn records(&self) -> &[EgressRecord] {
         &self.records
     }
@@ -79,42 +98,81 @@ impl EgressTunnel {
         (self.sent, self.received)
     }
 
-    /// Serves one egress message from the guest; `Some` is the answer to
-    /// send back. `cancelled` is polled while a receive waits.
+    /// Serves one egress or stream message from the guest; `Some` is the
+    /// answer to send back: `HostMessage::Egress` or `HostMessage::Stream`.
+    /// `cancelled` is polled while a receive or a poll waits.
     pub fn handle(
         &mut self,
         msg: &GuestMessage,
         deadline: Instant,
         cancelled: &dyn Fn() -> bool,
-    ) -> Option<EgressReply> {
+    ) -> Option<HostMessage> {
         match msg {
-            GuestMessage::EgressOpen { host, port } => Some(self.open(host, *port, deadline)),
+            GuestMessage::EgressOpen { host, port } => {
+                Some(HostMessage::Egress(self.open(host, *port, deadline)))
+            }
             GuestMessage::EgressSend { data } => {
                 self.send(data);
                 None
             }
-            GuestMessage::EgressRecv { max } => Some(self.recv(*max, deadline, cancelled)),
+            GuestMessage::EgressRecv { max } => {
+                Some(HostMessage::Egress(self.recv(*max, deadline, cancelled)))
+            }
             GuestMessage::EgressClose => {
                 self.close();
                 None
             }
+            GuestMessage::StreamOpen { stream, host, port } => Some(HostMessage::Stream(
+                self.stream_open(*stream, host, *port, deadline),
+            )),
+            GuestMessage::StreamSend { stream, data } => {
+                self.stream_send(*stream, data);
+                None
+            }
+            GuestMessage::StreamClose { stream } => {
+                self.stream_close(*stream);
+                None
+            }
+            GuestMessage::StreamPoll { wait_ms } => Some(HostMessage::Stream(
+                self.stream_poll(*wait_ms, deadline, cancelled),
+            )),
             _ => None,
         }
     }
 
     fn open(&mut self, host: &str, port: u16, deadline: Instant) -> EgressReply {
         self.close();
+        self.opens = self.opens.saturating_add(1);
         let host = host.to_ascii_lowercase();
         let target = endpoint_text(&host, port);
-        let result = self.connect(&host, port, deadline);
+        let result = if self.opens > MAX_CONNECTIONS {
+            Err(Refusal::Policy(format!(
+                "the task already asked for {MAX_CONNECTIONS} connections"
+            )))
+        } else {
+            self.connect(&host, port, deadline)
+        };
+        let result = result.map(|(stream, addr)| {
+            self.conn = Some(Connection {
+                stream,
+                target: target.clone(),
+            });
+            addr
+        });
+        let record = self.opens <= MAX_CONNECTIONS + 1;
+        self.settle(target, result, record)
+    }
+
+    /// Logs what became of the connection to `target` asked for, records it
+    /// when `record`, and turns it into the guest's answer.
+    fn settle(
+        &mut self,
+        target: String,
+        result: Result<SocketAddr, Refusal>,
+        record: bool,
+    ) -> EgressReply {
         let (reply, outcome) = match result {
-            Ok((stream, addr)) => {
-                self.conn = Some(Connection {
-                    stream,
-                    target: target.clone(),
-                });
-                (EgressReply::Connected, format!("connected to {addr}"))
-            }
+            Ok(addr) => (EgressReply::Connected, format!("connected to {addr}")),
             Err(Refusal::Policy(why)) => {
                 (EgressReply::Refused(why.clone()), format!("refused: {why}"))
             }
@@ -124,23 +182,22 @@ impl EgressTunnel {
         };
         match &reply {
             EgressReply::Connected => log::info!("egress: {target}: {outcome}"),
-            _ => log::warn!("egress: {target}: {outcome}"),
+            _ if record => log::warn!("egress: {target}: {outcome}"),
+            _ => log::debug!("egress: {target}: {outcome}"),
         }
-        self.records.push(EgressRecord { target, outcome });
+        if record {
+            self.records.push(EgressRecord { target, outcome });
+        }
         reply
     }
 
+    /// Applies the profile's egress list to `host:port` and connects.
     fn connect(
         &self,
         host: &str,
         port: u16,
         deadline: Instant,
     ) -> Result<(TcpStream, SocketAddr), Refusal> {
-        if self.records.len() >= MAX_CONNECTIONS {
-            return Err(Refusal::Policy(format!(
-                "the task already asked for {MAX_CONNECTIONS} connections"
-            )));
-        }
         let list = match &self.allow {
             Egress::None => {
                 return Err(Refusal::Policy(format!(
@@ -347,20 +404,28 @@ mod tests {
         Instant::now() + Duration::from_secs(20)
     }
 
+    /// The tunnel's answer, which must be an `Egress` one.
+    fn egress_reply(answer: Option<HostMessage>) -> EgressReply {
+        match answer {
+            Some(HostMessage::Egress(reply)) => reply,
+            other => panic!("not an egress answer: {other:?}"),
+        }
+    }
+
     #[test]
     fn an_ipv6_target_is_written_in_brackets_in_the_refusal_and_the_record() {
         let mut tunnel = EgressTunnel::new("web", allow(&["*:443"]));
 
-        let reply = tunnel.handle(
+        let reply = egress_reply(tunnel.handle(
             &GuestMessage::EgressOpen {
                 host: "::1".into(),
                 port: 443,
             },
             soon(),
             &|| false,
-        );
+        ));
 
-        let Some(EgressReply::Refused(why)) = reply else {
+        let EgressReply::Refused(why) = reply else {
             panic!("{reply:?}");
         };
         assert_eq!(
@@ -378,7 +443,7 @@ mod tests {
             host: host.into(),
             port,
         };
-        t.handle(&msg, soon(), &|| false).unwrap()
+        egress_reply(t.handle(&msg, soon(), &|| false))
     }
 
     #[test]
@@ -443,7 +508,7 @@ mod tests {
         let mut got = Vec::new();
         loop {
             let recv = GuestMessage::EgressRecv { max: 3 };
-            match t.handle(&recv, soon(), &|| false).unwrap() {
+            match egress_reply(t.handle(&recv, soon(), &|| false)) {
                 EgressReply::Data(d) if d.is_empty() => break,
                 EgressReply::Data(d) => {
                     assert!(d.len() <= 3);
@@ -458,6 +523,22 @@ mod tests {
         assert!(t.records()[0]
             .outcome
             .starts_with("connected to 127.0.0.1:"));
+    }
+
+    #[test]
+    fn single_connections_past_the_cap_are_refused_and_recorded_once() {
+        let mut t = EgressTunnel::new("web", allow(&["*:443"]));
+        for _ in 0..MAX_CONNECTIONS {
+            open(&mut t, "example.org", 80);
+        }
+
+        let over = open(&mut t, "example.org", 443);
+        let again = open(&mut t, "example.org", 443);
+
+        let expected = "the task already asked for 32 connections";
+        assert_eq!(over, EgressReply::Refused(expected.into()));
+        assert_eq!(again, EgressReply::Refused(expected.into()));
+        assert_eq!(t.records().len(), MAX_CONNECTIONS + 1);
     }
 
     #[test]
@@ -483,11 +564,9 @@ mod tests {
         let _peer = server.accept().unwrap();
         let started = Instant::now();
         let recv = GuestMessage::EgressRecv { max: 10 };
-        let reply = t
-            .handle(&recv, soon(), &|| {
-                started.elapsed() > Duration::from_millis(300)
-            })
-            .unwrap();
+        let reply = egress_reply(t.handle(&recv, soon(), &|| {
+            started.elapsed() > Duration::from_millis(300)
+        }));
         assert!(matches!(reply, EgressReply::Failed(_)), "{reply:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
     }
@@ -498,7 +577,9 @@ mod tests {
         let recv = GuestMessage::EgressRecv { max: 10 };
         assert_eq!(
             t.handle(&recv, soon(), &|| false),
-            Some(EgressReply::Failed("no connection is open".into()))
+            Some(HostMessage::Egress(EgressReply::Failed(
+                "no connection is open".into()
+            )))
         );
     }
 
