@@ -678,8 +678,7 @@ pub fn serve_live(
                         pages: 1,
                     });
                 }
-                if frame.width > input.limits.max_width || frame.height > input.limits.max_height
-                {
+                if frame.width > input.limits.max_width || frame.height > input.limits.max_height {
                     return Err(TaskError::PageTooLarge {
                         width: frame.width,
                         height: frame.height,
@@ -697,9 +696,13 @@ pub fn serve_live(
             msg @ (GuestMessage::EgressOpen { .. }
             | GuestMessage::EgressSend { .. }
             | GuestMessage::EgressRecv { .. }
-            | GuestMessage::EgressClose) => {
+            | GuestMessage::EgressClose
+            | GuestMessage::StreamOpen { .. }
+            | GuestMessage::StreamSend { .. }
+            | GuestMessage::StreamClose { .. }
+            | GuestMessage::StreamPoll { .. }) => {
                 if let Some(reply) = observer.egress(&msg, deadline) {
-                    channel.send(&HostMessage::Egress(reply)).map_err(fail)?;
+                    channel.send(&reply).map_err(fail)?;
                 }
             }
             other => log::debug!("live page: ignored {other:?}"),
@@ -1526,6 +1529,7 @@ mod tests {
             data: Vec::new(),
             limits: limits(),
             safe_copy: None,
+            live: false,
         };
 
         // Act

@@ -217,3 +217,38 @@ fn a_link_is_shown_by_the_browser_with_its_styles_script_and_image() {
         .any(|l| l.starts_with("GET / ")));
     guest.shutdown();
 }
+
+#[test]
+fn an_html_file_is_laid_out_by_the_browser_offline_into_pages() {
+    let test = "an_html_file_is_laid_out_by_the_browser_offline_into_pages";
+    if !have_chromium(test) || !support::have_poppler(test) {
+        return;
+    }
+    // Arrange: a page that names a server; it must never be reached.
+    let srv = server(HashMap::from([("/x.png", String::from("no"))]));
+    let html = format!(
+        "<!doctype html><html><body><h1 style=\"color:#0000ff;font:bold 40px sans-serif\">\
+         Offline heading</h1><p>distribution of words, never cut mid-word</p>\
+         <img src=\"http://127.0.0.1:{}/x.png\"><img src=\"file:///etc/passwd\"></body></html>",
+        srv.port
+    );
+    let mut guest = guest();
+
+    // Act
+    let out = guest.open_file("saved.html", html.as_bytes(), limits(60_000));
+
+    // Assert
+    assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
+    let page = out.pages.get(&0).expect("no page");
+    let blue = page
+        .rgba()
+        .chunks_exact(4)
+        .filter(|p| p[2] > 200 && p[0] < 60 && p[1] < 60)
+        .count();
+    assert!(blue > 200, "the heading's blue has {blue} pixels");
+    assert!(
+        srv.requests.lock().unwrap().is_empty(),
+        "the file reached the network"
+    );
+    guest.shutdown();
+}

@@ -148,6 +148,13 @@ impl Agent {
             input = self.office_to_pdf(task, file.input, work, deadline)?;
             kind = DocKind::Pdf;
         }
+        // HTML is laid out by the browser engine, offline, into pages.
+        if kind == DocKind::Html
+            && crate::browser::Engine::find(self.config.in_guest, &self.config.work_root).is_some()
+        {
+            input = self.html_to_pdf(file.input, work, deadline)?;
+            kind = DocKind::Pdf;
+        }
         let print = match &task.safe_copy {
             None => None,
             Some(copy) => Some(self.print_setup(copy.ocr.as_deref())?),

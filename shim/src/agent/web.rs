@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ const VIEWPORT: (u32, u32) = (1024, 768);
 const POLL_WAIT_MS: u32 = 25;
 /// The wait for an event between two polls.
 const TICK: Duration = Duration::from_millis(10);
+/// Largest HTML file the browser lays out (it goes in as a `data:` URL,
+/// and Chromium caps a URL at 2 MiB).
+const MAX_HTML_FILE: usize = 1536 * 1024;
 /// A wheel line, in CSS pixels.
 const WHEEL_LINE: i32 = 40;
 
@@ -180,6 +184,85 @@ impl Agent {
             return Err(failed(why));
         }
         Ok(tab)
+    }
+
+    /// Lays out an HTML file with the browser, offline (no route out at
+    /// all; the file goes in as a `data:` URL, so its relative references
+    /// resolve to nothing and `file:` ones are refused to it), and prints
+    /// it to a PDF that renders as any PDF does.
+    pub(super) fn html_to_pdf(
+        &mut self,
+        input: &Path,
+        work: &Path,
+        deadline: Instant,
+    ) -> Result<PathBuf, Stop> {
+        let engine = Engine::find(self.config.in_guest, &self.config.work_root)
+            .ok_or_else(|| failed(crate::browser::BrowserError::Missing))?;
+        let html = std::fs::read(input).map_err(failed)?;
+        if html.len() > MAX_HTML_FILE {
+            return Err(failed(format!(
+                "an HTML file of {} bytes; the browser takes at most {MAX_HTML_FILE}",
+                html.len()
+            )));
+        }
+        let url = format!(
+            "data:text/html;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(&html)
+        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (mut session, mut reader) = engine
+            .start(
+                self.browser_identity(),
+                None,
+                VIEWPORT,
+                ChildLimits::browser(left),
+                deadline,
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        let result = (|| {
+            let nav = session
+                .call("Page.navigate", json!({ "url": url }))
+                .map_err(|e| failed(chain(&e)))?;
+            let mut print = None;
+            loop {
+                if Instant::now() >= deadline {
+                    return Err(Stop::Task(TaskStatus::TimedOut));
+                }
+                match reader.read_message().map_err(|e| failed(chain(&e)))? {
+                    None => {
+                        return Err(failed(format!("the browser ended: {}", session.log_tail())))
+                    }
+                    Some(Incoming::Event { method, .. }) if method == "Page.loadEventFired" => {
+                        if print.is_none() {
+                            print = Some(
+                                session
+                                    .call("Page.printToPDF", json!({ "printBackground": true }))
+                                    .map_err(|e| failed(chain(&e)))?,
+                            );
+                        }
+                    }
+                    Some(Incoming::Event { method, .. }) if method == "Inspector.targetCrashed" => {
+                        return Err(failed("the browser's renderer crashed on this HTML"))
+                    }
+                    Some(Incoming::Reply { id, result }) if Some(id) == print => {
+                        let v = result.map_err(|e| failed(format!("printing the page: {e}")))?;
+                        let data = v["data"].as_str().unwrap_or_default();
+                        let pdf = base64::engine::general_purpose::STANDARD
+                            .decode(data)
+                            .map_err(|e| failed(format!("the printed page: {e}")))?;
+                        let path = work.join("html.pdf");
+                        std::fs::write(&path, pdf).map_err(failed)?;
+                        return Ok(path);
+                    }
+                    Some(Incoming::Reply { id, result: Err(e) }) if id == nav => {
+                        return Err(failed(format!("the HTML did not load: {e}")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        })();
+        session.kill();
+        result
     }
 
     /// Serves a live tab after `Done` until `Shutdown` or the host goes.

@@ -19,9 +19,9 @@ use vitrine_shim::raster::{Raster, Rgb};
 static NEXT_UID: AtomicU32 = AtomicU32::new(0);
 
 /// A uid no one else on this host uses, so kill-by-uid stays inside the
-/// test; the next one is left free for the shim's LibreOffice.
+/// test; the next two are left free for the shim's LibreOffice and browser.
 pub fn unique_uid() -> u32 {
-    400_000 + (std::process::id() % 10_000) * 64 + NEXT_UID.fetch_add(2, Ordering::Relaxed)
+    400_000 + (std::process::id() % 10_000) * 64 + NEXT_UID.fetch_add(3, Ordering::Relaxed)
 }
 
 /// A running shim and our end of its socket.

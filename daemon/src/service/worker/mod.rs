@@ -684,7 +684,8 @@ impl Worker<'_> {
         let limit = Duration::from_millis(input.limits.time_limit_ms.into()) + DONE_MARGIN;
         let deadline = (Instant::now() + limit).min(started + profile.time_limit);
         // A link in a window stays a live tab after its first frame.
-        input.live = viewer.is_some() && matches!(input.kind, vitrine_shim::protocol::TaskKind::OpenUri { .. });
+        input.live = viewer.is_some()
+            && matches!(input.kind, vitrine_shim::protocol::TaskKind::OpenUri { .. });
         let mut observer = Streamer {
             egress: EgressTunnel::new(&profile.name, profile.egress.clone()),
             worker: self,
