@@ -146,15 +146,18 @@ pub enum Preload {
     None,
     /// A headless LibreOffice, which converts office documents.
     Office,
+    /// Chromium with a blank tab, which shows links.
+    Web,
 }
 
 impl Preload {
-    pub const NAMES: [&'static str; 2] = ["office", "none"];
+    pub const NAMES: [&'static str; 3] = ["office", "web", "none"];
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "none" => Some(Self::None),
             "office" => Some(Self::Office),
+            "web" => Some(Self::Web),
             _ => None,
         }
     }
@@ -163,6 +166,7 @@ impl Preload {
         match self {
             Self::None => "none",
             Self::Office => "office",
+            Self::Web => "web",
         }
     }
 }

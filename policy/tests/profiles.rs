@@ -226,10 +226,13 @@ fn the_safe_copy_ocr_language_is_a_tesseract_list_or_nothing() {
 #[test]
 fn preload_names_the_application_the_template_starts() {
     let office = profile_from("[profile.p]\npreload = \"office\"\n");
+    let web = profile_from("[profile.p]\npreload = \"web\"\n");
     let none = profile_from("[profile.p]\npreload = \"none\"\n");
     let unset = profile_from("[profile.p]\nvcpus = 1\n");
 
     assert_eq!(office.preload, Preload::Office);
+    assert_eq!(web.preload, Preload::Web);
+    assert!(web.fields().contains(&("preload", "web".to_owned())));
     assert!(office.fields().contains(&("preload", "office".to_owned())));
     assert_eq!(none.preload, Preload::None);
     assert_eq!(
@@ -241,7 +244,7 @@ fn preload_names_the_application_the_template_starts() {
 }
 
 #[test]
-fn a_preload_that_is_not_office_or_none_names_its_line_and_the_fix() {
+fn a_preload_that_is_not_office_web_or_none_names_its_line_and_the_fix() {
     for bad in ["\"libreoffice\"", "\"\"", "true"] {
         let d = load_err(&[(
             "10-p.toml",

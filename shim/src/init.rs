@@ -22,6 +22,29 @@ pub const APP_DISK_MOUNT: &str = "/apps";
 /// `Ready` (`vitrine.preload=office`), so that a template snapshotted at
 /// `Ready` holds it already running and its clones skip its start.
 pub const PRELOAD_PARAM: &str = "vitrine.preload";
+
+/// The application a VM starts before `Ready` ([`PRELOAD_PARAM`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Preload {
+    /// Nothing.
+    #[default]
+    None,
+    /// A headless LibreOffice, idle with a document open.
+    Office,
+    /// Chromium with a blank tab, and its proxy.
+    Web,
+}
+
+impl Preload {
+    /// The parameter's value: `office` or `web`; anything else is none.
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "office" => Preload::Office,
+            "web" => Preload::Web,
+            _ => Preload::None,
+        }
+    }
+}
 /// The application disk: the VM's first virtio-blk device.
 const APP_DISK_DEVICE: &str = "/dev/vda";
 

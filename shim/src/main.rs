@@ -106,8 +106,10 @@ fn run_agent(args: &[OsString]) -> anyhow::Result<()> {
             sandbox_uid,
             in_guest: init::started_by_init(),
             // A local process (tests) may ask for it too.
-            preload_office: kernel.preload_office
-                || std::env::var_os(PRELOAD_ENV).is_some_and(|v| v == "office"),
+            preload: match std::env::var(PRELOAD_ENV) {
+                Ok(v) if kernel.preload == init::Preload::None => init::Preload::parse(&v),
+                _ => kernel.preload,
+            },
         },
     )
     .context("session with the host")

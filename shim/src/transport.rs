@@ -58,8 +58,8 @@ pub struct KernelArgs {
     pub port: Option<u32>,
     /// `vitrine.uid`: uid for sandboxed children.
     pub uid: Option<u32>,
-    /// `vitrine.preload=office`: LibreOffice runs before `Ready`.
-    pub preload_office: bool,
+    /// `vitrine.preload=office|web`: what runs before `Ready`.
+    pub preload: crate::init::Preload,
 }
 
 impl KernelArgs {
@@ -71,11 +71,11 @@ impl KernelArgs {
                 out.port = v.parse().ok();
             } else if let Some(v) = word.strip_prefix("vitrine.uid=") {
                 out.uid = v.parse().ok();
-            } else if word
+            } else if let Some(v) = word
                 .strip_prefix(crate::init::PRELOAD_PARAM)
-                .is_some_and(|v| v == "=office")
+                .and_then(|v| v.strip_prefix('='))
             {
-                out.preload_office = true;
+                out.preload = crate::init::Preload::parse(v);
             }
         }
         out
@@ -226,6 +226,7 @@ pub fn connect_first(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init::Preload;
 
     #[test]
     fn kernel_cmdline_gives_port_and_uid() {
@@ -233,14 +234,17 @@ mod tests {
 
         assert_eq!(args.port, Some(1024));
         assert_eq!(args.uid, Some(4242));
-        assert!(!args.preload_office);
+        assert_eq!(args.preload, Preload::None);
     }
 
     #[test]
     fn kernel_cmdline_asks_for_libreoffice_only_by_its_exact_word() {
-        assert!(KernelArgs::parse("quiet vitrine.preload=office").preload_office);
-        assert!(!KernelArgs::parse("vitrine.preload=officer").preload_office);
-        assert!(!KernelArgs::parse("vitrine.preload=").preload_office);
+        let preload = |line: &str| KernelArgs::parse(line).preload;
+        assert_eq!(preload("quiet vitrine.preload=office"), Preload::Office);
+        assert_eq!(preload("vitrine.preload=web quiet"), Preload::Web);
+        assert_eq!(preload("vitrine.preload=officer"), Preload::None);
+        assert_eq!(preload("vitrine.preload="), Preload::None);
+        assert_eq!(preload("vitrine.preloaded=web"), Preload::None);
     }
 
     #[test]

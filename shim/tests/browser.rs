@@ -64,12 +64,80 @@ fn server(pages: HashMap<&'static str, String>) -> Server {
     Server { port, requests }
 }
 
+/// A TLS 1.3 server for `localhost` (its CA's DER returned) that answers
+/// every request with `page`.
+fn tls_server(page: String) -> (u16, Vec<u8>) {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Vitrine browser test CA");
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (config, page) = (config.clone(), page.clone());
+            std::thread::spawn(move || {
+                let tls = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(tls, conn);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, ca.der().to_vec())
+}
+
 /// Plays the host: streams to 127.0.0.1 only, everything else refused.
 fn run_until_done(guest: &mut Guest, uri: &str, time_limit_ms: u32) -> (Outcome, Vec<String>) {
+    run_with_roots(guest, uri, Vec::new(), time_limit_ms)
+}
+
+fn run_with_roots(
+    guest: &mut Guest,
+    uri: &str,
+    roots: Vec<Vec<u8>>,
+    time_limit_ms: u32,
+) -> (Outcome, Vec<String>) {
     let kind = TaskKind::OpenUri {
         uri: uri.into(),
         now_unix_secs: 1_800_000_000,
-        extra_roots: Vec::new(),
+        extra_roots: roots.into_iter().map(serde_bytes::ByteBuf::from).collect(),
     };
     let t0 = Instant::now();
     guest.submit(kind, &[], limits(time_limit_ms));
@@ -251,4 +319,49 @@ fn an_html_file_is_laid_out_by_the_browser_offline_into_pages() {
         "the file reached the network"
     );
     guest.shutdown();
+}
+
+#[test]
+fn a_preloaded_browser_trusts_the_tasks_extra_root_and_only_it() {
+    let test = "a_preloaded_browser_trusts_the_tasks_extra_root_and_only_it";
+    if !have_chromium(test) || !Path::new("/usr/bin/certutil").is_file() {
+        support::skip(
+            test,
+            "no chromium-headless-shell or certutil (libnss3-tools)",
+        );
+        return;
+    }
+    // Arrange
+    let page = "<!doctype html><body style=\"margin:0;background:#00ff00\">green</body>";
+    let (port, ca) = tls_server(page.to_owned());
+    let uri = format!("https://localhost:{port}/");
+    let env = [
+        ("VITRINE_CHROMIUM", Path::new(CHROMIUM)),
+        ("VITRINE_PRELOAD", Path::new("web")),
+    ];
+
+    // Act: a preloaded browser, given the CA with the task; a cold one without it.
+    let mut with_root = Guest::start_with_env(&env);
+    let (trusted, _) = run_with_roots(&mut with_root, &uri, vec![ca], 60_000);
+    with_root.shutdown();
+    let mut without = Guest::start_with_env(&env);
+    let (untrusted, _) = run_with_roots(&mut without, &uri, Vec::new(), 60_000);
+    without.shutdown();
+
+    // Assert
+    assert_eq!(trusted.status, Some(TaskStatus::Ok), "{:?}", trusted.logs);
+    assert!(
+        trusted
+            .logs
+            .iter()
+            .any(|l| l.contains("preloaded in the template")),
+        "{:?}",
+        trusted.logs
+    );
+    let shot = trusted.pages.get(&0).expect("no frame");
+    assert_eq!(&shot.rgba()[..4], &[0, 255, 0, 255], "not the page's green");
+    match &untrusted.status {
+        Some(TaskStatus::Failed(why)) => assert!(why.contains("CERT"), "{why}"),
+        other => panic!("an unknown CA was trusted: {other:?} {:?}", untrusted.logs),
+    }
 }

@@ -70,8 +70,8 @@ pub struct AgentConfig {
     /// it may reseed the kernel's CRNG and set its clock. A shim run as a
     /// local process (tests) never touches the kernel it runs on.
     pub in_guest: bool,
-    /// Start LibreOffice before `Ready` (`vitrine.preload=office`).
-    pub preload_office: bool,
+    /// What to start before `Ready` (`vitrine.preload=office|web`).
+    pub preload: crate::init::Preload,
 }
 
 enum Event {
@@ -152,6 +152,8 @@ pub struct Agent {
     /// The LibreOffice started before `Ready` (`vitrine.preload=office`);
     /// it lives as long as the VM.
     office: Option<Supervised>,
+    /// The browser started before `Ready` (`vitrine.preload=web`).
+    browser: Option<web::Preloaded>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -185,6 +187,7 @@ pub fn serve(conn: Connection, config: AgentConfig) -> Result<(), AgentError> {
         config,
         identity,
         office: None,
+        browser: None,
     };
     agent.run()
 }
@@ -294,8 +297,10 @@ impl Agent {
     /// `Ready` (the template's snapshot). A failure is logged: conversions
     /// then start LibreOffice themselves.
     fn preload(&mut self) {
-        if !self.config.preload_office {
-            return;
+        match self.config.preload {
+            crate::init::Preload::None => return,
+            crate::init::Preload::Web => return self.preload_browser(),
+            crate::init::Preload::Office => {}
         }
         let Some(office) = Office::find(self.config.in_guest, &self.config.work_root) else {
             eprintln!("vitrine-shim: preload: {}", OfficeError::Missing);

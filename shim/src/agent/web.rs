@@ -92,7 +92,53 @@ enum Goal {
     Live,
 }
 
+/// A browser started before `Ready`, with its proxy: a template's clones
+/// find it running and idle on a blank tab.
+pub(super) struct Preloaded {
+    session: Session,
+    reader: crate::browser::cdp::Reader,
+}
+
+/// The preloaded browser's time: it idles in the template for as long as
+/// the template is kept.
+const PRELOAD_CPU: Duration = Duration::from_secs(3600);
+
 impl Agent {
+    /// Starts the browser and its proxy before `Ready`. A failure is
+    /// logged: a task then starts its own.
+    pub(super) fn preload_browser(&mut self) {
+        let Some(engine) = Engine::find(self.config.in_guest, &self.config.work_root) else {
+            eprintln!(
+                "vitrine-shim: preload: {}",
+                crate::browser::BrowserError::Missing
+            );
+            return;
+        };
+        let started = Instant::now();
+        let events = self.events_tx.clone();
+        let port = match proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok()) {
+            Ok(p) => p,
+            Err(e) => return eprintln!("vitrine-shim: preload: the browser's proxy: {e}"),
+        };
+        let far = started + Duration::from_secs(365 * 24 * 3600);
+        match engine.start(
+            self.browser_identity(),
+            Some(port),
+            VIEWPORT,
+            ChildLimits::browser(PRELOAD_CPU),
+            far,
+        ) {
+            Ok((session, reader)) => {
+                eprintln!(
+                    "vitrine-shim: preload: the browser is up and idle after {} ms",
+                    started.elapsed().as_millis()
+                );
+                self.browser = Some(Preloaded { session, reader });
+            }
+            Err(e) => eprintln!("vitrine-shim: preload: the browser: {}", chain(&e)),
+        }
+    }
+
     /// Shows `uri` in a browser tab; returns after its first frame, with
     /// the tab kept in `tab` for a live task.
     pub(super) fn open_in_browser(
@@ -109,22 +155,38 @@ impl Agent {
         engine
             .trust_roots(identity, extra_roots)
             .map_err(|e| failed(chain(&e)))?;
-        let events = self.events_tx.clone();
-        let port = proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok()).map_err(failed)?;
         let viewport = (
             VIEWPORT.0.min(task.limits.max_width),
             VIEWPORT.1.min(task.limits.max_height),
         );
         let started = Instant::now();
-        let (session, mut reader) = engine
-            .start(
-                identity,
-                Some(port),
-                viewport,
-                ChildLimits::browser(deadline.saturating_duration_since(Instant::now())),
-                deadline,
-            )
-            .map_err(|e| failed(chain(&e)))?;
+        let (mut session, mut reader, how) = match self.browser.take() {
+            Some(p) => (p.session, p.reader, "preloaded in the template"),
+            None => {
+                let events = self.events_tx.clone();
+                let port = proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok())
+                    .map_err(failed)?;
+                let (session, reader) = engine
+                    .start(
+                        identity,
+                        Some(port),
+                        viewport,
+                        ChildLimits::browser(deadline.saturating_duration_since(Instant::now())),
+                        deadline,
+                    )
+                    .map_err(|e| failed(chain(&e)))?;
+                (session, reader, "started for the task")
+            }
+        };
+        if viewport != VIEWPORT {
+            session
+                .call(
+                    "Emulation.setDeviceMetricsOverride",
+                    json!({ "width": viewport.0, "height": viewport.1,
+                            "deviceScaleFactor": 1, "mobile": false }),
+                )
+                .map_err(|e| failed(chain(&e)))?;
+        }
         let events = self.events_tx.clone();
         std::thread::spawn(move || loop {
             let msg = reader.read_message();
@@ -136,7 +198,7 @@ impl Agent {
         self.log(
             LogLevel::Info,
             format!(
-                "browser: started in {} ms, opening {uri}",
+                "browser: {how}, ready in {} ms; opening {uri}",
                 started.elapsed().as_millis()
             ),
         )?;

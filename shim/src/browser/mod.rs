@@ -124,6 +124,9 @@ impl Engine {
         identity.make_dir(&self.home)?;
         let downloads = self.home.join("downloads");
         identity.make_dir(&downloads)?;
+        if self.certutil.is_some() {
+            self.nss_db(identity)?;
+        }
         // A proxy on a closed port: no route at all.
         let route = proxy.map_or_else(
             || "--proxy-server=http://127.0.0.1:9".to_owned(),
@@ -221,58 +224,68 @@ impl Engine {
     }
 
     /// Adds DER certificates as trusted roots in the browser's NSS database
-    /// (a task's extra roots, such as an organisation's own CA).
+    /// (a task's extra roots, such as an organisation's own CA). A running
+    /// browser reads the database at each verification, so a preloaded one
+    /// trusts them too.
     pub fn trust_roots(&self, identity: Identity, roots: &[Vec<u8>]) -> Result<(), BrowserError> {
         if roots.is_empty() {
             return Ok(());
         }
-        let certutil = self.certutil.as_ref().ok_or_else(|| {
-            BrowserError::Root("no certutil on this VM's application disk".into())
-        })?;
-        let db = self.home.join(".pki").join("nssdb");
-        identity.make_dir(&db)?;
-        let dbarg = format!("sql:{}", db.display());
-        let limits = ChildLimits::renderer(Duration::from_secs(30));
-        let run = |args: Vec<OsString>| -> Result<(), BrowserError> {
-            let args: Vec<OsString> = args;
-            let mut cmd = limited_command(limits, identity, ChildStdio::Plain, certutil, &args)?;
-            cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
-                .env("HOME", &self.home)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let out = cmd.output()?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(BrowserError::Root(
-                    String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                ))
-            }
-        };
-        if !db.join("cert9.db").exists() {
-            run(vec![
-                "-N".into(),
-                "-d".into(),
-                dbarg.clone().into(),
-                "--empty-password".into(),
-            ])?;
-        }
+        self.nss_db(identity)?;
         for (i, der) in roots.iter().enumerate() {
             let file = self.home.join(format!("root-{i}.der"));
             std::fs::write(&file, der)?;
-            run(vec![
-                "-A".into(),
-                "-d".into(),
-                dbarg.clone().into(),
-                "-n".into(),
-                format!("vitrine-task-root-{i}").into(),
-                "-t".into(),
-                "C,,".into(),
-                "-i".into(),
-                file.into(),
-            ])?;
+            self.certutil(
+                identity,
+                vec![
+                    "-A".into(),
+                    "-n".into(),
+                    format!("vitrine-task-root-{i}").into(),
+                    "-t".into(),
+                    "C,,".into(),
+                    "-i".into(),
+                    file.into(),
+                ],
+            )?;
         }
         Ok(())
+    }
+
+    /// Makes the empty NSS database at `$HOME/.pki/nssdb`, before the
+    /// browser starts: Chromium uses that place only if it exists.
+    fn nss_db(&self, identity: Identity) -> Result<(), BrowserError> {
+        let db = self.home.join(".pki").join("nssdb");
+        if db.join("cert9.db").exists() {
+            return Ok(());
+        }
+        identity.make_dir(&self.home.join(".pki"))?;
+        identity.make_dir(&db)?;
+        self.certutil(identity, vec!["-N".into(), "--empty-password".into()])
+    }
+
+    fn certutil(&self, identity: Identity, args: Vec<OsString>) -> Result<(), BrowserError> {
+        let certutil = self.certutil.as_ref().ok_or_else(|| {
+            BrowserError::Root("no certutil on this VM's application disk".into())
+        })?;
+        let db = format!("sql:{}", self.home.join(".pki").join("nssdb").display());
+        let mut all: Vec<OsString> = vec!["-d".into(), db.into()];
+        all.extend(args);
+        // The browser's limits: its uid's process count includes a running
+        // browser's threads.
+        let limits = ChildLimits::browser(Duration::from_secs(30));
+        let mut cmd = limited_command(limits, identity, ChildStdio::Plain, certutil, &all)?;
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("HOME", &self.home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let out = cmd.output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(BrowserError::Root(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ))
+        }
     }
 }
 

@@ -50,3 +50,13 @@ fn a_profile_without_preload_gets_no_preload_parameter() {
     assert_eq!(tcg.extra_cmdline, "no_timer_check");
     assert_eq!(kvm.extra_cmdline, "");
 }
+
+#[test]
+fn a_web_profile_vm_asks_the_guest_to_preload_the_browser() {
+    let mut web = Profile::strict();
+    web.preload = Preload::Web;
+
+    let tcg = task_vm_config(&web, image(), Accel::Tcg).unwrap();
+
+    assert_eq!(tcg.extra_cmdline, "no_timer_check vitrine.preload=web");
+}
