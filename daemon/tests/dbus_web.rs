@@ -144,7 +144,8 @@ fn policy(dir: &Path, port: u16) {
 [profile.web-test]
 memory_mib = 1024
 vcpus = 1
-time_limit = "100s"
+time_limit = "60s"
+preload = "web"
 display = {{ max_width = 1280, max_height = 1024, max_fps = 30 }}
 egress = ["localhost:{port}"]
 
