@@ -203,28 +203,6 @@ fn text_lines_put_ink_where_the_text_is() {
     guest.shutdown();
 }
 
-#[test]
-fn html_script_content_never_reaches_the_pixels() {
-    let page = |script: &str| {
-        format!("<!doctype html><html><head><title>t</title></head><body><h1>News</h1><p>Hello there.</p>{script}<ul><li>one</li></ul></body></html>")
-    };
-    let mut with = Guest::start();
-    let mut without = Guest::start();
-
-    let a = with.open_file(
-        "a.html",
-        page("<script>document.write('SECRET')</script>").as_bytes(),
-        limits(20_000),
-    );
-    let b = without.open_file("b.html", page("").as_bytes(), limits(20_000));
-
-    assert_eq!(a.status, Some(TaskStatus::Ok));
-    assert!(a.pages[&0].dark_pixels() > 100);
-    assert_eq!(a.pages, b.pages);
-    with.shutdown();
-    without.shutdown();
-}
-
 const HELLO_C: &str = r#"
 #include <stdio.h>
 int main(void) {
