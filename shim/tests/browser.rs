@@ -25,7 +25,7 @@ struct Server {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
-fn server(pages: HashMap<&'static str, String>) -> Server {
+fn server(pages: HashMap<&'static str, Vec<u8>>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -50,14 +50,20 @@ fn server(pages: HashMap<&'static str, String>) -> Server {
                 let path = line.split(' ').nth(1).unwrap_or("/");
                 let (status, body) = match pages.get(path) {
                     Some(b) => ("200 OK", b.clone()),
-                    None => ("404 Not Found", "no".into()),
+                    None => ("404 Not Found", b"no".to_vec()),
+                };
+                let kind = if path.ends_with(".pdf") {
+                    "application/pdf"
+                } else {
+                    "text/html; charset=utf-8"
                 };
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
+                let _ = conn.write_all(&body);
             });
         }
     });
@@ -248,7 +254,7 @@ fn a_link_is_shown_by_the_browser_with_its_styles_script_and_image() {
          <img src=\"data:image/png;base64,{RED_PNG}\" width=100 height=100 \
               style=\"position:absolute;left:400px;top:300px\"></body></html>"
     );
-    let srv = server(HashMap::from([("/", page)]));
+    let srv = server(HashMap::from([("/", page.into_bytes())]));
     let mut guest = guest();
 
     // Act
@@ -293,7 +299,7 @@ fn an_html_file_is_laid_out_by_the_browser_offline_into_pages() {
         return;
     }
     // Arrange: a page that names a server; it must never be reached.
-    let srv = server(HashMap::from([("/x.png", String::from("no"))]));
+    let srv = server(HashMap::from([("/x.png", b"no".to_vec())]));
     let html = format!(
         "<!doctype html><html><body><h1 style=\"color:#0000ff;font:bold 40px sans-serif\">\
          Offline heading</h1><p>distribution of words, never cut mid-word</p>\
@@ -364,4 +370,28 @@ fn a_preloaded_browser_trusts_the_tasks_extra_root_and_only_it() {
         Some(TaskStatus::Failed(why)) => assert!(why.contains("CERT"), "{why}"),
         other => panic!("an unknown CA was trusted: {other:?} {:?}", untrusted.logs),
     }
+}
+
+#[test]
+fn a_link_to_a_file_shows_its_pages_and_offers_it_for_export() {
+    let test = "a_link_to_a_file_shows_its_pages_and_offers_it_for_export";
+    if !have_chromium(test) || !support::have_poppler(test) {
+        return;
+    }
+    // Arrange
+    let pdf = include_bytes!("../fixtures/three-pages.pdf").to_vec();
+    let srv = server(HashMap::from([("/report.pdf", pdf.clone())]));
+    let mut guest = guest();
+
+    // Act
+    let uri = format!("http://localhost:{}/report.pdf", srv.port);
+    let (out, _) = run_until_done(&mut guest, &uri, 60_000);
+
+    // Assert
+    assert_eq!(out.status, Some(TaskStatus::Ok), "{:?}", out.logs);
+    assert_eq!(out.page_count, Some(3), "{:?}", out.logs);
+    assert_eq!(out.exports.len(), 1, "{:?}", out.logs);
+    assert_eq!(out.exports[0].name, "report.pdf");
+    assert_eq!(out.exports[0].size, pdf.len() as u64);
+    guest.shutdown();
 }

@@ -475,9 +475,14 @@ impl Agent {
                 .is_some() =>
             {
                 let roots: Vec<Vec<u8>> = extra_roots.iter().map(|r| r.to_vec()).collect();
-                let tab = self.open_in_browser(task, uri, &roots, deadline, budget)?;
-                *view = View::Web(Box::new(tab));
-                Ok(())
+                let mut tab = self.open_in_browser(task, uri, &roots, deadline, budget)?;
+                let Some(file) = tab.downloaded.take() else {
+                    *view = View::Web(Box::new(tab));
+                    return Ok(());
+                };
+                // The link is a file: it shows as one, and is offered.
+                tab.kill();
+                self.show_download(task, &file, work, deadline, budget, exports, view)
             }
             TaskKind::OpenUri {
                 uri,
@@ -524,6 +529,44 @@ impl Agent {
                 result
             }
         }
+    }
+
+    /// Shows a file the browser downloaded for the task's link as a file
+    /// is shown, and offers it for export under the profile's rules.
+    #[allow(clippy::too_many_arguments)]
+    fn show_download(
+        &mut self,
+        task: &Task,
+        file: &Path,
+        work: &Path,
+        deadline: Instant,
+        budget: &mut PixelBudget,
+        exports: &mut Exports,
+        view: &mut View,
+    ) -> Result<(), Stop> {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download")
+            .to_owned();
+        let out = work.join("export");
+        std::fs::copy(file, out.join(&name)).map_err(failed)?;
+        std::fs::copy(file, work.join("input")).map_err(failed)?;
+        match exports.collect(&out, &work.join("store")) {
+            Ok(offers) => {
+                for offer in offers {
+                    self.send(GuestMessage::ExportOffer(offer))?;
+                }
+            }
+            Err(e) => self.log(LogLevel::Warn, format!("exports: {}", chain(&e)))?,
+        }
+        let input = work.join("input");
+        let doc = FileDoc {
+            input: &input,
+            name: &name,
+            mime_hint: None,
+        };
+        self.render_file(task, &doc, work, deadline, budget, view)
     }
 
     /// Fetches `uri` through the host's egress tunnel before `deadline`.

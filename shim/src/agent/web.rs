@@ -35,6 +35,8 @@ const TICK: Duration = Duration::from_millis(10);
 /// Largest HTML file the browser lays out (it goes in as a `data:` URL,
 /// and Chromium caps a URL at 2 MiB).
 const MAX_HTML_FILE: usize = 1536 * 1024;
+/// How long an aborted navigation waits for the download that explains it.
+const DOWNLOAD_GRACE: Duration = Duration::from_secs(3);
 /// A wheel line, in CSS pixels.
 const WHEEL_LINE: i32 = 40;
 
@@ -74,6 +76,13 @@ pub(super) struct Tab {
     location: (String, String),
     screencast: bool,
     frames_sent: u32,
+    /// A download began (the link is a file, not a page).
+    downloading: bool,
+    /// The navigation was aborted, which a download that begins after it
+    /// explains: when, and why.
+    aborted: Option<(Instant, String)>,
+    /// A download finished: the file, in the browser's download folder.
+    pub(super) downloaded: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +228,9 @@ impl Agent {
             location: (String::new(), String::new()),
             screencast: false,
             frames_sent: 0,
+            downloading: false,
+            aborted: None,
+            downloaded: None,
         };
         let id = tab
             .session
@@ -363,11 +375,20 @@ impl Agent {
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
         loop {
-            if goal == Goal::FirstFrame && tab.frames_sent > 0 {
+            if goal == Goal::FirstFrame && (tab.frames_sent > 0 || tab.downloaded.is_some()) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(Stop::Task(TaskStatus::TimedOut));
+            }
+            if let Some((at, why)) = tab.aborted.clone() {
+                if tab.downloading {
+                    tab.aborted = None;
+                } else if at.elapsed() >= DOWNLOAD_GRACE {
+                    tab.aborted = None;
+                    tab.nav_error = Some(why.clone());
+                    self.show_error_page(tab, &why)?;
+                }
             }
             if tab.crashed {
                 return Err(failed(
@@ -536,13 +557,19 @@ impl Agent {
         match msg {
             Incoming::Reply { id, result } => match (tab.calls.remove(&id), result) {
                 (Some(Call::Navigate), Ok(v)) => {
-                    if let Some(err) = v.get("errorText").and_then(Value::as_str) {
+                    // A file, not a page: the download carries it.
+                    let err = v.get("errorText").and_then(Value::as_str);
+                    if let (Some(err), false) = (err, tab.downloading) {
                         let why = match &tab.refused {
                             Some(r) => format!("the page did not load ({err}): {r}"),
                             None => format!("the page did not load: {err}"),
                         };
-                        tab.nav_error = Some(why.clone());
-                        self.show_error_page(tab, &why)?;
+                        if err == "net::ERR_ABORTED" {
+                            tab.aborted = Some((Instant::now(), why));
+                        } else {
+                            tab.nav_error = Some(why.clone());
+                            self.show_error_page(tab, &why)?;
+                        }
                     }
                 }
                 (Some(Call::Screenshot), Ok(v)) => {
@@ -601,6 +628,23 @@ impl Agent {
                     self.show_png(tab, &data, budget)?;
                 }
                 "Inspector.targetCrashed" => tab.crashed = true,
+                "Browser.downloadWillBegin" => {
+                    tab.downloading = true;
+                    let name = params["suggestedFilename"].as_str().unwrap_or_default();
+                    self.log(LogLevel::Info, format!("browser: downloading {name}"))?;
+                }
+                "Browser.downloadProgress" => match params["state"].as_str() {
+                    Some("completed") => {
+                        let file = params["filePath"].as_str().map(PathBuf::from);
+                        tab.downloaded = file.or_else(|| newest_file(&tab.session.downloads));
+                    }
+                    Some("canceled") => {
+                        tab.downloading = false;
+                        tab.nav_error = Some("the download was cancelled".into());
+                        self.show_error_page(tab, "the download was cancelled")?;
+                    }
+                    _ => {}
+                },
                 "Page.javascriptDialogOpening" => {
                     let _ = tab
                         .session
@@ -820,6 +864,16 @@ fn stream_data(tab: &mut Tab, data: StreamData) {
         tab.by_stream.remove(&data.stream);
         tab.conns.remove(&conn);
     }
+}
+
+/// The last file written in `dir`.
+fn newest_file(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
 }
 
 /// The smallest rectangle holding every pixel that differs.
