@@ -105,7 +105,7 @@ enum Goal {
 /// find it running and idle on a blank tab.
 pub(super) struct Preloaded {
     session: Session,
-    reader: crate::browser::cdp::Reader,
+    reader: crate::browser::Messages,
 }
 
 /// The preloaded browser's time: it idles in the template for as long as
@@ -169,7 +169,7 @@ impl Agent {
             VIEWPORT.1.min(task.limits.max_height),
         );
         let started = Instant::now();
-        let (mut session, mut reader, how) = match self.browser.take() {
+        let (mut session, reader, how) = match self.browser.take() {
             Some(p) => (p.session, p.reader, "preloaded in the template"),
             None => {
                 let events = self.events_tx.clone();
@@ -197,13 +197,7 @@ impl Agent {
                 .map_err(|e| failed(chain(&e)))?;
         }
         let events = self.events_tx.clone();
-        std::thread::spawn(move || loop {
-            let msg = reader.read_message();
-            let end = !matches!(msg, Ok(Some(_)));
-            if events.send(Event::Cdp(msg)).is_err() || end {
-                return;
-            }
-        });
+        reader.forward(move |msg| events.send(Event::Cdp(msg)).is_ok());
         self.log(
             LogLevel::Info,
             format!(
@@ -302,7 +296,10 @@ impl Agent {
                 if Instant::now() >= deadline {
                     return Err(Stop::Task(TaskStatus::TimedOut));
                 }
-                match reader.read_message().map_err(|e| failed(chain(&e)))? {
+                let Some(msg) = reader.next_until(deadline) else {
+                    return Err(Stop::Task(TaskStatus::TimedOut));
+                };
+                match msg.map_err(|e| failed(chain(&e)))? {
                     None => {
                         return Err(failed(format!("the browser ended: {}", session.log_tail())))
                     }

@@ -13,6 +13,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -120,7 +121,7 @@ impl Engine {
         viewport: (u32, u32),
         limits: ChildLimits,
         deadline: Instant,
-    ) -> Result<(Session, Reader), BrowserError> {
+    ) -> Result<(Session, Messages), BrowserError> {
         identity.make_dir(&self.home)?;
         let downloads = self.home.join("downloads");
         identity.make_dir(&downloads)?;
@@ -183,7 +184,7 @@ impl Engine {
             home: self.home.clone(),
             downloads,
         };
-        let mut reader = Reader::new(File::from(from_read));
+        let mut reader = Messages::spawn(Reader::new(File::from(from_read)));
         let wait = (Instant::now() + START_WAIT).min(deadline);
         let created = session.call_now(
             &mut reader,
@@ -289,6 +290,54 @@ impl Engine {
     }
 }
 
+/// The browser's messages, read on a thread of their own so that a
+/// browser that hangs never blocks past a deadline.
+#[derive(Debug)]
+pub struct Messages {
+    rx: mpsc::Receiver<Result<Option<Incoming>, CdpError>>,
+}
+
+impl Messages {
+    fn spawn(mut reader: Reader) -> Self {
+        let (tx, rx) = mpsc::sync_channel(64);
+        std::thread::spawn(move || loop {
+            let msg = reader.read_message();
+            let end = !matches!(msg, Ok(Some(_)));
+            if tx.send(msg).is_err() || end {
+                return;
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next message, `None` at `deadline`; `Ok(None)` when the
+    /// browser closed its end.
+    pub fn next_until(&mut self, deadline: Instant) -> Option<Result<Option<Incoming>, CdpError>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(msg) => Some(msg),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => Some(Ok(None)),
+        }
+    }
+
+    /// Hands every message to `deliver` on a thread, until it refuses one
+    /// or the browser closes.
+    pub fn forward(
+        self,
+        deliver: impl Fn(Result<Option<Incoming>, CdpError>) -> bool + Send + 'static,
+    ) {
+        std::thread::spawn(move || {
+            for msg in self.rx {
+                let end = !matches!(msg, Ok(Some(_)));
+                if !deliver(msg) || end {
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// A running browser with one tab.
 #[derive(Debug)]
 pub struct Session {
@@ -312,7 +361,7 @@ impl Session {
     /// the start, before the tab loads anything.
     fn call_now(
         &mut self,
-        reader: &mut Reader,
+        reader: &mut Messages,
         session: Option<&str>,
         method: &str,
         params: Value,
@@ -320,13 +369,13 @@ impl Session {
     ) -> Result<Value, BrowserError> {
         let id = self.writer.call(session, method, params)?;
         loop {
-            if Instant::now() >= deadline {
+            let Some(msg) = reader.next_until(deadline) else {
                 return Err(BrowserError::NoAnswer(format!(
-                    "no answer to {method}: {}",
+                    "no answer to {method} in time: {}",
                     tail_of(&self.home.join(LOG), 400)
                 )));
-            }
-            match reader.read_message()? {
+            };
+            match msg? {
                 Some(Incoming::Reply { id: got, result }) if got == id => {
                     return result.map_err(|error| BrowserError::Call {
                         method: method.to_owned(),
