@@ -195,6 +195,13 @@ pub fn run_as_init(args: &[std::ffi::OsString]) -> ! {
     }
     mount_app_disk();
     loopback_up();
+    // Chromium's V8 reserves address space far beyond a small VM's memory
+    // (its code range alone), which the kernel's heuristic overcommit refuses
+    // in a 512 MiB VM. Memory that is touched is still bounded by the VM;
+    // the OOM killer, which the shim watches, takes what overruns it.
+    if let Err(e) = std::fs::write("/proc/sys/vm/overcommit_memory", "1") {
+        eprintln!("vitrine-shim: setting vm.overcommit_memory: {e}");
+    }
     let agent = std::env::current_exe()
         .map_err(InitError::Spawn)
         .and_then(|exe| {
