@@ -76,11 +76,13 @@ pub(super) struct Tab {
     frames_sent: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     Navigate,
     Screenshot,
     ErrorPage,
+    /// `document.title` of the page at this address.
+    Title(String),
 }
 
 /// What the first part of a task waits for.
@@ -488,6 +490,15 @@ impl Agent {
                     self.show_png(tab, data, budget)?;
                 }
                 (Some(Call::ErrorPage), Ok(_)) => self.screenshot(tab)?,
+                (Some(Call::Title(url)), Ok(v)) => {
+                    // Only for the page it was asked of (a later navigation
+                    // has its own), and never for a page with no address to
+                    // show (an HTML file, laid out from a data: URL).
+                    if !url.is_empty() && url == tab.location.0 {
+                        let title = v["result"]["value"].as_str().unwrap_or_default();
+                        self.set_location(tab, url, title.to_owned())?;
+                    }
+                }
                 (Some(call), Err(e)) => {
                     self.log(LogLevel::Warn, format!("browser: {call:?}: {e}"))?;
                     if call == Call::Navigate {
@@ -519,15 +530,18 @@ impl Agent {
                                 self.show_error_page(tab, &why)?;
                             }
                         } else if !url.starts_with("data:") {
-                            self.set_location(tab, url, None)?;
+                            // A new page: its title comes with its DOM.
+                            self.set_location(tab, url, String::new())?;
                         }
                     }
                 }
                 "Page.domContentEventFired" => {
-                    let _ = tab.session.call(
+                    if let Ok(id) = tab.session.call(
                         "Runtime.evaluate",
                         json!({ "expression": "document.title", "returnByValue": true }),
-                    );
+                    ) {
+                        tab.calls.insert(id, Call::Title(tab.location.0.clone()));
+                    }
                 }
                 "Page.screencastFrame" => {
                     if let Some(ack) = params.get("sessionId").and_then(Value::as_u64) {
@@ -553,15 +567,11 @@ impl Agent {
     fn set_location(
         &mut self,
         tab: &mut Tab,
-        url: String,
-        title: Option<String>,
+        mut url: String,
+        mut title: String,
     ) -> Result<(), Stop> {
-        let title = title.unwrap_or_else(|| tab.location.1.clone());
-        let mut url = url;
-        url.truncate(crate::protocol::MAX_URI_BYTES);
-        while !url.is_char_boundary(url.len()) {
-            url.pop();
-        }
+        cut(&mut url, crate::protocol::MAX_URI_BYTES);
+        cut(&mut title, crate::protocol::MAX_TEXT_BYTES);
         if (url.as_str(), title.as_str()) != (tab.location.0.as_str(), tab.location.1.as_str()) {
             tab.location = (url.clone(), title.clone());
             self.send(GuestMessage::Location { url, title })?;
@@ -741,6 +751,17 @@ impl Tab {
     }
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
 /// Hands the bytes of one poll answer to the browser's connection.
 fn stream_data(tab: &mut Tab, data: StreamData) {
     let Some(&conn) = tab.by_stream.get(&data.stream) else {
@@ -834,6 +855,16 @@ mod tests {
                 h: 3
             })
         );
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters_within_the_cap() {
+        let mut title = "ab\u{e9}".to_owned(); // 'é' is two bytes, at 2..4
+        cut(&mut title, 3);
+        assert_eq!(title, "ab");
+        let mut short = "abc".to_owned();
+        cut(&mut short, 3);
+        assert_eq!(short, "abc");
     }
 
     #[test]
