@@ -307,6 +307,23 @@ fn task_paths(bus: &PrivateBus) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A property of the task object at `task`, as busctl's JSON gives it.
+fn task_property(bus: &PrivateBus, task: &str, name: &str) -> serde_json::Value {
+    let out = bus.busctl(
+        &[
+            "get-property",
+            "--json=short",
+            "org.vitrine.Sandbox1",
+            task,
+            "org.vitrine.Sandbox1.Task",
+            name,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].take()
+}
+
 /// What the test saw on the way, for a failure's message.
 fn story(bus: &PrivateBus, task: &str, server: &TlsServer) -> String {
     let details: BTreeMap<String, String> = bus.task_details(task);
@@ -424,7 +441,16 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut viewer_at = None;
     let window = poll(SLOW, || {
+        if viewer_at.is_none()
+            && bus
+                .daemon_children()
+                .iter()
+                .any(|(_, name)| name == "vitrine-viewer")
+        {
+            viewer_at = Some(started.elapsed());
+        }
         if cli.try_wait().unwrap().is_some() {
             return Some(None); // the task ended without a window
         }
@@ -444,10 +470,12 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
         panic!("no viewer window within {SLOW:?}; the CLI: {status:?}\n{out}");
     };
     let window_at = started.elapsed();
+    let named_at_once = window_name(&x.display, &window);
     let task = poll(Duration::from_secs(10), || {
         task_paths(&bus).into_iter().next()
     })
     .expect("the daemon lists the task");
+    let location_when_found = bus.task_details(&task).get("location").cloned();
     let (wx, wy, ww, wh) = geometry(&x.display, &window);
     let content = Layout::new(ww, wh).content;
     let origin = Origin {
@@ -462,6 +490,7 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
     });
     let first_shown_at = started.elapsed();
     let first_title = window_name(&x.display, &window);
+    let state = task_property(&bus, &task, "State");
 
     // Assert: the window shows the page 1:1 at the page area's corner: the
     // link block's edges and the blue box are where the CSS puts them, the
@@ -473,8 +502,9 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
         );
     };
     loud(&format!(
-        "{test}: window {window} at ({wx}, {wy}) {ww}x{wh} after {window_at:?}; \
-         page on screen after {first_shown_at:?}; title {first_title:?}"
+        "{test}: viewer process seen after {viewer_at:?}; window {window} at ({wx}, {wy}) \
+         {ww}x{wh} after {window_at:?}; page on screen after {first_shown_at:?}; \
+         title {first_title:?}"
     ));
     let (bx, by, bw, bh) = BLUE_BOX;
     let expected = [
@@ -506,12 +536,20 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
             origin.y + py
         );
     }
+    // The window is named after the link from the start: before the page
+    // navigated (the guest's first `Location`), not only after.
+    assert_eq!(named_at_once, format!("{first_url} (sandboxed)"));
+    assert_eq!(
+        location_when_found, None,
+        "the window was found only once the page had navigated"
+    );
     assert_eq!(
         first_title,
         format!("{first_url} (sandboxed)"),
         "the window's title"
     );
     assert!(!server.requested("GET /second.html HTTP/1.1"));
+    assert_eq!(state, "live", "the task after its first frame");
 
     // Act: a click on the link's centre.
     let clicked = Instant::now();
@@ -614,6 +652,10 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
     ));
     assert_eq!(status, Some(0), "{out}\n{}", story(&bus, &task, &server));
     assert!(out.contains("verdict   clean"), "{out}");
+    loud(&format!(
+        "{test}: task timings (us after the call): {}",
+        task_property(&bus, &task, "Timings")
+    ));
     let details = bus.task_details(&task);
     assert_eq!(details.get("window").map(String::as_str), Some("closed"));
     let (pid, _) = vms[0];
