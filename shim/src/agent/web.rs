@@ -19,8 +19,8 @@ use crate::browser::cdp::Incoming;
 use crate::browser::proxy::{self, ProxyEvent};
 use crate::browser::{Engine, Session};
 use crate::protocol::{
-    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, MouseButton, PixelBudget,
-    Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
+    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, Modifiers, MouseButton,
+    PixelBudget, Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
 };
 use crate::raster::Raster;
 use crate::sandbox::{ChildLimits, Identity};
@@ -704,19 +704,8 @@ impl Agent {
                         return call(tab, "Input.insertText", json!({ "text": c.to_string() }));
                     }
                 }
-                let Some((name, code)) = key_name(key.key) else {
-                    return Ok(());
-                };
-                let modifiers = u8::from(key.modifiers.alt)
-                    | (u8::from(key.modifiers.ctrl) << 1)
-                    | (u8::from(key.modifiers.shift) << 3);
-                for kind in ["rawKeyDown", "keyUp"] {
-                    call(
-                        tab,
-                        "Input.dispatchKeyEvent",
-                        json!({ "type": kind, "key": name, "code": name,
-                                "windowsVirtualKeyCode": code, "modifiers": modifiers }),
-                    )?;
+                for params in key_events(key.key, key.modifiers) {
+                    call(tab, "Input.dispatchKeyEvent", params)?;
                 }
                 Ok(())
             }
@@ -807,6 +796,27 @@ fn changed_rect(old: &[u8], new: &[u8], w: u32, h: u32) -> Option<Rect> {
     })
 }
 
+/// The DevTools key events for a key that is not text: a down and an up.
+/// Enter's down carries its character ("\r"), as a real keyboard's does:
+/// without it the page sees no keypress, and Enter in a form's field does
+/// not submit it.
+fn key_events(key: Key, held: Modifiers) -> Vec<Value> {
+    let Some((name, code)) = key_name(key) else {
+        return Vec::new();
+    };
+    let modifiers = u8::from(held.alt) | (u8::from(held.ctrl) << 1) | (u8::from(held.shift) << 3);
+    let down = if key == Key::Enter && !held.ctrl && !held.alt {
+        json!({ "type": "keyDown", "key": name, "code": name, "windowsVirtualKeyCode": code,
+                "modifiers": modifiers, "text": "\r", "unmodifiedText": "\r" })
+    } else {
+        json!({ "type": "rawKeyDown", "key": name, "code": name,
+                "windowsVirtualKeyCode": code, "modifiers": modifiers })
+    };
+    let up = json!({ "type": "keyUp", "key": name, "code": name,
+                     "windowsVirtualKeyCode": code, "modifiers": modifiers });
+    vec![down, up]
+}
+
 fn key_name(key: Key) -> Option<(&'static str, u32)> {
     Some(match key {
         Key::Enter => ("Enter", 13),
@@ -865,6 +875,31 @@ mod tests {
         let mut short = "abc".to_owned();
         cut(&mut short, 3);
         assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn enter_is_sent_with_its_character_and_other_keys_without() {
+        let plain = Modifiers::default();
+        let enter = key_events(Key::Enter, plain);
+        assert_eq!(enter.len(), 2);
+        assert_eq!(enter[0]["type"], "keyDown");
+        assert_eq!(enter[0]["text"], "\r");
+        assert_eq!(enter[1]["type"], "keyUp");
+        let ctrl_enter = key_events(
+            Key::Enter,
+            Modifiers {
+                ctrl: true,
+                ..plain
+            },
+        );
+        assert_eq!(ctrl_enter[0]["type"], "rawKeyDown");
+        assert_eq!(ctrl_enter[0]["modifiers"], 2);
+        assert!(ctrl_enter[0].get("text").is_none());
+        let tab = key_events(Key::Tab, plain);
+        assert_eq!(tab[0]["type"], "rawKeyDown");
+        assert_eq!(tab[0]["windowsVirtualKeyCode"], 9);
+        assert!(tab[0].get("text").is_none());
+        assert!(key_events(Key::Char('a'), plain).is_empty());
     }
 
     #[test]
