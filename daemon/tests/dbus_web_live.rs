@@ -5,8 +5,9 @@
 //! the screen, at the places the page's CSS puts them), is titled with the
 //! page's address, and a click made with xdotool on the page's link reaches
 //! the page in the VM: the browser asks the server for the second page, the
-//! window shows it and is titled with its address. Closing the window ends
-//! the task clean and the VM goes away.
+//! window shows it and is titled with its address; keys typed into a field
+//! there reach the page. Closing the window ends the task clean and the VM
+//! goes away.
 //!
 //! Needs dbus, xvfb, xdotool, x11-apps (xwd), QEMU and the guest image;
 //! each missing piece prints a SKIPPED line.
@@ -62,7 +63,13 @@ fn second_page() -> String {
      <body style=\"margin:0;background:#ffffff\">\
      <div style=\"position:absolute;left:0;top:0;width:100%;height:600px;background:#cc0044\">\
      <h1 style=\"margin:0;padding:24px;font:bold 40px sans-serif;color:#ffffff\">SECOND PAGE</h1>\
-     </div></body></html>"
+     </div>\
+     <form action=\"/submitted\" method=get>\
+     <input id=q name=q autocomplete=off style=\"position:absolute;left:100px;top:650px;\
+        width:300px;height:40px;font:24px sans-serif\"></form>\
+     <script>document.getElementById('q').addEventListener('input',\
+        e=>fetch('/typed?q='+encodeURIComponent(e.target.value)));</script>\
+     </body></html>"
         .to_owned()
 }
 
@@ -615,6 +622,58 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
         window_name(&x.display, &window)
     );
     assert_eq!(details.get("location"), Some(&second_url));
+
+    // Act: a click into the second page's text field, and a word typed.
+    xdotool(
+        &x.display,
+        &[
+            "mousemove",
+            "--sync",
+            &(origin.x + 250).to_string(),
+            &(origin.y + 670).to_string(),
+            "click",
+            "1",
+        ],
+    )
+    .expect("xdotool click");
+    // No window manager gives focus here; take it as a click would.
+    xdotool(&x.display, &["windowfocus", "--sync", &window]).expect("xdotool windowfocus");
+    let typed_at = Instant::now();
+    xdotool(&x.display, &["type", "--delay", "150", "vitrine"]).expect("xdotool type");
+    let typed = poll(SLOW, || {
+        server
+            .requested("GET /typed?q=vitrine HTTP/1.1")
+            .then(|| typed_at.elapsed())
+    });
+    // Return in the field should submit its form. The shim of the image
+    // this was written against sends Enter without its character ("\r"),
+    // so the page sees no keypress and nothing is submitted; the fix (shim
+    // `key_events`) waits for an image rebuild. Until then this is only
+    // reported, not asserted.
+    xdotool(&x.display, &["key", "Return"]).expect("xdotool key");
+    let submitted = poll(Duration::from_secs(10), || {
+        server
+            .requested("GET /submitted?q=vitrine HTTP/1.1")
+            .then(|| typed_at.elapsed())
+    });
+
+    // Assert: each key reached the page's field (its script asked for the
+    // field's whole text).
+    loud(&format!(
+        "{test}: typed into the field: seen by the page after {typed:?}; requests {:?}",
+        server.requests.lock().unwrap()
+    ));
+    if submitted.is_none() {
+        loud(&format!(
+            "NOTE {test}: Return in the field did not submit its form (GET /submitted?q=vitrine \
+             never came): the guest's shim predates the Enter fix"
+        ));
+    }
+    assert!(
+        typed.is_some(),
+        "the keys did not reach the page's field; {}",
+        story(&bus, &task, &server)
+    );
     let vms: Vec<(u32, String)> = bus
         .daemon_children()
         .into_iter()
