@@ -19,8 +19,8 @@ use crate::browser::cdp::Incoming;
 use crate::browser::proxy::{self, ProxyEvent};
 use crate::browser::{Engine, Session};
 use crate::protocol::{
-    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, MouseButton, PixelBudget,
-    Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
+    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, Modifiers, MouseButton,
+    PixelBudget, Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
 };
 use crate::raster::Raster;
 use crate::sandbox::{ChildLimits, Identity};
@@ -85,11 +85,13 @@ pub(super) struct Tab {
     pub(super) downloaded: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     Navigate,
     Screenshot,
     ErrorPage,
+    /// `document.title` of the page at this address.
+    Title(String),
 }
 
 /// What the first part of a task waits for.
@@ -574,6 +576,15 @@ impl Agent {
                     self.show_png(tab, data, budget)?;
                 }
                 (Some(Call::ErrorPage), Ok(_)) => self.screenshot(tab)?,
+                (Some(Call::Title(url)), Ok(v)) => {
+                    // Only for the page it was asked of (a later navigation
+                    // has its own), and never for a page with no address to
+                    // show (an HTML file, laid out from a data: URL).
+                    if !url.is_empty() && url == tab.location.0 {
+                        let title = v["result"]["value"].as_str().unwrap_or_default();
+                        self.set_location(tab, url, title.to_owned())?;
+                    }
+                }
                 (Some(call), Err(e)) => {
                     self.log(LogLevel::Warn, format!("browser: {call:?}: {e}"))?;
                     if call == Call::Navigate {
@@ -605,15 +616,18 @@ impl Agent {
                                 self.show_error_page(tab, &why)?;
                             }
                         } else if !url.starts_with("data:") {
-                            self.set_location(tab, url, None)?;
+                            // A new page: its title comes with its DOM.
+                            self.set_location(tab, url, String::new())?;
                         }
                     }
                 }
                 "Page.domContentEventFired" => {
-                    let _ = tab.session.call(
+                    if let Ok(id) = tab.session.call(
                         "Runtime.evaluate",
                         json!({ "expression": "document.title", "returnByValue": true }),
-                    );
+                    ) {
+                        tab.calls.insert(id, Call::Title(tab.location.0.clone()));
+                    }
                 }
                 "Page.screencastFrame" => {
                     if let Some(ack) = params.get("sessionId").and_then(Value::as_u64) {
@@ -656,15 +670,11 @@ impl Agent {
     fn set_location(
         &mut self,
         tab: &mut Tab,
-        url: String,
-        title: Option<String>,
+        mut url: String,
+        mut title: String,
     ) -> Result<(), Stop> {
-        let title = title.unwrap_or_else(|| tab.location.1.clone());
-        let mut url = url;
-        url.truncate(crate::protocol::MAX_URI_BYTES);
-        while !url.is_char_boundary(url.len()) {
-            url.pop();
-        }
+        cut(&mut url, crate::protocol::MAX_URI_BYTES);
+        cut(&mut title, crate::protocol::MAX_TEXT_BYTES);
         if (url.as_str(), title.as_str()) != (tab.location.0.as_str(), tab.location.1.as_str()) {
             tab.location = (url.clone(), title.clone());
             self.send(GuestMessage::Location { url, title })?;
@@ -797,19 +807,8 @@ impl Agent {
                         return call(tab, "Input.insertText", json!({ "text": c.to_string() }));
                     }
                 }
-                let Some((name, code)) = key_name(key.key) else {
-                    return Ok(());
-                };
-                let modifiers = u8::from(key.modifiers.alt)
-                    | (u8::from(key.modifiers.ctrl) << 1)
-                    | (u8::from(key.modifiers.shift) << 3);
-                for kind in ["rawKeyDown", "keyUp"] {
-                    call(
-                        tab,
-                        "Input.dispatchKeyEvent",
-                        json!({ "type": kind, "key": name, "code": name,
-                                "windowsVirtualKeyCode": code, "modifiers": modifiers }),
-                    )?;
+                for params in key_events(key.key, key.modifiers) {
+                    call(tab, "Input.dispatchKeyEvent", params)?;
                 }
                 Ok(())
             }
@@ -841,6 +840,17 @@ impl Tab {
     /// Ends the browser.
     pub(super) fn kill(&mut self) {
         self.session.kill();
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 
@@ -899,6 +909,27 @@ fn changed_rect(old: &[u8], new: &[u8], w: u32, h: u32) -> Option<Rect> {
     })
 }
 
+/// The DevTools key events for a key that is not text: a down and an up.
+/// Enter's down carries its character ("\r"), as a real keyboard's does:
+/// without it the page sees no keypress, and Enter in a form's field does
+/// not submit it.
+fn key_events(key: Key, held: Modifiers) -> Vec<Value> {
+    let Some((name, code)) = key_name(key) else {
+        return Vec::new();
+    };
+    let modifiers = u8::from(held.alt) | (u8::from(held.ctrl) << 1) | (u8::from(held.shift) << 3);
+    let down = if key == Key::Enter && !held.ctrl && !held.alt {
+        json!({ "type": "keyDown", "key": name, "code": name, "windowsVirtualKeyCode": code,
+                "modifiers": modifiers, "text": "\r", "unmodifiedText": "\r" })
+    } else {
+        json!({ "type": "rawKeyDown", "key": name, "code": name,
+                "windowsVirtualKeyCode": code, "modifiers": modifiers })
+    };
+    let up = json!({ "type": "keyUp", "key": name, "code": name,
+                     "windowsVirtualKeyCode": code, "modifiers": modifiers });
+    vec![down, up]
+}
+
 fn key_name(key: Key) -> Option<(&'static str, u32)> {
     Some(match key {
         Key::Enter => ("Enter", 13),
@@ -947,6 +978,41 @@ mod tests {
                 h: 3
             })
         );
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters_within_the_cap() {
+        let mut title = "ab\u{e9}".to_owned(); // 'é' is two bytes, at 2..4
+        cut(&mut title, 3);
+        assert_eq!(title, "ab");
+        let mut short = "abc".to_owned();
+        cut(&mut short, 3);
+        assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn enter_is_sent_with_its_character_and_other_keys_without() {
+        let plain = Modifiers::default();
+        let enter = key_events(Key::Enter, plain);
+        assert_eq!(enter.len(), 2);
+        assert_eq!(enter[0]["type"], "keyDown");
+        assert_eq!(enter[0]["text"], "\r");
+        assert_eq!(enter[1]["type"], "keyUp");
+        let ctrl_enter = key_events(
+            Key::Enter,
+            Modifiers {
+                ctrl: true,
+                ..plain
+            },
+        );
+        assert_eq!(ctrl_enter[0]["type"], "rawKeyDown");
+        assert_eq!(ctrl_enter[0]["modifiers"], 2);
+        assert!(ctrl_enter[0].get("text").is_none());
+        let tab = key_events(Key::Tab, plain);
+        assert_eq!(tab[0]["type"], "rawKeyDown");
+        assert_eq!(tab[0]["windowsVirtualKeyCode"], 9);
+        assert!(tab[0].get("text").is_none());
+        assert!(key_events(Key::Char('a'), plain).is_empty());
     }
 
     #[test]

@@ -511,7 +511,9 @@ impl Worker<'_> {
                 let limits = open_file::task_limits(&profile);
                 Ok(Prepared {
                     input: TaskInput::uri(&uri, self.ctx.egress_roots.clone(), limits),
-                    name: "link".into(),
+                    // The window is named after the link from the start, not
+                    // only once the page has navigated (20-30 s under TCG).
+                    name: uri,
                     profile,
                 })
             }
