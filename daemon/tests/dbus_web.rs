@@ -12,113 +12,14 @@
 mod dbus_support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
+use dbus_support::tls_server::TlsServer;
 use dbus_support::{image_or_skip, loud, ocr_or_skip, text, tool_or_skip, PrivateBus};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio_rustls::rustls::{self, ServerConfig, ServerConnection, StreamOwned};
 use vitrine_daemon::pages::PageImage;
 
 /// An 8x8 PNG of pure #ff00ff.
 const MAGENTA_PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR4nGP4z/AfK2IYWhIA0ad/gXfwoGMAAAAASUVORK5CYII=";
-
-/// A TLS 1.3 server on 127.0.0.1 serving `pages` by path; it records each
-/// request line and counts connections.
-struct TlsServer {
-    port: u16,
-    ca_pem: String,
-    requests: Arc<Mutex<Vec<String>>>,
-    connections: Arc<Mutex<u32>>,
-}
-
-impl TlsServer {
-    fn start(pages: HashMap<String, String>) -> TlsServer {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Vitrine web test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(leaf.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(Mutex::new(0));
-        let (seen, count) = (requests.clone(), connections.clone());
-        let pages = Arc::new(pages);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                *count.lock().unwrap() += 1;
-                let (config, seen, pages) = (config.clone(), seen.clone(), pages.clone());
-                std::thread::spawn(move || serve(stream, config, &seen, &pages));
-            }
-        });
-        TlsServer {
-            port,
-            ca_pem: ca.pem(),
-            requests,
-            connections,
-        }
-    }
-}
-
-fn serve(
-    stream: std::net::TcpStream,
-    config: Arc<ServerConfig>,
-    seen: &Mutex<Vec<String>>,
-    pages: &HashMap<String, String>,
-) {
-    let conn = ServerConnection::new(config).unwrap();
-    let mut tls = StreamOwned::new(conn, stream);
-    loop {
-        let mut reader = BufReader::new(&mut tls);
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                break;
-            }
-        }
-        let request_line = request_line.trim_end().to_owned();
-        seen.lock().unwrap().push(request_line.clone());
-        let path = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
-        let (status, body) = match pages.get(&path) {
-            Some(b) => ("200 OK", b.clone()),
-            None => ("404 Not Found", "not here".to_owned()),
-        };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if tls.write_all(response.as_bytes()).is_err() || tls.flush().is_err() {
-            return;
-        }
-    }
-}
 
 fn main_page(other_port: u16) -> String {
     format!(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod docm;
 pub mod office_docs;
 pub mod pdf_files;
+pub mod tls_server;
 
 use vitrine_daemon::fresh_guest::qemu_installed;
 use vitrine_daemon::image_cache::{self, ImageCacheError};
