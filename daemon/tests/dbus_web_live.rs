@@ -547,11 +547,7 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
             .requested("GET /typed?q=vitrine HTTP/1.1")
             .then(|| typed_at.elapsed())
     });
-    // Return in the field should submit its form. The shim of the image
-    // this was written against sends Enter without its character ("\r"),
-    // so the page sees no keypress and nothing is submitted; the fix (shim
-    // `key_events`) waits for an image rebuild. Until then this is only
-    // reported, not asserted.
+    // Return in the field submits its form.
     xdotool(&x.display, &["key", "Return"]).expect("xdotool key");
     let submitted = poll(Duration::from_secs(10), || {
         server
@@ -565,15 +561,14 @@ fn a_click_in_the_live_tab_follows_the_link_and_the_window_shows_and_names_the_n
         "{test}: typed into the field: seen by the page after {typed:?}; requests {:?}",
         server.requests.lock().unwrap()
     ));
-    if submitted.is_none() {
-        loud(&format!(
-            "NOTE {test}: Return in the field did not submit its form (GET /submitted?q=vitrine \
-             never came): the guest's shim predates the Enter fix"
-        ));
-    }
     assert!(
         typed.is_some(),
         "the keys did not reach the page's field; {}",
+        story(&bus, &task, &server)
+    );
+    assert!(
+        submitted.is_some(),
+        "Return in the field did not submit its form; {}",
         story(&bus, &task, &server)
     );
     let vms: Vec<(u32, String)> = bus
