@@ -395,3 +395,34 @@ fn a_link_to_a_file_shows_its_pages_and_offers_it_for_export() {
     assert_eq!(out.exports[0].size, pdf.len() as u64);
     guest.shutdown();
 }
+
+#[test]
+fn a_refused_link_shows_vitrines_error_page_and_fails_with_the_reason() {
+    let test = "a_refused_link_shows_vitrines_error_page_and_fails_with_the_reason";
+    if !have_chromium(test) {
+        return;
+    }
+    // Arrange: the test's host refuses everything but 127.0.0.1.
+    let mut guest = guest();
+
+    // Act
+    let (out, opened) = run_until_done(&mut guest, "https://blocked.example:443/", 60_000);
+
+    // Assert: a clear reason, and the tab shows Vitrine's page, not a hang.
+    match &out.status {
+        Some(TaskStatus::Failed(why)) => assert!(
+            why.contains("blocked.example:443 is not in the test's list"),
+            "{why}"
+        ),
+        other => panic!("not refused: {other:?} {:?}", out.logs),
+    }
+    assert_eq!(opened, ["blocked.example:443"]);
+    let page = out.pages.get(&0).expect("no error page was shown");
+    let red = page
+        .rgba()
+        .chunks_exact(4)
+        .filter(|p| (p[0], p[1], p[2]) == (0xa4, 0, 0))
+        .count();
+    assert!(red > 100, "the error page's heading has {red} pixels");
+    guest.shutdown();
+}
