@@ -169,8 +169,9 @@ fn main() {
     );
     println!(
         "- page step: task sent to first frame, less the transfer (the guest holding the \
-         task): the test CA added to the guest browser's NSS database, Chromium started, \
-         the page loaded and drawn"
+         task): the test CA added to the running browser's NSS database, the page \
+         loaded and drawn; Chromium itself started before Ready (in the template, or \
+         during a cold boot)"
     );
     if [&clone, &warm, &cold]
         .iter()
