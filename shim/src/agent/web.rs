@@ -16,11 +16,12 @@ use serde_json::{json, Value};
 
 use super::{chain, failed, Agent, Event, Stop};
 use crate::browser::cdp::Incoming;
+use crate::browser::input;
 use crate::browser::proxy::{self, ProxyEvent};
 use crate::browser::{Engine, Session};
 use crate::protocol::{
-    EgressReply, GuestMessage, HostMessage, InputEvent, Key, LogLevel, Modifiers, MouseButton,
-    PixelBudget, Rect, StreamData, StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
+    EgressReply, GuestMessage, HostMessage, InputEvent, LogLevel, PixelBudget, Rect, StreamData,
+    StreamId, StreamReply, Task, TaskStatus, MAX_STREAMS,
 };
 use crate::raster::Raster;
 use crate::sandbox::{ChildLimits, Identity};
@@ -37,8 +38,6 @@ const TICK: Duration = Duration::from_millis(10);
 const MAX_HTML_FILE: usize = 1536 * 1024;
 /// How long an aborted navigation waits for the download that explains it.
 const DOWNLOAD_GRACE: Duration = Duration::from_secs(3);
-/// A wheel line, in CSS pixels.
-const WHEEL_LINE: i32 = 40;
 
 /// One browser connection through the proxy.
 struct Conn {
@@ -407,7 +406,7 @@ impl Agent {
                 Err(RecvTimeoutError::Disconnected) => return Err(Stop::Shutdown),
             };
             match event {
-                Event::Host(Ok(Some(msg))) => self.web_host(tab, msg, budget)?,
+                Event::Host(Ok(Some(msg))) => self.web_host(tab, msg)?,
                 Event::Host(Ok(None)) => return Err(Stop::Shutdown),
                 Event::Host(Err(e)) => return Err(Stop::Link(e.into())),
                 Event::Cdp(Ok(Some(msg))) => self.web_cdp(tab, msg, budget)?,
@@ -424,12 +423,7 @@ impl Agent {
         }
     }
 
-    fn web_host(
-        &mut self,
-        tab: &mut Tab,
-        msg: HostMessage,
-        budget: &mut PixelBudget,
-    ) -> Result<(), Stop> {
+    fn web_host(&mut self, tab: &mut Tab, msg: HostMessage) -> Result<(), Stop> {
         match msg {
             HostMessage::Stream(StreamReply::Opened { stream, outcome }) => {
                 self.stream_opened(tab, stream, outcome)
@@ -441,7 +435,7 @@ impl Agent {
                 }
                 Ok(())
             }
-            HostMessage::Input(event) => self.web_input(tab, &event, budget),
+            HostMessage::Input(event) => self.web_input(tab, &event),
             HostMessage::Shutdown => Err(Stop::Shutdown),
             other => Ok(self.log(
                 LogLevel::Warn,
@@ -748,13 +742,7 @@ impl Agent {
         Ok(())
     }
 
-    fn web_input(
-        &mut self,
-        tab: &mut Tab,
-        event: &InputEvent,
-        budget: &mut PixelBudget,
-    ) -> Result<(), Stop> {
-        let _ = budget;
+    fn web_input(&mut self, tab: &mut Tab, event: &InputEvent) -> Result<(), Stop> {
         let call = |tab: &mut Tab, method: &str, params: Value| {
             tab.session
                 .call(method, params)
@@ -762,56 +750,6 @@ impl Agent {
                 .map_err(|e| failed(chain(&e)))
         };
         match event {
-            InputEvent::Button {
-                x, y, button, down, ..
-            } => {
-                tab.pointer = (*x, *y);
-                let button = match button {
-                    MouseButton::Left => "left",
-                    MouseButton::Middle => "middle",
-                    MouseButton::Right => "right",
-                };
-                let kind = if *down {
-                    "mousePressed"
-                } else {
-                    "mouseReleased"
-                };
-                call(
-                    tab,
-                    "Input.dispatchMouseEvent",
-                    json!({ "type": kind, "x": x, "y": y, "button": button, "clickCount": 1 }),
-                )
-            }
-            InputEvent::Motion { x, y, .. } => {
-                tab.pointer = (*x, *y);
-                call(
-                    tab,
-                    "Input.dispatchMouseEvent",
-                    json!({ "type": "mouseMoved", "x": x, "y": y }),
-                )
-            }
-            InputEvent::Scroll { dx, dy } => {
-                let (x, y) = tab.pointer;
-                call(
-                    tab,
-                    "Input.dispatchMouseEvent",
-                    json!({ "type": "mouseWheel", "x": x, "y": y,
-                            "deltaX": dx.saturating_mul(WHEEL_LINE),
-                            "deltaY": dy.saturating_mul(WHEEL_LINE) }),
-                )
-            }
-            InputEvent::Text(text) => call(tab, "Input.insertText", json!({ "text": text })),
-            InputEvent::Key(key) => {
-                if let Key::Char(c) = key.key {
-                    if !key.modifiers.ctrl && !key.modifiers.alt {
-                        return call(tab, "Input.insertText", json!({ "text": c.to_string() }));
-                    }
-                }
-                for params in key_events(key.key, key.modifiers) {
-                    call(tab, "Input.dispatchKeyEvent", params)?;
-                }
-                Ok(())
-            }
             InputEvent::Resize { width, height } => {
                 tab.viewport = (*width, *height);
                 call(
@@ -832,6 +770,12 @@ impl Agent {
                 Ok(())
             }
             InputEvent::PageChange { .. } => Ok(()),
+            _ => {
+                for (method, params) in input::calls(event, &mut tab.pointer) {
+                    call(tab, method, params)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -909,47 +853,6 @@ fn changed_rect(old: &[u8], new: &[u8], w: u32, h: u32) -> Option<Rect> {
     })
 }
 
-/// The DevTools key events for a key that is not text: a down and an up.
-/// Enter's down carries its character ("\r"), as a real keyboard's does:
-/// without it the page sees no keypress, and Enter in a form's field does
-/// not submit it.
-fn key_events(key: Key, held: Modifiers) -> Vec<Value> {
-    let Some((name, code)) = key_name(key) else {
-        return Vec::new();
-    };
-    let modifiers = u8::from(held.alt) | (u8::from(held.ctrl) << 1) | (u8::from(held.shift) << 3);
-    let down = if key == Key::Enter && !held.ctrl && !held.alt {
-        json!({ "type": "keyDown", "key": name, "code": name, "windowsVirtualKeyCode": code,
-                "modifiers": modifiers, "text": "\r", "unmodifiedText": "\r" })
-    } else {
-        json!({ "type": "rawKeyDown", "key": name, "code": name,
-                "windowsVirtualKeyCode": code, "modifiers": modifiers })
-    };
-    let up = json!({ "type": "keyUp", "key": name, "code": name,
-                     "windowsVirtualKeyCode": code, "modifiers": modifiers });
-    vec![down, up]
-}
-
-fn key_name(key: Key) -> Option<(&'static str, u32)> {
-    Some(match key {
-        Key::Enter => ("Enter", 13),
-        Key::Tab => ("Tab", 9),
-        Key::Backspace => ("Backspace", 8),
-        Key::Escape => ("Escape", 27),
-        Key::Up => ("ArrowUp", 38),
-        Key::Down => ("ArrowDown", 40),
-        Key::Left => ("ArrowLeft", 37),
-        Key::Right => ("ArrowRight", 39),
-        Key::Home => ("Home", 36),
-        Key::End => ("End", 35),
-        Key::PageUp => ("PageUp", 33),
-        Key::PageDown => ("PageDown", 34),
-        Key::Insert => ("Insert", 45),
-        Key::Delete => ("Delete", 46),
-        Key::F(_) | Key::Char(_) => return None,
-    })
-}
-
 fn escape_html(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -988,31 +891,6 @@ mod tests {
         let mut short = "abc".to_owned();
         cut(&mut short, 3);
         assert_eq!(short, "abc");
-    }
-
-    #[test]
-    fn enter_is_sent_with_its_character_and_other_keys_without() {
-        let plain = Modifiers::default();
-        let enter = key_events(Key::Enter, plain);
-        assert_eq!(enter.len(), 2);
-        assert_eq!(enter[0]["type"], "keyDown");
-        assert_eq!(enter[0]["text"], "\r");
-        assert_eq!(enter[1]["type"], "keyUp");
-        let ctrl_enter = key_events(
-            Key::Enter,
-            Modifiers {
-                ctrl: true,
-                ..plain
-            },
-        );
-        assert_eq!(ctrl_enter[0]["type"], "rawKeyDown");
-        assert_eq!(ctrl_enter[0]["modifiers"], 2);
-        assert!(ctrl_enter[0].get("text").is_none());
-        let tab = key_events(Key::Tab, plain);
-        assert_eq!(tab[0]["type"], "rawKeyDown");
-        assert_eq!(tab[0]["windowsVirtualKeyCode"], 9);
-        assert!(tab[0].get("text").is_none());
-        assert!(key_events(Key::Char('a'), plain).is_empty());
     }
 
     #[test]

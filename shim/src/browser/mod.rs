@@ -7,6 +7,7 @@
 //! is a tunnel stream the host's egress policy decides on.
 
 pub mod cdp;
+pub mod input;
 pub mod proxy;
 
 use std::ffi::OsString;
