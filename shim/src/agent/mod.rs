@@ -108,11 +108,20 @@ impl From<FramingError> for Stop {
 
 fn failed(reason: impl std::fmt::Display) -> Stop {
     let mut text = reason.to_string();
-    text.truncate(MAX_TEXT_BYTES - 4);
-    while !text.is_char_boundary(text.len()) {
-        text.pop();
-    }
+    cut(&mut text, MAX_TEXT_BYTES - 4);
     Stop::Task(TaskStatus::Failed(text))
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary (a plain
+/// `truncate` inside a character panics).
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
 }
 
 /// Full error chain as one line.
@@ -201,10 +210,7 @@ impl Agent {
     fn log(&mut self, level: LogLevel, text: impl Into<String>) -> Result<(), AgentError> {
         let mut text = text.into();
         eprintln!("vitrine-shim: {text}");
-        text.truncate(MAX_TEXT_BYTES);
-        while !text.is_char_boundary(text.len()) {
-            text.pop();
-        }
+        cut(&mut text, MAX_TEXT_BYTES);
         self.send(GuestMessage::Log { level, text })
     }
 

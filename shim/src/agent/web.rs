@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::{chain, failed, Agent, Event, Stop};
+use super::{chain, cut, failed, Agent, Event, Stop};
 use crate::browser::cdp::Incoming;
 use crate::browser::input;
 use crate::browser::proxy::{self, ProxyEvent};
@@ -66,8 +66,6 @@ pub(super) struct Tab {
     calls: HashMap<u64, Call>,
     /// The last refusal of the host's egress policy, for the error page.
     refused: Option<String>,
-    /// The page's load event came.
-    loaded: bool,
     /// The first navigation failed: why.
     nav_error: Option<String>,
     /// The renderer crashed.
@@ -125,19 +123,8 @@ impl Agent {
             return;
         };
         let started = Instant::now();
-        let events = self.events_tx.clone();
-        let port = match proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok()) {
-            Ok(p) => p,
-            Err(e) => return eprintln!("vitrine-shim: preload: the browser's proxy: {e}"),
-        };
         let far = started + Duration::from_secs(365 * 24 * 3600);
-        match engine.start(
-            self.browser_identity(),
-            Some(port),
-            VIEWPORT,
-            ChildLimits::browser(PRELOAD_CPU),
-            far,
-        ) {
+        match self.start_browser(&engine, VIEWPORT, ChildLimits::browser(PRELOAD_CPU), far) {
             Ok((session, reader)) => {
                 eprintln!(
                     "vitrine-shim: preload: the browser is up and idle after {} ms",
@@ -145,8 +132,31 @@ impl Agent {
                 );
                 self.browser = Some(Preloaded { session, reader });
             }
-            Err(e) => eprintln!("vitrine-shim: preload: the browser: {}", chain(&e)),
+            Err(e) => eprintln!("vitrine-shim: preload: {e}"),
         }
+    }
+
+    /// Starts the browser's proxy, then the browser with it as its only
+    /// route out.
+    fn start_browser(
+        &self,
+        engine: &Engine,
+        viewport: (u32, u32),
+        limits: ChildLimits,
+        deadline: Instant,
+    ) -> Result<(Session, crate::browser::Messages), String> {
+        let events = self.events_tx.clone();
+        let port = proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok())
+            .map_err(|e| format!("the browser's proxy: {e}"))?;
+        engine
+            .start(
+                self.browser_identity(),
+                Some(port),
+                viewport,
+                limits,
+                deadline,
+            )
+            .map_err(|e| chain(&e))
     }
 
     /// Shows `uri` in a browser tab; returns after its first frame, with
@@ -170,33 +180,17 @@ impl Agent {
             VIEWPORT.1.min(task.limits.max_height),
         );
         let started = Instant::now();
-        let (mut session, reader, how) = match self.browser.take() {
+        let (session, reader, how) = match self.browser.take() {
             Some(p) => (p.session, p.reader, "preloaded in the template"),
             None => {
-                let events = self.events_tx.clone();
-                let port = proxy::start(move |ev| events.send(Event::Proxy(ev)).is_ok())
+                let limits =
+                    ChildLimits::browser(deadline.saturating_duration_since(Instant::now()));
+                let (session, reader) = self
+                    .start_browser(&engine, viewport, limits, deadline)
                     .map_err(failed)?;
-                let (session, reader) = engine
-                    .start(
-                        identity,
-                        Some(port),
-                        viewport,
-                        ChildLimits::browser(deadline.saturating_duration_since(Instant::now())),
-                        deadline,
-                    )
-                    .map_err(|e| failed(chain(&e)))?;
                 (session, reader, "started for the task")
             }
         };
-        if viewport != VIEWPORT {
-            session
-                .call(
-                    "Emulation.setDeviceMetricsOverride",
-                    json!({ "width": viewport.0, "height": viewport.1,
-                            "deviceScaleFactor": 1, "mobile": false }),
-                )
-                .map_err(|e| failed(chain(&e)))?;
-        }
         let events = self.events_tx.clone();
         reader.forward(move |msg| events.send(Event::Cdp(msg)).is_ok());
         self.log(
@@ -217,7 +211,6 @@ impl Agent {
             poll_out: false,
             calls: HashMap::new(),
             refused: None,
-            loaded: false,
             nav_error: None,
             crashed: false,
             location: (String::new(), String::new()),
@@ -227,6 +220,9 @@ impl Agent {
             aborted: None,
             downloaded: None,
         };
+        if viewport != VIEWPORT {
+            tab.set_viewport(viewport)?;
+        }
         let id = tab
             .session
             .call("Page.navigate", json!({ "url": uri }))
@@ -343,16 +339,7 @@ impl Agent {
         tab: &mut Tab,
         budget: &mut PixelBudget,
     ) -> Result<(), Stop> {
-        let id = tab
-            .session
-            .call(
-                "Page.startScreencast",
-                json!({ "format": "png", "maxWidth": tab.viewport.0,
-                        "maxHeight": tab.viewport.1, "everyNthFrame": 1 }),
-            )
-            .map_err(|e| failed(chain(&e)))?;
-        let _ = id;
-        tab.screencast = true;
+        tab.start_screencast()?;
         let far = Instant::now() + Duration::from_secs(24 * 3600);
         let result = self.pump(tab, Goal::Live, far, budget);
         tab.session.kill();
@@ -589,12 +576,8 @@ impl Agent {
                 (None, _) => {}
             },
             Incoming::Event { method, params, .. } => match method.as_str() {
-                "Page.loadEventFired" => {
-                    tab.loaded = true;
-                    if !tab.screencast {
-                        self.screenshot(tab)?;
-                    }
-                }
+                // Live, the screencast brings the loaded page.
+                "Page.loadEventFired" if !tab.screencast => self.screenshot(tab)?,
                 "Page.frameNavigated" => {
                     let frame = &params["frame"];
                     if frame.get("parentId").is_none() {
@@ -751,21 +734,10 @@ impl Agent {
         };
         match event {
             InputEvent::Resize { width, height } => {
-                tab.viewport = (*width, *height);
-                call(
-                    tab,
-                    "Emulation.setDeviceMetricsOverride",
-                    json!({ "width": width, "height": height, "deviceScaleFactor": 1,
-                            "mobile": false }),
-                )?;
+                tab.set_viewport((*width, *height))?;
                 if tab.screencast {
                     call(tab, "Page.stopScreencast", json!({}))?;
-                    call(
-                        tab,
-                        "Page.startScreencast",
-                        json!({ "format": "png", "maxWidth": width, "maxHeight": height,
-                                "everyNthFrame": 1 }),
-                    )?;
+                    tab.start_screencast()?;
                 }
                 Ok(())
             }
@@ -785,16 +757,31 @@ impl Tab {
     pub(super) fn kill(&mut self) {
         self.session.kill();
     }
-}
 
-/// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    /// Lays the page out for a viewport of this size.
+    fn set_viewport(&mut self, viewport: (u32, u32)) -> Result<(), Stop> {
+        self.viewport = viewport;
+        self.session
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({ "width": viewport.0, "height": viewport.1,
+                        "deviceScaleFactor": 1, "mobile": false }),
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        Ok(())
+    }
+
+    /// Has the browser send a frame of the viewport on each change.
+    fn start_screencast(&mut self) -> Result<(), Stop> {
+        self.session
+            .call(
+                "Page.startScreencast",
+                json!({ "format": "png", "maxWidth": self.viewport.0,
+                        "maxHeight": self.viewport.1, "everyNthFrame": 1 }),
+            )
+            .map_err(|e| failed(chain(&e)))?;
+        self.screencast = true;
+        Ok(())
     }
 }
 
@@ -863,6 +850,7 @@ fn escape_html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_TEXT_BYTES;
 
     #[test]
     fn the_changed_rect_bounds_every_changed_pixel() {
@@ -891,6 +879,16 @@ mod tests {
         let mut short = "abc".to_owned();
         cut(&mut short, 3);
         assert_eq!(short, "abc");
+    }
+
+    #[test]
+    fn a_failure_reason_is_cut_between_characters() {
+        // 'é' straddles the cap: a plain truncate there would panic.
+        let reason = format!("{}\u{e9}tail", "x".repeat(MAX_TEXT_BYTES - 5));
+        let Stop::Task(TaskStatus::Failed(text)) = failed(reason) else {
+            panic!("not a failure");
+        };
+        assert_eq!(text, "x".repeat(MAX_TEXT_BYTES - 5));
     }
 
     #[test]
