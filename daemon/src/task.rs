@@ -606,14 +606,7 @@ fn drive(
                 seen.push(format!("ExportOffer({})", offer.id));
                 run.exports.push(offer);
             }
-            GuestMessage::EgressOpen { .. }
-            | GuestMessage::EgressSend { .. }
-            | GuestMessage::EgressRecv { .. }
-            | GuestMessage::EgressClose
-            | GuestMessage::StreamOpen { .. }
-            | GuestMessage::StreamSend { .. }
-            | GuestMessage::StreamClose { .. }
-            | GuestMessage::StreamPoll { .. } => {
+            msg if is_tunnel(&msg) => {
                 // `seen` lists single opens, not streams: a browser opens hundreds.
                 if let GuestMessage::EgressOpen { host, port } = &msg {
                     seen.push(format!("EgressOpen({host}:{port})"));
@@ -636,15 +629,19 @@ fn drive(
     }
 }
 
-/// What a live page did after `Done`.
-#[derive(Debug, Default)]
-pub struct LiveRun {
-    /// Frames received and shown.
-    pub frames: usize,
-    /// Pixel bytes received.
-    pub pixel_bytes: u64,
-    /// Files offered for export after `Done` (downloads).
-    pub exports: Vec<ExportOffer>,
+/// Whether `msg` is for the task's egress tunnel, which the observer serves.
+fn is_tunnel(msg: &GuestMessage) -> bool {
+    matches!(
+        msg,
+        GuestMessage::EgressOpen { .. }
+            | GuestMessage::EgressSend { .. }
+            | GuestMessage::EgressRecv { .. }
+            | GuestMessage::EgressClose
+            | GuestMessage::StreamOpen { .. }
+            | GuestMessage::StreamSend { .. }
+            | GuestMessage::StreamClose { .. }
+            | GuestMessage::StreamPoll { .. }
+    )
 }
 
 /// After `Done` of a live task (a browser tab in a window): carries the
@@ -657,8 +654,7 @@ pub fn serve_live(
     input: &TaskInput,
     deadline: Instant,
     observer: &mut dyn TaskObserver,
-) -> Result<LiveRun, TaskError> {
-    let mut live = LiveRun::default();
+) -> Result<(), TaskError> {
     let fail = |source| TaskError::Channel {
         source,
         after: Duration::ZERO,
@@ -667,7 +663,7 @@ pub fn serve_live(
     while !observer.live_over() {
         let msg = match channel.recv_until(deadline) {
             Ok(msg) => msg,
-            Err(ChannelError::TimedOut(_)) => return Ok(live),
+            Err(ChannelError::TimedOut(_)) => return Ok(()),
             Err(e) => return Err(fail(e)),
         };
         match msg {
@@ -686,21 +682,11 @@ pub fn serve_live(
                         max_height: input.limits.max_height,
                     });
                 }
-                live.frames += 1;
-                live.pixel_bytes += u64::try_from(frame.pixels.len()).unwrap_or(u64::MAX);
                 observer.frame(&frame);
             }
             GuestMessage::Location { url, title } => observer.location(&url, &title),
             GuestMessage::Log { level, text } => log::debug!("live page: {level:?}: {text}"),
-            GuestMessage::ExportOffer(offer) => live.exports.push(offer),
-            msg @ (GuestMessage::EgressOpen { .. }
-            | GuestMessage::EgressSend { .. }
-            | GuestMessage::EgressRecv { .. }
-            | GuestMessage::EgressClose
-            | GuestMessage::StreamOpen { .. }
-            | GuestMessage::StreamSend { .. }
-            | GuestMessage::StreamClose { .. }
-            | GuestMessage::StreamPoll { .. }) => {
+            msg if is_tunnel(&msg) => {
                 if let Some(reply) = observer.egress(&msg, deadline) {
                     channel.send(&reply).map_err(fail)?;
                 }
@@ -713,7 +699,7 @@ pub fn serve_live(
                 .map_err(fail)?;
         }
     }
-    Ok(live)
+    Ok(())
 }
 
 /// `event`, with a resize cut to the task's page limits: a window larger
